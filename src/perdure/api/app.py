@@ -1,0 +1,97 @@
+"""The FastAPI application: routers, error shapes, and the background sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from perdure import __version__
+from perdure.api import jobs, root
+from perdure.api.context import ServerContext
+from perdure.api.envelope import error_for
+from perdure.errors import PerdureError
+from perdure.settings import Settings
+from perdure.store import migrate
+from perdure.store.database import Database
+
+log = logging.getLogger("perdure.server")
+
+
+def create_app(settings: Settings, *, db: Database | None = None, run_migrations: bool = True) -> FastAPI:
+    database = db or Database(settings.database_url)
+    if run_migrations:
+        migrate.upgrade(database)
+    context = ServerContext.create(settings, database)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(_sweep_forever(context))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            if db is None:
+                database.dispose()
+
+    app = FastAPI(title="Perdure", version=__version__, lifespan=lifespan, redoc_url=None)
+    app.state.ctx = context
+    app.include_router(root.router)
+    app.include_router(jobs.router)
+    _install_error_handlers(app)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (several worker processes): settings come from PERDURE_*."""
+    return create_app(Settings.from_env(), run_migrations=False)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PerdureError)
+    async def _perdure_error(request: Request, exc: PerdureError) -> JSONResponse:
+        return error_for(request.url.path, exc.status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_for(request.url.path, 400, f"{where}: {first['msg']}" if where else str(first["msg"]))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_for(request.url.path, 404, "Not Found")
+        if exc.status_code == 405:
+            return error_for(request.url.path, 501, "Not Implemented")
+        return error_for(request.url.path, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_for(request.url.path, 500, f"internal error: {type(exc).__name__}")
+
+
+async def _sweep_forever(context: ServerContext) -> None:
+    """Idempotent housekeeping, safe to run on every server sharing the database."""
+    while True:
+        await asyncio.sleep(context.settings.sweep_interval_s)
+        try:
+            await asyncio.to_thread(sweep_once, context)
+        except Exception:
+            log.exception("background sweep failed; will retry")
+
+
+def sweep_once(context: ServerContext) -> None:
+    context.jobs.promote_due()
+    reaped = context.jobs.reap_expired()
+    if reaped:
+        log.info("removed %d expired job(s)", reaped)

@@ -1,0 +1,43 @@
+"""What every request handler can reach: settings, the database and the stores."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+
+from perdure.settings import Settings
+from perdure.store.database import Database
+from perdure.store.jobs import JobStore
+from perdure.timeutil import parse_expiration
+
+
+@dataclass
+class ServerContext:
+    settings: Settings
+    db: Database
+    jobs: JobStore
+    started_monotonic: float = field(default_factory=time.monotonic)
+    #: Changes on every start; workers that see it change know the server restarted.
+    server_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @classmethod
+    def create(cls, settings: Settings, db: Database) -> ServerContext:
+        def expire_after() -> dict[str, int]:
+            table = {pipeline: parse_expiration(v) for pipeline, v in settings.pipeline_expire.items()}
+            if settings.global_expire:
+                table[""] = parse_expiration(settings.global_expire)
+            return table
+
+        return cls(settings=settings, db=db, jobs=JobStore(db, settings.data_dir, expire_after))
+
+    @property
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+
+def ctx(request: Request) -> ServerContext:
+    context: ServerContext = request.app.state.ctx
+    return context

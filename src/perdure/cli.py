@@ -1,0 +1,107 @@
+"""The ``perdure`` command."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from perdure import __version__
+from perdure.settings import Settings
+from perdure.store import migrate
+from perdure.store.database import Database
+
+app = typer.Typer(help="Perdure: batch workflows that outlive their machines.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path, typer.Option("--data-dir", help="Where the server keeps its files (and SQLite database).")
+]
+DbUrl = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL, e.g. postgresql://user@host/db. Default: SQLite in --data-dir."),
+]
+
+
+def _settings(data_dir: Path, db: str | None) -> Settings:
+    try:
+        return Settings.from_env(data_dir=data_dir, db_url=db)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _open(settings: Settings) -> Database:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return Database(settings.database_url)
+    except Exception as exc:  # a bad URL: say so in one line
+        console.print(f"[red]error:[/red] cannot use database {settings.database_url!r}: {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8001,
+    data_dir: DataDir = Path("./perdure-data"),
+    db: DbUrl = None,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes sharing the port.")] = 1,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Start the API server (migrating the database schema first)."""
+    settings = _settings(data_dir, db)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    database = _open(settings)
+    try:
+        migrate.upgrade(database)
+    except Exception as exc:
+        console.print(f"[red]error:[/red] cannot prepare database: {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        database.dispose()
+    console.print(
+        f"Perdure {__version__} on http://{host}:{port}  data: {settings.data_dir.resolve()}  "
+        f"database: {settings.database_url.split('@')[-1]}"
+    )
+    # Hand settings to the worker processes through the environment the factory reads.
+    os.environ["PERDURE_DATA_DIR"] = str(settings.data_dir.resolve())
+    os.environ["PERDURE_DB_URL"] = settings.database_url
+    uvicorn.run(
+        "perdure.api.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level.lower(),
+        access_log=False,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = Path("./perdure-data"), db: DbUrl = None) -> None:
+    """Create or migrate the database schema to the newest version."""
+    settings = _settings(data_dir, db)
+    database = _open(settings)
+    try:
+        migrate.upgrade(database)
+        console.print(f"database at revision {migrate.current(database)}")
+    finally:
+        database.dispose()
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

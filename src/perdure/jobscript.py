@@ -1,0 +1,397 @@
+"""AWE job scripts: parse, validate and normalise what ``POST /job`` receives.
+
+Accepts both IO encodings AWE accepted (the legacy map keyed by filename, kept in the script's order,
+and the list form), checks everything that can be checked before a job exists, and returns a
+``JobSpec`` in the list form the job document shows. Any problem raises ``JobScriptError`` with a
+message that names the offending field; nothing is stored for a rejected script.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from perdure.timeutil import parse_time
+
+#: Task ids become part of workunit ids and URLs, so they are kept to URL-safe characters.
+TASKID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: One task may be split into at most this many workunits; more is almost always a typo.
+MAX_TOTALWORK = 100_000
+MAX_TASKS = 10_000
+
+
+class JobScriptError(ValueError):
+    """The job script is not acceptable; the message is shown to the user as is."""
+
+
+class _Model(BaseModel):
+    # Go's encoding/json ignores unknown keys and reads null as "absent": do the same, but keep types strict.
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+class IO(_Model):
+    filename: str = ""
+    name: str = ""
+    directory: str = ""
+    host: str = ""
+    node: str = "-"
+    url: str = ""
+    size: int = 0
+    cache: bool = False
+    origin: str = ""
+    nonzero: bool = False
+    temporary: bool = False
+    shockfilename: str = ""
+    shockindex: str = ""
+    attrfile: str = ""
+    nofile: bool = False
+    delete: bool = False
+    type: str = ""
+    nodeattr: dict[str, Any] = Field(default_factory=dict)
+    formoptions: dict[str, str] = Field(default_factory=dict)
+    uncompress: str = ""
+
+    @field_validator("filename", "directory", "attrfile", "shockfilename")
+    @classmethod
+    def _relative_path(cls, value: str) -> str:
+        # These name files inside a worker's work directory: they must not escape it.
+        if value and (value.startswith("/") or "\x00" in value or ".." in value.split("/")):
+            raise ValueError("must be a relative path without '..'")
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _non_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+
+class Environ(_Model):
+    public: dict[str, str] = Field(default_factory=dict)
+    private: dict[str, str] = Field(default_factory=dict)
+
+
+class Cmd(_Model):
+    name: str
+    args: str = ""
+    args_array: list[str] = Field(default_factory=list)
+    description: str = ""
+    environ: Environ = Field(default_factory=Environ)
+    Dockerimage: str = ""
+    dockerPull: str = ""
+    cmd_script: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+class PartInfo(_Model):
+    input: str = ""
+    index: str = ""
+    output: str = ""
+
+
+class Task(_Model):
+    taskid: str
+    cmd: Cmd
+    dependsOn: list[str] = Field(default_factory=list)
+    inputs: list[IO] = Field(default_factory=list)
+    outputs: list[IO] = Field(default_factory=list)
+    predata: list[IO] = Field(default_factory=list)
+    partinfo: PartInfo | None = None
+    totalwork: int = 1
+    maxworksize: int = 0
+    userattr: dict[str, Any] = Field(default_factory=dict)
+    clientgroups: str = ""
+    skip: int = 0
+
+    @field_validator("inputs", "outputs", "predata", mode="before")
+    @classmethod
+    def _io_map_to_list(cls, value: Any) -> Any:
+        # The legacy form is a map keyed by filename; Python dicts keep the script's order, Go's did not.
+        if isinstance(value, dict):
+            items = []
+            for filename, io in value.items():
+                if not isinstance(io, dict):
+                    raise ValueError(f"entry {filename!r} must be an object")
+                items.append({**io, "filename": filename})
+            return items
+        return value
+
+    @field_validator("taskid")
+    @classmethod
+    def _taskid(cls, value: str) -> str:
+        if not TASKID_PATTERN.match(value):
+            raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("maxworksize")
+    @classmethod
+    def _maxworksize(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("totalwork")
+    @classmethod
+    def _totalwork(cls, value: int) -> int:
+        if value > MAX_TOTALWORK:
+            raise ValueError(f"must be at most {MAX_TOTALWORK}")
+        return max(value, 1)  # AWE: <= 0 means one workunit
+
+
+class Info(_Model):
+    pipeline: str = ""
+    name: str = ""
+    project: str = ""
+    user: str = ""
+    xref: str = ""
+    service: str = ""
+    description: str = ""
+    clientgroups: str | list[str] = ""
+    priority: int = 1
+    noretry: bool = False
+    auth: bool = False
+    tracking: bool = False
+    userattr: dict[str, Any] = Field(default_factory=dict)
+    start_at: str = ""
+
+
+class Script(_Model):
+    info: Info = Field(default_factory=Info)
+    tasks: list[Task]
+
+
+@dataclass
+class TaskSpec:
+    """One task, normalised: what the job document shows, plus the private environment kept apart."""
+
+    taskid: str
+    ordinal: int
+    cmd: dict[str, Any]
+    depends_on: list[str]
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    predata: list[dict[str, Any]]
+    partinfo: dict[str, Any] | None
+    totalwork: int
+    maxworksize: int
+    userattr: dict[str, Any]
+    clientgroups: str
+    private_env: dict[str, str]
+
+    @property
+    def app(self) -> str:
+        return str(self.cmd["name"])
+
+    def spec_document(self) -> dict[str, Any]:
+        """The stored, showable part of the task (never the private environment)."""
+        return {
+            "cmd": self.cmd,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "predata": self.predata,
+            "partinfo": self.partinfo,
+            "userattr": self.userattr,
+            "clientgroups": self.clientgroups,
+        }
+
+
+@dataclass
+class JobSpec:
+    info: dict[str, Any]
+    start_at_us: int
+    priority: int
+    clientgroups: str
+    tasks: list[TaskSpec] = field(default_factory=list)
+
+
+def normalize_clientgroups(value: str | list[str]) -> str:
+    """AWE stores client groups as one comma string; accept a list too and tidy both."""
+    parts = value if isinstance(value, list) else value.split(",")
+    return ",".join(p.strip() for p in parts if p.strip())
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "job script"
+
+
+def _describe(error: ValidationError) -> str:
+    messages = []
+    for item in error.errors(include_url=False)[:5]:
+        message = item["msg"]
+        if item["type"] == "missing":
+            message = "is required"
+        messages.append(f"{_format_loc(tuple(item['loc']))}: {message}")
+    return "invalid job script: " + "; ".join(messages)
+
+
+def parse_job_script(raw: bytes) -> JobSpec:
+    """Parse and check a job script; raise ``JobScriptError`` naming the first problems found."""
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise JobScriptError(f"job script is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise JobScriptError("job script must be a JSON object with 'info' and 'tasks'")
+    if not document.get("tasks"):
+        raise JobScriptError("job script has no tasks")
+    try:
+        script = Script.model_validate(document)
+    except ValidationError as exc:
+        raise JobScriptError(_describe(exc)) from None
+    if len(script.tasks) > MAX_TASKS:
+        raise JobScriptError(f"job script has {len(script.tasks)} tasks; at most {MAX_TASKS} are allowed")
+    return _check(script)
+
+
+def _check(script: Script) -> JobSpec:
+    info = script.info
+    start_at_us = 0
+    if info.start_at:
+        try:
+            start_at_us = parse_time(info.start_at)
+        except ValueError as exc:
+            raise JobScriptError(f"info.start_at: {exc}") from None
+
+    tasks_by_id: dict[str, Task] = {}
+    for task in script.tasks:
+        if task.taskid in tasks_by_id:
+            raise JobScriptError(f"duplicate taskid {task.taskid!r}")
+        tasks_by_id[task.taskid] = task
+
+    edges: dict[str, list[str]] = {}
+    for task in script.tasks:
+        where = f"task {task.taskid!r}"
+        _check_unique_filenames(task.inputs, f"{where} inputs")
+        _check_unique_filenames(task.outputs, f"{where} outputs")
+        _check_unique_filenames(task.predata, f"{where} predata")
+        deps: list[str] = []
+        for dep in task.dependsOn:
+            if dep not in tasks_by_id:
+                raise JobScriptError(f"{where} dependsOn unknown task {dep!r}")
+            if dep not in deps:
+                deps.append(dep)
+        for io in task.inputs:
+            if not io.origin:
+                continue
+            origin = tasks_by_id.get(io.origin)
+            if origin is None:
+                raise JobScriptError(f"{where} input {io.filename!r} has origin {io.origin!r}, which is no task")
+            if not any(out.filename == io.filename for out in origin.outputs):
+                raise JobScriptError(
+                    f"{where} input {io.filename!r} has origin {io.origin!r}, which outputs no such file"
+                )
+            if io.origin not in deps:
+                deps.append(io.origin)  # an origin is an implicit dependency, as in AWE
+        if task.partinfo and task.partinfo.input and all(
+            io.filename != task.partinfo.input for io in task.inputs
+        ):
+            raise JobScriptError(f"{where} partinfo.input {task.partinfo.input!r} is not one of its inputs")
+        edges[task.taskid] = deps
+
+    _check_acyclic(edges)
+
+    priority = max(info.priority, 1)  # AWE raises anything lower to BasePriority
+    clientgroups = normalize_clientgroups(info.clientgroups)
+    info_doc: dict[str, Any] = {
+        "name": info.name,
+        "xref": info.xref,
+        "service": info.service,
+        "project": info.project,
+        "user": info.user,
+        "pipeline": info.pipeline,
+        "clientgroups": clientgroups,
+        "priority": priority,
+        "auth": info.auth,
+        "noretry": info.noretry,
+        "userattr": info.userattr,
+        "description": info.description,
+        "tracking": info.tracking,
+    }
+    specs = []
+    for ordinal, task in enumerate(script.tasks):
+        cmd = task.cmd
+        cmd_doc = {
+            "name": cmd.name,
+            "args": cmd.args,
+            "args_array": cmd.args_array,
+            "Dockerimage": cmd.Dockerimage,
+            "dockerPull": cmd.dockerPull,
+            "cmd_script": cmd.cmd_script,
+            "environ": {"public": cmd.environ.public},
+            "has_private_env": bool(cmd.environ.private),
+            "description": cmd.description,
+        }
+        specs.append(
+            TaskSpec(
+                taskid=task.taskid,
+                ordinal=ordinal,
+                cmd=cmd_doc,
+                depends_on=edges[task.taskid],
+                inputs=[io.model_dump() for io in task.inputs],
+                outputs=[io.model_dump() for io in task.outputs],
+                predata=[io.model_dump() for io in task.predata],
+                partinfo=task.partinfo.model_dump() if task.partinfo else None,
+                totalwork=task.totalwork,
+                maxworksize=task.maxworksize,
+                userattr=task.userattr,
+                clientgroups=task.clientgroups,
+                private_env=dict(cmd.environ.private),
+            )
+        )
+    return JobSpec(
+        info=info_doc, start_at_us=start_at_us, priority=priority, clientgroups=clientgroups, tasks=specs
+    )
+
+
+def _check_unique_filenames(ios: list[IO], where: str) -> None:
+    seen: set[str] = set()
+    for io in ios:
+        if not io.filename:
+            raise JobScriptError(f"{where}: every entry needs a filename")
+        if io.filename in seen:
+            raise JobScriptError(f"{where}: duplicate filename {io.filename!r}")
+        seen.add(io.filename)
+
+
+def _check_acyclic(edges: dict[str, list[str]]) -> None:
+    """Kahn's algorithm; on a cycle, name the tasks caught in it."""
+    remaining = {task: len(deps) for task, deps in edges.items()}
+    dependents: dict[str, list[str]] = {task: [] for task in edges}
+    for task, deps in edges.items():
+        for dep in deps:
+            dependents[dep].append(task)
+    ready = deque(task for task, count in remaining.items() if count == 0)
+    while ready:
+        task = ready.popleft()
+        del remaining[task]
+        for child in dependents[task]:
+            remaining[child] -= 1
+            if remaining[child] == 0:
+                ready.append(child)
+    if remaining:
+        raise JobScriptError(f"dependency cycle among tasks {sorted(remaining)}")

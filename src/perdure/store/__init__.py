@@ -1,0 +1,1 @@
+"""Storage: the database is the source of truth, and this package is the only code that speaks SQL."""

@@ -1,0 +1,98 @@
+"""Connections: one ``Database`` per server, handing out read and write transactions.
+
+SQLite runs in WAL mode, and write transactions start with ``BEGIN IMMEDIATE`` so two writers never
+deadlock upgrading a read lock; PostgreSQL uses its defaults (READ COMMITTED) with row locks where a
+claim needs them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+#: How long a SQLite writer waits for another to finish before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{(data_dir / 'perdure.db').resolve()}"
+
+
+def normalize_url(url: str) -> str:
+    """Let users write ``postgresql://``; we drive it with psycopg 3."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
+    return parsed.render_as_string(hide_password=False)
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 20) -> None:
+        self.url = normalize_url(url)
+        self.engine: Engine = _make_engine(self.url, pool_size)
+        self.dialect = self.engine.dialect.name
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One transaction that may change state: committed on success, rolled back on any error."""
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn = conn.execution_options(sqlite_immediate=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A consistent snapshot for reading several tables."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _make_engine(url: str, pool_size: int) -> Engine:
+    if make_url(url).get_backend_name() == "sqlite":
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if os.environ.get("PERDURE_DB_NULLPOOL"):
+        kwargs["poolclass"] = NullPool
+    else:
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size)
+    return create_engine(url, **kwargs)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling cannot do BEGIN IMMEDIATE; take it over (SQLAlchemy's recipe).
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

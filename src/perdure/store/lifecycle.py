@@ -1,0 +1,171 @@
+"""The rules that move jobs and tasks forward, as functions on an open write transaction.
+
+Used by submit, by every job operation and by workunit reports, so the same rule is never written twice:
+a task becomes ready when its dependencies completed and ``start_at`` passed; a ready task is split
+into workunits and queued; a job with no task left completes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from perdure.states import JobState, TaskState, WorkunitState
+from perdure.store.schema import job_events, jobs, tasks, workunit_logs, workunits
+
+# AWE's two-letter event codes (awe.md §5.2), extended for what Perdure adds.
+EVENT_SUBMITTED = "JQ"
+EVENT_TASK_QUEUED = "TQ"
+EVENT_TASK_DONE = "TD"
+EVENT_JOB_DONE = "JD"
+EVENT_SUSPENDED = "JP"
+EVENT_RESUMED = "JR"
+EVENT_RESET = "JS"  # recompute / resubmit
+EVENT_DELETED = "JL"
+EVENT_UPDATED = "JU"  # priority, clientgroup, pipeline, expiration, token
+EVENT_WORK_FAILED = "WF"
+EVENT_WORK_REQUEUED = "WR"
+EVENT_WORK_PERMANENT = "WP"
+
+
+def record_event(conn: Connection, job_id: str, code: str, message: str, now: int) -> None:
+    conn.execute(insert(job_events).values(job_id=job_id, time=now, code=code, message=message))
+
+
+def workunit_ranks(totalwork: int) -> list[int]:
+    """AWE: a single workunit has rank 0; a split task has ranks 1..N."""
+    return [0] if totalwork <= 1 else list(range(1, totalwork + 1))
+
+
+def workunit_id(task_id: str, rank: int) -> str:
+    return f"{task_id}_{rank}"
+
+
+def advance_job(conn: Connection, job_id: str, now: int, expire_after_s: Mapping[str, int] | None = None) -> None:
+    """Enqueue every task whose time has come, and complete the job when nothing is left.
+
+    ``expire_after_s`` maps a pipeline (or ``""`` for the global default) to the expiration given to a
+    job completing now.
+    """
+    job = conn.execute(
+        select(jobs.c.state, jobs.c.start_at, jobs.c.priority, jobs.c.submittime, jobs.c.clientgroups)
+        .where(jobs.c.id == job_id)
+        .with_for_update()
+    ).one_or_none()
+    if job is None:
+        return
+    state = JobState(job.state)
+    if state not in (JobState.INIT, JobState.QUEUED, JobState.IN_PROGRESS):
+        return
+    rows = conn.execute(
+        select(tasks.c.id, tasks.c.taskid, tasks.c.state, tasks.c.depends_on, tasks.c.totalwork, tasks.c.app)
+        .where(tasks.c.job_id == job_id)
+        .order_by(tasks.c.ordinal)
+    ).all()
+    completed = {r.taskid for r in rows if r.state == TaskState.COMPLETED}
+    start_due = job.start_at <= now
+    for task in rows:
+        if task.state not in (TaskState.PENDING, TaskState.READY):
+            continue
+        if not start_due or not all(dep in completed for dep in task.depends_on):
+            continue
+        _enqueue_task(conn, job, job_id, task, now)
+    if state == JobState.INIT:
+        _set_job_state(conn, job_id, JobState.INIT, JobState.QUEUED, now)
+        state = JobState.QUEUED
+    if rows and len(completed) == len(rows):
+        _complete_job(conn, job_id, state, now, expire_after_s or {})
+
+
+def _enqueue_task(conn: Connection, job: Any, job_id: str, task: Any, now: int) -> None:
+    spec = conn.execute(select(tasks.c.spec).where(tasks.c.id == task.id)).scalar_one()
+    input_size = sum(int(io.get("size") or 0) for io in spec.get("inputs", []))
+    conn.execute(
+        insert(workunits),
+        [
+            {
+                "id": workunit_id(task.id, rank),
+                "job_id": job_id,
+                "task_id": task.id,
+                "rank": rank,
+                "state": WorkunitState.QUEUED.value,
+                "priority": job.priority,
+                "submittime": job.submittime,
+                "clientgroups": job.clientgroups,
+                "app": task.app,
+                "input_size": input_size,
+                "updatetime": now,
+            }
+            for rank in workunit_ranks(task.totalwork)
+        ],
+    )
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task.id)
+        .values(state=TaskState.QUEUED.value, starteddate=now, remainwork=task.totalwork)
+    )
+    record_event(conn, job_id, EVENT_TASK_QUEUED, f"task {task.taskid} queued", now)
+
+
+def _complete_job(
+    conn: Connection, job_id: str, state: JobState, now: int, expire_after_s: Mapping[str, int]
+) -> None:
+    state.check(JobState.COMPLETED)
+    pipeline, expiration = conn.execute(
+        select(jobs.c.pipeline, jobs.c.expiration).where(jobs.c.id == job_id)
+    ).one()
+    if not expiration:
+        ttl = expire_after_s.get(pipeline) or expire_after_s.get("", 0)
+        expiration = now + ttl * 1_000_000 if ttl else 0
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id)
+        .values(
+            state=JobState.COMPLETED.value,
+            completedtime=now,
+            updatetime=now,
+            remaintasks=0,
+            error=None,
+            expiration=expiration,
+        )
+    )
+    record_event(conn, job_id, EVENT_JOB_DONE, "job completed", now)
+
+
+def _set_job_state(conn: Connection, job_id: str, old: JobState, new: JobState, now: int) -> None:
+    old.check(new)
+    conn.execute(update(jobs).where(jobs.c.id == job_id).values(state=new.value, updatetime=now))
+
+
+def reset_tasks(conn: Connection, job_id: str, task_ids: Iterable[str], now: int) -> int:
+    """Put tasks back to pending as if never run: their workunits and logs go, counters restart."""
+    ids = list(task_ids)
+    if not ids:
+        return 0
+    wu_ids = select(workunits.c.id).where(workunits.c.task_id.in_(ids)).scalar_subquery()
+    conn.execute(delete(workunit_logs).where(workunit_logs.c.workunit_id.in_(wu_ids)))
+    conn.execute(delete(workunits).where(workunits.c.task_id.in_(ids)))
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.id.in_(ids))
+        .values(
+            state=TaskState.PENDING.value,
+            remainwork=tasks.c.totalwork,
+            computetime=0,
+            starteddate=0,
+            completeddate=0,
+        )
+    )
+    return len(ids)
+
+
+def remaining_task_count(conn: Connection, job_id: str) -> int:
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(tasks)
+            .where(tasks.c.job_id == job_id, tasks.c.state != TaskState.COMPLETED.value)
+        ).scalar_one()
+    )

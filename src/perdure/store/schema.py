@@ -1,0 +1,161 @@
+"""Tables. Hot tables (jobs, tasks, workunits) are narrow; scripts, logs and events live beside them.
+
+Times are integer microseconds since the epoch (0 = never), so ordering and ranges behave the same on
+SQLite and PostgreSQL. Documents that are only ever shown whole (a task's command and IO, a job's
+free-form info) are JSON columns; everything that is filtered, sorted or joined on is a real column.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: JSON everywhere, stored as JSONB on PostgreSQL so path filters can use it.
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _time(name: str) -> Column[int]:
+    return Column(name, BigInteger, nullable=False, server_default="0")
+
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("state", String(20), nullable=False),
+    Column("name", String(255), nullable=False, server_default=""),
+    Column("pipeline", String(255), nullable=False, server_default=""),
+    Column("project", String(255), nullable=False, server_default=""),
+    Column("username", String(255), nullable=False, server_default=""),
+    Column("owner", String(255), nullable=False, server_default="public"),
+    Column("clientgroups", String(1024), nullable=False, server_default=""),
+    Column("priority", Integer, nullable=False, server_default="1"),
+    _time("submittime"),
+    _time("startedtime"),
+    _time("completedtime"),
+    _time("updatetime"),
+    _time("expiration"),
+    _time("start_at"),
+    Column("remaintasks", Integer, nullable=False),
+    Column("resumed", Integer, nullable=False, server_default="0"),
+    #: The job script's ``info`` as shown (times and private fields are columns or hidden).
+    Column("info", Json, nullable=False),
+    Column("error", Json, nullable=True),
+    #: ``Datatoken`` from submit or ``?settoken``: handed to workers, never shown.
+    Column("datatoken", Text, nullable=True),
+    Index(None, "updatetime", "id"),
+    Index(None, "submittime", "id"),
+    Index(None, "state", "updatetime"),
+    Index(None, "project"),
+    Index(None, "username"),
+    Index(None, "pipeline"),
+    Index(None, "name"),
+    Index(None, "completedtime"),
+    Index(None, "expiration"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(200), primary_key=True),  # <jobid>_<taskid>
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("taskid", String(128), nullable=False),
+    Column("ordinal", Integer, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("app", String(255), nullable=False),
+    Column("totalwork", Integer, nullable=False),
+    Column("remainwork", Integer, nullable=False),
+    Column("maxworksize", Integer, nullable=False, server_default="0"),
+    _time("createddate"),
+    _time("starteddate"),
+    _time("completeddate"),
+    Column("computetime", BigInteger, nullable=False, server_default="0"),
+    #: Short task ids this task waits for (``dependsOn`` plus every input ``origin``).
+    Column("depends_on", Json, nullable=False),
+    #: cmd (without the private environment), inputs, outputs, predata, partinfo, userattr.
+    Column("spec", Json, nullable=False),
+    Column("private_env", Json, nullable=True),
+    Index(None, "job_id", "ordinal"),
+    Index(None, "state"),
+)
+
+workunits = Table(
+    "workunits",
+    metadata,
+    Column("id", String(220), primary_key=True),  # <jobid>_<taskid>_<rank>
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", String(200), ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("failed", Integer, nullable=False, server_default="0"),
+    #: Counts every checkout, so a report can be matched to the lease it answers.
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("client_id", String(64), nullable=True),
+    _time("checkout_time"),
+    Column("computetime", BigInteger, nullable=False, server_default="0"),
+    # Copied from the job and task so that checkout reads one table.
+    Column("priority", Integer, nullable=False),
+    _time("submittime"),
+    Column("clientgroups", String(1024), nullable=False, server_default=""),
+    Column("app", String(255), nullable=False),
+    Column("input_size", BigInteger, nullable=False, server_default="0"),
+    #: Where to restore from after a preemption (spot protection); null for a fresh start.
+    Column("checkpoint", Json, nullable=True),
+    _time("updatetime"),
+    Index(None, "state", "priority", "submittime", "id"),
+    Index(None, "job_id", "state"),
+    Index(None, "task_id"),
+    Index(None, "client_id"),
+)
+
+#: The uploaded script, byte for byte, for audit and debugging.
+job_scripts = Table(
+    "job_scripts",
+    metadata,
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("script", Text, nullable=False),
+)
+
+#: stdout, stderr, worknotes and perf of each workunit: large, rarely read, never in the hot tables.
+workunit_logs = Table(
+    "workunit_logs",
+    metadata,
+    Column("workunit_id", String(220), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("content", Text, nullable=False),
+    _time("updatetime"),
+    Index(None, "job_id"),
+)
+
+#: What happened to a job, in order: submit, suspend, resume, failures, preemptions, restores...
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    _time("time"),
+    Column("code", String(8), nullable=False),
+    Column("message", Text, nullable=False),
+    Index(None, "job_id", "id"),
+)
