@@ -139,7 +139,9 @@ class Task(_Model):
     @classmethod
     def _taskid(cls, value: str) -> str:
         if not TASKID_PATTERN.match(value):
-            raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+            raise ValueError(
+                "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
         return value
 
     @field_validator("maxworksize")
@@ -300,15 +302,19 @@ def _check(script: Script) -> JobSpec:
                 continue
             origin = tasks_by_id.get(io.origin)
             if origin is None:
-                raise JobScriptError(f"{where} input {io.filename!r} has origin {io.origin!r}, which is no task")
+                raise JobScriptError(
+                    f"{where} input {io.filename!r} has origin {io.origin!r}, which is no task"
+                )
             if not any(out.filename == io.filename for out in origin.outputs):
                 raise JobScriptError(
                     f"{where} input {io.filename!r} has origin {io.origin!r}, which outputs no such file"
                 )
             if io.origin not in deps:
                 deps.append(io.origin)  # an origin is an implicit dependency, as in AWE
-        if task.partinfo and task.partinfo.input and all(
-            io.filename != task.partinfo.input for io in task.inputs
+        if (
+            task.partinfo
+            and task.partinfo.input
+            and all(io.filename != task.partinfo.input for io in task.inputs)
         ):
             raise JobScriptError(f"{where} partinfo.input {task.partinfo.input!r} is not one of its inputs")
         edges[task.taskid] = deps

@@ -24,7 +24,9 @@ class _Machine(StrEnum):
 
     def check(self, target: _Machine) -> None:
         if target not in self.successors:
-            raise IllegalTransition(f"{type(self).__name__} cannot go from {self.value!r} to {target.value!r}")
+            raise IllegalTransition(
+                f"{type(self).__name__} cannot go from {self.value!r} to {target.value!r}"
+            )
 
 
 class JobState(_Machine):
@@ -84,9 +86,7 @@ _TRANSITIONS: dict[type[_Machine], dict[_Machine, frozenset[_Machine]]] = {
     JobState: {
         _J.INIT: frozenset({_J.QUEUED, _J.DELETED}),
         _J.QUEUED: frozenset({_J.IN_PROGRESS, _J.COMPLETED, _J.SUSPEND, _J.FAILED_PERMANENT, _J.DELETED}),
-        _J.IN_PROGRESS: frozenset(
-            {_J.COMPLETED, _J.SUSPEND, _J.FAILED_PERMANENT, _J.QUEUED, _J.DELETED}
-        ),
+        _J.IN_PROGRESS: frozenset({_J.COMPLETED, _J.SUSPEND, _J.FAILED_PERMANENT, _J.QUEUED, _J.DELETED}),
         _J.COMPLETED: frozenset({_J.QUEUED, _J.DELETED}),
         _J.SUSPEND: frozenset({_J.QUEUED, _J.FAILED_PERMANENT, _J.DELETED}),
         _J.FAILED_PERMANENT: frozenset({_J.QUEUED, _J.DELETED}),

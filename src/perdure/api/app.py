@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from perdure import __version__
-from perdure.api import jobs, root
+from perdure.api import cgroups, clients, jobs, queue, root, work
 from perdure.api.context import ServerContext
 from perdure.api.envelope import error_for
 from perdure.errors import PerdureError
@@ -32,10 +32,12 @@ def create_app(settings: Settings, *, db: Database | None = None, run_migrations
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        context.signal.start(database)
         sweeper = asyncio.create_task(_sweep_forever(context))
         try:
             yield
         finally:
+            context.signal.stop()
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
@@ -44,8 +46,8 @@ def create_app(settings: Settings, *, db: Database | None = None, run_migrations
 
     app = FastAPI(title="Perdure", version=__version__, lifespan=lifespan, redoc_url=None)
     app.state.ctx = context
-    app.include_router(root.router)
-    app.include_router(jobs.router)
+    for module in (root, jobs, work, clients, cgroups, queue):
+        app.include_router(module.router)
     _install_error_handlers(app)
     return app
 
@@ -91,6 +93,9 @@ async def _sweep_forever(context: ServerContext) -> None:
 
 
 def sweep_once(context: ServerContext) -> None:
+    requeued = context.clients.requeue_lost()
+    if requeued:
+        log.warning("re-queued %d workunit(s) of lost clients", requeued)
     context.jobs.promote_due()
     reaped = context.jobs.reap_expired()
     if reaped:

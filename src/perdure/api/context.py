@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from perdure.settings import Settings
+from perdure.signal import WorkSignal
+from perdure.store.clients import ClientStore, ensure_cluster_id
 from perdure.store.database import Database
 from perdure.store.jobs import JobStore
+from perdure.store.work import FailureLimits, WorkStore
 from perdure.timeutil import parse_expiration
 
 
@@ -19,9 +22,12 @@ class ServerContext:
     settings: Settings
     db: Database
     jobs: JobStore
+    work: WorkStore
+    clients: ClientStore
+    signal: WorkSignal = field(default_factory=WorkSignal)
     started_monotonic: float = field(default_factory=time.monotonic)
-    #: Changes on every start; workers that see it change know the server restarted.
-    server_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: This process; the cluster id (``clients.cluster_id``) is what workers compare.
+    process_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     @classmethod
     def create(cls, settings: Settings, db: Database) -> ServerContext:
@@ -31,7 +37,14 @@ class ServerContext:
                 table[""] = parse_expiration(settings.global_expire)
             return table
 
-        return cls(settings=settings, db=db, jobs=JobStore(db, settings.data_dir, expire_after))
+        limits = FailureLimits(settings.max_work_failure, settings.max_client_failure)
+        return cls(
+            settings=settings,
+            db=db,
+            jobs=JobStore(db, settings.data_dir, expire_after),
+            work=WorkStore(db, limits),
+            clients=ClientStore(db, lambda: settings.node_ttl_s, ensure_cluster_id(db)),
+        )
 
     @property
     def uptime_s(self) -> float:

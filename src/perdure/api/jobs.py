@@ -60,15 +60,15 @@ async def _read_script(request: Request) -> bytes:
         form = await request.form(max_files=4, max_fields=16, max_part_size=limit)
     except Exception as exc:  # malformed multipart: python-multipart raises several types
         raise BadRequest(f"malformed multipart body: {exc}") from None
-    upload = form.get("upload")
-    if upload is None:
-        if any(k in form for k in ("cwl", "import", "awf")):
-            raise BadRequest("only job scripts (field 'upload') are supported")
-        raise BadRequest("No job script or awf is submitted")
-    if isinstance(upload, UploadFile):
-        data = await upload.read(limit + 1)
-    else:
-        data = upload.encode()
+    try:
+        upload = form.get("upload")
+        if upload is None:
+            if any(k in form for k in ("cwl", "import", "awf")):
+                raise BadRequest("only job scripts (field 'upload') are supported")
+            raise BadRequest("No job script or awf is submitted")
+        data = await upload.read(limit + 1) if isinstance(upload, UploadFile) else upload.encode()
+    finally:
+        await form.close()
     if len(data) > limit:
         raise too_large
     return data
@@ -126,7 +126,7 @@ def list_jobs(request: Request) -> JSONResponse:
     if params.flag(qp, "distinct"):
         return ok(store.distinct(qp.get("distinct", ""), query))
     minimal = qp.get("verbosity") == "minimal"
-    documents, total = store.list(query, minimal=minimal, userattr_keys=qp.getlist("userattr"))
+    documents, total = store.find(query, minimal=minimal, userattr_keys=qp.getlist("userattr"))
     return page(documents, limit=query.limit, offset=query.offset, total=total)
 
 

@@ -33,7 +33,7 @@ def describe(request: Request) -> JSONResponse:
             "auth": [],
             "anonymous_permissions": {"read": True, "write": True, "delete": True},
             "queue_status": "running",
-            "server_uuid": context.server_uuid,
+            "server_uuid": context.clients.cluster_id,
             "server_time": format_us(now_us()),
             "uptime": _format_uptime(context.uptime_s),
             "uptime_seconds": round(context.uptime_s, 3),

@@ -7,15 +7,28 @@ claim needs them.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
+
+log = logging.getLogger("perdure.store")
+P = ParamSpec("P")
+T = TypeVar("T")
+#: PostgreSQL SQLSTATEs that mean "this transaction lost a race; run it again".
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+#: The channel PostgreSQL NOTIFYs when workunits become queued (LISTENed to by every server).
+WORK_CHANNEL = "perdure_work"
 
 #: How long a SQLite writer waits for another to finish before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -40,6 +53,8 @@ class Database:
         self.url = normalize_url(url)
         self.engine: Engine = _make_engine(self.url, pool_size)
         self.dialect = self.engine.dialect.name
+        #: Called after a commit that queued work (wakes long-polling checkouts in this process).
+        self.work_listeners: list[Callable[[], None]] = []
 
     @property
     def is_sqlite(self) -> bool:
@@ -53,6 +68,16 @@ class Database:
                 conn = conn.execution_options(sqlite_immediate=True)
             with conn.begin():
                 yield conn
+            if conn.info.pop("work_queued", False):
+                for listener in self.work_listeners:
+                    listener()
+
+    @staticmethod
+    def work_queued(conn: Connection) -> None:
+        """Mark that this transaction made workunits eligible: waiters here and on other servers wake."""
+        if conn.dialect.name == "postgresql" and not conn.info.get("work_queued"):
+            conn.execute(text(f"NOTIFY {WORK_CHANNEL}"))  # delivered at commit, to every server
+        conn.info["work_queued"] = True
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -96,3 +121,25 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("sqlite_immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def retry_on_conflict(fn: Callable[P, T]) -> Callable[P, T]:
+    """Run a one-transaction store method again when PostgreSQL aborts it for a deadlock.
+
+    Each store method is one transaction, rolled back whole on error, so running it again is safe.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        for attempt in range(8):
+            try:
+                return fn(*args, **kwargs)
+            except DBAPIError as exc:
+                sqlstate = getattr(exc.orig, "sqlstate", None)
+                if sqlstate not in _RETRYABLE_SQLSTATES or attempt == 7:
+                    raise
+                log.debug("retrying %s after %s", fn.__name__, sqlstate)
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    return wrapper

@@ -42,7 +42,7 @@ from perdure.states import (
     WorkunitState,
 )
 from perdure.store import lifecycle
-from perdure.store.database import Database
+from perdure.store.database import Database, retry_on_conflict
 from perdure.store.schema import job_events, job_scripts, jobs, tasks, workunit_logs, workunits
 from perdure.timeutil import format_us, now_us, parse_expiration, parse_time
 
@@ -106,7 +106,8 @@ def field_expression(path: str) -> ColumnElement[Any]:
         return FIELD_COLUMNS[path]
     parts = path.split(".")
     if len(parts) >= 2 and parts[0] == "info" and all(p and p.replace("_", "").isalnum() for p in parts[1:]):
-        return jobs.c.info[tuple(parts[1:])].as_string()
+        expr: ColumnElement[Any] = jobs.c.info[tuple(parts[1:])].as_string()
+        return expr
     raise BadRequest(f"unknown job field {path!r}")
 
 
@@ -126,7 +127,12 @@ def _field_filter(path: str, values: Sequence[str]) -> ColumnElement[bool]:
         # clientgroups is a comma list: match jobs that name any of the given groups.
         matches: list[ColumnElement[bool]] = []
         for group in values:
-            matches += [expr == group, expr.like(f"{group},%"), expr.like(f"%,{group}"), expr.like(f"%,{group},%")]
+            matches += [
+                expr == group,
+                expr.like(f"{group},%"),
+                expr.like(f"%,{group}"),
+                expr.like(f"%,{group},%"),
+            ]
         return or_(*matches)
     return expr.in_(list(values))
 
@@ -163,7 +169,10 @@ class JobStore:
 
     # ---- submit and read -------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec, script: str, datatoken: str | None, owner: str = "public") -> dict[str, Any]:
+    @retry_on_conflict
+    def submit(
+        self, spec: JobSpec, script: str, datatoken: str | None, owner: str = "public"
+    ) -> dict[str, Any]:
         job_id = str(uuid.uuid4())
         now = now_us()
         info = dict(spec.info)
@@ -234,7 +243,7 @@ class JobStore:
         rows = conn.execute(select(tasks).where(tasks.c.job_id == job_id).order_by(tasks.c.ordinal)).all()
         return job_document(job, rows)
 
-    def list(
+    def find(
         self, query: JobQuery, *, minimal: bool = False, userattr_keys: Sequence[str] = ()
     ) -> tuple[list[dict[str, Any]], int]:
         if not 1 <= query.limit <= MAX_PAGE:
@@ -252,7 +261,9 @@ class JobStore:
             by_job: dict[str, list[Any]] = {j.id: [] for j in page}
             if page:
                 for t in conn.execute(
-                    select(tasks).where(tasks.c.job_id.in_(list(by_job))).order_by(tasks.c.job_id, tasks.c.ordinal)
+                    select(tasks)
+                    .where(tasks.c.job_id.in_(list(by_job)))
+                    .order_by(tasks.c.job_id, tasks.c.ordinal)
                 ):
                     by_job[t.job_id].append(t)
         if minimal:
@@ -264,7 +275,9 @@ class JobStore:
             raise BadRequest(f"distinct field must be one of {', '.join(sorted(DISTINCT_FIELDS))}")
         expr = field_expression(f"info.{name}")
         with self.db.read() as conn:
-            values = conn.execute(select(expr).distinct().where(*_where(query)).order_by(expr)).scalars().all()
+            values = (
+                conn.execute(select(expr).distinct().where(*_where(query)).order_by(expr)).scalars().all()
+            )
         if f"info.{name}" in TIME_FIELDS:
             return [format_us(v) for v in values]
         return [v for v in values if v is not None]
@@ -297,7 +310,13 @@ class JobStore:
                 select(tasks).where(tasks.c.job_id == job_id).order_by(tasks.c.ordinal)
             ).all()
             wu_rows = conn.execute(
-                select(workunits.c.id, workunits.c.task_id, workunits.c.rank, workunits.c.state, workunits.c.failed)
+                select(
+                    workunits.c.id,
+                    workunits.c.task_id,
+                    workunits.c.rank,
+                    workunits.c.state,
+                    workunits.c.failed,
+                )
                 .where(workunits.c.job_id == job_id)
                 .order_by(workunits.c.task_id, workunits.c.rank)
             ).all()
@@ -338,9 +357,7 @@ class JobStore:
                 }
                 for t in task_rows
             ],
-            "events": [
-                {"time": format_us(e.time), "code": e.code, "message": e.message} for e in events
-            ],
+            "events": [{"time": format_us(e.time), "code": e.code, "message": e.message} for e in events],
         }
 
     def perf(self, job_id: str) -> dict[str, Any]:
@@ -380,6 +397,7 @@ class JobStore:
 
     # ---- operations on one job -----------------------------------------------------------------
 
+    @retry_on_conflict
     def suspend(self, job_id: str, notes: str = "manually suspended") -> str:
         now = now_us()
         with self.db.write() as conn:
@@ -392,6 +410,7 @@ class JobStore:
             suspend_job(conn, job_id, {"servernotes": notes, "status": JobState.SUSPEND.value}, now)
         return f"job suspended: {job_id}"
 
+    @retry_on_conflict
     def resume(self, job_id: str) -> str:
         now = now_us()
         with self.db.write() as conn:
@@ -403,10 +422,13 @@ class JobStore:
                 update(workunits)
                 .where(
                     workunits.c.job_id == job_id,
-                    workunits.c.state.in_([WorkunitState.SUSPEND.value, WorkunitState.FAILED_PERMANENT.value]),
+                    workunits.c.state.in_(
+                        [WorkunitState.SUSPEND.value, WorkunitState.FAILED_PERMANENT.value]
+                    ),
                 )
                 .values(state=WorkunitState.QUEUED.value, failed=0, client_id=None, updatetime=now)
             )
+            Database.work_queued(conn)
             for task in conn.execute(
                 select(tasks.c.id, tasks.c.state, tasks.c.remainwork, tasks.c.totalwork).where(
                     tasks.c.job_id == job_id,
@@ -430,6 +452,7 @@ class JobStore:
             lifecycle.advance_job(conn, job_id, now, self._expire_after_s())
         return f"job resumed: {job_id}"
 
+    @retry_on_conflict
     def recompute(self, job_id: str, taskid: str) -> str:
         """Rerun one task and everything downstream of it (following every dependency)."""
         now = now_us()
@@ -437,7 +460,9 @@ class JobStore:
             job = self._job_row(conn, job_id, lock=True)
             self._check_rerunnable(job, "recompute")
             rows = conn.execute(
-                select(tasks.c.id, tasks.c.taskid, tasks.c.state, tasks.c.depends_on).where(tasks.c.job_id == job_id)
+                select(tasks.c.id, tasks.c.taskid, tasks.c.state, tasks.c.depends_on).where(
+                    tasks.c.job_id == job_id
+                )
             ).all()
             short = taskid.removeprefix(f"{job_id}_")
             if short not in {r.taskid for r in rows}:
@@ -455,6 +480,7 @@ class JobStore:
             self._rerun(conn, job_id, ids, now, f"recompute from task {short}: {len(ids)} task(s) reset")
         return f"job recompute started at task {short}: {job_id}"
 
+    @retry_on_conflict
     def resubmit(self, job_id: str) -> str:
         now = now_us()
         with self.db.write() as conn:
@@ -491,7 +517,9 @@ class JobStore:
 
     def set_clientgroup(self, job_id: str, value: str) -> str:
         groups = normalize_clientgroups(value)
-        self._update_fields(job_id, {"clientgroups": groups}, {"clientgroups": groups}, f"clientgroups={groups}")
+        self._update_fields(
+            job_id, {"clientgroups": groups}, {"clientgroups": groups}, f"clientgroups={groups}"
+        )
         return f"job clientgroup updated: {job_id} ({groups or 'any'})"
 
     def set_priority(self, job_id: str, value: str) -> str:
@@ -508,6 +536,7 @@ class JobStore:
         self._update_fields(job_id, {"pipeline": value}, {}, f"pipeline={value}")
         return f"job pipeline updated: {job_id} ({value})"
 
+    @retry_on_conflict
     def _update_fields(
         self, job_id: str, job_values: dict[str, Any], queued_work_values: dict[str, Any], note: str
     ) -> None:
@@ -519,9 +548,13 @@ class JobStore:
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(**job_values, updatetime=now))
             if queued_work_values:
                 # Checkout reads these copies: change them too, so the new value counts at once.
-                conn.execute(update(workunits).where(workunits.c.job_id == job_id).values(**queued_work_values))
+                conn.execute(
+                    update(workunits).where(workunits.c.job_id == job_id).values(**queued_work_values)
+                )
+                Database.work_queued(conn)  # the job may now suit clients it did not suit before
             lifecycle.record_event(conn, job_id, lifecycle.EVENT_UPDATED, note, now)
 
+    @retry_on_conflict
     def set_expiration(self, job_id: str, value: str) -> str:
         try:
             seconds = parse_expiration(value)
@@ -531,12 +564,17 @@ class JobStore:
         with self.db.write() as conn:
             job = self._job_row(conn, job_id, lock=True)
             if job.state not in (JobState.COMPLETED, JobState.DELETED):
-                raise Conflict(f"job {job_id} is {job.state}: expiration applies to completed or deleted jobs")
+                raise Conflict(
+                    f"job {job_id} is {job.state}: expiration applies to completed or deleted jobs"
+                )
             expiration = now + seconds * 1_000_000
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(expiration=expiration, updatetime=now))
+            conn.execute(
+                update(jobs).where(jobs.c.id == job_id).values(expiration=expiration, updatetime=now)
+            )
             lifecycle.record_event(conn, job_id, lifecycle.EVENT_UPDATED, f"expiration={value}", now)
         return f"job expiration set: {job_id} ({format_us(expiration)})"
 
+    @retry_on_conflict
     def set_token(self, job_id: str, token: str | None) -> str:
         if not token:
             raise BadRequest("missing Datatoken header")
@@ -550,6 +588,7 @@ class JobStore:
             lifecycle.record_event(conn, job_id, lifecycle.EVENT_UPDATED, "data token set", now)
         return f"data token set for job: {job_id}"
 
+    @retry_on_conflict
     def delete(self, job_id: str, *, full: bool = False) -> str:
         now = now_us()
         with self.db.write() as conn:
@@ -566,7 +605,9 @@ class JobStore:
 
     def resume_all(self) -> str:
         with self.db.read() as conn:
-            ids = conn.execute(select(jobs.c.id).where(jobs.c.state == JobState.SUSPEND.value)).scalars().all()
+            ids = (
+                conn.execute(select(jobs.c.id).where(jobs.c.state == JobState.SUSPEND.value)).scalars().all()
+            )
         resumed = 0
         for job_id in ids:
             try:
@@ -593,16 +634,20 @@ class JobStore:
                 ).scalar_one_or_none()
                 if job is None or JobState(job) not in ACTIVE_JOB_STATES:
                     continue
-                stuck = conn.execute(
-                    select(tasks.c.id).where(
-                        tasks.c.job_id == job_id,
-                        tasks.c.state.in_([TaskState.QUEUED.value, TaskState.IN_PROGRESS.value]),
-                        ~exists().where(
-                            workunits.c.task_id == tasks.c.id,
-                            workunits.c.state.in_([s.value for s in LIVE_WORKUNIT_STATES]),
-                        ),
+                stuck = (
+                    conn.execute(
+                        select(tasks.c.id).where(
+                            tasks.c.job_id == job_id,
+                            tasks.c.state.in_([TaskState.QUEUED.value, TaskState.IN_PROGRESS.value]),
+                            ~exists().where(
+                                workunits.c.task_id == tasks.c.id,
+                                workunits.c.state.in_([s.value for s in LIVE_WORKUNIT_STATES]),
+                            ),
+                        )
                     )
-                ).scalars().all()
+                    .scalars()
+                    .all()
+                )
                 lifecycle.reset_tasks(conn, job_id, stuck, now)
                 lifecycle.advance_job(conn, job_id, now, self._expire_after_s())
                 lifecycle.record_event(conn, job_id, lifecycle.EVENT_RESUMED, "recovered", now)
@@ -649,7 +694,9 @@ class JobStore:
 
     def delete_suspended(self, *, full: bool = False) -> str:
         with self.db.read() as conn:
-            ids = conn.execute(select(jobs.c.id).where(jobs.c.state == JobState.SUSPEND.value)).scalars().all()
+            ids = (
+                conn.execute(select(jobs.c.id).where(jobs.c.state == JobState.SUSPEND.value)).scalars().all()
+            )
         deleted = self._delete_many(ids, full, only_states={JobState.SUSPEND})
         return f"deleted {deleted} suspended jobs"
 
@@ -657,7 +704,9 @@ class JobStore:
         deleted = self._delete_many(self.zombies(), full, only_states=ACTIVE_JOB_STATES)
         return f"deleted {deleted} zombie jobs"
 
-    def _delete_many(self, ids: Sequence[str], full: bool, only_states: frozenset[JobState] | set[JobState]) -> int:
+    def _delete_many(
+        self, ids: Sequence[str], full: bool, only_states: frozenset[JobState] | set[JobState]
+    ) -> int:
         deleted: list[str] = []
         now = now_us()
         for job_id in ids:
@@ -682,17 +731,21 @@ class JobStore:
         """Enqueue tasks whose ``start_at`` has passed. Returns how many jobs were looked at."""
         now = now_us()
         with self.db.read() as conn:
-            due = conn.execute(
-                select(jobs.c.id).where(
-                    jobs.c.state.in_([s.value for s in ACTIVE_JOB_STATES]),
-                    jobs.c.start_at > 0,
-                    jobs.c.start_at <= now,
-                    exists().where(
-                        tasks.c.job_id == jobs.c.id,
-                        tasks.c.state.in_([TaskState.PENDING.value, TaskState.READY.value]),
-                    ),
+            due = (
+                conn.execute(
+                    select(jobs.c.id).where(
+                        jobs.c.state.in_([s.value for s in ACTIVE_JOB_STATES]),
+                        jobs.c.start_at > 0,
+                        jobs.c.start_at <= now,
+                        exists().where(
+                            tasks.c.job_id == jobs.c.id,
+                            tasks.c.state.in_([TaskState.PENDING.value, TaskState.READY.value]),
+                        ),
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
         for job_id in due:
             with self.db.write() as conn:
                 lifecycle.advance_job(conn, job_id, now, self._expire_after_s())
@@ -702,13 +755,17 @@ class JobStore:
         """Remove completed or deleted jobs whose expiration has passed."""
         now = now_us()
         with self.db.read() as conn:
-            ids = conn.execute(
-                select(jobs.c.id).where(
-                    jobs.c.state.in_([JobState.COMPLETED.value, JobState.DELETED.value]),
-                    jobs.c.expiration > 0,
-                    jobs.c.expiration < now,
+            ids = (
+                conn.execute(
+                    select(jobs.c.id).where(
+                        jobs.c.state.in_([JobState.COMPLETED.value, JobState.DELETED.value]),
+                        jobs.c.expiration > 0,
+                        jobs.c.expiration < now,
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
         return self._delete_many(ids, True, only_states={JobState.COMPLETED, JobState.DELETED})
 
     # ---- removal -------------------------------------------------------------------------------
@@ -731,6 +788,11 @@ class JobStore:
             rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
         return {state: int(n) for state, n in rows}
 
+    def task_counts(self) -> dict[str, int]:
+        with self.db.read() as conn:
+            rows = conn.execute(select(tasks.c.state, func.count()).group_by(tasks.c.state)).all()
+        return {state: int(n) for state, n in rows}
+
 
 def suspend_job(conn: Connection, job_id: str, error: dict[str, Any], now: int) -> None:
     """Hold a job and its live work. Workers running its workunits are told to discard them."""
@@ -751,7 +813,9 @@ def suspend_job(conn: Connection, job_id: str, error: dict[str, Any], now: int) 
         .values(state=WorkunitState.SUSPEND.value, updatetime=now)
     )
     conn.execute(
-        update(jobs).where(jobs.c.id == job_id).values(state=JobState.SUSPEND.value, error=error, updatetime=now)
+        update(jobs)
+        .where(jobs.c.id == job_id)
+        .values(state=JobState.SUSPEND.value, error=error, updatetime=now)
     )
     lifecycle.record_event(conn, job_id, lifecycle.EVENT_SUSPENDED, str(error.get("servernotes", "")), now)
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from perdure.states import JobState, TaskState, WorkunitState
+from perdure.store.database import Database
 from perdure.store.schema import job_events, jobs, tasks, workunit_logs, workunits
 
 # AWE's two-letter event codes (awe.md §5.2), extended for what Perdure adds.
@@ -43,7 +44,9 @@ def workunit_id(task_id: str, rank: int) -> str:
     return f"{task_id}_{rank}"
 
 
-def advance_job(conn: Connection, job_id: str, now: int, expire_after_s: Mapping[str, int] | None = None) -> None:
+def advance_job(
+    conn: Connection, job_id: str, now: int, expire_after_s: Mapping[str, int] | None = None
+) -> None:
     """Enqueue every task whose time has come, and complete the job when nothing is left.
 
     ``expire_after_s`` maps a pipeline (or ``""`` for the global default) to the expiration given to a
@@ -101,6 +104,7 @@ def _enqueue_task(conn: Connection, job: Any, job_id: str, task: Any, now: int) 
             for rank in workunit_ranks(task.totalwork)
         ],
     )
+    Database.work_queued(conn)
     conn.execute(
         update(tasks)
         .where(tasks.c.id == task.id)

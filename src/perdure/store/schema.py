@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
@@ -18,6 +19,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -122,7 +125,18 @@ workunits = Table(
     #: Where to restore from after a preemption (spot protection); null for a fresh start.
     Column("checkpoint", Json, nullable=True),
     _time("updatetime"),
-    Index(None, "state", "priority", "submittime", "id"),
+    #: The last accepted report (client, status, attempt): a repeat of it is answered "ok" again.
+    Column("reported_by", String(64), nullable=True),
+    Column("reported_status", String(20), nullable=True),
+    Column("reported_attempt", Integer, nullable=True),
+    Index(
+        "ix_workunits_queue",
+        text("priority DESC"),
+        "submittime",
+        "id",
+        sqlite_where=text("state = 'queued'"),
+        postgresql_where=text("state = 'queued'"),
+    ),
     Index(None, "job_id", "state"),
     Index(None, "task_id"),
     Index(None, "client_id"),
@@ -158,4 +172,69 @@ job_events = Table(
     Column("code", String(8), nullable=False),
     Column("message", Text, nullable=False),
     Index(None, "job_id", "id"),
+)
+
+#: Workers ("clients" in AWE). Status (online, busy, suspended, offline) is derived, never stored.
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(255), nullable=False, server_default=""),
+    Column("group_name", String(255), nullable=False, server_default="default"),
+    Column("hostname", String(255), nullable=False, server_default=""),
+    Column("host_ip", String(255), nullable=False, server_default=""),
+    Column("domain", String(255), nullable=False, server_default=""),
+    #: The machine this client runs on; several slots of one node share it.
+    Column("node_id", String(64), nullable=False, server_default=""),
+    Column("version", String(64), nullable=False, server_default=""),
+    Column("cores", Integer, nullable=False, server_default="0"),
+    Column("apps", Json, nullable=False),
+    #: Everything else the worker said about itself at registration.
+    Column("profile", Json, nullable=False),
+    _time("regtime"),
+    _time("last_heartbeat"),
+    _time("last_checkout"),
+    _time("last_report"),
+    Column("suspended", Boolean, nullable=False, server_default=text("false")),
+    Column("suspend_reason", String(255), nullable=False, server_default=""),
+    #: Set by DELETE /client: the next heartbeat tells the worker to stop.
+    _time("deleted_at"),
+    Column("total_checkout", Integer, nullable=False, server_default="0"),
+    Column("total_completed", Integer, nullable=False, server_default="0"),
+    Column("total_failed", Integer, nullable=False, server_default="0"),
+    #: Consecutive failures; reaching max_client_failure suspends the client.
+    Column("last_failed", Integer, nullable=False, server_default="0"),
+    Index(None, "group_name"),
+    Index(None, "last_heartbeat"),
+    Index(None, "node_id"),
+)
+
+#: Workunits a client failed: it is never handed them again (AWE's skip_work).
+client_skip_work = Table(
+    "client_skip_work",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("workunit_id", String(220), primary_key=True),
+    Index(None, "workunit_id"),
+)
+
+#: Client groups and their worker tokens (only a hash of each token is kept).
+clientgroups = Table(
+    "clientgroups",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("token_hash", String(64), nullable=True),
+    _time("created"),
+    _time("token_expiration"),
+    UniqueConstraint("name"),
+    UniqueConstraint("token_hash"),
+)
+
+#: Facts about this installation, e.g. its cluster id (the heartbeat's ``server-uuid``).
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
 )

@@ -1,0 +1,503 @@
+"""Job API benchmark: submit rate, and ``GET /job`` page latency at 100 jobs and at N jobs.
+
+Starts a real ``perdure server`` on a free loopback port (SQLite in a temporary data directory, or a
+throwaway PostgreSQL database), submits N three-task jobs over HTTP from C concurrent submitters, and
+times ``GET /job`` (first page, a deep page, a field query) and ``GET /job/<id>`` once the store holds
+100 jobs and again once it holds N. The target is a page that costs about the same at both sizes.
+
+    .venv/bin/python bench/jobs.py [--jobs 10000] [--db sqlite|postgresql|both] [--concurrency 8]
+                                   [--server-workers 1] [--samples 50]
+
+Everything stays on loopback; the server is stopped and the database dropped even on error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+SMALL = 100  # the "small store" size the N-job figures are compared with
+DEEP_OFFSET = 9000
+PAGE = 25  # the server's default limit
+PROJECTS = [
+    f"proj-{name}"
+    for name in ("soil", "ocean", "gut", "air", "ice", "lake", "wetland", "forest", "desert", "cave")
+]
+USERS = [f"user{n:02d}" for n in range(50)]
+MAX_ERRORS_KEPT = 10
+
+
+# ---- the server ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """``perdure server`` in a child process on a free loopback port."""
+
+    def __init__(self, data_dir: Path, db_url: str | None, workers: int) -> None:
+        self.data_dir = data_dir
+        self.db_url = db_url
+        self.workers = workers
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir.parent / f"server-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "perdure", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--data-dir", str(self.data_dir), "--workers", str(self.workers), "--log-level", "warning"]
+        if self.db_url:
+            cmd += ["--db", self.db_url]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not answer GET / within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@contextmanager
+def postgres_database(admin_dsn: str) -> Iterator[str]:
+    """A database of our own, dropped afterwards; yields its URL."""
+    name = f"perdure_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_problem(admin_dsn: str) -> str | None:
+    try:
+        with psycopg.connect(admin_dsn, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return f"PostgreSQL unreachable at {admin_dsn}: {str(exc).strip()}"
+
+
+# ---- the workload ----------------------------------------------------------------------------------
+
+
+def job_script(n: int, rng: random.Random) -> bytes:
+    """A realistic three-task job: fetch -> qc -> assemble, wired by dependsOn and input origins."""
+    project = PROJECTS[n % len(PROJECTS)]
+    user = rng.choice(USERS)
+    sample = f"S{n:06d}"
+    size = rng.randint(50, 5000) * 1_000_000
+    document = {
+        "info": {
+            "pipeline": "mg-assembly",
+            "name": f"{sample}-assembly",
+            "project": project,
+            "user": user,
+            "clientgroups": "bench",
+            "priority": rng.choice((1, 1, 1, 2, 5)),
+            "xref": f"ticket-{rng.randint(1000, 9999)}",
+            "description": f"metagenome assembly of {sample} for {project}",
+            "userattr": {"sample": sample, "submission": f"sub-{n // 100:04d}", "organism": "metagenome"},
+        },
+        "tasks": [
+            {
+                "taskid": "fetch",
+                "cmd": {
+                    "name": "curl",
+                    "args": f"-sSfL -o @raw.fastq https://data.example.org/{sample}.fastq",
+                },
+                "outputs": [{"filename": "raw.fastq", "host": "https://shock.example.org"}],
+                "totalwork": 1,
+            },
+            {
+                "taskid": "qc",
+                "cmd": {
+                    "name": "fastp",
+                    "args": "-i @raw.fastq -o qc.fastq -j qc.json",
+                    "environ": {"public": {"THREADS": "4"}},
+                },
+                "dependsOn": ["fetch"],
+                "inputs": [{"filename": "raw.fastq", "origin": "fetch", "size": size}],
+                "outputs": [{"filename": "qc.fastq"}, {"filename": "qc.json", "type": "stats"}],
+                "userattr": {"stage": "qc"},
+            },
+            {
+                "taskid": "assemble",
+                "cmd": {"name": "megahit", "args": "-r @qc.fastq -o out --min-contig-len 500"},
+                "dependsOn": ["qc"],
+                "inputs": [{"filename": "qc.fastq", "origin": "qc"}],
+                "outputs": [{"filename": "contigs.fa", "directory": "out"}],
+                "totalwork": 1,
+                "userattr": {"stage": "assembly"},
+            },
+        ],
+    }
+    return json.dumps(document).encode()
+
+
+@dataclass
+class Failure:
+    request: str
+    status: int | str
+    body: str
+
+
+@dataclass
+class Failures:
+    count: int = 0
+    kept: list[Failure] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, request: str, response: httpx.Response | None, error: Exception | None = None) -> None:
+        with self.lock:
+            self.count += 1
+            if len(self.kept) < MAX_ERRORS_KEPT:
+                if response is not None:
+                    self.kept.append(Failure(request, response.status_code, response.text[:600]))
+                else:
+                    self.kept.append(Failure(request, type(error).__name__, str(error)[:600]))
+
+
+@dataclass
+class SubmitResult:
+    ids: list[str]
+    seconds: float
+    #: (completion time since start, request latency) per successful submit
+    done: list[tuple[float, float]]
+
+
+def submit_jobs(url: str, first: int, count: int, concurrency: int, failures: Failures) -> SubmitResult:
+    """Submit jobs ``first .. first+count-1`` from ``concurrency`` threads, each with its own client."""
+    local = threading.local()
+    clients: list[httpx.Client] = []
+    clients_lock = threading.Lock()
+    scripts = [job_script(n, random.Random(n)) for n in range(first, first + count)]
+    start = time.perf_counter()
+
+    def one(i: int) -> tuple[str, float, float] | None:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(base_url=url, timeout=120.0)
+            with clients_lock:
+                clients.append(client)
+        files = {"upload": (f"job-{first + i}.json", scripts[i], "application/json")}
+        t0 = time.perf_counter()
+        try:
+            response = client.post("/job", files=files)
+        except httpx.HTTPError as exc:
+            failures.add(f"POST /job (job {first + i})", None, exc)
+            return None
+        t1 = time.perf_counter()
+        if response.status_code != 200:
+            failures.add(f"POST /job (job {first + i})", response)
+            return None
+        return response.json()["data"]["id"], t1 - start, t1 - t0
+
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            results = list(pool.map(one, range(count)))
+    finally:
+        for client in clients:
+            client.close()
+    seconds = time.perf_counter() - start
+    ok = [r for r in results if r is not None]
+    return SubmitResult([r[0] for r in ok], seconds, [(r[1], r[2]) for r in ok])
+
+
+# ---- latency ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Probe:
+    key: str
+    label: str
+    path: str
+    params: dict[str, str]
+    #: what ``total_count`` / page length the answer should show, checked once
+    expect_total: int | None = None
+    samples: list[float] = field(default_factory=list)
+    total_seen: int | None = None
+    page_len: int | None = None
+
+
+def probes_for(size: int, ids: list[str], rng: random.Random) -> list[Probe]:
+    deep = DEEP_OFFSET if size >= DEEP_OFFSET + PAGE else max(0, (size - 1) // PAGE * PAGE)
+    project = PROJECTS[3]
+    return [
+        Probe("first page", "GET /job (offset 0)", "/job", {}, expect_total=size),
+        Probe("deep page", f"GET /job?offset={deep}", "/job", {"offset": str(deep)}, expect_total=size),
+        Probe(
+            "query",
+            f"GET /job?query&info.project={project}&state=queued",
+            "/job",
+            {"query": "", "info.project": project, "state": "queued"},
+        ),
+        Probe("one job", "GET /job/<id>", f"/job/{rng.choice(ids)}", {}),
+    ]
+
+
+def measure(url: str, probes: list[Probe], samples: int, failures: Failures) -> None:
+    """Round-robin over the probes so that background noise lands on all of them alike."""
+    with httpx.Client(base_url=url, timeout=120.0) as client:
+        for probe in probes:  # warm-up: connection, plan and page caches
+            for _ in range(3):
+                client.get(probe.path, params=probe.params)
+        for _ in range(samples):
+            for probe in probes:
+                t0 = time.perf_counter()
+                try:
+                    response = client.get(probe.path, params=probe.params)
+                except httpx.HTTPError as exc:
+                    failures.add(f"GET {probe.path} {probe.params}", None, exc)
+                    continue
+                elapsed = time.perf_counter() - t0
+                if response.status_code != 200:
+                    failures.add(f"GET {response.request.url}", response)
+                    continue
+                probe.samples.append(elapsed * 1000)
+                if probe.total_seen is None:
+                    body = response.json()
+                    probe.total_seen = body.get("total_count")
+                    if isinstance(body.get("data"), list):
+                        probe.page_len = len(body["data"])
+
+
+@dataclass
+class Stats:
+    p50: float
+    p95: float
+    max: float
+    n: int
+
+
+def stats(values: list[float]) -> Stats | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return Stats(statistics.median(ordered), p95, ordered[-1], len(ordered))
+
+
+# ---- one database ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    db: str
+    submit_rate: float = 0.0
+    ratios: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def run_one(kind: str, db_url: str | None, work_dir: Path, args: argparse.Namespace) -> Outcome:
+    outcome = Outcome(kind)
+    failures = Failures()
+    server = Server(work_dir / "data", db_url, args.server_workers)
+    print(
+        f"\n=== {kind}: {args.jobs} jobs, {args.concurrency} submitters, "
+        f"{args.server_workers} server worker(s), {args.samples} samples ===",
+        flush=True,
+    )
+    try:
+        server.start()
+        rng = random.Random(1)
+        small = min(SMALL, args.jobs)
+
+        t0 = time.perf_counter()
+        first = submit_jobs(server.url, 0, small, args.concurrency, failures)
+        small_probes = probes_for(len(first.ids), first.ids, rng)
+        measure(server.url, small_probes, args.samples, failures)
+        print(f"  {len(first.ids)} jobs submitted, measured at {len(first.ids)} jobs", flush=True)
+
+        rest = submit_jobs(server.url, small, args.jobs - small, args.concurrency, failures)
+        ids = first.ids + rest.ids
+        big_probes = probes_for(len(ids), ids, rng)
+        measure(server.url, big_probes, args.samples, failures)
+        wall = time.perf_counter() - t0
+
+        submitted = len(ids)
+        submit_seconds = first.seconds + rest.seconds
+        outcome.submit_rate = submitted / submit_seconds if submit_seconds else 0.0
+        latencies = stats([lat * 1000 for _, lat in first.done + rest.done])
+        print(
+            f"\n  submit: {submitted} jobs in {submit_seconds:.1f} s = {outcome.submit_rate:.1f} jobs/s",
+            end="",
+        )
+        if latencies:
+            lat = latencies
+            print(f"  (per request p50 {lat.p50:.1f} ms, p95 {lat.p95:.1f} ms, max {lat.max:.0f} ms)")
+        else:
+            print()
+        print("  submit rate by store size: " + submit_curve(rest, small, args.jobs))
+        print_table(small_probes, big_probes, len(first.ids), submitted)
+        for a, b in zip(small_probes, big_probes, strict=True):
+            sa, sb = stats(a.samples), stats(b.samples)
+            if sa and sb:
+                outcome.ratios[b.key] = sb.p50 / sa.p50
+        print(f"  run time: {wall:.0f} s", flush=True)
+    except BaseException as exc:
+        outcome.error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        server.stop()
+        if failures.count:
+            outcome.error = outcome.error or f"{failures.count} failed request(s)"
+            print(f"\n  !! {failures.count} failed request(s); the first {len(failures.kept)}:")
+            for f in failures.kept:
+                print(f"     {f.request} -> {f.status}: {f.body}")
+            tail = server.log_tail()
+            if tail:
+                print("  server log (tail):\n" + "\n".join("     " + line for line in tail.splitlines()))
+    return outcome
+
+
+def submit_curve(rest: SubmitResult, offset: int, total: int) -> str:
+    """Submit rate over each fifth of the bulk submission, to show whether it slows as the store grows."""
+    done = sorted(t for t, _ in rest.done)
+    if len(done) < 20:
+        return "(too few jobs)"
+    parts = []
+    step = len(done) // 5
+    previous_t, previous_i = 0.0, 0
+    for i in range(step, len(done) + 1, step):
+        t = done[i - 1]
+        if t > previous_t:
+            parts.append(f"{offset + i}: {(i - previous_i) / (t - previous_t):.0f}/s")
+        previous_t, previous_i = t, i
+    return ", ".join(parts) + f"  (jobs in store -> rate over the preceding {step})"
+
+
+def fmt(s: Stats | None) -> str:
+    if s is None:
+        return f"{'-':>7} {'-':>7} {'-':>7}"
+    return f"{s.p50:7.1f} {s.p95:7.1f} {s.max:7.1f}"
+
+
+def print_table(small: list[Probe], big: list[Probe], n_small: int, n_big: int) -> None:
+    labels = [
+        b.label if a.label == b.label else f"{b.label} ({a.params['offset']} at {n_small})"
+        for a, b in zip(small, big, strict=True)
+    ]
+    width = max(len(label) for label in labels) + 2
+    left, right = f"at {n_small} jobs", f"at {n_big} jobs"
+    print(f"\n  {'latency, ms':<{width}} {left:^23}   {right:^23}   {'p50 ratio':>9}")
+    columns = f"{'p50':>7} {'p95':>7} {'max':>7}"
+    print(f"  {'':<{width}} {columns}   {columns}   {'N / 100':>9}")
+    for label, a, b in zip(labels, small, big, strict=True):
+        sa, sb = stats(a.samples), stats(b.samples)
+        ratio = f"{sb.p50 / sa.p50:9.2f}" if sa and sb else f"{'-':>9}"
+        print(f"  {label:<{width}} {fmt(sa)}   {fmt(sb)}   {ratio}")
+    for probe in small + big:
+        if (
+            probe.total_seen is not None
+            and probe.expect_total is not None
+            and probe.total_seen != probe.expect_total
+        ):
+            print(f"  !! {probe.label}: total_count {probe.total_seen}, expected {probe.expect_total}")
+    query = [p for p in small + big if p.key == "query"]
+    matched = ", ".join(
+        f"{p.total_seen} of {n} (page of {p.page_len})" for p, n in zip(query, (n_small, n_big), strict=True)
+    )
+    print(f"  query matched {matched}")
+
+
+# ---- main ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--jobs", type=int, default=10_000, help="jobs to submit (default 10000)")
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--concurrency", type=int, default=8, help="concurrent submitters (default 8)")
+    parser.add_argument("--server-workers", type=int, default=1, help="perdure server --workers (default 1)")
+    parser.add_argument(
+        "--samples", type=int, default=50, help="timed requests per probe and size (default 50)"
+    )
+    parser.add_argument(
+        "--pg-admin", default=PG_ADMIN_DSN, help=f"PostgreSQL admin DSN (default {PG_ADMIN_DSN})"
+    )
+    args = parser.parse_args(argv)
+    for name in ("jobs", "concurrency", "server_workers", "samples"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    outcomes: list[Outcome] = []
+    for kind in kinds:
+        with tempfile.TemporaryDirectory(prefix=f"perdure-bench-{kind}-") as tmp:
+            if kind == "sqlite":
+                outcomes.append(run_one(kind, None, Path(tmp), args))
+                continue
+            problem = postgres_problem(args.pg_admin)
+            if problem:
+                print(f"\n=== postgresql: SKIPPED ({problem}) ===")
+                outcomes.append(Outcome(kind, error="skipped: " + problem))
+                continue
+            with postgres_database(args.pg_admin) as url:
+                outcomes.append(run_one(kind, url, Path(tmp), args))
+
+    print("\n=== summary: p50 latency at N jobs / at 100 jobs (target: about 1) ===")
+    for o in outcomes:
+        if o.error and not o.ratios:
+            print(f"  {o.db:<10} {o.error}")
+            continue
+        ratios = ", ".join(f"{key} {r:.2f}" for key, r in o.ratios.items())
+        print(f"  {o.db:<10} submit {o.submit_rate:.0f} jobs/s; {ratios}")
+        if o.error:
+            print(f"  {'':<10} !! {o.error}")
+    return 1 if any(o.error for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

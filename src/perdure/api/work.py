@@ -1,0 +1,142 @@
+"""``/work``: checkout (with long-poll), workunit views, secrets for the lease holder, and reports."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.responses import JSONResponse
+
+from perdure.api import params
+from perdure.api.context import ctx
+from perdure.api.envelope import ok, page
+from perdure.api.workerauth import check_worker
+from perdure.errors import BadRequest
+from perdure.store.work import NoWork
+
+router = APIRouter()
+
+#: Longest a checkout may be held open waiting for work.
+MAX_WAIT_S = 60.0
+#: Waiters re-check at least this often, in case a wake-up was missed.
+RECHECK_S = 1.0
+#: Of each report file (stdout, stderr, worknotes, perf) the last this many bytes are kept.
+MAX_LOG_BYTES = 4 * 1024 * 1024
+
+
+@router.get("/work")
+async def checkout_or_list(request: Request) -> JSONResponse:
+    qp = request.query_params
+    if "client" not in qp:
+        return await run_in_threadpool(_list, request)
+    client_id = qp.get("client", "")
+    if not client_id:
+        raise BadRequest("missing client id")
+    available = params.integer(qp, "available", -1)
+    wait = min(params.number(qp, "wait", 0.0), MAX_WAIT_S)
+    await run_in_threadpool(check_worker, request, client_id=client_id)
+    context = ctx(request)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            workunit = await run_in_threadpool(context.work.checkout, client_id, available)
+            return ok(workunit)
+        except NoWork:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise
+            await context.signal.wait(min(remaining, RECHECK_S))
+
+
+def _list(request: Request) -> JSONResponse:
+    qp = request.query_params
+    limit = params.integer(qp, "limit", 25, minimum=1)
+    if limit > 1000:
+        raise BadRequest("limit must be at most 1000")
+    offset = params.integer(qp, "offset", 0, minimum=0)
+    states = params.comma_values(qp, "state") or None
+    documents, total = ctx(request).work.find(states, limit, offset)
+    return page(documents, limit=limit, offset=offset, total=total)
+
+
+@router.get("/work/{work_id}")
+async def get_work(work_id: str, request: Request) -> JSONResponse:
+    qp = request.query_params
+    context = ctx(request)
+    if "status" in qp:  # the API document's GET form of the status update
+        return await _report(work_id, request)
+    if params.flag(qp, "datatoken") or params.flag(qp, "privateenv"):
+        which = "datatoken" if params.flag(qp, "datatoken") else "privateenv"
+        client_id = qp.get("client", "")
+        if not client_id:
+            raise BadRequest("missing client parameter")
+        await run_in_threadpool(check_worker, request, client_id=client_id)
+        value = await run_in_threadpool(context.work.secret, work_id, client_id, which)
+        return ok(None, headers={"Datatoken" if which == "datatoken" else "Privateenv": value})
+    if params.flag(qp, "report"):
+        return ok(await run_in_threadpool(context.work.log, work_id, qp.get("report", "")))
+    return ok(await run_in_threadpool(context.work.get, work_id))
+
+
+@router.put("/work/{work_id}")
+async def update_work(work_id: str, request: Request) -> JSONResponse:
+    return await _report(work_id, request)
+
+
+async def _report(work_id: str, request: Request) -> JSONResponse:
+    qp = request.query_params
+    status = qp.get("status", "")
+    client_id = qp.get("client", "")
+    if not status:
+        raise BadRequest("missing status parameter")
+    if not client_id:
+        raise BadRequest("missing client parameter")
+    computetime = int(params.number(qp, "computetime", 0.0))
+    logs = await _report_files(request)
+    await run_in_threadpool(check_worker, request, client_id=client_id)
+    context = ctx(request)
+    reply = await run_in_threadpool(
+        lambda: context.work.report(work_id, client_id, status, computetime=computetime, logs=logs)
+    )
+    return ok(reply)
+
+
+async def _report_files(request: Request) -> dict[str, str]:
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return {}
+    try:
+        form = await request.form(max_files=8, max_fields=16)
+    except Exception as exc:  # python-multipart raises several types for malformed bodies
+        raise BadRequest(f"malformed multipart body: {exc}") from None
+    try:
+        logs: dict[str, str] = {}
+        for field, kind in (
+            ("perf", "perf"),
+            ("stdout", "stdout"),
+            ("stderr", "stderr"),
+            ("notes", "worknotes"),
+            ("worknotes", "worknotes"),
+        ):
+            item = form.get(field)
+            if isinstance(item, UploadFile):
+                logs[kind] = _tail(item)
+            elif isinstance(item, str):
+                logs[kind] = item[-MAX_LOG_BYTES:]
+        return logs
+    finally:
+        await form.close()
+
+
+def _tail(upload: UploadFile) -> str:
+    """The last MAX_LOG_BYTES of an uploaded file, without reading the rest into memory."""
+    handle = upload.file
+    handle.seek(0, 2)
+    size = handle.tell()
+    handle.seek(max(0, size - MAX_LOG_BYTES))
+    data = handle.read()
+    text = data.decode("utf-8", errors="replace")
+    if size > MAX_LOG_BYTES:
+        text = f"[... {size - MAX_LOG_BYTES} earlier bytes not kept ...]\n" + text
+    return text

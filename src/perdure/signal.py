@@ -1,0 +1,78 @@
+"""Wake long-polling checkouts when work may have appeared.
+
+In one process, the store's commit hook wakes the waiters directly. Across servers sharing a
+PostgreSQL database, every transaction that queues work also sends ``NOTIFY perdure_work``, and each
+server LISTENs on a connection of its own. Waiters re-check at least once a second anyway, so a lost
+notification costs at most that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from perdure.store.database import WORK_CHANNEL, Database
+
+log = logging.getLogger("perdure.signal")
+
+
+class WorkSignal:
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._stop = threading.Event()
+        self._listener: threading.Thread | None = None
+
+    def start(self, db: Database) -> None:
+        self._loop = asyncio.get_running_loop()
+        db.work_listeners.append(self.notify)
+        if db.dialect == "postgresql":
+            self._listener = threading.Thread(
+                target=self._listen, args=(db.url,), name="perdure-listen", daemon=True
+            )
+            self._listener.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def notify(self) -> None:
+        """Thread-safe: wake every waiter of this process."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop shutting down
+                loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait(self, timeout: float) -> None:
+        """Return when work may have appeared, or after ``timeout`` seconds."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(waiter)
+
+    def _listen(self, url: str) -> None:
+        conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {WORK_CHANNEL}")
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.notify()
+            except psycopg.Error as exc:
+                log.warning("LISTEN connection lost (%s); reconnecting", exc)
+                self._stop.wait(1.0)

@@ -1,0 +1,540 @@
+"""Workunits: checkout (an atomic claim), status reports fenced by the lease, and the failure rules.
+
+A checkout is a lease held by one client and kept alive by that client's heartbeats. A report is
+accepted only from the client holding the lease for the current attempt, so work that was re-queued
+and run elsewhere can never be completed twice; an exact repeat of an accepted report answers "ok"
+again, so a worker retrying after a lost reply does no harm.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+
+from perdure.documents import job_info
+from perdure.errors import BadRequest, NotFound, PerdureError
+from perdure.states import JobState, TaskState, WorkunitState
+from perdure.store import lifecycle
+from perdure.store.database import Database, retry_on_conflict
+from perdure.store.jobs import suspend_job
+from perdure.store.schema import client_skip_work, clients, jobs, tasks, workunit_logs, workunits
+from perdure.timeutil import format_us, now_us
+
+#: AWE keeps the last 5,000 characters of stderr in the job's ``error.apperror``.
+APPERROR_CHARS = 5000
+LOG_KINDS = ("stdout", "stderr", "worknotes", "perf")
+REPORT_STATUSES = frozenset({"done", "fail", "failed-permanent"})
+
+
+class LeaseLost(PerdureError):
+    """The reporting client does not hold this workunit (any more)."""
+
+    status = 409
+
+
+class NoWork(PerdureError):
+    """Nothing eligible for this client right now (AWE answers 400)."""
+
+    status = 400
+
+
+@dataclass(frozen=True)
+class FailureLimits:
+    max_work_failure: int = 3
+    max_client_failure: int = 5
+
+
+def decode_workunit_id(raw: str) -> str:
+    """AWE workers address workunits as ``base64:<b64 id>`` too."""
+    if raw.startswith("base64:"):
+        try:
+            return base64.b64decode(raw[7:], validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise BadRequest("invalid base64 workunit id") from None
+    return raw
+
+
+#: Job columns a workunit document shows, prefixed so they do not collide with the workunit's own.
+_JOB_FIELDS = (
+    "name",
+    "pipeline",
+    "project",
+    "username",
+    "clientgroups",
+    "priority",
+    "submittime",
+    "startedtime",
+    "completedtime",
+    "start_at",
+    "info",
+)
+
+
+def _joined() -> Select[Any]:
+    return (
+        select(
+            workunits,
+            tasks.c.taskid,
+            tasks.c.totalwork,
+            tasks.c.spec,
+            *(jobs.c[name].label(f"job_{name}") for name in _JOB_FIELDS),
+        )
+        .join(tasks, tasks.c.id == workunits.c.task_id)
+        .join(jobs, jobs.c.id == workunits.c.job_id)
+    )
+
+
+def _queued() -> Any:
+    # A literal, so the planner can match the partial queue index on both databases.
+    return text("workunits.state = 'queued'")
+
+
+def _group_matches(group: str) -> Any:
+    col = workunits.c.clientgroups
+    return or_(
+        col == "",
+        col == group,
+        col.like(f"{group},%"),
+        col.like(f"%,{group}"),
+        col.like(f"%,{group},%"),
+    )
+
+
+class WorkStore:
+    def __init__(self, db: Database, limits: FailureLimits | None = None) -> None:
+        self.db = db
+        self.limits = limits or FailureLimits()
+
+    # ---- checkout -----------------------------------------------------------------------------
+
+    @retry_on_conflict
+    def checkout(self, client_id: str, available: int | None = None) -> dict[str, Any]:
+        """Lease one eligible workunit to the client, or raise ``NoWork``.
+
+        A client that already holds a lease gets the same workunit again: a checkout retried after a
+        lost reply never hands out a second one.
+        """
+        now = now_us()
+        with self.db.write() as conn:
+            client = conn.execute(select(clients).where(clients.c.id == client_id)).one_or_none()
+            if client is None or client.deleted_at:
+                raise BadRequest("Client not found")
+            if client.suspended:
+                raise BadRequest("Client suspended")
+            held = conn.execute(
+                select(workunits.c.id).where(
+                    workunits.c.client_id == client_id, workunits.c.state == WorkunitState.CHECKOUT.value
+                )
+            ).first()
+            if held is not None:
+                return self._document(conn, held.id)
+            claimed = self._claim(conn, client, available, now)
+            if claimed is None:
+                conn.execute(update(clients).where(clients.c.id == client_id).values(last_heartbeat=now))
+                raise NoWork("No eligible workunit found")
+            wu_id, task_id, job_id = claimed
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
+                .values(state=TaskState.IN_PROGRESS.value)
+            )
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state == JobState.QUEUED.value)
+                .values(
+                    state=JobState.IN_PROGRESS.value,
+                    startedtime=func.coalesce(func.nullif(jobs.c.startedtime, 0), now),
+                    updatetime=now,
+                )
+            )
+            conn.execute(
+                update(clients)
+                .where(clients.c.id == client_id)
+                .values(total_checkout=clients.c.total_checkout + 1, last_checkout=now, last_heartbeat=now)
+            )
+            return self._document(conn, wu_id)
+
+    def _claim(
+        self, conn: Connection, client: Any, available: int | None, now: int
+    ) -> tuple[str, str, str] | None:
+        conditions = [
+            _queued(),
+            _group_matches(client.group_name),
+            ~exists().where(
+                client_skip_work.c.client_id == client.id, client_skip_work.c.workunit_id == workunits.c.id
+            ),
+        ]
+        apps = list(client.apps or [])
+        if "*" not in apps:
+            conditions.append(workunits.c.app.in_(apps))
+        if available is not None and available >= 0:
+            conditions.append(workunits.c.input_size <= available)
+        candidate = (
+            select(workunits.c.id)
+            .where(*conditions)
+            .order_by(workunits.c.priority.desc(), workunits.c.submittime, workunits.c.id)
+            .limit(1)
+        )
+        if self.db.dialect == "postgresql":
+            candidate = candidate.with_for_update(skip_locked=True)
+        row = conn.execute(
+            update(workunits)
+            .where(workunits.c.id == candidate.scalar_subquery())
+            .values(
+                state=WorkunitState.CHECKOUT.value,
+                client_id=client.id,
+                checkout_time=now,
+                attempt=workunits.c.attempt + 1,
+                updatetime=now,
+            )
+            .returning(workunits.c.id, workunits.c.task_id, workunits.c.job_id)
+        ).first()
+        return (row.id, row.task_id, row.job_id) if row else None
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def get(self, wu_id: str) -> dict[str, Any]:
+        with self.db.read() as conn:
+            return self._document(conn, decode_workunit_id(wu_id))
+
+    def _document(self, conn: Connection, wu_id: str) -> dict[str, Any]:
+        row = conn.execute(_joined().where(workunits.c.id == wu_id)).one_or_none()
+        if row is None:
+            raise NotFound(f"no workunit found with id {wu_id}")
+        return workunit_document(row)
+
+    def find(
+        self, states: Sequence[str] | None, limit: int, offset: int, client_id: str | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        where: list[ColumnElement[bool]] = []
+        if states:
+            where.append(workunits.c.state.in_(list(states)))
+        if client_id:
+            where.append(workunits.c.client_id == client_id)
+        with self.db.read() as conn:
+            total = conn.execute(select(func.count()).select_from(workunits).where(*where)).scalar_one()
+            rows = conn.execute(
+                _joined()
+                .where(*where)
+                .order_by(workunits.c.priority.desc(), workunits.c.submittime, workunits.c.id)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+        return [workunit_document(r) for r in rows], int(total)
+
+    def log(self, wu_id: str, kind: str) -> str:
+        if kind not in ("stdout", "stderr", "worknotes"):
+            raise BadRequest(f"log type '{kind}' not found")
+        wu_id = decode_workunit_id(wu_id)
+        with self.db.read() as conn:
+            if conn.execute(select(workunits.c.id).where(workunits.c.id == wu_id)).first() is None:
+                raise NotFound(f"no workunit found with id {wu_id}")
+            content = conn.execute(
+                select(workunit_logs.c.content).where(
+                    workunit_logs.c.workunit_id == wu_id, workunit_logs.c.kind == kind
+                )
+            ).scalar_one_or_none()
+        if content is None:
+            raise BadRequest(f"log type '{kind}' not found")
+        return str(content)
+
+    def secret(self, wu_id: str, client_id: str, which: str) -> str:
+        """The job's data token or the task's private environment, only for the lease holder."""
+        wu_id = decode_workunit_id(wu_id)
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(workunits.c.state, workunits.c.client_id, jobs.c.datatoken, tasks.c.private_env)
+                .join(tasks, tasks.c.id == workunits.c.task_id)
+                .join(jobs, jobs.c.id == workunits.c.job_id)
+                .where(workunits.c.id == wu_id)
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"no workunit found with id {wu_id}")
+        if row.state != WorkunitState.CHECKOUT or row.client_id != client_id:
+            raise LeaseLost(f"workunit {wu_id} is not checked out by client {client_id}")
+        if which == "datatoken":
+            if not row.datatoken:
+                raise BadRequest("error in getting token")
+            return str(row.datatoken)
+        return json.dumps(row.private_env or {})
+
+    # ---- reports ------------------------------------------------------------------------------
+
+    @retry_on_conflict
+    def report(
+        self,
+        wu_id: str,
+        client_id: str,
+        status: str,
+        *,
+        computetime: int = 0,
+        logs: Mapping[str, str] | None = None,
+    ) -> str:
+        if status not in REPORT_STATUSES:
+            raise BadRequest(f"status must be one of {', '.join(sorted(REPORT_STATUSES))}, not {status!r}")
+        if not client_id:
+            raise BadRequest("missing client parameter")
+        wu_id = decode_workunit_id(wu_id)
+        now = now_us()
+        logs = {k: v for k, v in (logs or {}).items() if k in LOG_KINDS}
+        with self.db.write() as conn:
+            wu = conn.execute(
+                select(workunits).where(workunits.c.id == wu_id).with_for_update()
+            ).one_or_none()
+            if wu is None:
+                raise NotFound(f"no workunit found with id {wu_id}")
+            if (wu.reported_by, wu.reported_status, wu.reported_attempt) == (client_id, status, wu.attempt):
+                return "ok"  # the same report again: already applied
+            if wu.state != WorkunitState.CHECKOUT or wu.client_id != client_id:
+                raise LeaseLost(f"workunit {wu_id} is not checked out by client {client_id}")
+            client = conn.execute(select(clients).where(clients.c.id == client_id)).one_or_none()
+            if client is None:
+                raise BadRequest("Client not found")
+            self._store_logs(conn, wu, logs, now)
+            fenced = {"reported_by": client_id, "reported_status": status, "reported_attempt": wu.attempt}
+            if status == "done":
+                self._done(conn, wu, computetime, fenced, now)
+            elif status == "fail":
+                self._fail(conn, wu, client, logs, fenced, now)
+            else:
+                self._failed_permanent(conn, wu, client, logs, fenced, now)
+        return "ok"
+
+    def _store_logs(self, conn: Connection, wu: Any, logs: Mapping[str, str], now: int) -> None:
+        if not logs:
+            return
+        conn.execute(
+            delete(workunit_logs).where(
+                workunit_logs.c.workunit_id == wu.id, workunit_logs.c.kind.in_(list(logs))
+            )
+        )
+        conn.execute(
+            insert(workunit_logs),
+            [
+                {
+                    "workunit_id": wu.id,
+                    "kind": kind,
+                    "job_id": wu.job_id,
+                    "content": content,
+                    "updatetime": now,
+                }
+                for kind, content in logs.items()
+            ],
+        )
+
+    def _done(self, conn: Connection, wu: Any, computetime: int, fenced: dict[str, Any], now: int) -> None:
+        conn.execute(
+            update(workunits)
+            .where(workunits.c.id == wu.id)
+            .values(state=WorkunitState.DONE.value, computetime=computetime, updatetime=now, **fenced)
+        )
+        conn.execute(
+            update(clients)
+            .where(clients.c.id == wu.client_id)
+            .values(
+                total_completed=clients.c.total_completed + 1,
+                last_failed=0,
+                last_report=now,
+                last_heartbeat=now,
+            )
+        )
+        task = conn.execute(
+            update(tasks)
+            .where(tasks.c.id == wu.task_id)
+            .values(remainwork=tasks.c.remainwork - 1, computetime=tasks.c.computetime + computetime)
+            .returning(tasks.c.remainwork, tasks.c.taskid, tasks.c.state)
+        ).one()
+        if task.remainwork > 0:
+            return
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.id == wu.task_id)
+            .values(state=TaskState.COMPLETED.value, completeddate=now)
+        )
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == wu.job_id)
+            .values(remaintasks=jobs.c.remaintasks - 1, updatetime=now)
+        )
+        lifecycle.record_event(
+            conn, wu.job_id, lifecycle.EVENT_TASK_DONE, f"task {task.taskid} completed", now
+        )
+        lifecycle.advance_job(conn, wu.job_id, now)
+
+    def _fail(
+        self,
+        conn: Connection,
+        wu: Any,
+        client: Any,
+        logs: Mapping[str, str],
+        fenced: dict[str, Any],
+        now: int,
+    ) -> None:
+        failed = wu.failed + 1
+        noretry = bool(
+            conn.execute(select(jobs.c.info).where(jobs.c.id == wu.job_id)).scalar_one().get("noretry")
+        )
+        limit = 1 if noretry else self.limits.max_work_failure
+        conn.execute(insert(client_skip_work).values(client_id=client.id, workunit_id=wu.id))
+        self._count_client_failure(conn, client, now)
+        if failed < limit:
+            conn.execute(
+                update(workunits)
+                .where(workunits.c.id == wu.id)
+                .values(
+                    state=WorkunitState.QUEUED.value, failed=failed, client_id=None, updatetime=now, **fenced
+                )
+            )
+            Database.work_queued(conn)
+            lifecycle.record_event(
+                conn,
+                wu.job_id,
+                lifecycle.EVENT_WORK_REQUEUED,
+                f"workunit {wu.id} failed on client {client.id} ({failed}/{limit}); re-queued",
+                now,
+            )
+            return
+        conn.execute(
+            update(workunits)
+            .where(workunits.c.id == wu.id)
+            .values(state=WorkunitState.SUSPEND.value, failed=failed, updatetime=now, **fenced)
+        )
+        lifecycle.record_event(
+            conn, wu.job_id, lifecycle.EVENT_WORK_FAILED, f"workunit {wu.id} failed {failed} time(s)", now
+        )
+        error = _job_error(wu, client.id, logs, f"workunit failed {failed} time(s)", JobState.SUSPEND.value)
+        suspend_job(conn, wu.job_id, error, now)
+
+    def _failed_permanent(
+        self,
+        conn: Connection,
+        wu: Any,
+        client: Any,
+        logs: Mapping[str, str],
+        fenced: dict[str, Any],
+        now: int,
+    ) -> None:
+        conn.execute(
+            update(workunits)
+            .where(workunits.c.id == wu.id)
+            .values(
+                state=WorkunitState.FAILED_PERMANENT.value, failed=wu.failed + 1, updatetime=now, **fenced
+            )
+        )
+        self._count_client_failure(conn, client, now)
+        error = _job_error(wu, client.id, logs, "exit code 42 encountered", JobState.FAILED_PERMANENT.value)
+        suspend_job(conn, wu.job_id, error, now)  # holds the rest of the job's work
+        conn.execute(
+            update(tasks).where(tasks.c.id == wu.task_id).values(state=TaskState.FAILED_PERMANENT.value)
+        )
+        conn.execute(update(jobs).where(jobs.c.id == wu.job_id).values(state=JobState.FAILED_PERMANENT.value))
+        lifecycle.record_event(
+            conn,
+            wu.job_id,
+            lifecycle.EVENT_WORK_PERMANENT,
+            f"workunit {wu.id} failed permanently (exit 42)",
+            now,
+        )
+
+    def _count_client_failure(self, conn: Connection, client: Any, now: int) -> None:
+        consecutive = client.last_failed + 1
+        values: dict[str, Any] = {
+            "total_failed": clients.c.total_failed + 1,
+            "last_failed": consecutive,
+            "last_report": now,
+            "last_heartbeat": now,
+        }
+        limit = self.limits.max_client_failure
+        if limit > 0 and consecutive >= limit and not client.suspended:
+            values.update(suspended=True, suspend_reason="MAX_CLIENT_FAILURE on client reached")
+            # The failing workunit is handled by the caller; anything else it holds goes back.
+            requeue_client_work(conn, client.id, now, reason="client suspended after repeated failures")
+        conn.execute(update(clients).where(clients.c.id == client.id).values(**values))
+
+    def counts(self) -> dict[str, int]:
+        with self.db.read() as conn:
+            rows = conn.execute(select(workunits.c.state, func.count()).group_by(workunits.c.state)).all()
+        return {state: int(n) for state, n in rows}
+
+
+def requeue_client_work(conn: Connection, client_id: str, now: int, *, reason: str) -> int:
+    """Put every workunit leased to a client back in the queue: a lost or suspended worker is not a
+    workunit failure, so ``failed`` is left alone."""
+    held = conn.execute(
+        update(workunits)
+        .where(workunits.c.client_id == client_id, workunits.c.state == WorkunitState.CHECKOUT.value)
+        .values(state=WorkunitState.QUEUED.value, client_id=None, updatetime=now)
+        .returning(workunits.c.id, workunits.c.job_id)
+    ).all()
+    for row in held:
+        lifecycle.record_event(
+            conn, row.job_id, lifecycle.EVENT_WORK_REQUEUED, f"workunit {row.id} re-queued: {reason}", now
+        )
+    if held:
+        Database.work_queued(conn)
+    return len(held)
+
+
+def _job_error(wu: Any, client_id: str, logs: Mapping[str, str], notes: str, status: str) -> dict[str, Any]:
+    return {
+        "clientfailed": client_id,
+        "workfailed": wu.id,
+        "taskfailed": wu.task_id,
+        "servernotes": notes,
+        "worknotes": logs.get("worknotes", ""),
+        "apperror": logs.get("stderr", "")[-APPERROR_CHARS:],
+        "status": status,
+    }
+
+
+def workunit_document(row: Any) -> dict[str, Any]:
+    """AWE's workunit JSON: what a worker needs to run it, and what a user sees of it."""
+    spec = row.spec
+    info = job_info(SimpleNamespace(**{name: getattr(row, f"job_{name}") for name in _JOB_FIELDS}))
+    userattr = {**(info.get("userattr") or {}), **(spec.get("userattr") or {})}
+    partinfo = spec.get("partinfo")
+    return {
+        "id": row.id,
+        "wuid": row.id,
+        "jobid": row.job_id,
+        "task_name": row.taskid,
+        "parent": "",
+        "rank": row.rank,
+        "totalwork": row.totalwork,
+        "info": info,
+        "cmd": spec["cmd"],
+        "inputs": spec.get("inputs", []),
+        "outputs": spec.get("outputs", []),
+        "predata": spec.get("predata", []),
+        "partinfo": partinfo,
+        "userattr": userattr,
+        "state": row.state,
+        "failed": row.failed,
+        "attempt": row.attempt,
+        "client": row.client_id or "",
+        "checkout_time": format_us(row.checkout_time),
+        "computetime": row.computetime,
+        "checkpoint": row.checkpoint,
+    }
+
+
+__all__ = ["FailureLimits", "LeaseLost", "NoWork", "WorkStore", "requeue_client_work"]
