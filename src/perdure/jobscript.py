@@ -19,10 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from perdure.timeutil import parse_time
 
 #: Task ids become part of workunit ids and URLs, so they are kept to URL-safe characters.
-TASKID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+TASKID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: One task may be split into at most this many workunits; more is almost always a typo.
 MAX_TOTALWORK = 100_000
 MAX_TASKS = 10_000
+#: Integers are stored in 64-bit columns.
+MAX_INT = 2**63 - 1
 
 
 class JobScriptError(ValueError):
@@ -48,7 +50,7 @@ class IO(_Model):
     host: str = ""
     node: str = "-"
     url: str = ""
-    size: int = 0
+    size: int = Field(default=0, le=MAX_INT)
     cache: bool = False
     origin: str = ""
     nonzero: bool = False
@@ -117,7 +119,7 @@ class Task(_Model):
     predata: list[IO] = Field(default_factory=list)
     partinfo: PartInfo | None = None
     totalwork: int = 1
-    maxworksize: int = 0
+    maxworksize: int = Field(default=0, le=MAX_INT)
     userattr: dict[str, Any] = Field(default_factory=dict)
     clientgroups: str = ""
     skip: int = 0
@@ -138,7 +140,7 @@ class Task(_Model):
     @field_validator("taskid")
     @classmethod
     def _taskid(cls, value: str) -> str:
-        if not TASKID_PATTERN.match(value):
+        if not TASKID_PATTERN.fullmatch(value):
             raise ValueError(
                 "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
@@ -168,7 +170,7 @@ class Info(_Model):
     service: str = ""
     description: str = ""
     clientgroups: str | list[str] = ""
-    priority: int = 1
+    priority: int = Field(default=1, ge=-MAX_INT, le=MAX_INT)
     noretry: bool = False
     auth: bool = False
     tracking: bool = False
@@ -254,8 +256,20 @@ def _describe(error: ValidationError) -> str:
 def parse_job_script(raw: bytes) -> JobSpec:
     """Parse and check a job script; raise ``JobScriptError`` naming the first problems found."""
     try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"job script is not UTF-8 text: cannot decode byte at position {exc.start}"
+        raise JobScriptError(message) from None
+    try:
+        document = json.loads(text, parse_constant=_refuse_constant)
+        # A lone surrogate escape ("\ud800") parses but can never be stored or sent back.
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise JobScriptError("job script is nested too deeply") from None
+    except UnicodeEncodeError:
+        message = "job script contains a lone surrogate escape, which is not valid UTF-8"
+        raise JobScriptError(message) from None
+    except ValueError as exc:
         raise JobScriptError(f"job script is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise JobScriptError("job script must be a JSON object with 'info' and 'tasks'")
@@ -268,6 +282,10 @@ def parse_job_script(raw: bytes) -> JobSpec:
     if len(script.tasks) > MAX_TASKS:
         raise JobScriptError(f"job script has {len(script.tasks)} tasks; at most {MAX_TASKS} are allowed")
     return _check(script)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _check(script: Script) -> JobSpec:

@@ -58,7 +58,7 @@ class TaskState(_Machine):
     IN_PROGRESS = "in-progress"
     #: Every workunit done. → pending (reset by recompute or resubmit).
     COMPLETED = "completed"
-    #: Held with its job. → pending (reset), ready, queued, failed-permanent.
+    #: Held with its job. → pending (reset), ready, queued or in-progress (resume), failed-permanent.
     SUSPEND = "suspend"
     #: A workunit exited 42. → pending (reset).
     FAILED_PERMANENT = "failed-permanent"
@@ -76,7 +76,8 @@ class WorkunitState(_Machine):
     SUSPEND = "suspend"
     #: Exited 42 (terminal until a reset).
     FAILED_PERMANENT = "failed-permanent"
-    #: Taken off a node that was reclaimed, with a checkpoint to restore from; not a failure. → queued.
+    #: Taken off a node that was reclaimed, with a checkpoint to restore from; not a failure.
+    #: → queued, checkout (restored elsewhere), suspend.
     PREEMPTED = "preempted"
 
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 #: What AWE (Go's zero ``time.Time``) prints for a time that was never set.
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DURATION = re.compile(r"^(\d+)([MHD])$")
 _DURATION_UNITS = {"M": 60, "H": 3600, "D": 86400}
 
@@ -25,8 +26,8 @@ def format_us(us: int | None) -> str:
     """Go's RFC3339Nano for UTC: fraction trimmed of trailing zeros, ``Z`` suffix."""
     if not us:
         return ZERO_TIME
-    dt = datetime.fromtimestamp(us / 1_000_000, tz=UTC)
-    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    dt = _EPOCH + timedelta(microseconds=us)  # exact: no float seconds
+    base = f"{dt.year:04d}-" + dt.strftime("%m-%dT%H:%M:%S")
     micro = us % 1_000_000
     if micro:
         base += "." + f"{micro:06d}".rstrip("0")
@@ -52,7 +53,7 @@ def parse_time(text: str) -> int:
     dt = datetime.fromisoformat(candidate)
     if dt.year <= 1:
         return 0
-    return int((dt - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
+    return (dt - _EPOCH) // timedelta(microseconds=1)
 
 
 def parse_expiration(text: str) -> int:
