@@ -122,6 +122,8 @@ workunits = Table(
     Column("clientgroups", String(1024), nullable=False, server_default=""),
     Column("app", String(255), nullable=False),
     Column("input_size", BigInteger, nullable=False, server_default="0"),
+    #: The byte range of the split input this workunit reads: ``{"offset", "length"}``; null if unsplit.
+    Column("part", Json, nullable=True),
     #: Where to restore from after a preemption (spot protection); null for a fresh start.
     Column("checkpoint", Json, nullable=True),
     _time("updatetime"),
@@ -237,4 +239,45 @@ meta = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+#: Task outputs in the data store: one row per (task, file, rank); a split task's file is its parts in
+#: rank order.
+outputs = Table(
+    "outputs",
+    metadata,
+    Column("task_id", String(200), ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("filename", String(1024), primary_key=True),
+    Column("rank", Integer, primary_key=True),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    #: Where the bytes are in the blob store.
+    Column("blob_key", String(2048), nullable=False),
+    _time("created"),
+    Index(None, "job_id"),
+)
+
+#: Worker machines. A node's last heartbeat is its freshest client's, so it is not stored here.
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    #: What the node reports about itself: ips, hostName, cloud, arch, cores, cpu, memory, instance.
+    Column("info", Json, nullable=False),
+    #: Log files the node advertises (absolute paths on the node); only these can be read.
+    Column("files", Json, nullable=False),
+    _time("registered"),
+    _time("updated"),
+)
+
+#: The latest copy of each advertised log file a node shipped to the server.
+node_files = Table(
+    "node_files",
+    metadata,
+    Column("node_id", String(64), ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
+    Column("path", String(1024), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("blob_key", String(2048), nullable=False),
+    _time("updated"),
 )

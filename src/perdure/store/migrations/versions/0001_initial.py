@@ -1,8 +1,8 @@
-"""Initial schema: jobs, tasks, workunits, their logs and events; clients, client groups, meta.
+"""Initial schema: jobs, tasks, workunits, logs, events, outputs; clients, groups; nodes; meta.
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 05:23:36.720116
+Create Date: 2026-11-24 05:30:18.368920
 """
 
 from __future__ import annotations
@@ -128,6 +128,23 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("key", name=op.f("pk_meta")),
     )
     op.create_table(
+        "nodes",
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column(
+            "info",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column(
+            "files",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column("registered", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("updated", sa.BigInteger(), server_default="0", nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_nodes")),
+    )
+    op.create_table(
         "job_events",
         sa.Column(
             "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
@@ -152,6 +169,18 @@ def upgrade() -> None:
             ["job_id"], ["jobs.id"], name=op.f("fk_job_scripts_job_id_jobs"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("job_id", name=op.f("pk_job_scripts")),
+    )
+    op.create_table(
+        "node_files",
+        sa.Column("node_id", sa.String(length=64), nullable=False),
+        sa.Column("path", sa.String(length=1024), nullable=False),
+        sa.Column("size", sa.BigInteger(), nullable=False),
+        sa.Column("blob_key", sa.String(length=2048), nullable=False),
+        sa.Column("updated", sa.BigInteger(), server_default="0", nullable=False),
+        sa.ForeignKeyConstraint(
+            ["node_id"], ["nodes.id"], name=op.f("fk_node_files_node_id_nodes"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("node_id", "path", name=op.f("pk_node_files")),
     )
     op.create_table(
         "tasks",
@@ -208,6 +237,27 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_workunit_logs_job_id"), ["job_id"], unique=False)
 
     op.create_table(
+        "outputs",
+        sa.Column("task_id", sa.String(length=200), nullable=False),
+        sa.Column("filename", sa.String(length=1024), nullable=False),
+        sa.Column("rank", sa.Integer(), nullable=False),
+        sa.Column("job_id", sa.String(length=36), nullable=False),
+        sa.Column("size", sa.BigInteger(), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("blob_key", sa.String(length=2048), nullable=False),
+        sa.Column("created", sa.BigInteger(), server_default="0", nullable=False),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], name=op.f("fk_outputs_job_id_jobs"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["task_id"], ["tasks.id"], name=op.f("fk_outputs_task_id_tasks"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("task_id", "filename", "rank", name=op.f("pk_outputs")),
+    )
+    with op.batch_alter_table("outputs", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_outputs_job_id"), ["job_id"], unique=False)
+
+    op.create_table(
         "workunits",
         sa.Column("id", sa.String(length=220), nullable=False),
         sa.Column("job_id", sa.String(length=36), nullable=False),
@@ -224,6 +274,11 @@ def upgrade() -> None:
         sa.Column("clientgroups", sa.String(length=1024), server_default="", nullable=False),
         sa.Column("app", sa.String(length=255), nullable=False),
         sa.Column("input_size", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column(
+            "part",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=True,
+        ),
         sa.Column(
             "checkpoint",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
@@ -266,6 +321,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_workunits_client_id"))
 
     op.drop_table("workunits")
+    with op.batch_alter_table("outputs", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_outputs_job_id"))
+
+    op.drop_table("outputs")
     with op.batch_alter_table("workunit_logs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_workunit_logs_job_id"))
 
@@ -275,11 +334,13 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_tasks_job_id_ordinal"))
 
     op.drop_table("tasks")
+    op.drop_table("node_files")
     op.drop_table("job_scripts")
     with op.batch_alter_table("job_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_job_events_job_id_id"))
 
     op.drop_table("job_events")
+    op.drop_table("nodes")
     op.drop_table("meta")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_jobs_username"))
