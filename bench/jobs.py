@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
@@ -44,6 +45,7 @@ PROJECTS = [
 ]
 USERS = [f"user{n:02d}" for n in range(50)]
 MAX_ERRORS_KEPT = 10
+ABORT_AFTER_FAILURES = 100
 
 
 # ---- the server ------------------------------------------------------------------------------------
@@ -121,7 +123,7 @@ def postgres_problem(admin_dsn: str) -> str | None:
         with psycopg.connect(admin_dsn, connect_timeout=3):
             return None
     except psycopg.Error as exc:
-        return f"PostgreSQL unreachable at {admin_dsn}: {str(exc).strip()}"
+        return f"PostgreSQL unreachable at {admin_dsn}: {' '.join(str(exc).split())}"
 
 
 # ---- the workload ----------------------------------------------------------------------------------
@@ -232,17 +234,22 @@ def submit_jobs(url: str, first: int, count: int, concurrency: int, failures: Fa
             response = client.post("/job", files=files)
         except httpx.HTTPError as exc:
             failures.add(f"POST /job (job {first + i})", None, exc)
+            if failures.count > ABORT_AFTER_FAILURES:
+                raise RuntimeError(f"giving up after {failures.count} failed submits") from exc
             return None
         t1 = time.perf_counter()
         if response.status_code != 200:
             failures.add(f"POST /job (job {first + i})", response)
+            if failures.count > ABORT_AFTER_FAILURES:
+                raise RuntimeError(f"giving up after {failures.count} failed submits")
             return None
         return response.json()["data"]["id"], t1 - start, t1 - t0
 
+    pool = ThreadPoolExecutor(max_workers=concurrency)
     try:
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            results = list(pool.map(one, range(count)))
+        results = list(pool.map(one, range(count)))
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on error or Ctrl-C, do not send the rest
         for client in clients:
             client.close()
     seconds = time.perf_counter() - start
@@ -351,6 +358,8 @@ def run_one(kind: str, db_url: str | None, work_dir: Path, args: argparse.Namesp
 
         t0 = time.perf_counter()
         first = submit_jobs(server.url, 0, small, args.concurrency, failures)
+        if not first.ids:
+            raise RuntimeError("no job could be submitted")
         small_probes = probes_for(len(first.ids), first.ids, rng)
         measure(server.url, small_probes, args.samples, failures)
         print(f"  {len(first.ids)} jobs submitted, measured at {len(first.ids)} jobs", flush=True)
@@ -380,7 +389,7 @@ def run_one(kind: str, db_url: str | None, work_dir: Path, args: argparse.Namesp
             sa, sb = stats(a.samples), stats(b.samples)
             if sa and sb:
                 outcome.ratios[b.key] = sb.p50 / sa.p50
-        print(f"  run time: {wall:.0f} s", flush=True)
+        print(f"  run time: {wall:.0f} s; {load_average()}", flush=True)
     except BaseException as exc:
         outcome.error = f"{type(exc).__name__}: {exc}"
         raise
@@ -395,6 +404,14 @@ def run_one(kind: str, db_url: str | None, work_dir: Path, args: argparse.Namesp
             if tail:
                 print("  server log (tail):\n" + "\n".join("     " + line for line in tail.splitlines()))
     return outcome
+
+
+def load_average() -> str:
+    """Other work on the machine skews every figure: show how busy it was (1-minute load, CPUs)."""
+    try:
+        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    except OSError:
+        return "load average unknown"
 
 
 def submit_curve(rest: SubmitResult, offset: int, total: int) -> str:
@@ -469,8 +486,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Stop the server and drop the database on SIGTERM or SIGINT too (also when started in the background).
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    print(f"perdure job API benchmark; {load_average()} at start")
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     outcomes: list[Outcome] = []
     for kind in kinds:
@@ -500,4 +525,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:
+        print(f"\ninterrupted ({exc or 'Ctrl-C'}); server stopped and data removed", file=sys.stderr)
+        sys.exit(130)

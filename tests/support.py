@@ -75,8 +75,8 @@ class ServerProcess:
         cmd += ["--data-dir", str(self.data_dir), "--log-level", "warning"]
         if self.db_url:
             cmd += ["--db", self.db_url]
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

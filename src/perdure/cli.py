@@ -85,6 +85,51 @@ def server(
     )
 
 
+@app.command()
+def worker(
+    server: Annotated[str | None, typer.Option(help="Server URL.")] = None,
+    group: Annotated[str | None, typer.Option(help="Client group.")] = None,
+    name: Annotated[str | None, typer.Option(help="Node name (default: host name).")] = None,
+    apps: Annotated[
+        str | None, typer.Option(help="Commands this node runs, comma-separated, or '*'.")
+    ] = None,
+    workpath: Annotated[Path | None, typer.Option(help="Directory for work, caches and logs.")] = None,
+    slots: Annotated[int | None, typer.Option(min=1, help="Workunits run at once.")] = None,
+    token: Annotated[str | None, typer.Option(help="Clientgroup token.", envvar="PERDURE_TOKEN")] = None,
+    ca_file: Annotated[str | None, typer.Option(help="CA bundle to trust for HTTPS.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with worker settings.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run workunits from a server (flags > PERDURE_WORKER_* environment > --config file)."""
+    import signal
+
+    from perdure.worker.config import WorkerConfig
+    from perdure.worker.node import Node, configure_logging
+
+    try:
+        settings = WorkerConfig.load(
+            config,
+            server=server,
+            group=group,
+            name=name,
+            apps=apps,
+            workpath=workpath,
+            slots=slots,
+            token=token,
+            ca_file=ca_file,
+        )
+        settings.validate()
+    except (ValueError, TypeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    settings.workpath.mkdir(parents=True, exist_ok=True)
+    configure_logging(settings.workpath, log_level)
+    node = Node(settings)
+    signal.signal(signal.SIGTERM, lambda *_: node.shutdown())
+    signal.signal(signal.SIGINT, lambda *_: node.shutdown())
+    node.run()
+
+
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDir = Path("./perdure-data"), db: DbUrl = None) -> None:
     """Create or migrate the database schema to the newest version."""

@@ -215,6 +215,8 @@ class TaskSpec:
             "partinfo": self.partinfo,
             "userattr": self.userattr,
             "clientgroups": self.clientgroups,
+            # Splitting may change totalwork; a recompute splits again from what was asked.
+            "requested_totalwork": self.totalwork,
         }
 
 

@@ -23,6 +23,8 @@ class Settings:
     db_url: str = ""
     #: Largest job script ``POST /job`` accepts.
     max_upload_bytes: int = 16 * MIB
+    #: Largest single output file a worker may upload to the data store.
+    max_output_bytes: int = 64 * 1024 * MIB
     #: A workunit failing this many times suspends its job (``info.noretry`` makes it 1).
     max_work_failure: int = 3
     #: A client failing this many workunits in a row is suspended.

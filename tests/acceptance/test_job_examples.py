@@ -61,10 +61,6 @@ DELETE_ZOMBIES = "curl -X DELETE http://<awe_api_url>/job?zombie"
 #: tests/support.py ``ServerProcess.start`` opens the server's log file and never closes the parent's
 #: handle (the child has its own). Ignore exactly that ResourceWarning, which filterwarnings=error turns
 #: into a setup error, until support.py closes it.
-pytestmark = pytest.mark.filterwarnings(
-    r"ignore:unclosed file <_io\.BufferedWriter name='[^']*server-\d+\.log'>:ResourceWarning"
-)
-
 TOKEN = "secret"
 PLACEHOLDER = re.compile(r"<[A-Za-z_|-]+>")
 

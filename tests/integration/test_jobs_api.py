@@ -82,7 +82,12 @@ def test_submitted_document_has_awe_shape(client: TestClient) -> None:
     assert re.match(RFC3339_UTC, info["submittime"]) and info["submittime"] != ZERO_TIME
     assert info["startedtime"] == ZERO_TIME
     assert info["completedtime"] == ZERO_TIME
-    assert (info["name"], info["project"], info["user"], info["pipeline"]) == ("shape", "proj", "alice", "test")
+    assert (info["name"], info["project"], info["user"], info["pipeline"]) == (
+        "shape",
+        "proj",
+        "alice",
+        "test",
+    )
     assert info["clientgroups"] == "g1,g2"
     assert info["priority"] == 3
     assert info["userattr"] == {"k": "v"}
@@ -226,7 +231,9 @@ class TestUploadLimit:
         assert total_jobs(client) == before
 
     @pytest.mark.parametrize("size", [LIMIT + 1, LIMIT * 100], ids=["just-over", "far-over"])
-    def test_oversized_raw_json_body_is_refused_and_stores_nothing(self, client: TestClient, size: int) -> None:
+    def test_oversized_raw_json_body_is_refused_and_stores_nothing(
+        self, client: TestClient, size: int
+    ) -> None:
         before = total_jobs(client)
         response = client.post(
             "/job", content=self._padded(size), headers={"Content-Type": "application/json"}

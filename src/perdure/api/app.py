@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from perdure import __version__
-from perdure.api import cgroups, clients, jobs, nodes, queue, root, scripts, work
+from perdure.api import cgroups, clients, data, jobs, nodes, queue, root, scripts, work
 from perdure.api.context import ServerContext
 from perdure.api.envelope import error_for
 from perdure.errors import PerdureError
@@ -46,7 +46,7 @@ def create_app(settings: Settings, *, db: Database | None = None, run_migrations
 
     app = FastAPI(title="Perdure", version=__version__, lifespan=lifespan, redoc_url=None)
     app.state.ctx = context
-    for module in (root, jobs, work, clients, cgroups, queue, nodes, scripts):
+    for module in (root, jobs, work, data, clients, cgroups, queue, nodes, scripts):
         app.include_router(module.router)
     _install_error_handlers(app)
     return app

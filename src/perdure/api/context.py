@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from perdure.datastore import DirectoryBlobStore
 from perdure.settings import Settings
 from perdure.signal import WorkSignal
 from perdure.store.clients import ClientStore, ensure_cluster_id
@@ -21,6 +22,7 @@ from perdure.timeutil import parse_expiration
 class ServerContext:
     settings: Settings
     db: Database
+    blobs: DirectoryBlobStore
     jobs: JobStore
     work: WorkStore
     clients: ClientStore
@@ -38,11 +40,13 @@ class ServerContext:
             return table
 
         limits = FailureLimits(settings.max_work_failure, settings.max_client_failure)
+        blobs = DirectoryBlobStore(settings.data_dir / "blobs")
         return cls(
             settings=settings,
             db=db,
-            jobs=JobStore(db, settings.data_dir, expire_after),
-            work=WorkStore(db, limits),
+            blobs=blobs,
+            jobs=JobStore(db, settings.data_dir, expire_after, blobs),
+            work=WorkStore(db, limits, blobs=blobs, expire_after_s=expire_after),
             clients=ClientStore(db, lambda: settings.node_ttl_s, ensure_cluster_id(db)),
         )
 

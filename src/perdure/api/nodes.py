@@ -1,7 +1,127 @@
-"""Placeholder router; filled in by the node inventory work."""
+"""Worker nodes: the management API's node list and node logs, and the calls nodes make to fill them.
+
+``/api/v1/*`` errors take the management shape through the app's handler. ``/nodes/...`` is outside
+``/api/`` but belongs to the management API too, so its errors are built here; and every failure
+there is a plain 404, so a probe learns nothing about which nodes or files exist.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+import re
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from perdure.api.context import ctx
+from perdure.api.envelope import mgmt_error
+from perdure.api.workerauth import check_worker
+from perdure.errors import BadRequest, PerdureError
+from perdure.store.clients import GROUP_PATTERN
+from perdure.store.nodes import MAX_FILE_BYTES, NodeStore, check_node_id
 
 router = APIRouter()
+#: A node report is small; a file upload is a 1 MiB tail plus slack for a worker that rounds up.
+MAX_REPORT_BYTES = 256 * 1024
+MAX_UPLOAD_BYTES = MAX_FILE_BYTES + 64 * 1024
+
+
+def node_store(request: Request) -> NodeStore:
+    """One store per server context, made on first use (the TTL is read live from the settings)."""
+    context = ctx(request)
+    store: NodeStore | None = getattr(request.app.state, "perdure_node_store", None)
+    if store is None or store.db is not context.db:
+        settings = context.settings
+        store = NodeStore(context.db, lambda: settings.node_ttl_s, settings.data_dir / "blobs")
+        request.app.state.perdure_node_store = store
+    return store
+
+
+# ---- management API --------------------------------------------------------------------------
+
+
+@router.get("/api/v1/node")
+def list_nodes(request: Request) -> JSONResponse:
+    return JSONResponse(node_store(request).running())
+
+
+@router.get("/api/v1/nodes/{node_id}/files")
+def list_files(node_id: str, request: Request) -> JSONResponse:
+    return JSONResponse(node_store(request).files(node_id))
+
+
+@router.get("/nodes/{rest:path}")
+def read_file(rest: str, request: Request) -> Response:
+    """``/nodes/<nodeID>/<path on the node>``: an advertised, shipped file, else 404."""
+    node_id, _, path = rest.partition("/")
+    try:
+        data = node_store(request).read_file(node_id, "/" + path)
+    except PerdureError:
+        return mgmt_error(404, "Not Found")
+    return PlainTextResponse(data.decode("utf-8", errors="replace"))
+
+
+# ---- worker calls ----------------------------------------------------------------------------
+
+
+@router.put("/api/v1/nodes/{node_id}")
+async def report_node(node_id: str, request: Request) -> JSONResponse:
+    """Body ``{"info": {...}, "files": ["/abs/path", ...], "group": "<optional>"}``."""
+    check_node_id(node_id)
+    body = _json_object(await _body(request, MAX_REPORT_BYTES))
+    group = body.get("group")
+    if group is not None and not (isinstance(group, str) and _is_group(group)):
+        raise BadRequest("group must be a client group name")
+    await run_in_threadpool(check_worker, request, group=group)
+    info = body.get("info", {})
+    files = body.get("files", [])
+    return JSONResponse(await run_in_threadpool(node_store(request).upsert, node_id, info, files))
+
+
+@router.put("/api/v1/nodes/{node_id}/files")
+async def upload_file(node_id: str, request: Request) -> JSONResponse:
+    """``?path=<absolute path>``; the raw body is the file's tail (at most 1 MiB is kept)."""
+    check_node_id(node_id)
+    path = request.query_params.get("path", "")
+    if not path:
+        raise BadRequest("path is required")
+    await run_in_threadpool(check_worker, request, group=None)
+    data = await _body(request, MAX_UPLOAD_BYTES)
+    return JSONResponse(await run_in_threadpool(node_store(request).save_file, node_id, path, data))
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes, refusing larger bodies without reading them whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    try:
+        value = json.loads(raw, parse_constant=refuse)
+    except (ValueError, RecursionError):
+        raise BadRequest("body must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise BadRequest("body must be a JSON object")
+    return value
+
+
+def _is_group(name: str) -> bool:
+    return bool(re.fullmatch(GROUP_PATTERN, name))
+
+
+__all__ = ["node_store", "router"]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import (
     ColumnElement,
@@ -28,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import KeyedColumnElement
 
+from perdure.datastore import BlobStore, ConcatReader
 from perdure.documents import job_document, job_minimal
 from perdure.errors import BadRequest, Conflict, NotFound
 from perdure.jobscript import JobSpec, normalize_clientgroups
@@ -42,6 +44,7 @@ from perdure.states import (
     WorkunitState,
 )
 from perdure.store import lifecycle
+from perdure.store import outputs as output_records
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.schema import job_events, job_scripts, jobs, tasks, workunit_logs, workunits
 from perdure.timeutil import format_us, now_us, parse_expiration, parse_time
@@ -162,10 +165,12 @@ class JobStore:
         db: Database,
         data_dir: Path,
         expire_after_s: Callable[[], Mapping[str, int]] = dict,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.db = db
         self.data_dir = data_dir
         self._expire_after_s = expire_after_s
+        self.blobs = blobs
 
     # ---- submit and read -------------------------------------------------------------------------
 
@@ -222,7 +227,7 @@ class JobStore:
             )
             conn.execute(insert(job_scripts).values(job_id=job_id, script=script))
             lifecycle.record_event(conn, job_id, lifecycle.EVENT_SUBMITTED, "job submitted", now)
-            lifecycle.advance_job(conn, job_id, now, self._expire_after_s())
+            lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
             return self._document(conn, job_id)
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -449,7 +454,7 @@ class JobStore:
                 .values(state=JobState.QUEUED.value, error=None, resumed=jobs.c.resumed + 1, updatetime=now)
             )
             lifecycle.record_event(conn, job_id, lifecycle.EVENT_RESUMED, "job resumed", now)
-            lifecycle.advance_job(conn, job_id, now, self._expire_after_s())
+            lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
         return f"job resumed: {job_id}"
 
     @retry_on_conflict
@@ -513,7 +518,7 @@ class JobStore:
             )
         )
         lifecycle.record_event(conn, job_id, lifecycle.EVENT_RESET, note, now)
-        lifecycle.advance_job(conn, job_id, now, self._expire_after_s())
+        lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
 
     def set_clientgroup(self, job_id: str, value: str) -> str:
         groups = normalize_clientgroups(value)
@@ -649,7 +654,7 @@ class JobStore:
                     .all()
                 )
                 lifecycle.reset_tasks(conn, job_id, stuck, now)
-                lifecycle.advance_job(conn, job_id, now, self._expire_after_s())
+                lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
                 lifecycle.record_event(conn, job_id, lifecycle.EVENT_RESUMED, "recovered", now)
                 recovered += 1
         return f"{recovered} missing jobs recovered"
@@ -748,7 +753,7 @@ class JobStore:
             )
         for job_id in due:
             with self.db.write() as conn:
-                lifecycle.advance_job(conn, job_id, now, self._expire_after_s())
+                lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
         return len(due)
 
     def reap_expired(self) -> int:
@@ -782,6 +787,44 @@ class JobStore:
     def _remove_files(self, job_ids: Sequence[str]) -> None:
         for job_id in job_ids:
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            if self.blobs is not None:
+                self.blobs.delete_prefix(f"jobs/{job_id}")
+
+    def outputs(self, job_id: str) -> list[dict[str, Any]]:
+        """A job's outputs in the data store: one entry per task and file, with its parts."""
+        with self.db.read() as conn:
+            self._job_row(conn, job_id)
+            rows = output_records.of_job(conn, job_id)
+        files: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in rows:
+            taskid = row.task_id.removeprefix(f"{job_id}_")
+            entry = files.setdefault(
+                (taskid, row.filename),
+                {
+                    "task": taskid,
+                    "filename": row.filename,
+                    "size": 0,
+                    "parts": [],
+                    "url": f"/job/{job_id}/output/{taskid}/{quote(row.filename)}",
+                },
+            )
+            entry["size"] += row.size
+            entry["parts"].append({"rank": row.rank, "size": row.size, "sha256": row.sha256})
+        for entry in files.values():
+            if len(entry["parts"]) == 1:
+                entry["sha256"] = entry["parts"][0]["sha256"]
+        return list(files.values())
+
+    def output_reader(self, job_id: str, taskid: str, filename: str) -> tuple[ConcatReader, str | None]:
+        """A reader over one output file (its parts in rank order) and its SHA-256 when it has one part."""
+        if self.blobs is None:
+            raise NotFound("this server has no data store")
+        with self.db.read() as conn:
+            parts = output_records.parts(conn, f"{job_id}_{taskid}", filename)
+        if not parts:
+            raise NotFound(f"job {job_id} has no output {filename!r} of task {taskid!r}")
+        reader = ConcatReader(self.blobs, [p.blob_key for p in parts])
+        return reader, parts[0].sha256 if len(parts) == 1 else None
 
     def counts(self) -> dict[str, int]:
         with self.db.read() as conn:

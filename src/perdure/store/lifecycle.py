@@ -12,7 +12,10 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
+from perdure.datastore import BlobStore, ConcatReader
+from perdure.split import split_ranges
 from perdure.states import JobState, TaskState, WorkunitState
+from perdure.store import outputs
 from perdure.store.database import Database
 from perdure.store.schema import job_events, jobs, tasks, workunit_logs, workunits
 
@@ -45,12 +48,16 @@ def workunit_id(task_id: str, rank: int) -> str:
 
 
 def advance_job(
-    conn: Connection, job_id: str, now: int, expire_after_s: Mapping[str, int] | None = None
+    conn: Connection,
+    job_id: str,
+    now: int,
+    expire_after_s: Mapping[str, int] | None = None,
+    blobs: BlobStore | None = None,
 ) -> None:
     """Enqueue every task whose time has come, and complete the job when nothing is left.
 
     ``expire_after_s`` maps a pipeline (or ``""`` for the global default) to the expiration given to a
-    job completing now.
+    job completing now; ``blobs`` is the data store, needed to split inputs produced by earlier tasks.
     """
     job = conn.execute(
         select(jobs.c.state, jobs.c.start_at, jobs.c.priority, jobs.c.submittime, jobs.c.clientgroups)
@@ -74,7 +81,7 @@ def advance_job(
             continue
         if not start_due or not all(dep in completed for dep in task.depends_on):
             continue
-        _enqueue_task(conn, job, job_id, task, now)
+        _enqueue_task(conn, job, job_id, task, now, blobs)
     if state == JobState.INIT:
         _set_job_state(conn, job_id, JobState.INIT, JobState.QUEUED, now)
         state = JobState.QUEUED
@@ -82,9 +89,16 @@ def advance_job(
         _complete_job(conn, job_id, state, now, expire_after_s or {})
 
 
-def _enqueue_task(conn: Connection, job: Any, job_id: str, task: Any, now: int) -> None:
-    spec = conn.execute(select(tasks.c.spec).where(tasks.c.id == task.id)).scalar_one()
-    input_size = sum(int(io.get("size") or 0) for io in spec.get("inputs", []))
+def _enqueue_task(
+    conn: Connection, job: Any, job_id: str, task: Any, now: int, blobs: BlobStore | None
+) -> None:
+    spec, maxworksize = conn.execute(
+        select(tasks.c.spec, tasks.c.maxworksize).where(tasks.c.id == task.id)
+    ).one()
+    sizes = _input_sizes(conn, job_id, spec)
+    requested = int(spec.get("requested_totalwork", task.totalwork))
+    plan = _plan_parts(conn, job_id, spec, requested, maxworksize, sizes, blobs)
+    totalwork = len(plan)
     conn.execute(
         insert(workunits),
         [
@@ -99,18 +113,76 @@ def _enqueue_task(conn: Connection, job: Any, job_id: str, task: Any, now: int) 
                 "clientgroups": job.clientgroups,
                 "app": task.app,
                 "input_size": input_size,
+                "part": part,
                 "updatetime": now,
             }
-            for rank in workunit_ranks(task.totalwork)
+            for rank, part, input_size in plan
         ],
     )
     Database.work_queued(conn)
     conn.execute(
         update(tasks)
         .where(tasks.c.id == task.id)
-        .values(state=TaskState.QUEUED.value, starteddate=now, remainwork=task.totalwork)
+        .values(state=TaskState.QUEUED.value, starteddate=now, totalwork=totalwork, remainwork=totalwork)
     )
-    record_event(conn, job_id, EVENT_TASK_QUEUED, f"task {task.taskid} queued", now)
+    split = f", split into {totalwork} parts" if plan[0][1] else ""
+    record_event(conn, job_id, EVENT_TASK_QUEUED, f"task {task.taskid} queued{split}", now)
+
+
+def _input_sizes(conn: Connection, job_id: str, spec: Mapping[str, Any]) -> dict[str, int]:
+    """Size of each input: from the data store for outputs of earlier tasks, else as declared."""
+    sizes = {}
+    for io in spec.get("inputs", []):
+        if io.get("origin"):
+            stored = outputs.parts(conn, f"{job_id}_{io['origin']}", io["filename"])
+            sizes[io["filename"]] = sum(p.size for p in stored)
+        else:
+            sizes[io["filename"]] = int(io.get("size") or 0)
+    return sizes
+
+
+def _plan_parts(
+    conn: Connection,
+    job_id: str,
+    spec: Mapping[str, Any],
+    totalwork: int,
+    maxworksize: int,
+    sizes: Mapping[str, int],
+    blobs: BlobStore | None,
+) -> list[tuple[int, dict[str, Any] | None, int]]:
+    """(rank, part, input size) of each workunit to create.
+
+    An input in the data store is split on record boundaries; without one, ``totalwork`` workunits
+    share the whole input (each told its rank), as AWE did.
+    """
+    total_input = sum(sizes.values())
+    split_input = _split_input(spec)
+    if split_input is None or blobs is None or (totalwork <= 1 and maxworksize <= 0):
+        return [(rank, None, total_input) for rank in workunit_ranks(totalwork)]
+    io = next(i for i in spec["inputs"] if i["filename"] == split_input)
+    if not io.get("origin"):
+        return [(rank, None, total_input) for rank in workunit_ranks(totalwork)]
+    stored = outputs.parts(conn, f"{job_id}_{io['origin']}", split_input)
+    reader = ConcatReader(blobs, [p.blob_key for p in stored])
+    index = (spec.get("partinfo") or {}).get("index", "")
+    ranges = split_ranges(
+        reader.read_at, reader.total, totalwork=totalwork, maxworksize_mb=maxworksize, index=index
+    )
+    if len(ranges) == 1:
+        return [(0, None, total_input)]
+    others = total_input - sizes[split_input]
+    return [
+        (rank, {"input": split_input, "offset": offset, "length": length}, others + length)
+        for rank, (offset, length) in enumerate(ranges, start=1)
+    ]
+
+
+def _split_input(spec: Mapping[str, Any]) -> str | None:
+    named = (spec.get("partinfo") or {}).get("input")
+    if named:
+        return str(named)
+    inputs = spec.get("inputs", [])
+    return str(inputs[0]["filename"]) if len(inputs) == 1 else None
 
 
 def _complete_job(
@@ -150,6 +222,7 @@ def reset_tasks(conn: Connection, job_id: str, task_ids: Iterable[str], now: int
         return 0
     wu_ids = select(workunits.c.id).where(workunits.c.task_id.in_(ids)).scalar_subquery()
     conn.execute(delete(workunit_logs).where(workunit_logs.c.workunit_id.in_(wu_ids)))
+    outputs.forget_tasks(conn, ids)
     conn.execute(delete(workunits).where(workunits.c.task_id.in_(ids)))
     conn.execute(
         update(tasks)

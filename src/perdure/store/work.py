@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import (
     ColumnElement,
@@ -30,10 +31,11 @@ from sqlalchemy import (
     update,
 )
 
+from perdure.datastore import BlobStore
 from perdure.documents import job_info
 from perdure.errors import BadRequest, NotFound, PerdureError
 from perdure.states import JobState, TaskState, WorkunitState
-from perdure.store import lifecycle
+from perdure.store import lifecycle, outputs
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.jobs import suspend_job
 from perdure.store.schema import client_skip_work, clients, jobs, tasks, workunit_logs, workunits
@@ -120,9 +122,18 @@ def _group_matches(group: str) -> Any:
 
 
 class WorkStore:
-    def __init__(self, db: Database, limits: FailureLimits | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        limits: FailureLimits | None = None,
+        *,
+        blobs: BlobStore | None = None,
+        expire_after_s: Callable[[], Mapping[str, int]] = dict,
+    ) -> None:
         self.db = db
         self.limits = limits or FailureLimits()
+        self.blobs = blobs
+        self._expire_after_s = expire_after_s
 
     # ---- checkout -----------------------------------------------------------------------------
 
@@ -342,6 +353,15 @@ class WorkStore:
         )
 
     def _done(self, conn: Connection, wu: Any, computetime: int, fenced: dict[str, Any], now: int) -> None:
+        spec = conn.execute(select(tasks.c.spec).where(tasks.c.id == wu.task_id)).scalar_one()
+        missing = sorted(
+            {o["filename"] for o in spec.get("outputs", [])} - outputs.of_workunit(conn, wu.task_id, wu.rank)
+        )
+        if missing:
+            # Downstream tasks would find nothing: refuse, so the worker reports a failure instead.
+            raise BadRequest(
+                f"workunit {wu.id} reported done without uploading outputs: {', '.join(missing)}"
+            )
         conn.execute(
             update(workunits)
             .where(workunits.c.id == wu.id)
@@ -378,7 +398,7 @@ class WorkStore:
         lifecycle.record_event(
             conn, wu.job_id, lifecycle.EVENT_TASK_DONE, f"task {task.taskid} completed", now
         )
-        lifecycle.advance_job(conn, wu.job_id, now)
+        lifecycle.advance_job(conn, wu.job_id, now, self._expire_after_s(), self.blobs)
 
     def _fail(
         self,
@@ -470,6 +490,57 @@ class WorkStore:
             requeue_client_work(conn, client.id, now, reason="client suspended after repeated failures")
         conn.execute(update(clients).where(clients.c.id == client.id).values(**values))
 
+    def output_target(self, wu_id: str, client_id: str, filename: str) -> tuple[str, str]:
+        """Check an upload before its bytes arrive: the client holds the lease and the task declares the
+        file. Returns (job id, blob key)."""
+        wu_id = decode_workunit_id(wu_id)
+        with self.db.read() as conn:
+            row = self._leased(conn, wu_id, client_id)
+            declared = {o["filename"] for o in row.spec.get("outputs", [])}
+        if filename not in declared:
+            raise BadRequest(f"task {row.taskid} declares no output {filename!r}")
+        return row.job_id, outputs.blob_key(row.job_id, row.taskid, row.rank, filename)
+
+    def record_output(
+        self, wu_id: str, client_id: str, filename: str, key: str, size: int, sha256: str
+    ) -> None:
+        """Remember an uploaded output, if the client still holds the lease."""
+        wu_id = decode_workunit_id(wu_id)
+        with self.db.write() as conn:
+            row = self._leased(conn, wu_id, client_id)
+            outputs.record(
+                conn,
+                job_id=row.job_id,
+                task_id=row.task_id,
+                filename=filename,
+                rank=row.rank,
+                size=size,
+                sha256=sha256,
+                key=key,
+                now=now_us(),
+            )
+
+    @staticmethod
+    def _leased(conn: Connection, wu_id: str, client_id: str) -> Any:
+        row = conn.execute(
+            select(
+                workunits.c.job_id,
+                workunits.c.task_id,
+                workunits.c.rank,
+                workunits.c.state,
+                workunits.c.client_id,
+                tasks.c.taskid,
+                tasks.c.spec,
+            )
+            .join(tasks, tasks.c.id == workunits.c.task_id)
+            .where(workunits.c.id == wu_id)
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"no workunit found with id {wu_id}")
+        if row.state != WorkunitState.CHECKOUT or row.client_id != client_id:
+            raise LeaseLost(f"workunit {wu_id} is not checked out by client {client_id}")
+        return row
+
     def counts(self) -> dict[str, int]:
         with self.db.read() as conn:
             rows = conn.execute(select(workunits.c.state, func.count()).group_by(workunits.c.state)).all()
@@ -512,6 +583,12 @@ def workunit_document(row: Any) -> dict[str, Any]:
     info = job_info(SimpleNamespace(**{name: getattr(row, f"job_{name}") for name in _JOB_FIELDS}))
     userattr = {**(info.get("userattr") or {}), **(spec.get("userattr") or {})}
     partinfo = spec.get("partinfo")
+    inputs = []
+    for io in spec.get("inputs", []):
+        if io.get("origin") and not io.get("url"):
+            # Outputs of earlier tasks are served by this server's data store (path relative to it).
+            io = {**io, "url": f"/job/{row.job_id}/output/{io['origin']}/{quote(io['filename'])}"}
+        inputs.append(io)
     return {
         "id": row.id,
         "wuid": row.id,
@@ -522,10 +599,11 @@ def workunit_document(row: Any) -> dict[str, Any]:
         "totalwork": row.totalwork,
         "info": info,
         "cmd": spec["cmd"],
-        "inputs": spec.get("inputs", []),
+        "inputs": inputs,
         "outputs": spec.get("outputs", []),
         "predata": spec.get("predata", []),
         "partinfo": partinfo,
+        "part": row.part,
         "userattr": userattr,
         "state": row.state,
         "failed": row.failed,

@@ -1,0 +1,67 @@
+"""The data store over HTTP: workers upload task outputs, users and downstream workers download them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, StreamingResponse
+
+from perdure.api import params
+from perdure.api.context import ctx
+from perdure.api.envelope import ok
+from perdure.api.workerauth import check_worker
+from perdure.errors import BadRequest
+
+router = APIRouter()
+
+
+@router.put("/work/{work_id}/output/{filename:path}")
+async def upload_output(work_id: str, filename: str, request: Request) -> JSONResponse:
+    """Stream one output file of a leased workunit into the data store (``?client=&sha256=``)."""
+    qp = request.query_params
+    client_id = qp.get("client", "")
+    if not client_id:
+        raise BadRequest("missing client parameter")
+    expected = qp.get("sha256") or request.headers.get("x-checksum-sha256")
+    if expected is not None and (
+        len(expected) != 64 or any(c not in "0123456789abcdefABCDEF" for c in expected)
+    ):
+        raise BadRequest("sha256 must be 64 hexadecimal digits")
+    context = ctx(request)
+    await run_in_threadpool(check_worker, request, client_id=client_id)
+    _job_id, key = await run_in_threadpool(context.work.output_target, work_id, client_id, filename)
+    pending = context.blobs.begin(key, context.settings.max_output_bytes)
+    try:
+        async for chunk in request.stream():
+            pending.write(chunk)
+        info = pending.commit(expected)
+    except BaseException:
+        pending.discard()
+        raise
+    await run_in_threadpool(
+        context.work.record_output, work_id, client_id, filename, key, info.size, info.sha256
+    )
+    return ok({"filename": filename, "size": info.size, "sha256": info.sha256})
+
+
+@router.get("/job/{job_id}/outputs")
+def list_outputs(job_id: str, request: Request) -> JSONResponse:
+    return ok(ctx(request).jobs.outputs(job_id))
+
+
+@router.get("/job/{job_id}/output/{taskid}/{filename:path}")
+def download_output(job_id: str, taskid: str, filename: str, request: Request) -> StreamingResponse:
+    """The file's bytes, streamed; ``offset``/``length`` select a byte range (a split part)."""
+    qp = request.query_params
+    reader, sha256 = ctx(request).jobs.output_reader(job_id, taskid, filename)
+    offset = params.integer(qp, "offset", 0, minimum=0)
+    length = params.integer(qp, "length", reader.total - offset, minimum=0)
+    if offset > reader.total:
+        raise BadRequest(f"offset {offset} is past the end of the file ({reader.total} bytes)")
+    length = min(length, reader.total - offset)
+    headers = {"Content-Length": str(length), "X-Total-Size": str(reader.total)}
+    if sha256 and offset == 0 and length == reader.total:
+        headers["X-Checksum-Sha256"] = sha256
+    return StreamingResponse(
+        reader.iter_range(offset, length), media_type="application/octet-stream", headers=headers
+    )

@@ -1,0 +1,1 @@
+"""``perdure worker``: a node that runs workunits in K slots, each slot a client of the server."""

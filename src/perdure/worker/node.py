@@ -1,0 +1,276 @@
+"""A worker node: K slots, each a registered client running one workunit at a time, plus one heartbeat
+thread that renews every slot's lease and carries out the server's instructions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from perdure import __version__, nodeinfo
+from perdure.worker.api import ApiError, ServerAPI, Stopped
+from perdure.worker.config import WorkerConfig
+from perdure.worker.runner import Outcome, Runner, tail_bytes
+
+log = logging.getLogger("perdure.worker")
+
+
+class Slot:
+    def __init__(self, node: Node, index: int) -> None:
+        self.node = node
+        self.index = index
+        self.client_id = f"{node.node_id}-{index}"
+        self.runner = Runner(node.api, self.client_id, node.workdir, node.workpath / "predata")
+        self.registered = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=f"slot-{index}", daemon=True)
+
+    def profile(self) -> dict[str, Any]:
+        config = self.node.config
+        current = [self.runner.current] if self.runner.current else []
+        return {
+            "id": self.client_id,
+            "name": f"{config.name}-{self.index}",
+            "group": config.group,
+            "hostname": self.node.facts.get("hostName", ""),
+            "host_ip": (self.node.facts.get("ips") or [""])[0],
+            "cores": self.node.facts.get("cores", 0),
+            "apps": config.apps,
+            "version": __version__,
+            "node_id": self.node.node_id,
+            "current_work": {"data": current},
+        }
+
+    def register(self) -> None:
+        self.node.api.register(self.profile())
+        self.registered.set()
+        log.info("slot %d registered as client %s", self.index, self.client_id)
+
+    def _loop(self) -> None:
+        api, stop = self.node.api, self.node.stop
+        try:
+            self.register()
+            while not stop.is_set() and not self.node.draining.is_set():
+                try:
+                    workunit = api.retrying(
+                        "checkout",
+                        lambda: api.checkout(
+                            self.client_id, self.node.config.checkout_wait_s, self.node.free_bytes()
+                        ),
+                    )
+                except ApiError as exc:
+                    if "Client not found" in exc.message:
+                        self.register()
+                    elif "suspended" in exc.message.lower():
+                        log.warning("client %s is suspended; checking again in 30s", self.client_id)
+                        stop.wait(30)
+                    else:
+                        log.error("checkout refused: %s", exc)
+                        stop.wait(10)
+                    continue
+                if workunit is not None:
+                    self._run(workunit)
+        except Stopped:
+            pass
+
+    def _run(self, workunit: dict[str, Any]) -> None:
+        wu_id = workunit["id"]
+        log.info("slot %d running %s (%s)", self.index, wu_id, workunit["cmd"]["name"])
+        outcome = self.runner.run(workunit)
+        if outcome.status == "discarded":
+            log.warning("slot %d: %s was discarded by the server; not reporting it", self.index, wu_id)
+            return
+        self._report(wu_id, outcome)
+        self.node.tidy(outcome)
+
+    def _report(self, wu_id: str, outcome: Outcome) -> None:
+        files: dict[str, Path | bytes] = {"perf": json.dumps(outcome.perf).encode()}
+        if outcome.stdout:
+            files["stdout"] = tail_bytes(outcome.stdout)
+        if outcome.stderr:
+            files["stderr"] = tail_bytes(outcome.stderr)
+        if outcome.notes:
+            files["worknotes"] = "\n".join(outcome.notes).encode()
+        try:
+            self.node.api.report(wu_id, self.client_id, outcome.status, outcome.computetime, files)
+            log.info("slot %d reported %s: %s", self.index, wu_id, outcome.status)
+        except ApiError as exc:
+            if exc.status == 400 and "without uploading outputs" in exc.message:
+                self.node.api.report(wu_id, self.client_id, "fail", outcome.computetime, files)
+            else:
+                log.warning("report for %s refused (%s): the server no longer wants it", wu_id, exc)
+
+
+class Node:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.workpath = config.workpath.resolve()
+        self.workdir = self.workpath / "work"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.node_id = _node_id(self.workpath)
+        self.stop = threading.Event()
+        self.draining = threading.Event()
+        self.api = ServerAPI(config.server, token=config.token, ca_file=config.ca_file, stop=self.stop)
+        self.facts: dict[str, Any] = {}
+        self.log_files: list[str] = []
+        self.slots = [Slot(self, k) for k in range(config.slots)]
+        self.cluster_id: str | None = None
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.workpath).free
+
+    def run(self) -> None:
+        self.facts = nodeinfo.collect(self.config.imds_endpoint or None)
+        self.log_files = nodeinfo.default_log_files(
+            [str(self.workpath / "logs" / "worker.log"), *self.config.log_files]
+        )
+        log.info(
+            "node %s: %d slot(s), group %s, server %s",
+            self.node_id,
+            len(self.slots),
+            self.config.group,
+            self.config.server,
+        )
+        for slot in self.slots:
+            slot.thread.start()
+        threads = [
+            threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
+            threading.Thread(target=self._ship_logs_loop, name="logs", daemon=True),
+            threading.Thread(target=self._janitor_loop, name="janitor", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while not self.stop.is_set():
+                if all(not s.thread.is_alive() for s in self.slots):
+                    break  # drained
+                self.stop.wait(0.5)
+        finally:
+            self.stop.set()
+            self.api.close()
+
+    def shutdown(self) -> None:
+        """Stop now: kill running work and hand it back to the server for another node."""
+        self.stop.set()
+        for slot in self.slots:
+            if slot.runner.current:
+                slot.runner.discard(slot.runner.current)
+            if slot.registered.is_set():
+                try:
+                    self.api.deregister(slot.client_id)
+                except Exception as exc:  # the lease will expire after the TTL instead
+                    log.warning("could not deregister %s: %s", slot.client_id, exc)
+
+    # ---- heartbeat ----------------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stop.wait(self.config.heartbeat_s):
+            for slot in self.slots:
+                if not slot.registered.is_set():
+                    continue
+                current = [slot.runner.current] if slot.runner.current else []
+                try:
+                    instructions = self.api.heartbeat(slot.client_id, current)
+                except ApiError as exc:
+                    if "Client not found" in exc.message:
+                        self._safe(slot.register)
+                    continue
+                except Exception as exc:  # the server is down: keep running, leases outlive short outages
+                    log.warning("heartbeat failed: %s", exc)
+                    break
+                self._follow(slot, instructions)
+
+    def _follow(self, slot: Slot, instructions: dict[str, str]) -> None:
+        for wu_id in filter(None, instructions.get("discard", "").split(",")):
+            slot.runner.discard(wu_id)
+        if instructions.get("stop"):
+            log.warning("server told client %s to stop", slot.client_id)
+            self.draining.set()
+            if slot.runner.current:
+                slot.runner.discard(slot.runner.current)
+        cluster = instructions.get("server-uuid")
+        if cluster and self.cluster_id and cluster != self.cluster_id:
+            # A different installation: our work means nothing there. Drop it and join afresh.
+            log.warning("server identity changed (%s -> %s); re-registering", self.cluster_id, cluster)
+            for other in self.slots:
+                if other.runner.current:
+                    other.runner.discard(other.runner.current)
+                self._safe(other.register)
+        if cluster:
+            self.cluster_id = cluster
+
+    def _safe(self, action: Any) -> None:
+        try:
+            action()
+        except (ApiError, Stopped) as exc:
+            log.warning("%s failed: %s", getattr(action, "__name__", action), exc)
+
+    # ---- node inventory and logs --------------------------------------------------------------
+
+    def _ship_logs_loop(self) -> None:
+        shipped: dict[str, float] = {}
+        announced = False
+        while not self.stop.is_set():
+            try:
+                if not announced:
+                    self.api.put_node(self.node_id, self.facts, self.log_files)
+                    announced = True
+                for path in self.log_files:
+                    target = Path(path)
+                    if target.exists() and target.stat().st_mtime != shipped.get(path):
+                        shipped[path] = target.stat().st_mtime
+                        self.api.put_node_file(self.node_id, path, tail_bytes(target, 1024 * 1024))
+            except Exception as exc:  # inventory is best effort; the work goes on without it
+                log.debug("node inventory update failed: %s", exc)
+                announced = False
+            self.stop.wait(self.config.log_ship_s)
+
+    def _janitor_loop(self) -> None:
+        while not self.stop.wait(60):
+            cutoff = time.time() - self.config.keep_failed_s
+            for path in self.workdir.iterdir():
+                if (
+                    path.is_dir()
+                    and path.stat().st_mtime < cutoff
+                    and not any(
+                        s.runner.current and path.name.startswith(s.runner.current.replace("/", "_"))
+                        for s in self.slots
+                    )
+                ):
+                    shutil.rmtree(path, ignore_errors=True)
+
+    def tidy(self, outcome: Outcome) -> None:
+        """Clean the work directory after success; keep it a while after failure."""
+        workdir = outcome.perf.get("workdir")
+        if outcome.status == "done" and workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _node_id(workpath: Path) -> str:
+    """Stable across restarts, so a restarted worker re-registers its slots under the same ids."""
+    path = workpath / "node-id"
+    if path.exists():
+        return path.read_text().strip()
+    node_id = uuid.uuid4().hex[:16]
+    path.write_text(node_id + "\n")
+    return node_id
+
+
+def configure_logging(workpath: Path, level: str = "INFO") -> None:
+    (workpath / "logs").mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(
+        workpath / "logs" / "worker.log", maxBytes=10 * 1024 * 1024, backupCount=5
+    )
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(threadName)s: %(message)s")
+    handler.setFormatter(formatter)
+    console = logging.StreamHandler()
+    console.setFormatter(formatter)
+    root = logging.getLogger("perdure")
+    root.setLevel(level.upper())
+    root.addHandler(handler)
+    root.addHandler(console)
