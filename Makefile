@@ -19,7 +19,7 @@ install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 
 run: install
-	$(BIN)/perdure server --host $(HOST) --port $(PORT) --data-dir $(DATA)
+	$(BIN)/perdure up --host $(HOST) --port $(PORT) --data-dir $(DATA) --example examples/squares.json
 
 lint: install-test
 	$(BIN)/ruff check src tests bench

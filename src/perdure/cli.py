@@ -130,6 +130,24 @@ def worker(
     node.run()
 
 
+@app.command()
+def up(
+    data_dir: DataDir = Path("./perdure-data"),
+    host: Annotated[str, typer.Option(help="Address for the server.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port for the server.")] = 8001,
+    slots: Annotated[int, typer.Option(min=1, help="Worker slots.")] = 2,
+    example: Annotated[Path | None, typer.Option(help="A job script to submit and follow.")] = None,
+    keep_running: Annotated[bool, typer.Option(help="Keep serving after the example finishes.")] = True,
+) -> None:
+    """Start a server and a local worker (SQLite in --data-dir); submit and follow --example."""
+    from perdure import up as stack
+
+    if example is not None and not example.is_file():
+        console.print(f"[red]error:[/red] no such job script: {example}")
+        raise typer.Exit(2)
+    raise typer.Exit(stack.run(data_dir, host, port, slots, example, keep_running))
+
+
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDir = Path("./perdure-data"), db: DbUrl = None) -> None:
     """Create or migrate the database schema to the newest version."""

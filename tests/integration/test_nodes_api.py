@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -56,9 +57,44 @@ def assert_mgmt_error(reply: httpx.Response, status: int) -> None:
 
 
 def raw_get(client: TestClient, raw_path: bytes) -> httpx.Response:
-    """A GET whose path goes out byte for byte (httpx would resolve ``..`` in a URL it builds)."""
-    url = httpx.URL("http://testserver").copy_with(raw_path=raw_path)
-    return client.send(client.build_request("GET", url))
+    """A GET whose path reaches the app byte for byte, percent-decoded as uvicorn does.
+
+    httpx resolves ``..`` in every URL it sends, so this talks ASGI to the app directly.
+    """
+
+    async def call() -> httpx.Response:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": unquote(raw_path.decode("ascii")),
+            "raw_path": raw_path,
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"testserver")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        start: dict[str, Any] = {}
+        body = bytearray()
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                body.extend(message.get("body", b""))
+
+        await client.app(scope, receive, send)
+        headers = [(k.decode(), v.decode()) for k, v in start["headers"]]
+        return httpx.Response(start["status"], headers=headers, content=bytes(body))
+
+    assert client.portal is not None
+    return client.portal.call(call)
 
 
 @pytest.fixture

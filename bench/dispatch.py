@@ -1,0 +1,642 @@
+"""Dispatch benchmark: workunits/s and checkout latency through M concurrent HTTP workers.
+
+Starts a real ``perdure server`` on a free loopback port (SQLite in a temporary data directory, or a
+throwaway PostgreSQL database), queues Q workunits (jobs of one split task each), registers M clients
+and runs M concurrent worker loops, each doing ``GET /work?client=<id>`` (checkout) then
+``PUT /work/<id>?status=done&client=<id>`` (report) with no process execution in between, until N
+workunits have gone through after a warm-up. While they run, the queue is topped up with new jobs so
+it stays between about 3/4 Q and Q deep. It prints workunits/s, checkout and report latency
+(p50/p99/max), where the CPU went (server, PostgreSQL, this client), and a summary against the targets.
+
+    .venv/bin/python bench/dispatch.py [--db sqlite|postgresql|both] [--clients 32]
+                                       [--queued 1000,100000] [--measure 3000] [--server-workers 1]
+                                       [--task-size 1000] [--http raw|httpx]
+
+Everything stays on loopback and is bounded in time; the server is stopped and the database dropped
+even on error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote
+
+import httpx
+import psutil
+import psycopg
+
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: The job script parser refuses a task with more workunits than this.
+MAX_TOTALWORK = 100_000
+MAX_ERRORS_KEPT = 10
+#: Targets from the design notes, checked in the summary.
+TARGET_PG_RATE = 1000.0
+TARGET_P99_MS = 50.0
+TARGET_DEPTH_RATIO = 1.5
+
+
+# ---- the server ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """``perdure server`` in a child process on a free loopback port."""
+
+    def __init__(self, data_dir: Path, db_url: str | None, workers: int) -> None:
+        self.data_dir = data_dir
+        self.db_url = db_url
+        self.workers = workers
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir.parent / f"server-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "perdure", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--data-dir", str(self.data_dir), "--workers", str(self.workers), "--log-level", "warning"]
+        if self.db_url:
+            cmd += ["--db", self.db_url]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/", timeout=1.0).status_code == 200:
+                    # With --workers > 1 the first answer can come before every worker is up.
+                    if self.workers > 1:
+                        time.sleep(1.0)
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not answer GET / within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def processes(self) -> list[psutil.Process]:
+        if self.proc is None:
+            return []
+        try:
+            parent = psutil.Process(self.proc.pid)
+            return [parent, *parent.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@contextmanager
+def postgres_database(admin_dsn: str) -> Iterator[str]:
+    """A database of our own, dropped afterwards; yields its URL."""
+    name = f"perdure_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_problem(admin_dsn: str) -> str | None:
+    try:
+        with psycopg.connect(admin_dsn, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return f"PostgreSQL unreachable at {admin_dsn}: {str(exc).strip()}"
+
+
+# ---- CPU accounting --------------------------------------------------------------------------------
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _postgres_processes() -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["name"]):
+        if (process.info.get("name") or "").startswith("postgres"):
+            found.append(process)
+    return found
+
+
+@dataclass
+class CpuSnapshot:
+    wall: float
+    server: float
+    postgres: float
+    client: float
+
+
+def cpu_snapshot(server: Server, pg: list[psutil.Process]) -> CpuSnapshot:
+    return CpuSnapshot(
+        time.perf_counter(), _cpu_seconds(server.processes()), _cpu_seconds(pg), time.process_time()
+    )
+
+
+# ---- the workload ----------------------------------------------------------------------------------
+
+
+def job_script(name: str, totalwork: int) -> bytes:
+    """One job with one split task of ``totalwork`` workunits; the command is never run."""
+    document = {
+        "info": {"pipeline": "bench-dispatch", "name": name, "project": "bench", "user": "bench"},
+        "tasks": [{"taskid": "0", "cmd": {"name": "true", "args": ""}, "totalwork": totalwork}],
+    }
+    return json.dumps(document).encode()
+
+
+def submit(client: httpx.Client, name: str, totalwork: int) -> None:
+    files = {"upload": (f"{name}.json", job_script(name, totalwork), "application/json")}
+    response = client.post("/job", files=files)
+    if response.status_code != 200:
+        raise RuntimeError(f"POST /job -> {response.status_code}: {response.text[:500]}")
+
+
+def load_queue(url: str, queued: int, task_size: int, concurrency: int = 4) -> int:
+    """Queue ``queued`` workunits as jobs of at most ``task_size``; returns the number of jobs."""
+    sizes = [task_size] * (queued // task_size)
+    if queued % task_size:
+        sizes.append(queued % task_size)
+    with httpx.Client(base_url=url, timeout=300.0) as client:
+        # The first job alone, so the queue's head is the oldest job (FIFO), then the rest in parallel.
+        submit(client, "queue-0", sizes[0])
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            list(pool.map(lambda i: submit(client, f"queue-{i}", sizes[i]), range(1, len(sizes))))
+    return len(sizes)
+
+
+def register(url: str, count: int) -> list[str]:
+    ids = [f"bench-{uuid.uuid4().hex[:12]}" for _ in range(count)]
+    with httpx.Client(base_url=url, timeout=60.0) as client:
+        for client_id in ids:
+            profile = {"id": client_id, "name": client_id, "group": "default", "apps": ["*"]}
+            files = {"profile": ("profile.json", json.dumps(profile), "application/json")}
+            response = client.post("/client", files=files)
+            if response.status_code != 200:
+                raise RuntimeError(f"POST /client -> {response.status_code}: {response.text[:500]}")
+    return ids
+
+
+def count_workunits(url: str, state: str) -> int:
+    response = httpx.get(f"{url}/work", params={"state": state, "limit": 1}, timeout=60.0)
+    response.raise_for_status()
+    return int(response.json()["total_count"])
+
+
+# ---- HTTP for the worker loops ---------------------------------------------------------------------
+
+
+class Http(Protocol):
+    async def request(self, method: str, path: str) -> tuple[int, bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpxHttp:
+    """httpx.AsyncClient over a shared keep-alive pool (what a Python worker would use)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def request(self, method: str, path: str) -> tuple[int, bytes]:
+        response = await self.client.request(method, path)
+        return response.status_code, response.content
+
+    async def aclose(self) -> None:
+        pass
+
+
+class RawHttp:
+    """One keep-alive HTTP/1.1 connection, hand-rolled: a fraction of httpx's CPU per request, so that
+    on a small machine the benchmark's client steals less CPU from the server it measures."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str) -> tuple[int, bytes]:
+        for attempt in (1, 2):
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            assert self.reader is not None
+            head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: 0\r\n\r\n"
+            try:
+                self.writer.write(head.encode())
+                raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), self.timeout)
+                status = int(raw[9:12])
+                length, close = 0, False
+                for line in raw.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    lowered = name.strip().lower()
+                    if lowered == b"content-length":
+                        length = int(value)
+                    elif lowered == b"connection" and value.strip().lower() == b"close":
+                        close = True
+                body = await asyncio.wait_for(self.reader.readexactly(length), self.timeout)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                await self.aclose()
+                if attempt == 2:
+                    raise
+                continue  # a keep-alive connection the server had closed: once more on a new one
+            if close:
+                await self.aclose()
+            return status, body
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with suppress(ConnectionError):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
+# ---- the measured run ------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    warmup: int
+    measure: int
+    queued: int
+    chunk: int
+    deadline: float
+    #: workunits claimed for a loop (bounds the total), and reported done
+    claimed: int = 0
+    done: int = 0
+    topped_up: int = 0
+    top_up_jobs: int = 0
+    depth_min: int = 0
+    depth_max: int = 0
+    t_start: float = 0.0
+    t_end: float = 0.0
+    checkout_ms: list[float] = field(default_factory=list)
+    report_ms: list[float] = field(default_factory=list)
+    empty: int = 0
+    errors: int = 0
+    kept: list[str] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def target(self) -> int:
+        return self.warmup + self.measure
+
+    def error(self, message: str) -> None:
+        self.errors += 1
+        if len(self.kept) < MAX_ERRORS_KEPT:
+            self.kept.append(message)
+
+    def depth(self) -> int:
+        return self.queued + self.topped_up - self.claimed
+
+
+async def worker_loop(http: Http, client_id: str, run: Run) -> None:
+    client = quote(client_id)
+    while run.claimed < run.target and time.monotonic() < run.deadline:
+        run.claimed += 1
+        timed = run.started.is_set()
+        t0 = time.perf_counter()
+        status, body = await http.request("GET", f"/work?client={client}")
+        t1 = time.perf_counter()
+        if status == 400 and b"No eligible workunit" in body:
+            run.claimed -= 1
+            run.empty += 1
+            await asyncio.sleep(0.005)
+            continue
+        if status != 200:
+            run.claimed -= 1
+            run.error(f"checkout -> {status}: {body[:300]!r}")
+            await asyncio.sleep(0.05)
+            continue
+        wu_id = json.loads(body)["data"]["id"]
+        depth = run.depth()
+        run.depth_min, run.depth_max = min(run.depth_min, depth), max(run.depth_max, depth)
+        status, body = await http.request("PUT", f"/work/{quote(wu_id)}?status=done&client={client}")
+        t2 = time.perf_counter()
+        if status != 200 or b'"ok"' not in body:
+            run.error(f"report of {wu_id} -> {status}: {body[:300]!r}")
+            continue
+        if timed:
+            run.checkout_ms.append((t1 - t0) * 1000)
+            run.report_ms.append((t2 - t1) * 1000)
+        run.done += 1
+        if run.done == run.warmup:
+            run.t_start = time.perf_counter()
+            run.started.set()
+        elif run.done == run.target:
+            run.t_end = time.perf_counter()
+            run.finished.set()
+
+
+async def top_up(url: str, run: Run) -> None:
+    """Keep the queue at about Q deep: a new job of ``chunk`` workunits per ``chunk`` claimed."""
+    async with httpx.AsyncClient(base_url=url, timeout=120.0) as client:
+        while not run.finished.is_set() and time.monotonic() < run.deadline:
+            if run.claimed - run.topped_up >= run.chunk and run.claimed < run.target:
+                name = f"top-up-{run.top_up_jobs}"
+                files = {"upload": (f"{name}.json", job_script(name, run.chunk), "application/json")}
+                response = await client.post("/job", files=files)
+                if response.status_code != 200:
+                    run.error(f"top-up POST /job -> {response.status_code}: {response.text[:300]}")
+                    return
+                run.topped_up += run.chunk
+                run.top_up_jobs += 1
+            else:
+                await asyncio.sleep(0.01)
+
+
+async def drive(url: str, port: int, client_ids: list[str], run: Run, kind: str) -> None:
+    limits = httpx.Limits(max_connections=len(client_ids), max_keepalive_connections=len(client_ids))
+    shared = httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits)
+    https: list[Http] = [
+        HttpxHttp(shared) if kind == "httpx" else RawHttp("127.0.0.1", port, 60.0) for _ in client_ids
+    ]
+    filler = asyncio.create_task(top_up(url, run))
+    try:
+        await asyncio.gather(*(worker_loop(h, c, run) for h, c in zip(https, client_ids, strict=True)))
+    finally:
+        filler.cancel()
+        with suppress(asyncio.CancelledError):
+            await filler
+        for h in https:
+            await h.aclose()
+        await shared.aclose()
+
+
+# ---- reporting -------------------------------------------------------------------------------------
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return math.nan
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+@dataclass
+class Latency:
+    p50: float
+    p99: float
+    max: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Latency:
+        ordered = sorted(values)
+        return cls(
+            percentile(ordered, 0.5), percentile(ordered, 0.99), ordered[-1] if ordered else 0.0, len(ordered)
+        )
+
+    def __str__(self) -> str:
+        return f"p50 {self.p50:6.1f}  p99 {self.p99:6.1f}  max {self.max:6.1f}  (n={self.n})"
+
+
+@dataclass
+class Result:
+    db: str
+    queued: int
+    rate: float = 0.0
+    checkout: Latency | None = None
+    report: Latency | None = None
+    error: str | None = None
+
+
+def run_one(kind: str, db_url: str | None, queued: int, work_dir: Path, args: argparse.Namespace) -> Result:
+    result = Result(kind, queued)
+    server = Server(work_dir / "data", db_url, args.server_workers)
+    label = f"{kind}, {queued:,} queued, {args.clients} clients, {args.server_workers} server worker(s)"
+    print(f"\n=== {label}, {args.http} client ===", flush=True)
+    run: Run | None = None
+    try:
+        server.start()
+        t0 = time.perf_counter()
+        jobs = load_queue(server.url, queued, args.task_size)
+        print(f"  queue: {queued:,} workunits in {jobs} job(s) loaded in {time.perf_counter() - t0:.1f} s")
+        client_ids = register(server.url, args.clients)
+        warmup = args.warmup if args.warmup >= 0 else max(100, args.measure // 10)
+        chunk = max(1, min(args.task_size, queued // 4))
+        run = Run(warmup, args.measure, queued, chunk, time.monotonic() + args.timeout)
+        run.depth_min = run.depth_max = queued
+        pg = _postgres_processes() if kind == "postgresql" else []
+
+        async def measured() -> tuple[CpuSnapshot, CpuSnapshot]:
+            task = asyncio.create_task(drive(server.url, server.port, client_ids, run, args.http))
+            await asyncio.wait([task, asyncio.create_task(run.started.wait())], return_when="FIRST_COMPLETED")
+            before = cpu_snapshot(server, pg)
+            await asyncio.wait(
+                [task, asyncio.create_task(run.finished.wait())], return_when="FIRST_COMPLETED"
+            )
+            after = cpu_snapshot(server, pg)
+            await task
+            return before, after
+
+        load_before = os.getloadavg()[0]
+        before, after = asyncio.run(measured())
+        if not run.finished.is_set():
+            raise RuntimeError(
+                f"only {run.done} of {run.target} workunits done within --timeout {args.timeout:.0f}s"
+            )
+        seconds = run.t_end - run.t_start
+        result.rate = run.measure / seconds
+        result.checkout = Latency.of(run.checkout_ms)
+        result.report = Latency.of(run.report_ms)
+        print(
+            f"  measured {run.measure:,} workunits (after {run.warmup} warm-up) in {seconds:.2f} s: "
+            f"{result.rate:,.0f} workunits/s"
+        )
+        print(f"  checkout latency, ms: {result.checkout}")
+        print(f"  report   latency, ms: {result.report}")
+        print(
+            f"  queue depth during the run: {run.depth_min:,}..{run.depth_max:,} "
+            f"({run.top_up_jobs} top-up job(s) of {run.chunk}); empty checkouts: {run.empty}"
+        )
+        wall = after.wall - before.wall
+        cores = psutil.cpu_count() or 1
+        shares = [("server", after.server - before.server), ("bench client", after.client - before.client)]
+        if kind == "postgresql":
+            shares.insert(1, ("postgres", after.postgres - before.postgres))
+        used = ", ".join(f"{name} {100 * cpu / wall:.0f}%" for name, cpu in shares)
+        print(
+            f"  CPU while measuring (100% = one core, {cores} cores): {used}; "
+            f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+        )
+        done = count_workunits(server.url, "done")
+        held = count_workunits(server.url, "checkout")
+        if done != run.done or held:
+            run.error(f"server counts {done} done and {held} checked out; the loops counted {run.done} done")
+        print(
+            f"  check: server counts {done:,} workunits done (loops: {run.done:,}), {held} still checked out"
+        )
+    except BaseException as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        server.stop()
+        if run is not None and run.errors:
+            result.error = result.error or f"{run.errors} failed request(s)"
+            print(f"\n  !! {run.errors} failed request(s); the first {len(run.kept)}:")
+            for message in run.kept:
+                print(f"     {message}")
+            tail = server.log_tail()
+            if tail:
+                print("  server log (tail):\n" + "\n".join("     " + line for line in tail.splitlines()))
+    return result
+
+
+def print_summary(results: list[Result], args: argparse.Namespace) -> None:
+    print(
+        f"\n=== summary: {args.clients} clients, {args.server_workers} server worker(s), "
+        f"{args.http} client ==="
+    )
+    print(f"  {'database':<11} {'queued':>8} {'wu/s':>7} {'checkout p50':>13} {'p99':>7} {'max':>7}")
+    for r in results:
+        if r.checkout is None:
+            print(f"  {r.db:<11} {r.queued:>8,} {'-':>7}  {r.error}")
+            continue
+        c = r.checkout
+        print(f"  {r.db:<11} {r.queued:>8,} {r.rate:>7,.0f} {c.p50:>13.1f} {c.p99:>7.1f} {c.max:>7.1f}")
+    print("  targets:")
+    for db in dict.fromkeys(r.db for r in results):
+        measured = sorted((r for r in results if r.db == db and r.checkout), key=lambda r: r.queued)
+        if not measured:
+            continue
+        checks = []
+        if db == "postgresql":
+            worst = min(r.rate for r in measured)
+            checks.append(
+                f"rate >= {TARGET_PG_RATE:.0f}/s: {_verdict(worst >= TARGET_PG_RATE)} ({worst:,.0f})"
+            )
+        if args.clients == 32:
+            p99 = max(r.checkout.p99 for r in measured if r.checkout)
+            checks.append(
+                f"checkout p99 <= {TARGET_P99_MS:.0f} ms: {_verdict(p99 <= TARGET_P99_MS)} ({p99:.1f})"
+            )
+        if len(measured) >= 2:
+            small, big = measured[0], measured[-1]
+            ratio = small.rate / big.rate if big.rate else math.inf
+            checks.append(
+                f"rate at {small.queued:,} / at {big.queued:,} <= {TARGET_DEPTH_RATIO}: "
+                f"{_verdict(ratio <= TARGET_DEPTH_RATIO)} ({ratio:.2f})"
+            )
+        print(f"  {db:<11} " + "; ".join(checks))
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+# ---- main ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent workers M (default 32)")
+    parser.add_argument(
+        "--queued",
+        default="1000,100000",
+        help="queue depths Q to measure at, comma-separated (default 1000,100000)",
+    )
+    parser.add_argument("--measure", type=int, default=3000, help="workunits timed per run N (default 3000)")
+    parser.add_argument(
+        "--warmup", type=int, default=-1, help="untimed workunits first (default N/10, >= 100)"
+    )
+    parser.add_argument("--server-workers", type=int, default=1, help="perdure server --workers (default 1)")
+    parser.add_argument(
+        "--task-size",
+        type=int,
+        default=1000,
+        help=f"workunits per queued job (default 1000, max {MAX_TOTALWORK})",
+    )
+    parser.add_argument(
+        "--http", choices=("raw", "httpx"), default="raw", help="worker HTTP client (default raw: cheapest)"
+    )
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per measured run")
+    parser.add_argument(
+        "--pg-admin", default=PG_ADMIN_DSN, help=f"PostgreSQL admin DSN (default {PG_ADMIN_DSN})"
+    )
+    args = parser.parse_args(argv)
+    try:
+        args.queued = [int(q.replace("_", "")) for q in args.queued.split(",") if q.strip()]
+    except ValueError:
+        parser.error("--queued must be comma-separated integers")
+    if not args.queued or min(args.queued) < 1:
+        parser.error("--queued needs at least one depth, each at least 1")
+    for name in ("clients", "measure", "server_workers"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 1 <= args.task_size <= MAX_TOTALWORK:
+        parser.error(f"--task-size must be between 1 and {MAX_TOTALWORK}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    results: list[Result] = []
+    for kind in kinds:
+        if kind == "postgresql":
+            problem = postgres_problem(args.pg_admin)
+            if problem:
+                print(f"\n=== postgresql: SKIPPED ({problem}) ===")
+                results.append(Result(kind, 0, error="skipped: " + problem))
+                continue
+        for queued in args.queued:
+            with tempfile.TemporaryDirectory(prefix=f"perdure-dispatch-{kind}-") as tmp:
+                if kind == "sqlite":
+                    results.append(run_one(kind, None, queued, Path(tmp), args))
+                    continue
+                with postgres_database(args.pg_admin) as url:
+                    results.append(run_one(kind, url, queued, Path(tmp), args))
+    print_summary(results, args)
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
