@@ -37,6 +37,13 @@ def upgrade(db: Database, revision: str = "head") -> None:
                 connection.commit()
 
 
+def downgrade(db: Database, revision: str) -> None:
+    """Undo migrations down to ``revision`` (``base`` removes every table)."""
+    with db.engine.connect() as connection:
+        command.downgrade(_config(connection), revision)
+        connection.commit()
+
+
 def current(db: Database) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
