@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PerdureError(Exception):
     status = 400
+    #: The management API's errorCode for this error, where it has a specific one.
+    error_code: int | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, fields: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        #: Per-field detail, shown as ``fields`` in the management API's error shape.
+        self.fields = fields
 
 
 class BadRequest(PerdureError):
@@ -21,6 +27,19 @@ class Unauthorized(PerdureError):
 
 class Forbidden(PerdureError):
     status = 403
+
+
+class NotPrivileged(Forbidden):
+    """Authenticated, but not in an admin group."""
+
+    error_code = 2005
+
+
+class Invalid(PerdureError):
+    """A management request whose values cannot be applied (422, errorCode 1003)."""
+
+    status = 422
+    error_code = 1003
 
 
 class NotFound(PerdureError):

@@ -41,6 +41,8 @@ class Settings:
     node_ttl_s: float = 300.0
     #: Refuse worker calls without a valid clientgroup token.
     client_auth_required: bool = False
+    #: Any configuration key, as configKV strings (``perdure server --set key=value``).
+    config_overrides: dict[str, str] = field(default_factory=dict)
 
     @property
     def database_url(self) -> str:
@@ -58,6 +60,53 @@ class Settings:
         settings = cls(**values)
         settings.data_dir = Path(settings.data_dir)
         return settings
+
+
+#: Settings fields that mirror configuration keys: a field set away from its default (by environment,
+#: CLI or code) overrides the key for this process; otherwise the configuration's value is used.
+CONFIG_KEYS = {
+    "node_ttl_s": "node.ttl",
+    "node_heartbeat_s": "node.heartbeat",
+    "max_work_failure": "perdure.maxWorkFailure",
+    "max_client_failure": "perdure.maxClientFailure",
+    "max_upload_bytes": "perdure.maxUploadBytes",
+    "max_output_bytes": "perdure.maxOutputBytes",
+    "client_auth_required": "perdure.clientAuthRequired",
+    "global_expire": "perdure.globalExpire",
+    "pipeline_expire": "perdure.pipelineExpire",
+    "sweep_interval_s": "perdure.sweepInterval",
+}
+
+
+def config_overrides(settings: Settings) -> dict[str, str]:
+    """The configuration keys this process overrides, as configKV strings."""
+    defaults = Settings()
+    pairs: dict[str, str] = {}
+    for name, key in CONFIG_KEYS.items():
+        value = getattr(settings, name)
+        if value == getattr(defaults, name):
+            continue
+        if isinstance(value, bool):
+            pairs[key] = "true" if value else "false"
+        elif isinstance(value, dict):
+            pairs[key] = ",".join(f"{k}:{v}" for k, v in value.items())
+        else:
+            pairs[key] = str(value)
+    return {**pairs, **settings.config_overrides}
+
+
+def apply_config(settings: Settings, config: Any) -> None:
+    """Make the live settings follow the effective configuration."""
+    settings.node_ttl_s = config.node.ttl
+    settings.node_heartbeat_s = config.node.heartbeat
+    settings.max_work_failure = config.perdure.maxWorkFailure
+    settings.max_client_failure = config.perdure.maxClientFailure
+    settings.max_upload_bytes = config.perdure.maxUploadBytes
+    settings.max_output_bytes = config.perdure.maxOutputBytes
+    settings.client_auth_required = config.perdure.clientAuthRequired
+    settings.global_expire = config.perdure.globalExpire
+    settings.pipeline_expire = dict(config.perdure.pipelineExpire)
+    settings.sweep_interval_s = config.perdure.sweepInterval
 
 
 def _coerce(name: str, kind: Any, raw: str) -> Any:

@@ -38,7 +38,11 @@ class WorkSignal:
             self._listener.start()
 
     def stop(self) -> None:
+        """Close the LISTEN connection before the server goes (and, in tests, its database with it)."""
         self._stop.set()
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+            self._listener = None
 
     def notify(self) -> None:
         """Thread-safe: wake every waiter of this process."""
@@ -71,7 +75,7 @@ class WorkSignal:
                 with psycopg.connect(conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {WORK_CHANNEL}")
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
                             self.notify()
             except psycopg.Error as exc:
                 log.warning("LISTEN connection lost (%s); reconnecting", exc)

@@ -134,9 +134,8 @@ def run(data_dir: Path, host: str, port: int, slots: int, example: Path | None, 
     code = 0
     try:
         stack.start()
-        console.print(
-            f"Perdure server on [bold]{stack.url}[/bold], a worker with {slots} slot(s); data in {stack.data_dir}"
-        )
+        console.print(f"Perdure server on [bold]{stack.url}[/bold], a worker with {slots} slot(s)")
+        console.print(f"data and logs in {stack.data_dir}")
         if example is not None:
             job = submit(stack.url, example)
             console.print(f"submitted {example} as job {job['id']}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -13,11 +14,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from perdure import __version__
-from perdure.api import cgroups, clients, data, jobs, nodes, queue, root, scripts, work
+from perdure.api import cgroups, clients, data, jobs, management, nodes, queue, root, scripts, work
+from perdure.api.accesslog import AccessLogMiddleware
+from perdure.api.auth import AuthMiddleware
 from perdure.api.context import ServerContext
 from perdure.api.envelope import error_for
+from perdure.config import env_overrides
+from perdure.configstore import ConfigStore
 from perdure.errors import PerdureError
-from perdure.settings import Settings
+from perdure.logs import ServerLogs
+from perdure.settings import Settings, apply_config, config_overrides
 from perdure.store import migrate
 from perdure.store.database import Database
 
@@ -28,7 +34,20 @@ def create_app(settings: Settings, *, db: Database | None = None, run_migrations
     database = db or Database(settings.database_url)
     if run_migrations:
         migrate.upgrade(database)
-    context = ServerContext.create(settings, database)
+    config = ConfigStore(
+        database,
+        settings.data_dir / "config.json",
+        overrides={**config_overrides(settings), **env_overrides(os.environ)},
+        fixed={
+            "perdure.databaseURL": settings.database_url,
+            "perdure.dataDir": str(settings.data_dir.resolve()),
+        },
+    )
+    logs = ServerLogs(settings.data_dir)
+    config.listeners.append(lambda effective: apply_config(settings, effective))
+    config.listeners.append(lambda effective: logs.apply(effective.log))
+    config.load()
+    context = ServerContext.create(settings, database, config, logs)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -41,13 +60,17 @@ def create_app(settings: Settings, *, db: Database | None = None, run_migrations
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            logs.close()
             if db is None:
                 database.dispose()
 
     app = FastAPI(title="Perdure", version=__version__, lifespan=lifespan, redoc_url=None)
     app.state.ctx = context
-    for module in (root, jobs, work, data, clients, cgroups, queue, nodes, scripts):
+    for module in (root, jobs, work, data, clients, cgroups, queue, nodes, scripts, management):
         app.include_router(module.router)
+    app.include_router(management.log_files)  # last: /{name} would shadow the routes above
+    app.add_middleware(AuthMiddleware)
+    app.add_middleware(AccessLogMiddleware)  # outermost: logs even requests auth refuses
     _install_error_handlers(app)
     return app
 
@@ -60,7 +83,7 @@ def app_from_env() -> FastAPI:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PerdureError)
     async def _perdure_error(request: Request, exc: PerdureError) -> JSONResponse:
-        return error_for(request.url.path, exc.status, exc.message)
+        return error_for(request.url.path, exc.status, exc.message, exc.fields, exc.error_code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -93,6 +116,7 @@ async def _sweep_forever(context: ServerContext) -> None:
 
 
 def sweep_once(context: ServerContext) -> None:
+    context.config.refresh()
     requeued = context.clients.requeue_lost()
     if requeued:
         log.warning("re-queued %d workunit(s) of lost clients", requeued)

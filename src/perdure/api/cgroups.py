@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
+from perdure.api.auth import require_admin
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
 
@@ -14,6 +15,7 @@ router = APIRouter()
 @router.post("/cgroup/{name}")
 def create_group(name: str, request: Request) -> JSONResponse:
     """Create a group; the reply carries its token, shown this once (only a hash is kept)."""
+    require_admin(request, "manage client groups")
     return ok(ctx(request).clients.group_create(name))
 
 
@@ -29,15 +31,18 @@ def get_group(ref: str, request: Request) -> JSONResponse:
 
 @router.delete("/cgroup/{ref}")
 def delete_group(ref: str, request: Request) -> JSONResponse:
+    require_admin(request, "manage client groups")
     return ok(ctx(request).clients.group_delete(ref))
 
 
 @router.put("/cgroup/{ref}/token")
 def new_token(ref: str, request: Request) -> JSONResponse:
     """Issue a new token (the old one stops working)."""
+    require_admin(request, "manage client groups")
     return ok(ctx(request).clients.group_new_token(ref))
 
 
 @router.delete("/cgroup/{ref}/token")
 def revoke_token(ref: str, request: Request) -> JSONResponse:
+    require_admin(request, "manage client groups")
     return ok(ctx(request).clients.group_revoke_token(ref))

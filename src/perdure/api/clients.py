@@ -11,9 +11,10 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from perdure.api import params
+from perdure.api.auth import principal, require_admin
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
-from perdure.api.workerauth import check_worker
+from perdure.api.workerauth import cg_token_given, check_worker
 from perdure.errors import BadRequest, NotImplementedOp
 from perdure.store.clients import parse_profile
 
@@ -83,8 +84,10 @@ async def update_client(client_id: str, request: Request) -> JSONResponse:
         await run_in_threadpool(check_worker, request, client_id=client_id)
         return ok(await run_in_threadpool(context.clients.heartbeat, client_id, current))
     if params.flag(qp, "suspend"):
+        require_admin(request, "suspend clients")
         return ok(await run_in_threadpool(context.clients.suspend, client_id))
     if params.flag(qp, "resume"):
+        require_admin(request, "resume clients")
         return ok(await run_in_threadpool(context.clients.resume, client_id))
     raise NotImplementedOp("Not Implemented")
 
@@ -110,6 +113,7 @@ def _current_work(body: bytes) -> list[str] | None:
 
 @router.put("/client")
 def update_clients(request: Request) -> JSONResponse:
+    require_admin(request, "suspend or resume clients")
     qp = request.query_params
     context = ctx(request)
     if params.flag(qp, "suspendall"):
@@ -121,4 +125,9 @@ def update_clients(request: Request) -> JSONResponse:
 
 @router.delete("/client/{client_id}")
 def delete_client(client_id: str, request: Request) -> JSONResponse:
+    """An admin removes a client, or a worker leaves (its own group's token)."""
+    if principal(request).kind == "worker" or cg_token_given(request):
+        check_worker(request, client_id=client_id)
+    else:
+        require_admin(request, "delete clients")
     return ok(ctx(request).clients.delete(client_id))

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from perdure.configstore import ConfigStore
 from perdure.datastore import DirectoryBlobStore
+from perdure.logs import ServerLogs
 from perdure.settings import Settings
 from perdure.signal import WorkSignal
 from perdure.store.clients import ClientStore, ensure_cluster_id
@@ -22,6 +24,8 @@ from perdure.timeutil import parse_expiration
 class ServerContext:
     settings: Settings
     db: Database
+    config: ConfigStore
+    logs: ServerLogs
     blobs: DirectoryBlobStore
     jobs: JobStore
     work: WorkStore
@@ -32,18 +36,22 @@ class ServerContext:
     process_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     @classmethod
-    def create(cls, settings: Settings, db: Database) -> ServerContext:
+    def create(cls, settings: Settings, db: Database, config: ConfigStore, logs: ServerLogs) -> ServerContext:
         def expire_after() -> dict[str, int]:
             table = {pipeline: parse_expiration(v) for pipeline, v in settings.pipeline_expire.items()}
             if settings.global_expire:
                 table[""] = parse_expiration(settings.global_expire)
             return table
 
-        limits = FailureLimits(settings.max_work_failure, settings.max_client_failure)
+        def limits() -> FailureLimits:
+            return FailureLimits(settings.max_work_failure, settings.max_client_failure)
+
         blobs = DirectoryBlobStore(settings.data_dir / "blobs")
         return cls(
             settings=settings,
             db=db,
+            config=config,
+            logs=logs,
             blobs=blobs,
             jobs=JobStore(db, settings.data_dir, expire_after, blobs),
             work=WorkStore(db, limits, blobs=blobs, expire_after_s=expire_after),

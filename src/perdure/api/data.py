@@ -7,6 +7,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, StreamingResponse
 
 from perdure.api import params
+from perdure.api.auth import check_job_access
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
 from perdure.api.workerauth import check_worker
@@ -46,6 +47,7 @@ async def upload_output(work_id: str, filename: str, request: Request) -> JSONRe
 
 @router.get("/job/{job_id}/outputs")
 def list_outputs(job_id: str, request: Request) -> JSONResponse:
+    check_job_access(request, job_id)
     return ok(ctx(request).jobs.outputs(job_id))
 
 
@@ -53,6 +55,7 @@ def list_outputs(job_id: str, request: Request) -> JSONResponse:
 def download_output(job_id: str, taskid: str, filename: str, request: Request) -> StreamingResponse:
     """The file's bytes, streamed; ``offset``/``length`` select a byte range (a split part)."""
     qp = request.query_params
+    check_job_access(request, job_id)
     reader, sha256 = ctx(request).jobs.output_reader(job_id, taskid, filename)
     offset = params.integer(qp, "offset", 0, minimum=0)
     length = params.integer(qp, "length", reader.total - offset, minimum=0)

@@ -36,8 +36,14 @@ def mgmt_error(status: int, message: str, fields: Any = None, error_code: int | 
     return JSONResponse(body, status_code=status)
 
 
-def error_for(path: str, status: int, message: str) -> JSONResponse:
+def is_management(path: str) -> bool:
+    return path.startswith(("/api/", "/nodes/")) or path.endswith(".log")
+
+
+def error_for(
+    path: str, status: int, message: str, fields: Any = None, error_code: int | None = None
+) -> JSONResponse:
     """Each API keeps its own error shape (spec/README.md)."""
-    if path.startswith("/api/"):
-        return mgmt_error(status, message)
+    if is_management(path):
+        return mgmt_error(status, message, fields, error_code)
     return awe_error(status, message)

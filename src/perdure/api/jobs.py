@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from perdure.api import params
+from perdure.api.auth import check_job_access, job_owner_filter, principal, require_admin
 from perdure.api.context import ctx
 from perdure.api.envelope import ok, page
 from perdure.errors import BadRequest, NotImplementedOp
@@ -82,7 +84,8 @@ async def submit_job(request: Request) -> JSONResponse:
     except JobScriptError as exc:
         raise BadRequest(str(exc)) from None
     token = request.headers.get("datatoken") or None
-    document = ctx(request).jobs.submit(spec, raw.decode("utf-8"), token)
+    owner = principal(request).user
+    document = await run_in_threadpool(ctx(request).jobs.submit, spec, raw.decode("utf-8"), token, owner)
     return ok(document)
 
 
@@ -96,6 +99,7 @@ def _query_from(request: Request) -> JobQuery:
         offset=params.integer(qp, "offset", 0, minimum=0),
         order=qp.get("order") or "updatetime",
         descending=direction == "desc",
+        owner=job_owner_filter(request),
     )
     if params.flag(qp, "active"):
         query.states = frozenset(s.value for s in ACTIVE_JOB_STATES)
@@ -132,6 +136,7 @@ def list_jobs(request: Request) -> JSONResponse:
 
 @router.get("/job/{job_id}")
 def get_job(job_id: str, request: Request) -> JSONResponse:
+    check_job_access(request, job_id)
     qp = request.query_params
     store = ctx(request).jobs
     if params.flag(qp, "report"):
@@ -145,6 +150,7 @@ def get_job(job_id: str, request: Request) -> JSONResponse:
 
 @router.put("/job/{job_id}")
 def update_job(job_id: str, request: Request) -> JSONResponse:
+    check_job_access(request, job_id)
     qp = request.query_params
     store = ctx(request).jobs
     if params.flag(qp, "suspend"):
@@ -173,6 +179,7 @@ def update_job(job_id: str, request: Request) -> JSONResponse:
 
 @router.put("/job")
 def update_jobs(request: Request) -> JSONResponse:
+    require_admin(request, "operate on every job")
     qp = request.query_params
     store = ctx(request).jobs
     if params.flag(qp, "resumeall"):
@@ -184,11 +191,13 @@ def update_jobs(request: Request) -> JSONResponse:
 
 @router.delete("/job/{job_id}")
 def delete_job(job_id: str, request: Request) -> JSONResponse:
+    check_job_access(request, job_id)
     return ok(ctx(request).jobs.delete(job_id, full=params.flag(request.query_params, "full")))
 
 
 @router.delete("/job")
 def delete_jobs(request: Request) -> JSONResponse:
+    require_admin(request, "delete every suspended or zombie job")
     qp = request.query_params
     store = ctx(request).jobs
     full = params.flag(qp, "full")

@@ -10,11 +10,12 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from perdure.api import params
+from perdure.api.auth import check_job_access, require_admin
 from perdure.api.context import ctx
 from perdure.api.envelope import ok, page
 from perdure.api.workerauth import check_worker
 from perdure.errors import BadRequest
-from perdure.store.work import NoWork
+from perdure.store.work import NoWork, decode_workunit_id
 
 router = APIRouter()
 
@@ -51,6 +52,7 @@ async def checkout_or_list(request: Request) -> JSONResponse:
 
 
 def _list(request: Request) -> JSONResponse:
+    require_admin(request, "list every workunit")
     qp = request.query_params
     limit = params.integer(qp, "limit", 25, minimum=1)
     if limit > 1000:
@@ -75,6 +77,7 @@ async def get_work(work_id: str, request: Request) -> JSONResponse:
         await run_in_threadpool(check_worker, request, client_id=client_id)
         value = await run_in_threadpool(context.work.secret, work_id, client_id, which)
         return ok(None, headers={"Datatoken" if which == "datatoken" else "Privateenv": value})
+    await run_in_threadpool(check_job_access, request, decode_workunit_id(work_id)[:36])
     if params.flag(qp, "report"):
         return ok(await run_in_threadpool(context.work.log, work_id, qp.get("report", "")))
     return ok(await run_in_threadpool(context.work.get, work_id))

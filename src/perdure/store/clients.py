@@ -497,6 +497,14 @@ class ClientStore:
         if group is not None and name != group:
             raise Unauthorized("Clientgroup name in token does not match that in the client.")
 
+    def token_group(self, token: str) -> str | None:
+        """The group a clientgroup token belongs to, or None for an unknown token."""
+        with self.db.read() as conn:
+            name = conn.execute(
+                select(clientgroups.c.name).where(clientgroups.c.token_hash == _hash_token(token))
+            ).scalar_one_or_none()
+        return str(name) if name is not None else None
+
     def group_of(self, client_id: str) -> str | None:
         with self.db.read() as conn:
             return conn.execute(

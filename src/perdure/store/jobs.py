@@ -33,6 +33,7 @@ from perdure.datastore import BlobStore, ConcatReader
 from perdure.documents import job_document, job_minimal
 from perdure.errors import BadRequest, Conflict, NotFound
 from perdure.jobscript import JobSpec, normalize_clientgroups
+from perdure.metrics import recording as metrics
 from perdure.states import (
     ACTIVE_JOB_STATES,
     LIVE_TASK_STATES,
@@ -101,6 +102,8 @@ class JobQuery:
     fields: dict[str, list[str]] = field(default_factory=dict)
     date_start: int | None = None
     date_end: int | None = None
+    #: Only jobs submitted by this user (non-admins, with security on).
+    owner: str | None = None
 
 
 def field_expression(path: str) -> ColumnElement[Any]:
@@ -142,6 +145,8 @@ def _field_filter(path: str, values: Sequence[str]) -> ColumnElement[bool]:
 
 def _where(query: JobQuery) -> list[ColumnElement[bool]]:
     clauses: list[ColumnElement[bool]] = []
+    if query.owner is not None:
+        clauses.append(jobs.c.owner == query.owner)
     if query.states is not None:
         clauses.append(jobs.c.state.in_(sorted(query.states)))
     for path, values in query.fields.items():
@@ -227,8 +232,14 @@ class JobStore:
             )
             conn.execute(insert(job_scripts).values(job_id=job_id, script=script))
             lifecycle.record_event(conn, job_id, lifecycle.EVENT_SUBMITTED, "job submitted", now)
+            metrics.job_submitted(conn, spec.clientgroups)
             lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
             return self._document(conn, job_id)
+
+    def owner_of(self, job_id: str) -> str | None:
+        with self.db.read() as conn:
+            owner = conn.execute(select(jobs.c.owner).where(jobs.c.id == job_id)).scalar_one_or_none()
+        return str(owner) if owner is not None else None
 
     def get(self, job_id: str) -> dict[str, Any]:
         with self.db.read() as conn:

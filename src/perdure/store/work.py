@@ -34,6 +34,7 @@ from sqlalchemy import (
 from perdure.datastore import BlobStore
 from perdure.documents import job_info
 from perdure.errors import BadRequest, NotFound, PerdureError
+from perdure.metrics import recording as metrics
 from perdure.states import JobState, TaskState, WorkunitState
 from perdure.store import lifecycle, outputs
 from perdure.store.database import Database, retry_on_conflict
@@ -125,13 +126,14 @@ class WorkStore:
     def __init__(
         self,
         db: Database,
-        limits: FailureLimits | None = None,
+        limits: FailureLimits | Callable[[], FailureLimits] | None = None,
         *,
         blobs: BlobStore | None = None,
         expire_after_s: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self.db = db
-        self.limits = limits or FailureLimits()
+        fixed = limits or FailureLimits()
+        self._limits = fixed if callable(fixed) else (lambda: fixed)
         self.blobs = blobs
         self._expire_after_s = expire_after_s
 
@@ -162,7 +164,7 @@ class WorkStore:
             if claimed is None:
                 conn.execute(update(clients).where(clients.c.id == client_id).values(last_heartbeat=now))
                 raise NoWork("No eligible workunit found")
-            wu_id, task_id, job_id = claimed
+            wu_id, task_id, job_id, queued_since = claimed
             conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
@@ -182,11 +184,13 @@ class WorkStore:
                 .where(clients.c.id == client_id)
                 .values(total_checkout=clients.c.total_checkout + 1, last_checkout=now, last_heartbeat=now)
             )
+            metrics.workunit_checked_out(conn, wu_id, client, queued_since, now)
             return self._document(conn, wu_id)
 
     def _claim(
         self, conn: Connection, client: Any, available: int | None, now: int
-    ) -> tuple[str, str, str] | None:
+    ) -> tuple[str, str, str, int] | None:
+        """Claim the first eligible workunit: (id, task id, job id, when it was queued)."""
         conditions = [
             _queued(),
             _group_matches(client.group_name),
@@ -200,16 +204,19 @@ class WorkStore:
         if available is not None and available >= 0:
             conditions.append(workunits.c.input_size <= available)
         candidate = (
-            select(workunits.c.id)
+            select(workunits.c.id, workunits.c.updatetime)
             .where(*conditions)
             .order_by(workunits.c.priority.desc(), workunits.c.submittime, workunits.c.id)
             .limit(1)
         )
         if self.db.dialect == "postgresql":
             candidate = candidate.with_for_update(skip_locked=True)
+        picked = conn.execute(candidate).first()
+        if picked is None:
+            return None
         row = conn.execute(
             update(workunits)
-            .where(workunits.c.id == candidate.scalar_subquery())
+            .where(workunits.c.id == picked.id)
             .values(
                 state=WorkunitState.CHECKOUT.value,
                 client_id=client.id,
@@ -218,8 +225,8 @@ class WorkStore:
                 updatetime=now,
             )
             .returning(workunits.c.id, workunits.c.task_id, workunits.c.job_id)
-        ).first()
-        return (row.id, row.task_id, row.job_id) if row else None
+        ).one()
+        return (row.id, row.task_id, row.job_id, picked.updatetime)
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -367,6 +374,7 @@ class WorkStore:
             .where(workunits.c.id == wu.id)
             .values(state=WorkunitState.DONE.value, computetime=computetime, updatetime=now, **fenced)
         )
+        metrics.workunit_done(conn, wu)
         conn.execute(
             update(clients)
             .where(clients.c.id == wu.client_id)
@@ -414,6 +422,7 @@ class WorkStore:
             conn.execute(select(jobs.c.info).where(jobs.c.id == wu.job_id)).scalar_one().get("noretry")
         )
         limit = 1 if noretry else self.limits.max_work_failure
+        metrics.workunit_failed(conn, wu, job_failed=failed >= limit)
         conn.execute(insert(client_skip_work).values(client_id=client.id, workunit_id=wu.id))
         self._count_client_failure(conn, client, now)
         if failed < limit:
@@ -460,6 +469,7 @@ class WorkStore:
                 state=WorkunitState.FAILED_PERMANENT.value, failed=wu.failed + 1, updatetime=now, **fenced
             )
         )
+        metrics.workunit_failed(conn, wu, job_failed=True)
         self._count_client_failure(conn, client, now)
         error = _job_error(wu, client.id, logs, "exit code 42 encountered", JobState.FAILED_PERMANENT.value)
         suspend_job(conn, wu.job_id, error, now)  # holds the rest of the job's work
@@ -540,6 +550,10 @@ class WorkStore:
         if row.state != WorkunitState.CHECKOUT or row.client_id != client_id:
             raise LeaseLost(f"workunit {wu_id} is not checked out by client {client_id}")
         return row
+
+    @property
+    def limits(self) -> FailureLimits:
+        return self._limits()
 
     def counts(self) -> dict[str, int]:
         with self.db.read() as conn:

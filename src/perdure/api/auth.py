@@ -1,0 +1,116 @@
+"""Authentication for every request, and the admin and ownership checks routes call.
+
+With Cognito/OIDC off, every caller is the anonymous admin ``public`` (AWE's anonymous defaults).
+With it on, a request needs ``Authorization: bearer <JWT>``, or, on the worker protocol's routes
+only, ``Authorization: CG_TOKEN <token>``; anything else is 401 before any route runs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from perdure.api.envelope import error_for
+from perdure.errors import NotFound, NotPrivileged
+from perdure.security import ANONYMOUS, Principal, TokenError, Verifier
+
+#: Reachable without a token even when security is on: the self-description and the API schema.
+PUBLIC_PATHS = frozenset({"/", "/openapi.json", "/docs"})
+_WORKER_ROUTES = [
+    ("GET", re.compile(r"^/work$")),
+    ("GET", re.compile(r"^/work/[^/]+$")),
+    ("PUT", re.compile(r"^/work/[^/]+$")),
+    ("PUT", re.compile(r"^/work/[^/]+/output/.+$")),
+    ("POST", re.compile(r"^/client$")),
+    ("GET", re.compile(r"^/client/[^/]+$")),
+    ("PUT", re.compile(r"^/client/[^/]+$")),
+    ("DELETE", re.compile(r"^/client/[^/]+$")),
+    ("PUT", re.compile(r"^/api/v1/nodes/[^/]+(/files)?$")),
+    ("GET", re.compile(r"^/job/[^/]+/output/.+$")),
+]
+
+
+def is_worker_route(method: str, path: str) -> bool:
+    return any(method == m and pattern.match(path) for m, pattern in _WORKER_ROUTES)
+
+
+class AuthMiddleware:
+    """Puts the caller's ``Principal`` in ``request.state.principal``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        context = scope["app"].state.ctx
+        cognito = context.config.effective.security.cognito
+        state = scope.setdefault("state", {})
+        if not cognito.enabled:
+            state["principal"] = ANONYMOUS
+            await self.app(scope, receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").strip()
+        scheme, _, credential = header.partition(" ")
+        try:
+            if path in PUBLIC_PATHS and not header:
+                principal = Principal(user="anonymous", kind="anonymous")
+            elif scheme.lower() == "bearer" and credential.strip():
+                principal = await run_in_threadpool(Verifier(cognito).verify, credential.strip())
+            elif scheme.upper() == "CG_TOKEN" and credential.strip():
+                if not is_worker_route(method, path):
+                    raise TokenError("clientgroup tokens are accepted on worker calls only")
+                group = await run_in_threadpool(context.clients.token_group, credential.strip())
+                if group is None:
+                    raise TokenError("Invalid clientgroup token")
+                principal = Principal(user=f"clientgroup:{group}", groups=(group,), kind="worker")
+            elif not header:
+                raise TokenError("No Authorization")
+            else:
+                raise TokenError("Invalid Auth Header")
+        except TokenError as exc:
+            response = error_for(path, 401, str(exc), error_code=2001)
+            await response(scope, receive, send)
+            return
+        state["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+def principal(request: Request) -> Principal:
+    found: Principal = getattr(request.state, "principal", ANONYMOUS)
+    return found
+
+
+def require_admin(request: Request, what: str = "change this") -> Principal:
+    caller = principal(request)
+    if not caller.admin:
+        admin_groups = request.app.state.ctx.config.effective.security.cognito.adminGroups
+        raise NotPrivileged(
+            f"User is not privileged, only admin can {what}",
+            {"adminGroups": list(admin_groups), "groupsInToken": list(caller.groups) or None},
+        )
+    return caller
+
+
+def job_owner_filter(request: Request) -> str | None:
+    """The owner a non-admin is limited to (None: sees everything)."""
+    caller = principal(request)
+    return None if caller.admin or caller.kind == "worker" else caller.user
+
+
+def check_job_access(request: Request, job_id: str) -> None:
+    """Non-admins see and change only their own jobs; others' are reported as not found."""
+    owner = job_owner_filter(request)
+    if owner is None:
+        return
+    if request.app.state.ctx.jobs.owner_of(job_id) != owner:
+        raise NotFound("Not Found")
+
+
+__all__: list[Any] = ["AuthMiddleware", "check_job_access", "principal", "require_admin"]

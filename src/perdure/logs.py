@@ -1,0 +1,117 @@
+"""The server's own logs: a server log and an access log, rotated by size, reconfigured live.
+
+Secrets never reach a log line: query values whose names look secret are replaced before logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import re
+import threading
+from pathlib import Path
+
+from perdure.config import LogConfig
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+_SECRET_PARAM = re.compile(r"(?i)((?:^|&)[^=&]*(?:token|secret|password|key)[^=&]*=)[^&]*")
+ACCESS_LOGGER = "perdure.access"
+
+
+def redact_query(query: str) -> str:
+    return _SECRET_PARAM.sub(r"\1****", query)
+
+
+class ServerLogs:
+    """Owns the two file handlers; ``apply`` is called whenever the log configuration changes."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._lock = threading.Lock()
+        self._server: logging.handlers.RotatingFileHandler | None = None
+        self._access: logging.handlers.RotatingFileHandler | None = None
+        self.server_path = data_dir / "logs" / "perdure.log"
+
+    @property
+    def access_path(self) -> Path:
+        return self.server_path.with_name(self.server_path.stem + "-access.log")
+
+    def paths(self) -> dict[str, Path]:
+        """URL file name -> file, e.g. ``perdure.log`` and ``perdure-access.log``."""
+        return {self.server_path.stem + ".log": self.server_path, self.access_path.name: self.access_path}
+
+    def apply(self, config: LogConfig) -> None:
+        path = Path(config.file) if config.file else self.data_dir / "logs" / "perdure.log"
+        if not path.is_absolute():
+            path = self.data_dir / path
+        max_bytes = config.maxSizeMB * 1024 * 1024
+        with self._lock:
+            if path != self.server_path or self._server is None:
+                self.server_path = path
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._server = self._swap(
+                    logging.getLogger(), self._server, path, max_bytes, config.maxBackups
+                )
+                access_logger = logging.getLogger(ACCESS_LOGGER)
+                access_logger.propagate = False
+                access_logger.setLevel(logging.INFO)
+                self._access = self._swap(
+                    access_logger, self._access, self.access_path, max_bytes, config.maxBackups
+                )
+                if self._access is not None:
+                    self._access.setFormatter(logging.Formatter("%(message)s"))
+            for handler in (self._server, self._access):
+                if handler is not None:
+                    handler.maxBytes = max_bytes
+                    handler.backupCount = config.maxBackups
+            level = _LEVELS[config.level]
+            logging.getLogger().setLevel(min(level, logging.getLogger().level or level))
+            logging.getLogger("perdure").setLevel(level)
+            if self._server is not None:
+                self._server.setLevel(level)
+
+    @staticmethod
+    def _swap(
+        logger: logging.Logger,
+        old: logging.handlers.RotatingFileHandler | None,
+        path: Path,
+        max_bytes: int,
+        backups: int,
+    ) -> logging.handlers.RotatingFileHandler:
+        handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=max_bytes, backupCount=backups, delay=False
+        )
+        handler.setFormatter(logging.Formatter(_FORMAT))
+        logger.addHandler(handler)
+        if old is not None:
+            logger.removeHandler(old)
+            old.close()
+        return handler
+
+    def close(self) -> None:
+        with self._lock:
+            if self._server is not None:
+                logging.getLogger().removeHandler(self._server)
+                self._server.close()
+                self._server = None
+            if self._access is not None:
+                logging.getLogger(ACCESS_LOGGER).removeHandler(self._access)
+                self._access.close()
+                self._access = None
+
+    @staticmethod
+    def read(path: Path, limit: int = 64 * 1024 * 1024) -> str:
+        if not path.exists():
+            return ""
+        with path.open("rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            return handle.read().decode("utf-8", errors="replace")
