@@ -11,7 +11,7 @@ import typer
 import uvicorn
 from rich.console import Console
 
-from perdure import __version__
+from perdure import __version__, cli_manage
 from perdure.settings import Settings
 from perdure.store import migrate
 from perdure.store.database import Database
@@ -19,6 +19,10 @@ from perdure.store.database import Database
 app = typer.Typer(help="Perdure: batch workflows that outlive their machines.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(cli_manage.config_app, name="config")
+app.add_typer(cli_manage.security_app, name="security")
+app.command("logs")(cli_manage.logs)
+app.command("login")(cli_manage.login)
 console = Console(stderr=True)
 
 DataDir = Annotated[
@@ -55,25 +59,64 @@ def server(
     db: DbUrl = None,
     workers: Annotated[int, typer.Option(min=1, help="Server processes sharing the port.")] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a configuration key: --set node.ttl=2m.")
+    ] = None,
+    self_signed: Annotated[
+        bool, typer.Option("--self-signed", help="Serve HTTPS with a certificate made in DATA_DIR/tls.")
+    ] = False,
 ) -> None:
     """Start the API server (migrating the database schema first)."""
+    from perdure.config import KEY_TYPES, ConfigError, env_overrides
+    from perdure.configstore import ConfigStore
+    from perdure.settings import config_overrides
+
     settings = _settings(data_dir, db)
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in KEY_TYPES:
+            console.print(f"[red]error:[/red] --set {item!r}: expected KEY=VALUE with a configuration key")
+            raise typer.Exit(2)
+        settings.config_overrides[key] = value
+    if self_signed:
+        from perdure.tls import self_signed as make_certificate
+
+        cert, key_file = make_certificate(settings.data_dir.resolve() / "tls", [host])
+        settings.config_overrides.update({"security.certFile": str(cert), "security.keyFile": str(key_file)})
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     database = _open(settings)
     try:
         migrate.upgrade(database)
+        store = ConfigStore(
+            database,
+            settings.data_dir / "config.json",
+            overrides={**config_overrides(settings), **env_overrides(os.environ)},
+            fixed={},
+        )
+        effective = store.load()
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     except Exception as exc:
         console.print(f"[red]error:[/red] cannot prepare database: {exc}")
         raise typer.Exit(1) from None
     finally:
         database.dispose()
+    cert_file, key_path = effective.security.certFile, effective.security.keyFile
+    if bool(cert_file) != bool(key_path):
+        console.print("[red]error:[/red] security.certFile and security.keyFile must be set together")
+        raise typer.Exit(2)
+    scheme = "https" if cert_file else "http"
     console.print(
-        f"Perdure {__version__} on http://{host}:{port}  data: {settings.data_dir.resolve()}  "
+        f"Perdure {__version__} on {scheme}://{host}:{port}  data: {settings.data_dir.resolve()}  "
         f"database: {settings.database_url.split('@')[-1]}"
     )
-    # Hand settings to the worker processes through the environment the factory reads.
+    # Hand settings to the server processes through the environment the factory reads.
     os.environ["PERDURE_DATA_DIR"] = str(settings.data_dir.resolve())
     os.environ["PERDURE_DB_URL"] = settings.database_url
+    settings.config_overrides["addr"] = f"{scheme}://{host}:{port}"
+    for key, value in settings.config_overrides.items():
+        os.environ["PERDURE_CFG_" + key.replace(".", "__")] = value
     uvicorn.run(
         "perdure.api.app:app_from_env",
         factory=True,
@@ -82,6 +125,8 @@ def server(
         workers=workers,
         log_level=log_level.lower(),
         access_log=False,
+        ssl_certfile=cert_file or None,
+        ssl_keyfile=key_path or None,
     )
 
 

@@ -15,6 +15,7 @@ from perdure.api.auth import principal, require_admin
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
 from perdure.api.workerauth import cg_token_given, check_worker
+from perdure.config import to_document
 from perdure.errors import BadRequest, NotImplementedOp
 from perdure.store.clients import parse_profile
 
@@ -71,7 +72,7 @@ def get_client(client_id: str, request: Request) -> JSONResponse:
     context = ctx(request)
     if params.flag(request.query_params, "heartbeat"):
         check_worker(request, client_id=client_id)
-        return ok(context.clients.heartbeat(client_id, None))
+        return ok({**context.clients.heartbeat(client_id, None), **_settings_for_workers(request)})
     return ok(context.clients.get(client_id))
 
 
@@ -82,7 +83,8 @@ async def update_client(client_id: str, request: Request) -> JSONResponse:
     if params.flag(qp, "heartbeat"):
         current = _current_work(await request.body())
         await run_in_threadpool(check_worker, request, client_id=client_id)
-        return ok(await run_in_threadpool(context.clients.heartbeat, client_id, current))
+        instructions = await run_in_threadpool(context.clients.heartbeat, client_id, current)
+        return ok({**instructions, **_settings_for_workers(request)})
     if params.flag(qp, "suspend"):
         require_admin(request, "suspend clients")
         return ok(await run_in_threadpool(context.clients.suspend, client_id))
@@ -90,6 +92,18 @@ async def update_client(client_id: str, request: Request) -> JSONResponse:
         require_admin(request, "resume clients")
         return ok(await run_in_threadpool(context.clients.resume, client_id))
     raise NotImplementedOp("Not Implemented")
+
+
+def _settings_for_workers(request: Request) -> dict[str, str]:
+    """What workers follow from the configuration, handed over at every heartbeat (string values,
+    as AWE's instruction map has): the checkpoint settings and the heartbeat interval and TTL."""
+    config = ctx(request).config.effective
+    document = to_document(config)
+    return {
+        "ckpt": json.dumps(document["ckpt"], separators=(",", ":")),
+        "heartbeat": document["node"]["heartbeat"],
+        "ttl": document["node"]["ttl"],
+    }
 
 
 def _current_work(body: bytes) -> list[str] | None:

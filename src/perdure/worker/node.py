@@ -120,6 +120,8 @@ class Node:
         self.log_files: list[str] = []
         self.slots = [Slot(self, k) for k in range(config.slots)]
         self.cluster_id: str | None = None
+        #: The server's ``ckpt.*`` settings as of the last heartbeat (spot protection reads them).
+        self.checkpoint_settings: dict[str, Any] = {}
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.workpath).free
@@ -193,6 +195,11 @@ class Node:
             self.draining.set()
             if slot.runner.current:
                 slot.runner.discard(slot.runner.current)
+        if instructions.get("ckpt"):
+            try:
+                self.checkpoint_settings = json.loads(instructions["ckpt"])
+            except ValueError:
+                log.warning("ignoring unreadable checkpoint settings from the server")
         cluster = instructions.get("server-uuid")
         if cluster and self.cluster_id and cluster != self.cluster_id:
             # A different installation: our work means nothing there. Drop it and join afresh.
