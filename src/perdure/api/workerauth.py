@@ -25,10 +25,13 @@ def cg_token_given(request: Request) -> bool:
 def check_worker(request: Request, *, client_id: str | None = None, group: str | None = None) -> None:
     """Refuse a worker call whose token is missing (when required), wrong, or of another group."""
     context = ctx(request)
-    if group is None and client_id is not None:
-        group = context.clients.group_of(client_id)
     caller = getattr(request.state, "principal", None)
     if caller is not None and caller.kind == "user":
         return  # with security on, a verified user token (checked by the middleware) may act as a worker
     required = context.settings.client_auth_required or context.config.effective.security.cognito.enabled
-    context.clients.check_token(cg_token(request), group, required=required)
+    token = cg_token(request)
+    if token is None and not required:
+        return  # the common open setup: no token to check, so no lookup either
+    if group is None and client_id is not None:
+        group = context.clients.group_of(client_id)
+    context.clients.check_token(token, group, required=required)

@@ -90,10 +90,10 @@ class Slot:
 
     def _report(self, wu_id: str, outcome: Outcome) -> None:
         files: dict[str, Path | bytes] = {"perf": json.dumps(outcome.perf).encode()}
-        if outcome.stdout:
-            files["stdout"] = tail_bytes(outcome.stdout)
-        if outcome.stderr:
-            files["stderr"] = tail_bytes(outcome.stderr)
+        for kind, path in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
+            content = tail_bytes(path)
+            if content:  # empty logs cost a multipart part and a row each; skip them
+                files[kind] = content
         if outcome.notes:
             files["worknotes"] = "\n".join(outcome.notes).encode()
         try:
