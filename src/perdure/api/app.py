@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -105,12 +106,20 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_for(request.url.path, 500, f"internal error: {type(exc).__name__}")
 
 
+#: Seconds between SQLite planner-statistics refreshes.
+OPTIMIZE_EVERY_S = 3600.0
+
+
 async def _sweep_forever(context: ServerContext) -> None:
     """Idempotent housekeeping, safe to run on every server sharing the database."""
+    optimized = time.monotonic()
     while True:
         await asyncio.sleep(context.settings.sweep_interval_s)
         try:
             await asyncio.to_thread(sweep_once, context)
+            if time.monotonic() - optimized > OPTIMIZE_EVERY_S:
+                optimized = time.monotonic()
+                await asyncio.to_thread(context.db.optimize)
         except Exception:
             log.exception("background sweep failed; will retry")
 

@@ -85,6 +85,12 @@ class Database:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
+    def optimize(self) -> None:
+        """Let SQLite refresh its planner statistics (PostgreSQL's autovacuum does this itself)."""
+        if self.is_sqlite:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA optimize")
+
     def dispose(self) -> None:
         self.engine.dispose()
 

@@ -271,8 +271,18 @@ class JobStore:
         ordering = [order.desc(), jobs.c.id.desc()] if query.descending else [order.asc(), jobs.c.id.asc()]
         with self.db.read() as conn:
             total = conn.execute(select(func.count()).select_from(jobs).where(*where)).scalar_one()
+            # Page through the ids first (an index walk), then fetch only those rows: a deep offset then
+            # skips index entries, not whole rows with their JSON documents.
+            page_ids = (
+                select(jobs.c.id)
+                .where(*where)
+                .order_by(*ordering)
+                .limit(query.limit)
+                .offset(query.offset)
+                .subquery()
+            )
             page = conn.execute(
-                select(jobs).where(*where).order_by(*ordering).limit(query.limit).offset(query.offset)
+                select(jobs).join(page_ids, page_ids.c.id == jobs.c.id).order_by(*ordering)
             ).all()
             by_job: dict[str, list[Any]] = {j.id: [] for j in page}
             if page:
