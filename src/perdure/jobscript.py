@@ -265,7 +265,8 @@ def parse_job_script(raw: bytes) -> JobSpec:
     try:
         document = json.loads(text, parse_constant=_refuse_constant)
         # A lone surrogate escape ("\ud800") parses but can never be stored or sent back.
-        json.dumps(document, ensure_ascii=False).encode("utf-8")
+        if "\x00" in json.dumps(document, ensure_ascii=False).encode("utf-8").decode("utf-8"):
+            raise JobScriptError("job script must not contain NUL characters")
     except RecursionError:
         raise JobScriptError("job script is nested too deeply") from None
     except UnicodeEncodeError:

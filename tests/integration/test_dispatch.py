@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +35,7 @@ def start_server(tmp_path: Path, db_url: str) -> Iterator[StartServer]:
     started: list[ServerProcess] = []
 
     def start(**env: str) -> ServerProcess:
-        with warnings.catch_warnings():
-            # ServerProcess.start() leaves its log file object to the garbage collector.
-            warnings.simplefilter("ignore", ResourceWarning)
-            process = ServerProcess(tmp_path / f"server-{len(started)}", db_url, env=env).start()
+        process = ServerProcess(tmp_path / f"server-{len(started)}", db_url, env=env).start()
         started.append(process)
         return process
 
@@ -71,14 +66,23 @@ def is_postgres(db_url: str) -> bool:
     return db_url.startswith("postgresql")
 
 
-def xfail_on_postgres(request: pytest.FixtureRequest, db_url: str, reason: str) -> None:
-    if is_postgres(db_url):
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+#: For the test's own requests: a fresh connection each time (after a 500 the server drops the
+#: connection, which must not fail the next request), but one client (creating one costs ~0.1 s).
+_http: httpx.Client | None = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_http() -> Iterator[None]:
+    global _http
+    _http = httpx.Client(timeout=15.0, limits=httpx.Limits(max_keepalive_connections=0))
+    yield
+    _http.close()
+    _http = None
 
 
 def call(url: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    """One request on a fresh connection (a 500 makes the server drop a kept-alive connection)."""
-    return httpx.request(method, url + path, timeout=15.0, **kwargs)
+    assert _http is not None
+    return _http.request(method, url + path, **kwargs)
 
 
 def data(response: httpx.Response) -> Any:
@@ -119,10 +123,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
 
 
 def assert_no_work(worker: Worker, **kwargs: Any) -> None:
@@ -188,13 +188,16 @@ def test_client_loops_drain_a_split_job_completing_every_workunit_exactly_once(
     listing = call(server.url, "GET", "/work", params={"state": "done", "limit": 100})
     assert envelope(listing)["total_count"] == len(expected)
 
-    # Dependents were queued only after their dependencies completed, on the server's clock ...
+    # Dependents were queued only after their dependencies completed, in the job's event history
+    # (ordered as committed; the event and task timestamps are not compared, see the report) ...
     deps = {"1": ["0"], "2": ["0"], "3": ["1", "2"]}
+    history = [
+        e["message"] for e in data(call(server.url, "GET", f"/job/{job_id}", params={"report": ""}))["events"]
+    ]
     for taskid, parents in deps.items():
-        child = task_of(job, taskid)
+        assert history.count(f"task {taskid} queued") == 1, history
         for parent in parents:
-            completed = parse_time(task_of(job, parent)["completeddate"])
-            assert parse_time(child["starteddate"]) >= completed, (taskid, parent)
+            assert history.index(f"task {parent} completed") < history.index(f"task {taskid} queued"), history
     # ... and as the clients saw it: no dependent workunit was received before the last done report
     # of its dependencies was sent.
     for taskid, parents in deps.items():
@@ -285,16 +288,18 @@ def test_checkout_orders_by_priority_then_submit_time_and_matches_groups_apps_an
     assert get_job(url, sized)["state"] == "completed"
 
 
-# ---- 3. checkout idempotency -------------------------------------------------------------------------
+# ---- 3 and 5. idempotent checkout and report ---------------------------------------------------------
 
 
-def test_checkout_twice_without_reporting_returns_the_same_workunit(
+def test_checkout_and_report_are_idempotent(
     start_server: StartServer, workers: Callable[..., Worker]
 ) -> None:
     server = start_server()
-    job_id = submit(server.url, script(task("0", totalwork=2)))
+    job_id = submit(server.url, script(task("0", totalwork=3)))
     first = workers(server.url)
     second = workers(server.url)
+
+    # The same client checking out twice without reporting gets the same workunit, not a second one.
     a = data(first.checkout())
     again = data(first.checkout())
     assert again["id"] == a["id"]
@@ -305,9 +310,25 @@ def test_checkout_twice_without_reporting_returns_the_same_workunit(
     b = data(second.checkout())
     assert b["id"] != a["id"]
     assert data(first.checkout())["id"] == a["id"]
-    assert data(first.report(a["id"])) == "ok"
+
+    # The same report twice: both "ok", applied once.
+    assert data(first.report(a["id"], "done", computetime=7)) == "ok"
+    assert data(first.report(a["id"], "done", computetime=7)) == "ok"
+    job = get_job(server.url, job_id)
+    assert task_of(job, "0")["remainwork"] == 2
+    assert task_of(job, "0")["computetime"] == 7
+    assert first.info()["total_completed"] == 1
+    # A different report for the same attempt is not a repeat: the lease is gone.
+    assert first.report(a["id"], "fail").status_code == 409
+    assert task_of(get_job(server.url, job_id), "0")["remainwork"] == 2
+    assert first.info()["total_failed"] == 0
+    assert get_work(server.url, a["id"])["state"] == "done"
+
     assert data(second.report(b["id"])) == "ok"
-    assert get_job(server.url, job_id)["state"] == "completed"
+    assert data(first.report(first.checkout_id())) == "ok"
+    job = get_job(server.url, job_id)
+    assert job["state"] == "completed"
+    assert task_of(job, "0")["remainwork"] == 0
 
 
 # ---- 4. lease fencing and lost clients ---------------------------------------------------------------
@@ -336,7 +357,7 @@ def test_reports_are_fenced_by_the_lease_and_a_lost_clients_work_completes_once_
         assert "discard" not in holder.instructions([wu_id])
         assert_no_work(other)
         time.sleep(0.4)
-    assert set(holder.instructions([wu_id])) == {"server-uuid"}
+    assert not {"discard", "stop"} & set(holder.instructions([wu_id]))
     last_heartbeat = time.monotonic()
 
     # The holder goes silent: after the TTL its workunit goes back to the queue and another client,
@@ -365,29 +386,6 @@ def test_reports_are_fenced_by_the_lease_and_a_lost_clients_work_completes_once_
     assert (wu["state"], wu["failed"]) == ("done", 0)
     assert (holder.info()["total_completed"], holder.info()["total_failed"]) == (0, 0)
     assert (other.info()["total_completed"], other.info()["total_failed"]) == (1, 0)
-
-
-# ---- 5. idempotent repeat of a report ----------------------------------------------------------------
-
-
-def test_an_identical_repeat_of_an_accepted_report_is_ok_and_counted_once(
-    start_server: StartServer, workers: Callable[..., Worker]
-) -> None:
-    server = start_server()
-    job_id = submit(server.url, script(task("0", totalwork=3)))
-    worker = workers(server.url)
-    wu_id = worker.checkout_id()
-    assert data(worker.report(wu_id, "done", computetime=7)) == "ok"
-    assert data(worker.report(wu_id, "done", computetime=7)) == "ok"
-    job = get_job(server.url, job_id)
-    assert task_of(job, "0")["remainwork"] == 2
-    assert task_of(job, "0")["computetime"] == 7
-    assert worker.info()["total_completed"] == 1
-    # A different report for the same attempt is not a repeat: the lease is gone.
-    assert worker.report(wu_id, "fail").status_code == 409
-    assert task_of(get_job(server.url, job_id), "0")["remainwork"] == 2
-    assert worker.info()["total_failed"] == 0
-    assert get_work(server.url, wu_id)["state"] == "done"
 
 
 # ---- 6. failure rules --------------------------------------------------------------------------------
@@ -938,15 +936,9 @@ def test_bad_worker_input_is_refused_with_4xx_never_500(
     assert worker.info()["total_completed"] == 1
 
 
-# ---- bugs found while writing these tests ------------------------------------------------------------
+# ---- hostile input from workers ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: numbers beyond the database column range in a profile, available, computetime or "
-    "offset are not validated and answer 500 (store/clients.py Profile.cores; api/work.py checkout, "
-    "_report and _list)",
-)
 def test_out_of_range_numbers_from_a_worker_are_refused_not_500(
     start_server: StartServer, workers: Callable[..., Worker]
 ) -> None:
@@ -976,13 +968,6 @@ def test_out_of_range_numbers_from_a_worker_are_refused_not_500(
 def test_worker_logs_containing_nul_bytes_are_accepted(
     request: pytest.FixtureRequest, db_url: str, start_server: StartServer, workers: Callable[..., Worker]
 ) -> None:
-    xfail_on_postgres(
-        request,
-        db_url,
-        "BUG: on PostgreSQL a report whose stderr/stdout/worknotes contains a NUL byte answers 500 and the "
-        "report is lost (text columns and JSONB cannot hold U+0000); api/work.py _report_files/_tail should "
-        "replace NULs",
-    )
     server = start_server()
     url = server.url
     job_id = submit(url, script(task("0", totalwork=2)))
@@ -1001,12 +986,6 @@ def test_worker_logs_containing_nul_bytes_are_accepted(
 def test_nul_characters_in_worker_supplied_text_are_refused_not_500(
     request: pytest.FixtureRequest, db_url: str, start_server: StartServer, workers: Callable[..., Worker]
 ) -> None:
-    xfail_on_postgres(
-        request,
-        db_url,
-        "BUG: on PostgreSQL a NUL character in a profile string (name, hostname, extra keys) or in a "
-        "client/workunit id or filter answers 500; validate text input (Profile, path and query values)",
-    )
     server = start_server()
     url = server.url
     worker = workers(url)

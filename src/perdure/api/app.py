@@ -8,11 +8,13 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import unquote_plus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from perdure import __version__
 from perdure.api import cgroups, clients, data, jobs, management, nodes, queue, root, scripts, work
@@ -71,6 +73,7 @@ def create_app(settings: Settings, *, db: Database | None = None, run_migrations
         app.include_router(module.router)
     app.include_router(management.log_files)  # last: /{name} would shadow the routes above
     app.add_middleware(AuthMiddleware)
+    app.add_middleware(RefuseNulMiddleware)
     app.add_middleware(AccessLogMiddleware)  # outermost: logs even requests auth refuses
     _install_error_handlers(app)
     return app
@@ -79,6 +82,22 @@ def create_app(settings: Settings, *, db: Database | None = None, run_migrations
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (several worker processes): settings come from PERDURE_*."""
     return create_app(Settings.from_env(), run_migrations=False)
+
+
+class RefuseNulMiddleware:
+    """A NUL in a path or query value can never name anything, and PostgreSQL cannot take it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query = unquote_plus(scope.get("query_string", b"").decode("latin-1"))
+            if "\x00" in scope["path"] or "\x00" in query:
+                response = error_for(scope["path"].replace("\x00", ""), 400, "NUL characters are not allowed")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -120,7 +120,7 @@ def _current_work(body: bytes) -> list[str] | None:
     data = current.get("data", []) if isinstance(current, dict) else current
     if data is None:
         return []
-    if not isinstance(data, list) or not all(isinstance(w, str) for w in data):
+    if not isinstance(data, list) or not all(isinstance(w, str) and "\x00" not in w for w in data):
         raise BadRequest("current_work.data must be a list of workunit ids")
     return data
 

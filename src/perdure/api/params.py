@@ -11,7 +11,13 @@ def flag(params: QueryParams, name: str) -> bool:
     return name in params
 
 
-def integer(params: QueryParams, name: str, default: int, *, minimum: int | None = None) -> int:
+#: Values are stored in 64-bit columns.
+MAX_INT = 2**63 - 1
+
+
+def integer(
+    params: QueryParams, name: str, default: int, *, minimum: int | None = None, maximum: int = MAX_INT
+) -> int:
     raw = params.get(name)
     if raw is None or raw == "":
         return default
@@ -21,10 +27,14 @@ def integer(params: QueryParams, name: str, default: int, *, minimum: int | None
         raise BadRequest(f"{name} must be an integer, not {raw!r}") from None
     if minimum is not None and value < minimum:
         raise BadRequest(f"{name} must be at least {minimum}")
+    if value > maximum:
+        raise BadRequest(f"{name} must be at most {maximum}")
     return value
 
 
-def number(params: QueryParams, name: str, default: float, *, minimum: float = 0.0) -> float:
+def number(
+    params: QueryParams, name: str, default: float, *, minimum: float = 0.0, maximum: float = float(MAX_INT)
+) -> float:
     raw = params.get(name)
     if raw is None or raw == "":
         return default
@@ -32,8 +42,8 @@ def number(params: QueryParams, name: str, default: float, *, minimum: float = 0
         value = float(raw)
     except ValueError:
         raise BadRequest(f"{name} must be a number, not {raw!r}") from None
-    if not value >= minimum or value != value or value == float("inf"):
-        raise BadRequest(f"{name} must be a finite number of at least {minimum}")
+    if not minimum <= value <= maximum:  # also false for NaN
+        raise BadRequest(f"{name} must be a number between {minimum} and {maximum:.0f}")
     return value
 
 

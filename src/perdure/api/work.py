@@ -96,7 +96,7 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
         raise BadRequest("missing status parameter")
     if not client_id:
         raise BadRequest("missing client parameter")
-    computetime = int(params.number(qp, "computetime", 0.0))
+    computetime = int(params.number(qp, "computetime", 0.0, maximum=10.0**12))
     logs = await _report_files(request)
     await run_in_threadpool(check_worker, request, client_id=client_id)
     context = ctx(request)
@@ -126,10 +126,15 @@ async def _report_files(request: Request) -> dict[str, str]:
             if isinstance(item, UploadFile):
                 logs[kind] = _tail(item)
             elif isinstance(item, str):
-                logs[kind] = item[-MAX_LOG_BYTES:]
+                logs[kind] = _printable(item[-MAX_LOG_BYTES:])
         return logs
     finally:
         await form.close()
+
+
+def _printable(text: str) -> str:
+    """Logs are kept whatever a program wrote; NUL, which PostgreSQL text cannot hold, becomes U+FFFD."""
+    return text.replace("\x00", "\ufffd")
 
 
 def _tail(upload: UploadFile) -> str:
@@ -139,7 +144,7 @@ def _tail(upload: UploadFile) -> str:
     size = handle.tell()
     handle.seek(max(0, size - MAX_LOG_BYTES))
     data = handle.read()
-    text = data.decode("utf-8", errors="replace")
+    text = _printable(data.decode("utf-8", errors="replace"))
     if size > MAX_LOG_BYTES:
         text = f"[... {size - MAX_LOG_BYTES} earlier bytes not kept ...]\n" + text
     return text

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -40,7 +40,7 @@ class Profile(BaseModel):
     domain: str = Field(default="", max_length=255)
     node_id: str = Field(default="", max_length=64)
     version: str = Field(default="", max_length=64)
-    cores: int = Field(default=0, ge=0)
+    cores: int = Field(default=0, ge=0, le=2**31 - 1)
     apps: list[str] = Field(default_factory=list)
     current_work: dict[str, Any] = Field(default_factory=dict)
 
@@ -51,6 +51,13 @@ class Profile(BaseModel):
         if isinstance(value, str):
             return [a.strip() for a in value.split(",") if a.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _no_nul(self) -> Profile:
+        # PostgreSQL text cannot hold NUL: refuse it here rather than fail at the database.
+        if "\\u0000" in self.model_dump_json():
+            raise ValueError("text must not contain NUL characters")
+        return self
 
     def current_work_ids(self) -> list[str]:
         data = self.current_work.get("data", []) if isinstance(self.current_work, dict) else []

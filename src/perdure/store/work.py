@@ -146,8 +146,8 @@ class WorkStore:
         A client that already holds a lease gets the same workunit again: a checkout retried after a
         lost reply never hands out a second one.
         """
-        now = now_us()
         with self.db.write() as conn:
+            now = now_us()  # after BEGIN IMMEDIATE: times follow commit order
             client = conn.execute(select(clients).where(clients.c.id == client_id)).one_or_none()
             if client is None or client.deleted_at:
                 raise BadRequest("Client not found")
@@ -312,12 +312,12 @@ class WorkStore:
         if not client_id:
             raise BadRequest("missing client parameter")
         wu_id = decode_workunit_id(wu_id)
-        now = now_us()
         logs = {k: v for k, v in (logs or {}).items() if k in LOG_KINDS}
         with self.db.write() as conn:
             wu = conn.execute(
                 select(workunits).where(workunits.c.id == wu_id).with_for_update()
             ).one_or_none()
+            now = now_us()  # after the row lock: times follow commit order
             if wu is None:
                 raise NotFound(f"no workunit found with id {wu_id}")
             if (wu.reported_by, wu.reported_status, wu.reported_attempt) == (client_id, status, wu.attempt):
