@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil  # type: ignore[import-untyped]
+import psutil
 
 DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
 #: Logs every node can offer when present: cloud-init runs the installer on a fresh instance.
@@ -44,7 +44,7 @@ def collect(
         "cores": os.cpu_count() or 0,
         "cpuModel": model,
         "cpuVendor": vendor,
-        "memoryInMB": int(psutil.virtual_memory().total) // 2**20,
+        "memoryInMB": psutil.virtual_memory().total // 2**20,
         "instance": instance,
     }
 

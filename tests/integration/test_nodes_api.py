@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+
+from perdure.settings import Settings
+from perdure.store.nodes import canonical_path
+from tests.support import ServerProcess
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 INFO = {
@@ -95,6 +101,17 @@ def raw_get(client: TestClient, raw_path: bytes) -> httpx.Response:
 
     assert client.portal is not None
     return client.portal.call(call)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    """The conftest settings without the background sweep, which nothing here needs.
+
+    A sweep still running in its thread when the app shuts down checks connections out of the
+    disposed engine's replacement pool; PostgreSQL connections then get garbage-collected open, and
+    the ResourceWarning fails whichever test is running (app.py's lifespan; reported upstream).
+    """
+    return Settings(data_dir=tmp_path / "data", db_url=db_url, sweep_interval_s=3600)
 
 
 @pytest.fixture
@@ -223,8 +240,12 @@ def test_traversal_and_unadvertised_paths_are_not_found(
 ) -> None:
     assert upload(client, node, "/var/log/perdure/worker.log", b"secret-ish\n").status_code == 200
     reply = raw_get(client, raw_path)
-    assert_mgmt_error(reply, 404)
-    assert "root:" not in reply.text
+    if b"%00" in raw_path:  # the app refuses NUL anywhere in a path before routing
+        assert reply.status_code in (400, 404)
+        assert_mgmt_error(reply, reply.status_code)
+    else:
+        assert_mgmt_error(reply, 404)
+    assert "root:" not in reply.text and "secret-ish" not in reply.text
 
 
 def test_encoded_slashes_name_the_same_advertised_file(client: TestClient, node: str) -> None:
@@ -310,3 +331,54 @@ def test_worker_tokens_are_checked(client: TestClient) -> None:
     assert (
         client.put("/api/v1/nodes/n1", json={"info": INFO, "files": FILES}, headers=good).status_code == 200
     )
+
+
+def test_traversal_over_a_real_socket(server: ServerProcess) -> None:
+    """uvicorn hands ``..`` and ``%2e%2e`` through undecoded by any client: still only 404s."""
+    with httpx.Client(base_url=server.url) as api:
+        profile = {"id": "n1-0", "node_id": "n1", "group": "default", "apps": ["*"]}
+        assert api.post("/client", files={"profile": ("profile", json.dumps(profile))}).status_code == 200
+        assert api.put("/api/v1/nodes/n1", json={"info": INFO, "files": FILES}).status_code == 200
+        reply = api.put("/api/v1/nodes/n1/files", params={"path": FILES[1]}, content=b"worker log\n")
+        assert reply.status_code == 200
+    port = int(server.url.rsplit(":", 1)[1])
+    for raw in [
+        "/nodes/n1/../../etc/passwd",
+        "/nodes/n1/%2e%2e/%2e%2e/etc/passwd",
+        "/nodes/n1/var/log/perdure/../../../../etc/passwd",
+        "/nodes/n1//etc/passwd",
+        "/nodes/n1/etc/passwd",
+    ]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", raw)
+            answer = conn.getresponse()
+            body = answer.read()
+        finally:
+            conn.close()
+        assert answer.status == 404, (raw, body)
+        assert json.loads(body)["statusCode"] == 404
+    with httpx.Client(base_url=server.url) as api:
+        assert api.get("/nodes/n1/var/log/perdure/worker.log").text == "worker log\n"
+
+
+@pytest.mark.parametrize(
+    ("path", "ok"),
+    [
+        ("/var/log/x.log", True),
+        ("/x", True),
+        ("/", False),
+        ("", False),
+        ("var/log/x", False),
+        ("//var/log/x", False),
+        ("/var//log/x", False),
+        ("/var/log/./x", False),
+        ("/var/log/../x", False),
+        ("/var/log/x/", False),
+        ("/var/log/x\x00", False),
+        ("/" + "a" * 1023, True),
+        ("/" + "a" * 1024, False),
+    ],
+)
+def test_only_canonical_absolute_paths_can_be_advertised(path: str, ok: bool) -> None:
+    assert canonical_path(path) is ok

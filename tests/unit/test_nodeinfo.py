@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from perdure import nodeinfo
@@ -146,8 +147,6 @@ def test_imdsv2_instance_facts(imds: tuple[str, list[tuple[str, str, str | None]
 def test_the_stand_in_refuses_calls_without_the_session_token(
     imds: tuple[str, list[tuple[str, str, str | None]]],
 ) -> None:
-    import httpx
-
     url, _ = imds
     assert httpx.get(f"{url}/latest/meta-data/instance-id", trust_env=False).status_code == 403
 
@@ -182,7 +181,8 @@ def test_a_service_that_refuses_tokens_is_treated_as_absent() -> None:
 def test_cpu_model_and_vendor_from_cpuinfo(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(
-        "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz\n"
+        "processor\t: 0\nvendor_id\t: GenuineIntel\n"
+        "model name\t: Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz\n"
         "\nprocessor\t: 1\nvendor_id\t: Other\nmodel name\t: Other\n"
     )
     info = nodeinfo.collect(None, cpuinfo_path=cpuinfo)

@@ -55,14 +55,16 @@ def create_app(settings: Settings, *, db: Database | None = None, run_migrations
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         context.signal.start(database)
-        sweeper = asyncio.create_task(_sweep_forever(context))
+        stop = asyncio.Event()
+        sweeper = asyncio.create_task(_sweep_forever(context, stop))
         try:
             yield
         finally:
             context.signal.stop()
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            # Let a sweep already running in its thread finish: cancelling would leave it using
+            # connections after the database is disposed.
+            stop.set()
+            await sweeper
             logs.close()
             if db is None:
                 database.dispose()
@@ -129,11 +131,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 OPTIMIZE_EVERY_S = 3600.0
 
 
-async def _sweep_forever(context: ServerContext) -> None:
+async def _sweep_forever(context: ServerContext, stop: asyncio.Event) -> None:
     """Idempotent housekeeping, safe to run on every server sharing the database."""
     optimized = time.monotonic()
-    while True:
-        await asyncio.sleep(context.settings.sweep_interval_s)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), context.settings.sweep_interval_s)
+            return
         try:
             await asyncio.to_thread(sweep_once, context)
             if time.monotonic() - optimized > OPTIMIZE_EVERY_S:

@@ -18,8 +18,9 @@ from perdure.api.envelope import error_for
 from perdure.errors import NotFound, NotPrivileged
 from perdure.security import ANONYMOUS, Principal, TokenError, Verifier
 
-#: Reachable without a token even when security is on: the self-description and the API schema.
-PUBLIC_PATHS = frozenset({"/", "/openapi.json", "/docs"})
+#: Reachable without a token even when security is on: the self-description, the API schema, and
+#: the worker installer new cloud instances fetch (it holds no secret unless one is put in its URL).
+PUBLIC_PATHS = frozenset({"/", "/openapi.json", "/docs", "/api/v1/scripts/install-worker"})
 _WORKER_ROUTES = [
     ("GET", re.compile(r"^/work$")),
     ("GET", re.compile(r"^/work/[^/]+$")),

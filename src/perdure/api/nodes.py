@@ -52,7 +52,7 @@ def list_files(node_id: str, request: Request) -> JSONResponse:
     return JSONResponse(node_store(request).files(node_id))
 
 
-@router.get("/nodes/{rest:path}")
+@router.api_route("/nodes/{rest:path}", methods=["GET", "HEAD"])
 def read_file(rest: str, request: Request) -> Response:
     """``/nodes/<nodeID>/<path on the node>``: an advertised, shipped file, else 404."""
     node_id, _, path = rest.partition("/")

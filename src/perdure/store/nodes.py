@@ -108,7 +108,7 @@ def parse_info(info: Any) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise BadRequest("node info must be a JSON object")
     try:
-        if len(json.dumps(info)) > MAX_INFO_BYTES:
+        if len(json.dumps(info, allow_nan=False)) > MAX_INFO_BYTES:
             raise BadRequest(f"node info is larger than {MAX_INFO_BYTES} bytes")
         model = NodeInfo.model_validate(info)
     except ValidationError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import shutil
 import threading
 import time
@@ -128,8 +129,12 @@ class Node:
 
     def run(self) -> None:
         self.facts = nodeinfo.collect(self.config.imds_endpoint or None)
+        # The server accepts only absolute, normalised paths: it serves exactly what is advertised.
         self.log_files = nodeinfo.default_log_files(
-            [str(self.workpath / "logs" / "worker.log"), *self.config.log_files]
+            [
+                os.path.normpath(os.path.abspath(str(p)))
+                for p in [self.workpath / "logs" / "worker.log", *self.config.log_files]
+            ]
         )
         log.info(
             "node %s: %d slot(s), group %s, server %s",
