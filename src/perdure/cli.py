@@ -149,7 +149,7 @@ def worker(
     import signal
 
     from perdure.worker.config import WorkerConfig
-    from perdure.worker.node import Node, configure_logging
+    from perdure.worker.node import Node, WorkpathInUse, configure_logging
 
     try:
         settings = WorkerConfig.load(
@@ -169,10 +169,17 @@ def worker(
         raise typer.Exit(2) from None
     settings.workpath.mkdir(parents=True, exist_ok=True)
     configure_logging(settings.workpath, log_level)
-    node = Node(settings)
+    try:
+        node = Node(settings)
+    except WorkpathInUse as exc:
+        console.print(f"[red]error:[/red] {exc}; give each worker its own --workpath")
+        raise typer.Exit(2) from None
     signal.signal(signal.SIGTERM, lambda *_: node.shutdown())
     signal.signal(signal.SIGINT, lambda *_: node.shutdown())
     node.run()
+    if node.failure:
+        console.print(f"[red]error:[/red] {node.failure}")
+        raise typer.Exit(1)
 
 
 @app.command()

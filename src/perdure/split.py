@@ -65,6 +65,27 @@ def _next_boundary(read_at: ReadAt, size: int, offset: int, kind: str) -> int:
     return size
 
 
+def _record_starts(read_at: ReadAt, size: int, kind: str) -> list[int]:
+    """Every record's offset, by reading the whole input (only when cutting by bytes fell short)."""
+    if kind == "fastq":
+        return _fastq_starts(read_at, size)
+    starts, position = [0], 0
+    while position < size:
+        chunk = read_at(position, MB)
+        if not chunk:
+            break
+        index = chunk.find(b"\n")
+        while index >= 0:
+            start = position + index + 1
+            if start < size:
+                following = chunk[index + 1 : index + 2] or read_at(start, 1)
+                if kind != "fasta" or following == b">":
+                    starts.append(start)
+            index = chunk.find(b"\n", index + 1)
+        position += len(chunk)
+    return starts
+
+
 def _fastq_starts(read_at: ReadAt, size: int) -> list[int]:
     """Offsets of every FASTQ record (every 4th line): FASTQ cannot be resynchronised mid-file."""
     starts, line, position = [0], 0, 0
@@ -101,4 +122,12 @@ def split_ranges(
     else:
         bounds = [_next_boundary(read_at, size, target, kind) for target in targets]
     edges = [*sorted(set(bounds)), size]
-    return [(a, b - a) for a, b in itertools.pairwise(edges) if b > a]
+    ranges = [(a, b - a) for a, b in itertools.pairwise(edges) if b > a]
+    if len(ranges) < count:
+        # A long record swallowed several byte targets: share the records out by count instead.
+        starts = _record_starts(read_at, size, kind)
+        if len(starts) > len(ranges):
+            parts = min(count, len(starts))
+            cuts = [starts[len(starts) * i // parts] for i in range(parts)] + [size]
+            ranges = [(a, b - a) for a, b in itertools.pairwise(cuts) if b > a]
+    return ranges

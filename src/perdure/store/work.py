@@ -149,8 +149,10 @@ class WorkStore:
         with self.db.write() as conn:
             now = now_us()  # after BEGIN IMMEDIATE: times follow commit order
             client = conn.execute(select(clients).where(clients.c.id == client_id)).one_or_none()
-            if client is None or client.deleted_at:
+            if client is None:
                 raise BadRequest("Client not found")
+            if client.deleted_at:
+                raise BadRequest("Client deleted: the worker should stop")
             if client.suspended:
                 raise BadRequest("Client suspended")
             held = conn.execute(

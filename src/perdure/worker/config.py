@@ -63,6 +63,12 @@ class WorkerConfig:
             raise ValueError("slots must be at least 1")
         if not self.apps:
             raise ValueError("apps must name at least one command, or '*'")
+        for name in ("heartbeat_s", "log_ship_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+        for name in ("checkout_wait_s", "keep_failed_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must not be negative")
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -3,6 +3,7 @@ thread that renews every slot's lease and carries out the server's instructions.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import logging.handlers
@@ -55,7 +56,12 @@ class Slot:
     def _loop(self) -> None:
         api, stop = self.node.api, self.node.stop
         try:
-            self.register()
+            try:
+                self.register()
+            except ApiError as exc:
+                log.error("the server refused to register client %s: %s", self.client_id, exc)
+                self.node.fail(f"registration refused: {exc.message}")
+                return
             while not stop.is_set() and not self.node.draining.is_set():
                 try:
                     workunit = api.retrying(
@@ -65,7 +71,10 @@ class Slot:
                         ),
                     )
                 except ApiError as exc:
-                    if "Client not found" in exc.message:
+                    if "Client deleted" in exc.message:
+                        log.warning("client %s was deleted on the server; stopping", self.client_id)
+                        self.node.draining.set()
+                    elif "Client not found" in exc.message:
                         self.register()
                     elif "suspended" in exc.message.lower():
                         log.warning("client %s is suspended; checking again in 30s", self.client_id)
@@ -121,8 +130,16 @@ class Node:
         self.log_files: list[str] = []
         self.slots = [Slot(self, k) for k in range(config.slots)]
         self.cluster_id: str | None = None
+        #: Why the node stopped on an error; None while healthy or after a clean drain.
+        self.failure: str | None = None
+        self._lock_file = _lock_workpath(self.workpath)
         #: The server's ``ckpt.*`` settings as of the last heartbeat (spot protection reads them).
         self.checkpoint_settings: dict[str, Any] = {}
+
+    def fail(self, reason: str) -> None:
+        """Stop the whole node with an error (the process exits non-zero)."""
+        self.failure = reason
+        self.stop.set()
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.workpath).free
@@ -261,6 +278,20 @@ class Node:
         workdir = outcome.perf.get("workdir")
         if outcome.status == "done" and workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+class WorkpathInUse(RuntimeError):
+    """Another worker runs on this work path: sharing it would mix up their work."""
+
+
+def _lock_workpath(workpath: Path) -> Any:
+    handle = (workpath / ".lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise WorkpathInUse(f"another worker is running on {workpath}") from None
+    return handle  # held open (and locked) for the life of the process
 
 
 def _node_id(workpath: Path) -> str:

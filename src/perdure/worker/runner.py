@@ -7,6 +7,7 @@ discard is killed and not reported.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import json
@@ -51,23 +52,23 @@ class Outcome:
 
 
 def split_args(args: str) -> list[str]:
-    """AWE's rule: split on spaces; single quotes group words (no escapes)."""
+    """AWE's rule: split on spaces; single quotes group words and a closing quote ends the word."""
     words: list[str] = []
     current: list[str] = []
     quoted = False
-    has_word = False
     for char in args:
         if char == "'":
-            quoted = not quoted
-            has_word = True
-        elif char == " " and not quoted:
-            if has_word:
+            if quoted:
                 words.append("".join(current))
-            current, has_word = [], False
+                current = []
+            quoted = not quoted
+        elif char == " " and not quoted:
+            if current:
+                words.append("".join(current))
+            current = []
         else:
             current.append(char)
-            has_word = True
-    if has_word:
+    if current:
         words.append("".join(current))
     return words
 
@@ -226,14 +227,17 @@ class Runner:
         if not url:
             raise StageError(f"predata {io['filename']!r} has no url")
         cached = self.predata / hashlib.sha256(url.encode()).hexdigest()[:32] / io["filename"]
-        if not cached.exists():
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_name(cached.name + f".{os.getpid()}.{threading.get_ident()}.part")
-            if url.startswith("file://"):
-                shutil.copyfile(url[7:], partial)
-            else:
-                self.api.download(url, partial)
-            os.replace(partial, cached)  # atomic: other slots never see a half-written file
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        # One download per node: slots wait on a lock file (it also serialises other processes).
+        with (cached.parent / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not cached.exists():
+                partial = cached.with_name(cached.name + f".{os.getpid()}.{threading.get_ident()}.part")
+                if url.startswith("file://"):
+                    shutil.copyfile(url[7:], partial)
+                else:
+                    self.api.download(url, partial)
+                os.replace(partial, cached)  # atomic: a reader never sees a half-written file
         link: Path = workdir / str(io["filename"])
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(cached.resolve())
