@@ -12,8 +12,9 @@ from rich.console import Console
 
 from perdure.remote import Remote, RemoteError, save_login
 
-console = Console(stderr=True)
-out = Console()
+# soft_wrap: lines go out whole (a log line, a long value), never folded at the terminal width.
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 config_app = typer.Typer(help="Read and change the server's configuration.", no_args_is_help=True)
 security_app = typer.Typer(help="Token security (AWS Cognito or any OIDC provider).", no_args_is_help=True)
 

@@ -91,7 +91,8 @@ class _Section(BaseModel):
 
 
 class LogConfig(_Section):
-    file: str = ""
+    #: Served at ``/<base>.log``, so it must be a ``.log`` file (never, say, config.json).
+    file: str = Field(default="", pattern=r"^$|^[^\x00]*\.log$")
     level: Literal["debug", "info", "warn", "warning", "error"] = "info"
     maxSizeMB: int = Field(default=10, ge=1, le=10_240)
     maxBackups: int = Field(default=10, ge=0, le=1000)

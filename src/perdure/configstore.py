@@ -107,6 +107,7 @@ class ConfigStore:
             conn.execute(update(meta).where(meta.c.key == _KEY).values(value=json.dumps(document)))
         self._adopt(document)
         write_file(self.path, self._persisted)
+        log.info("configuration version %d saved", self.version)
         return self.effective
 
     # ---- the database copy --------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,12 @@ class Remote:
         self.token = token or os.environ.get("PERDURE_TOKEN") or saved.get("token") or ""
         ca = ca_file or os.environ.get("PERDURE_CA_FILE") or saved.get("ca_file") or ""
         headers = {"Authorization": f"bearer {self.token}"} if self.token else {}
-        self.http = httpx.Client(base_url=self.server, headers=headers, verify=ca or True, timeout=30.0)
+        self.http = httpx.Client(
+            base_url=self.server,
+            headers=headers,
+            verify=ssl.create_default_context(cafile=ca) if ca else True,
+            timeout=30.0,
+        )
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

@@ -18,9 +18,12 @@ from perdure.api.envelope import error_for
 from perdure.errors import NotFound, NotPrivileged
 from perdure.security import ANONYMOUS, Principal, TokenError, Verifier
 
-#: Reachable without a token even when security is on: the self-description, the API schema, and
-#: the worker installer new cloud instances fetch (it holds no secret unless one is put in its URL).
-PUBLIC_PATHS = frozenset({"/", "/openapi.json", "/docs", "/api/v1/scripts/install-worker"})
+#: Readable (GET) without a token even when security is on: the self-description, the API schema,
+#: the worker installer new cloud instances fetch (no secret unless one is put in its URL), and the
+#: Cognito settings a web front end needs before anyone can log in (no secrets either).
+PUBLIC_PATHS = frozenset(
+    {"/", "/openapi.json", "/docs", "/api/v1/scripts/install-worker", "/api/v1/security/cognito"}
+)
 _WORKER_ROUTES = [
     ("GET", re.compile(r"^/work$")),
     ("GET", re.compile(r"^/work/[^/]+$")),
@@ -60,7 +63,7 @@ class AuthMiddleware:
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").strip()
         scheme, _, credential = header.partition(" ")
         try:
-            if path in PUBLIC_PATHS and not header:
+            if path in PUBLIC_PATHS and method in ("GET", "HEAD") and not header:
                 principal = Principal(user="anonymous", kind="anonymous")
             elif scheme.lower() == "bearer" and credential.strip():
                 principal = await run_in_threadpool(Verifier(cognito).verify, credential.strip())

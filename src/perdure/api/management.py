@@ -21,8 +21,18 @@ from perdure.security import TokenError, Verifier
 router = APIRouter()
 log_files = APIRouter()
 
-#: Enabling or disabling security goes through /api/v1/security/cognito, which checks a token first.
-_SECURITY_ONLY = frozenset({"security.cognito.enabled"})
+#: How tokens are verified changes only through /api/v1/security/cognito, which checks a token against
+#: the new settings first: through configKV one typo would lock everybody out.
+_SECURITY_ONLY = frozenset(
+    {
+        "security.cognito.enabled",
+        "security.cognito.clientID",
+        "security.cognito.issuer",
+        "security.cognito.jwksURL",
+        "security.cognito.region",
+        "security.cognito.userPoolID",
+    }
+)
 _COGNITO_FIELDS = (
     "region",
     "userPoolID",
@@ -221,7 +231,9 @@ async def put_log_config(request: Request) -> JSONResponse:
 
 @log_files.get("/{name}")
 def get_log_file(name: str, request: Request) -> PlainTextResponse:
-    """``/<base>.log`` and ``/<base>-access.log``, following ``log.file``; nothing else."""
+    """``/<base>.log`` and ``/<base>-access.log``, following ``log.file``; nothing else. Admins only:
+    the access log shows every user's requests."""
+    require_admin(request, "read the server's logs")
     logs = ctx(request).logs
     path = logs.paths().get(name)
     if path is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from perdure.api.context import ctx
-from perdure.errors import Unauthorized
+from perdure.errors import Forbidden, Unauthorized
 
 
 def cg_token(request: Request) -> str | None:
@@ -27,7 +27,10 @@ def check_worker(request: Request, *, client_id: str | None = None, group: str |
     context = ctx(request)
     caller = getattr(request.state, "principal", None)
     if caller is not None and caller.kind == "user":
-        return  # with security on, a verified user token (checked by the middleware) may act as a worker
+        if caller.admin:
+            return  # with security on, an admin's verified token may act as a worker
+        # Anyone else would see other users' commands, inputs and data tokens.
+        raise Forbidden("worker calls need a clientgroup token (Authorization: CG_TOKEN …) or an admin")
     required = context.settings.client_auth_required or context.config.effective.security.cognito.enabled
     token = cg_token(request)
     if token is None and not required:

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from perdure.datastore import BlobStore, ConcatReader
+from perdure.metrics import recording as metrics
 from perdure.split import split_ranges
 from perdure.states import JobState, TaskState, WorkunitState
 from perdure.store import outputs
@@ -208,6 +209,7 @@ def _complete_job(
         )
     )
     record_event(conn, job_id, EVENT_JOB_DONE, "job completed", now)
+    metrics.job_completed(conn, job_id)
 
 
 def _set_job_state(conn: Connection, job_id: str, old: JobState, new: JobState, now: int) -> None:

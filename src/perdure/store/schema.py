@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -280,4 +281,38 @@ node_files = Table(
     Column("size", BigInteger, nullable=False),
     Column("blob_key", String(2048), nullable=False),
     _time("updated"),
+)
+
+#: Metrics (perdure.metrics): each event is appended here in the transaction that caused it (an insert,
+#: so concurrent transactions never wait on each other), then folded into ``metric_rollups`` by the
+#: sweep. Readers add the events not yet folded, so nothing recorded is ever missing from a query.
+metric_events = Table(
+    "metric_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("metric", String(64), nullable=False),
+    Column("object_id", String(300), nullable=False),
+    _time("at"),
+    Column("value", Double, nullable=False),
+    Index(None, "metric", "object_id", "at"),
+)
+
+#: One row per metric, level, bucket and object, holding the bucket's total, sample count, minimum and
+#: maximum, so sums, rates and averages all come out right at any level. ``interval_s = 0`` is the
+#: all-time row (never expires; Prometheus reads it). The key puts a level's buckets in time order, so
+#: the summary (every object over a range) and retention read one contiguous range; on SQLite the
+#: table is stored in key order (WITHOUT ROWID). One object's series reads the second index.
+metric_rollups = Table(
+    "metric_rollups",
+    metadata,
+    Column("metric", String(64), primary_key=True),
+    Column("interval_s", Integer, primary_key=True),
+    Column("bucket_start", BigInteger, primary_key=True),
+    Column("object_id", String(300), primary_key=True),
+    Column("total", Double, nullable=False),
+    Column("samples", BigInteger, nullable=False),
+    Column("minimum", Double, nullable=False),
+    Column("maximum", Double, nullable=False),
+    Index(None, "metric", "object_id", "interval_s", "bucket_start"),
+    sqlite_with_rowid=False,
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -41,6 +42,8 @@ from perdure.store.database import Database, retry_on_conflict
 from perdure.store.jobs import suspend_job
 from perdure.store.schema import client_skip_work, clients, jobs, tasks, workunit_logs, workunits
 from perdure.timeutil import format_us, now_us
+
+log = logging.getLogger("perdure.work")
 
 #: AWE keeps the last 5,000 characters of stderr in the job's ``error.apperror``.
 APPERROR_CHARS = 5000
@@ -164,9 +167,9 @@ class WorkStore:
                 return self._document(conn, held.id)
             claimed = self._claim(conn, client, available, now)
             if claimed is None:
-                conn.execute(update(clients).where(clients.c.id == client_id).values(last_heartbeat=now))
                 raise NoWork("No eligible workunit found")
             wu_id, task_id, job_id, queued_since = claimed
+            log.debug("checkout: %s leased to client %s", wu_id, client_id)
             conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id, tasks.c.state == TaskState.QUEUED.value)
@@ -330,6 +333,7 @@ class WorkStore:
             if client is None:
                 raise BadRequest("Client not found")
             self._store_logs(conn, wu, logs, now)
+            log.debug("report: %s %s by client %s", wu_id, status, client_id)
             fenced = {"reported_by": client_id, "reported_status": status, "reported_attempt": wu.attempt}
             if status == "done":
                 self._done(conn, wu, computetime, fenced, now)

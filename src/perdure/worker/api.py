@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,7 +47,7 @@ def _message(response: httpx.Response) -> str:
 class ServerAPI:
     def __init__(self, base_url: str, *, token: str = "", ca_file: str = "", stop: threading.Event) -> None:
         headers = {"Authorization": f"CG_TOKEN {token}"} if token else {}
-        verify: str | bool = ca_file or True
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self.base_url = base_url.rstrip("/")
         self.http = httpx.Client(base_url=self.base_url, headers=headers, verify=verify, timeout=60.0)
         self.stop = stop
