@@ -10,7 +10,10 @@ it stays between about 3/4 Q and Q deep. It prints workunits/s, checkout and rep
 
     .venv/bin/python bench/dispatch.py [--db sqlite|postgresql|both] [--clients 32]
                                        [--queued 1000,100000] [--measure 3000] [--server-workers 1]
-                                       [--task-size 1000] [--http raw|httpx]
+                                       [--task-size 1000] [--http raw|httpx] [--pg-analyze]
+
+CPU is per process, sampled at both ends of the measured window: PostgreSQL backends that the server's
+pool opens and closes inside the window are not counted (the "sessions opened" figure shows how many).
 
 Everything stays on loopback and is bounded in time; the server is stopped and the database dropped
 even on error or Ctrl-C.
@@ -27,14 +30,16 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -144,21 +149,29 @@ def postgres_problem(admin_dsn: str) -> str | None:
 # ---- CPU accounting --------------------------------------------------------------------------------
 
 
-def _cpu_seconds(processes: list[psutil.Process]) -> float:
-    total = 0.0
+def _cpu_times(processes: list[psutil.Process]) -> dict[tuple[int, float], float]:
+    """CPU seconds (user + system) so far, per process (keyed by pid and start time)."""
+    times: dict[tuple[int, float], float] = {}
     for process in processes:
         try:
-            times = process.cpu_times()
-            total += times.user + times.system
+            cpu = process.cpu_times()
+            times[(process.pid, process.create_time())] = cpu.user + cpu.system
         except psutil.Error:
             pass
-    return total
+    return times
 
 
-def _postgres_processes() -> list[psutil.Process]:
+def _used(before: dict[tuple[int, float], float], after: dict[tuple[int, float], float]) -> float:
+    """CPU seconds used between two samples by the processes alive at both."""
+    return sum(after[key] - before[key] for key in before.keys() & after.keys())
+
+
+def _postgres_backends(database: str) -> list[psutil.Process]:
+    """The PostgreSQL backends serving our throwaway database (their title names it)."""
     found = []
-    for process in psutil.process_iter(["name"]):
-        if (process.info.get("name") or "").startswith("postgres"):
+    for process in psutil.process_iter(["name", "cmdline"]):
+        title = " ".join(process.info.get("cmdline") or [])
+        if (process.info.get("name") or "").startswith("postgres") and f" {database} " in f"{title} ":
             found.append(process)
     return found
 
@@ -166,15 +179,88 @@ def _postgres_processes() -> list[psutil.Process]:
 @dataclass
 class CpuSnapshot:
     wall: float
-    server: float
-    postgres: float
+    server: dict[tuple[int, float], float]
+    postgres: dict[tuple[int, float], float]
     client: float
 
 
 def cpu_snapshot(server: Server, pg: list[psutil.Process]) -> CpuSnapshot:
     return CpuSnapshot(
-        time.perf_counter(), _cpu_seconds(server.processes()), _cpu_seconds(pg), time.process_time()
+        time.perf_counter(), _cpu_times(server.processes()), _cpu_times(pg), time.process_time()
     )
+
+
+class PgSampler:
+    """What our database's sessions do while we measure: ``pg_stat_activity`` sampled every 50 ms
+    (a wait profile), and ``pg_stat_database`` counters (sessions opened, commits, time in statements
+    and idle inside transactions) before and after."""
+
+    COUNTERS = "sessions, xact_commit, xact_rollback, active_time, idle_in_transaction_time, deadlocks"
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self.samples: Counter[str] = Counter()
+        self.n = 0
+        self.before: dict[str, float] = {}
+        self.after: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _counters(self, conn: psycopg.Connection[Any]) -> dict[str, float]:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            f"SELECT {self.COUNTERS} FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+        names = [c.strip() for c in self.COUNTERS.split(",")]
+        return {name: float(v or 0) for name, v in zip(names, row or (), strict=False)}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pg-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with psycopg.connect(self.db_url, autocommit=True, connect_timeout=5) as conn:
+            self.before = self._counters(conn)
+            while not self._stop.wait(0.05):
+                rows = conn.execute(
+                    "SELECT state, wait_event_type, wait_event, left(query, 40) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND backend_type = 'client backend'"
+                ).fetchall()
+                self.n += 1
+                for state, wtype, wevent, query in rows:
+                    if state == "idle":
+                        continue
+                    if state == "active":
+                        what = f"{wtype}:{wevent}" if wtype else "running"
+                        key = f"active, {what}: {' '.join((query or '').split())}"
+                    else:
+                        key = f"{state} (waiting for the server)"
+                    self.samples[key] += 1
+            time.sleep(1.1)  # backends flush their statistics at most once a second
+            self.after = self._counters(conn)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def report(self, workunits: int) -> list[str]:
+        lines = []
+        if self.before and self.after:
+            d = {k: self.after[k] - self.before.get(k, 0.0) for k in self.after}
+            per = max(1, workunits)
+            lines.append(
+                f"postgres: {d['sessions']:.0f} sessions opened, {d['xact_commit'] / per:.1f} commits and "
+                f"{d['xact_rollback'] / per:.2f} rollbacks per workunit; per workunit "
+                f"{d['active_time'] / per:.2f} ms in statements (incl. lock waits), "
+                f"{d['idle_in_transaction_time'] / per:.2f} ms idle in transaction; "
+                f"deadlocks {d['deadlocks']:.0f}"
+            )
+        if self.n:
+            top = ", ".join(f"{count / self.n:.1f} x {key}" for key, count in self.samples.most_common(6))
+            lines.append(f"postgres sessions busy (average over {self.n} samples): {top or 'none'}")
+        return lines
 
 
 # ---- the workload ----------------------------------------------------------------------------------
@@ -457,36 +543,50 @@ def run_one(kind: str, db_url: str | None, queued: int, work_dir: Path, args: ar
         t0 = time.perf_counter()
         jobs = load_queue(server.url, queued, args.task_size)
         print(f"  queue: {queued:,} workunits in {jobs} job(s) loaded in {time.perf_counter() - t0:.1f} s")
+        if args.pg_analyze and db_url:
+            with psycopg.connect(db_url, autocommit=True, connect_timeout=5) as conn:
+                conn.execute("ANALYZE")
+            print("  ANALYZE run on the database after loading (--pg-analyze)")
         client_ids = register(server.url, args.clients)
         warmup = args.warmup if args.warmup >= 0 else max(100, args.measure // 10)
         chunk = max(1, min(args.task_size, queued // 4))
         run = Run(warmup, args.measure, queued, chunk, time.monotonic() + args.timeout)
         run.depth_min = run.depth_max = queued
-        pg = _postgres_processes() if kind == "postgresql" else []
+        pg: list[psutil.Process] = []
+        sampler = PgSampler(db_url) if db_url else None
 
         async def measured() -> tuple[CpuSnapshot, CpuSnapshot]:
             task = asyncio.create_task(drive(server.url, server.port, client_ids, run, args.http))
             await asyncio.wait([task, asyncio.create_task(run.started.wait())], return_when="FIRST_COMPLETED")
+            if db_url:  # the backends serving the server's pool exist once warm-up is over
+                pg.extend(_postgres_backends(db_url.rsplit("/", 1)[-1]))
             before = cpu_snapshot(server, pg)
+            if sampler:
+                sampler.start()
             await asyncio.wait(
                 [task, asyncio.create_task(run.finished.wait())], return_when="FIRST_COMPLETED"
             )
             after = cpu_snapshot(server, pg)
+            if sampler:
+                await asyncio.to_thread(sampler.stop)
             await task
             return before, after
 
         load_before = os.getloadavg()[0]
         before, after = asyncio.run(measured())
+        measured_n = run.measure
         if not run.finished.is_set():
-            raise RuntimeError(
-                f"only {run.done} of {run.target} workunits done within --timeout {args.timeout:.0f}s"
-            )
+            if not run.started.is_set():
+                raise RuntimeError(f"warm-up not over ({run.done} done) within --timeout {args.timeout:.0f}s")
+            run.t_end = time.perf_counter()
+            measured_n = run.done - run.warmup
+            run.error(f"TIMED OUT: only {measured_n} of {run.measure} measured workunits done in --timeout")
         seconds = run.t_end - run.t_start
-        result.rate = run.measure / seconds
+        result.rate = measured_n / seconds
         result.checkout = Latency.of(run.checkout_ms)
         result.report = Latency.of(run.report_ms)
         print(
-            f"  measured {run.measure:,} workunits (after {run.warmup} warm-up) in {seconds:.2f} s: "
+            f"  measured {measured_n:,} workunits (after {run.warmup} warm-up) in {seconds:.2f} s: "
             f"{result.rate:,.0f} workunits/s"
         )
         print(f"  checkout latency, ms: {result.checkout}")
@@ -497,14 +597,24 @@ def run_one(kind: str, db_url: str | None, queued: int, work_dir: Path, args: ar
         )
         wall = after.wall - before.wall
         cores = psutil.cpu_count() or 1
-        shares = [("server", after.server - before.server), ("bench client", after.client - before.client)]
-        if kind == "postgresql":
-            shares.insert(1, ("postgres", after.postgres - before.postgres))
+        shares = [
+            ("server", _used(before.server, after.server)),
+            ("bench client", after.client - before.client),
+        ]
+        if db_url:
+            label = f"postgres ({len(pg)} backends alive throughout)"
+            shares.insert(1, (label, _used(before.postgres, after.postgres)))
         used = ", ".join(f"{name} {100 * cpu / wall:.0f}%" for name, cpu in shares)
+        per_wu = ", ".join(
+            f"{name.split(' (')[0]} {1000 * cpu / max(1, measured_n):.2f}" for name, cpu in shares
+        )
         print(
             f"  CPU while measuring (100% = one core, {cores} cores): {used}; "
             f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
         )
+        print(f"  CPU ms per workunit: {per_wu}")
+        for line in sampler.report(measured_n) if sampler else []:
+            print(f"  {line}")
         done = count_workunits(server.url, "done")
         held = count_workunits(server.url, "checkout")
         if done != run.done or held:
@@ -563,7 +673,7 @@ def print_summary(results: list[Result], args: argparse.Namespace) -> None:
                 f"rate at {small.queued:,} / at {big.queued:,} <= {TARGET_DEPTH_RATIO}: "
                 f"{_verdict(ratio <= TARGET_DEPTH_RATIO)} ({ratio:.2f})"
             )
-        print(f"  {db:<11} " + "; ".join(checks))
+        print(f"  {db:<11} " + ("; ".join(checks) or "(no target applies to this run)"))
 
 
 def _verdict(ok: bool) -> str:
@@ -596,7 +706,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--http", choices=("raw", "httpx"), default="raw", help="worker HTTP client (default raw: cheapest)"
     )
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per measured run")
+    parser.add_argument(
+        "--pg-analyze",
+        action="store_true",
+        help="run ANALYZE after loading the queue on PostgreSQL (what autovacuum does within a minute or so)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds allowed per measured run (default 180)"
+    )
     parser.add_argument(
         "--pg-admin", default=PG_ADMIN_DSN, help=f"PostgreSQL admin DSN (default {PG_ADMIN_DSN})"
     )
@@ -628,11 +745,15 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         for queued in args.queued:
             with tempfile.TemporaryDirectory(prefix=f"perdure-dispatch-{kind}-") as tmp:
-                if kind == "sqlite":
-                    results.append(run_one(kind, None, queued, Path(tmp), args))
-                    continue
-                with postgres_database(args.pg_admin) as url:
-                    results.append(run_one(kind, url, queued, Path(tmp), args))
+                try:
+                    if kind == "sqlite":
+                        results.append(run_one(kind, None, queued, Path(tmp), args))
+                        continue
+                    with postgres_database(args.pg_admin) as url:
+                        results.append(run_one(kind, url, queued, Path(tmp), args))
+                except Exception as exc:  # report it and go on with the next run
+                    print(f"  !! run failed: {type(exc).__name__}: {exc}")
+                    results.append(Result(kind, queued, error=f"{type(exc).__name__}: {exc}"))
     print_summary(results, args)
     return 1 if any(r.error for r in results) else 0
 

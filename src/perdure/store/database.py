@@ -7,10 +7,12 @@ claim needs them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,12 +51,15 @@ def normalize_url(url: str) -> str:
 
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 20) -> None:
+    def __init__(self, url: str, *, pool_size: int = 40) -> None:
         self.url = normalize_url(url)
         self.engine: Engine = _make_engine(self.url, pool_size)
         self.dialect = self.engine.dialect.name
         #: Called after a commit that queued work (wakes long-polling checkouts in this process).
         self.work_listeners: list[Callable[[], None]] = []
+        # SQLite has one writer at a time anyway; queueing writers here, rather than in SQLite's busy
+        # loop (which sleeps and retries), keeps the tail latency short.
+        self._sqlite_writer = threading.Lock()
 
     @property
     def is_sqlite(self) -> bool:
@@ -63,14 +68,18 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One transaction that may change state: committed on success, rolled back on any error."""
-        with self.engine.connect() as conn:
+        with contextlib.ExitStack() as stack:
+            if self.is_sqlite:
+                stack.enter_context(self._sqlite_writer)
+            conn = stack.enter_context(self.engine.connect())
             if self.is_sqlite:
                 conn = conn.execution_options(sqlite_immediate=True)
             with conn.begin():
                 yield conn
-            if conn.info.pop("work_queued", False):
-                for listener in self.work_listeners:
-                    listener()
+            queued = conn.info.pop("work_queued", False)
+        if queued:
+            for listener in self.work_listeners:
+                listener()
 
     @staticmethod
     def work_queued(conn: Connection) -> None:
@@ -86,10 +95,13 @@ class Database:
             yield conn
 
     def optimize(self) -> None:
-        """Let SQLite refresh its planner statistics (PostgreSQL's autovacuum does this itself)."""
-        if self.is_sqlite:
-            with self.engine.connect() as conn:
+        """Refresh planner statistics (cheap: both databases sample), in case autovacuum is off."""
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
                 conn.exec_driver_sql("PRAGMA optimize")
+            else:
+                conn.exec_driver_sql("ANALYZE workunits, jobs, tasks")
+                conn.commit()
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -100,14 +112,17 @@ def _make_engine(url: str, pool_size: int) -> Engine:
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=40, max_overflow=10
+        )
         _configure_sqlite(engine)
         return engine
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if os.environ.get("PERDURE_DB_NULLPOOL"):
         kwargs["poolclass"] = NullPool
     else:
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size)
+        # At least as many connections as request threads, so none waits for one or opens its own.
+        kwargs.update(pool_size=pool_size, max_overflow=10)
     return create_engine(url, **kwargs)
 
 

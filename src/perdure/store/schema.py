@@ -142,7 +142,8 @@ workunits = Table(
     ),
     Index(None, "job_id", "state"),
     Index(None, "task_id"),
-    Index(None, "client_id"),
+    #: "What does this client hold": leases, heartbeats, lost-client sweeps.
+    Index(None, "client_id", "state"),
 )
 
 #: The uploaded script, byte for byte, for audit and debugging.

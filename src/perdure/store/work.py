@@ -216,6 +216,10 @@ class WorkStore:
         )
         if self.db.dialect == "postgresql":
             candidate = candidate.with_for_update(skip_locked=True)
+            # Walk the partial queue index in order and stop at the first free row; without fresh
+            # statistics the planner may instead sort every queued row for each claim.
+            conn.exec_driver_sql("SET LOCAL enable_sort = off")
+            conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
         picked = conn.execute(candidate).first()
         if picked is None:
             return None

@@ -297,7 +297,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_workunits")),
     )
     with op.batch_alter_table("workunits", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_workunits_client_id"), ["client_id"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_workunits_client_id_state"), ["client_id", "state"], unique=False
+        )
         batch_op.create_index(batch_op.f("ix_workunits_job_id_state"), ["job_id", "state"], unique=False)
         batch_op.create_index(batch_op.f("ix_workunits_task_id"), ["task_id"], unique=False)
     # The checkout queue: only queued workunits, in dispatch order (autogenerate cannot see this one).
@@ -318,7 +320,7 @@ def downgrade() -> None:
     with op.batch_alter_table("workunits", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_workunits_task_id"))
         batch_op.drop_index(batch_op.f("ix_workunits_job_id_state"))
-        batch_op.drop_index(batch_op.f("ix_workunits_client_id"))
+        batch_op.drop_index(batch_op.f("ix_workunits_client_id_state"))
 
     op.drop_table("workunits")
     with op.batch_alter_table("outputs", schema=None) as batch_op:
