@@ -29,7 +29,6 @@ from typing import Any
 
 import httpx
 import psycopg
-import pytest
 
 from tests.jobs import script, task, upload
 from tests.support import ServerProcess
@@ -249,12 +248,6 @@ def _job_states(url: str, job_ids: list[str]) -> dict[str, str] | None:
         return None  # the server is down or coming up
 
 
-# tests/support.py's ServerProcess.start() never closes the log file it hands the child as stdout; the
-# ResourceWarning surfaces when that file object is collected. Ignore exactly that, nothing else.
-@pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <_io.FileIO name='[^']*server-\d+\.log'"
-    ":pytest.PytestUnraisableExceptionWarning"
-)
 def test_sigkill_mid_run_then_restart_completes_every_workunit_exactly_once(
     tmp_path: Path, db_url: str
 ) -> None:
