@@ -123,4 +123,4 @@ def complete_job(client: TestClient, document: dict[str, Any], client_id: str = 
     register(client, client_id)
     job = submit(client, document)
     run_job(client, job["id"], client_id)
-    return get_job(client, job["id"])  # type: ignore[no-any-return]
+    return get_job(client, job["id"])

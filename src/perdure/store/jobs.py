@@ -46,6 +46,7 @@ from perdure.states import (
 )
 from perdure.store import lifecycle
 from perdure.store import outputs as output_records
+from perdure.store.commalist import comma_list_contains
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.schema import job_events, job_scripts, jobs, tasks, workunit_logs, workunits
 from perdure.timeutil import format_us, now_us, parse_expiration, parse_time
@@ -131,15 +132,7 @@ def _field_filter(path: str, values: Sequence[str]) -> ColumnElement[bool]:
             raise BadRequest(f"{path} must be an integer") from None
     if path == "info.clientgroups":
         # clientgroups is a comma list: match jobs that name any of the given groups.
-        matches: list[ColumnElement[bool]] = []
-        for group in values:
-            matches += [
-                expr == group,
-                expr.like(f"{group},%"),
-                expr.like(f"%,{group}"),
-                expr.like(f"%,{group},%"),
-            ]
-        return or_(*matches)
+        return or_(*(comma_list_contains(expr, group) for group in values))
     return expr.in_(list(values))
 
 
@@ -154,7 +147,7 @@ def _where(query: JobQuery) -> list[ColumnElement[bool]]:
     if query.date_start is not None or query.date_end is not None:
         ranges = []
         for column in (jobs.c.submittime, jobs.c.completedtime):
-            bounds = []
+            bounds = [column > 0]  # an unset time (0) is in no range
             if query.date_start is not None:
                 bounds.append(column >= query.date_start)
             if query.date_end is not None:
@@ -268,7 +261,12 @@ class JobStore:
             raise BadRequest("offset must not be negative")
         order = field_expression(query.order)
         where = _where(query)
-        ordering = [order.desc(), jobs.c.id.desc()] if query.descending else [order.asc(), jobs.c.id.asc()]
+        # A missing JSON field sorts lowest on both databases (PostgreSQL would put NULL highest).
+        ordering = (
+            [order.desc().nulls_last(), jobs.c.id.desc()]
+            if query.descending
+            else [order.asc().nulls_first(), jobs.c.id.asc()]
+        )
         with self.db.read() as conn:
             total = conn.execute(select(func.count()).select_from(jobs).where(*where)).scalar_one()
             # Page through the ids first (an index walk), then fetch only those rows: a deep offset then

@@ -38,6 +38,7 @@ from perdure.errors import BadRequest, NotFound, PerdureError
 from perdure.metrics import recording as metrics
 from perdure.states import JobState, TaskState, WorkunitState
 from perdure.store import lifecycle, outputs
+from perdure.store.commalist import comma_list_contains
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.jobs import suspend_job
 from perdure.store.schema import client_skip_work, clients, jobs, tasks, workunit_logs, workunits
@@ -115,14 +116,7 @@ def _queued() -> Any:
 
 
 def _group_matches(group: str) -> Any:
-    col = workunits.c.clientgroups
-    return or_(
-        col == "",
-        col == group,
-        col.like(f"{group},%"),
-        col.like(f"%,{group}"),
-        col.like(f"%,{group},%"),
-    )
+    return or_(workunits.c.clientgroups == "", comma_list_contains(workunits.c.clientgroups, group))
 
 
 class WorkStore:
