@@ -625,7 +625,8 @@ def test_deleting_a_client_requeues_its_work_and_tells_it_to_stop(
     assert (wu["state"], wu["client"], wu["failed"]) == ("queued", "", 0)
     assert doomed.instructions([wu_id]).get("stop") == doomed.id
     refused = doomed.checkout()
-    assert (refused.status_code, error_text(refused)) == (400, "Client not found")
+    # Distinct from "Client not found" (which makes a worker re-register): this one makes it stop.
+    assert (refused.status_code, error_text(refused)) == (400, "Client deleted: the worker should stop")
     assert doomed.report(wu_id, "done").status_code == 409
     assert doomed.id not in client_ids(url)
 
@@ -633,7 +634,7 @@ def test_deleting_a_client_requeues_its_work_and_tells_it_to_stop(
     assert data(other.report(wu_id, "done")) == "ok"
     assert get_job(url, job_id)["state"] == "completed"
 
-    # A worker told "Client not found" re-registers with its saved profile, and is welcome back.
+    # A worker its operator starts again registers afresh, and is welcome back.
     assert doomed.register().status_code == 200
     assert "stop" not in doomed.instructions([])
     assert doomed.id in client_ids(url)

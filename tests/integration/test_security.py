@@ -823,9 +823,13 @@ def test_secrets_never_appear_in_responses_or_log_files(tmp_path: Path, issuer: 
         assert (cognito["accessKey"], cognito["secretKey"]) == ("****", "****")
         view = http.get("/api/v1/security/cognito", headers=admin).json()
         assert view["enabled"] is True
-        # Public without a token: the self-description and the API schema; nothing else.
+        # Public without a token: the self-description, the API schema, and the Cognito settings a
+        # login page needs (no secrets in them); changing them still needs a token.
         assert http.get("/").status_code == http.get("/openapi.json").status_code == 200
-        assert http.get("/api/v1/security/cognito").status_code == 401
+        public = http.get("/api/v1/security/cognito")
+        assert public.status_code == 200
+        assert "secretKey" not in public.text and "accessKey" not in public.text
+        assert http.delete("/api/v1/security/cognito").status_code == 401
         assert http.get("/perdure.log").status_code == 401
         reply = http.put(
             "/api/v1/configKV", json={"kvMap": {"security.cognito.secretKey": second_secret}}, headers=admin
