@@ -383,7 +383,7 @@ def run_one(kind: str, db_url: str | None, work_dir: Path, args: argparse.Namesp
             print(f"  (per request p50 {lat.p50:.1f} ms, p95 {lat.p95:.1f} ms, max {lat.max:.0f} ms)")
         else:
             print()
-        print("  submit rate by store size: " + submit_curve(rest, small, args.jobs))
+        print("  submit rate by store size: " + submit_curve(rest, small))
         print_table(small_probes, big_probes, len(first.ids), submitted)
         for a, b in zip(small_probes, big_probes, strict=True):
             sa, sb = stats(a.samples), stats(b.samples)
@@ -414,7 +414,7 @@ def load_average() -> str:
         return "load average unknown"
 
 
-def submit_curve(rest: SubmitResult, offset: int, total: int) -> str:
+def submit_curve(rest: SubmitResult, offset: int) -> str:
     """Submit rate over each fifth of the bulk submission, to show whether it slows as the store grows."""
     done = sorted(t for t, _ in rest.done)
     if len(done) < 20:

@@ -12,6 +12,7 @@ import uvicorn
 from rich.console import Console
 
 from perdure import __version__, cli_manage
+from perdure.metrics import cli as metrics_cli
 from perdure.settings import Settings
 from perdure.store import migrate
 from perdure.store.database import Database
@@ -21,6 +22,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(cli_manage.config_app, name="config")
 app.add_typer(cli_manage.security_app, name="security")
+app.add_typer(metrics_cli.app, name="metrics")
 app.command("logs")(cli_manage.logs)
 app.command("login")(cli_manage.login)
 console = Console(stderr=True)

@@ -16,8 +16,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from perdure import __version__
+from perdure import __version__, metrics
 from perdure.api import cgroups, clients, data, jobs, management, nodes, queue, root, scripts, work
+from perdure.api import metrics as metrics_api
 from perdure.api.accesslog import AccessLogMiddleware
 from perdure.api.auth import AuthMiddleware
 from perdure.api.context import ServerContext
@@ -76,7 +77,8 @@ def create_app(settings: Settings, *, db: Database | None = None, run_migrations
     app.include_router(management.log_files)  # last: /{name} would shadow the routes above
     app.add_middleware(AuthMiddleware)
     app.add_middleware(RefuseNulMiddleware)
-    app.add_middleware(AccessLogMiddleware)  # outermost: logs even requests auth refuses
+    app.add_middleware(AccessLogMiddleware)  # logs even requests auth refuses
+    metrics_api.install(app)  # /api/v1/metric*, /metrics, and HTTP request metrics (outermost)
     _install_error_handlers(app)
     return app
 
@@ -153,6 +155,7 @@ def sweep_once(context: ServerContext) -> None:
     if requeued:
         log.warning("re-queued %d workunit(s) of lost clients", requeued)
     context.jobs.promote_due()
+    metrics.sweep(context.db, node_ttl_s=context.settings.node_ttl_s)
     reaped = context.jobs.reap_expired()
     if reaped:
         log.info("removed %d expired job(s)", reaped)

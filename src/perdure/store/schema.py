@@ -302,7 +302,9 @@ metric_events = Table(
 #: maximum, so sums, rates and averages all come out right at any level. ``interval_s = 0`` is the
 #: all-time row (never expires; Prometheus reads it). The key puts a level's buckets in time order, so
 #: the summary (every object over a range) and retention read one contiguous range; on SQLite the
-#: table is stored in key order (WITHOUT ROWID). One object's series reads the second index.
+#: table is stored in key order (WITHOUT ROWID). One object's series reads the second index, which
+#: carries the values too, so it is read alone (no lookup per bucket); it starts with the object so
+#: that a planner without statistics never takes it for a query across objects.
 metric_rollups = Table(
     "metric_rollups",
     metadata,
@@ -314,6 +316,16 @@ metric_rollups = Table(
     Column("samples", BigInteger, nullable=False),
     Column("minimum", Double, nullable=False),
     Column("maximum", Double, nullable=False),
-    Index(None, "metric", "object_id", "interval_s", "bucket_start"),
+    Index(
+        "ix_metric_rollups_series",
+        "object_id",
+        "metric",
+        "interval_s",
+        "bucket_start",
+        "total",
+        "samples",
+        "minimum",
+        "maximum",
+    ),
     sqlite_with_rowid=False,
 )

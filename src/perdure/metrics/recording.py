@@ -1,0 +1,134 @@
+"""Recording: the calls the stores make where things happen, inside their own transaction.
+
+Each call appends its samples to the event log (``storage.add``, an insert: no row locks, nothing for
+other transactions to wait on), so a metric is exactly as durable as the change it counts: a
+rolled-back report counts nothing, and every server sharing the database sees the same numbers. The
+sweep folds events into the levels. Bucket times come from the metrics clock; durations come from the
+stored times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from perdure.metrics import clock, storage
+from perdure.metrics.definitions import (
+    BY_NAME,
+    SYSTEM_OBJECT,
+    MetricObject,
+    node_object,
+    queue_object,
+    queues_of,
+)
+from perdure.store.schema import clients, jobs, workunits
+
+US = 1_000_000
+
+
+def record(
+    conn: Connection,
+    events: Iterable[tuple[str, float]],
+    objects: Sequence[MetricObject],
+    at_us: int | None = None,
+) -> None:
+    """Add each (metric, value) to each object the metric is kept for, at ``at_us`` (default: now)."""
+    samples = []
+    for metric, value in events:
+        definition = BY_NAME[metric]
+        samples += [(metric, o.id, float(value)) for o in objects if o.type in definition.objects]
+    storage.add(conn, samples, clock.now() if at_us is None else at_us)
+
+
+def objects_for(clientgroups: str | None, node_id: str | None = None) -> list[MetricObject]:
+    """system-total, the queues of these client groups and, when known, the node."""
+    found = [SYSTEM_OBJECT, *(queue_object(q) for q in queues_of(clientgroups))]
+    if node_id:
+        found.append(node_object(node_id))
+    return found
+
+
+# ---- the hooks the stores call ------------------------------------------------------------------
+
+
+def job_submitted(conn: Connection, clientgroups: str) -> None:
+    record(conn, [("jobSubmitted", 1)], objects_for(clientgroups))
+
+
+def job_completed(conn: Connection, job_id: str) -> None:
+    """A job completed: count it, and add its run time (first checkout to completion) to ``runtime``."""
+    job = conn.execute(
+        select(jobs.c.clientgroups, jobs.c.startedtime, jobs.c.completedtime).where(jobs.c.id == job_id)
+    ).one()
+    seconds = max(0, job.completedtime - job.startedtime) / US if job.startedtime else 0.0
+    record(conn, [("jobCompleted", 1), ("runtime", seconds)], objects_for(job.clientgroups))
+
+
+def workunit_done(conn: Connection, wu: Any) -> None:
+    """``wu`` is the workunit row as it was before the report (its client holds the lease)."""
+    record(conn, [("workunitsCompleted", 1)], objects_for(wu.clientgroups, _node_of(conn, wu.client_id)))
+
+
+def workunit_failed(conn: Connection, wu: Any, *, job_failed: bool) -> None:
+    """A failure report; ``job_failed`` when it suspends the job or fails it permanently."""
+    events: list[tuple[str, float]] = [("workunitsFailed", 1)]
+    if job_failed:
+        events.append(("jobFailed", 1))
+    record(conn, events, objects_for(wu.clientgroups, _node_of(conn, wu.client_id)))
+
+
+def workunit_checked_out(
+    conn: Connection, workunit_id: str, client: Any, queued_since_us: int, now_us: int
+) -> None:
+    """Checkout latency: from the workunit's (re-)queueing to this checkout, in seconds."""
+    if queued_since_us <= 0:
+        return
+    groups = conn.execute(
+        select(workunits.c.clientgroups).where(workunits.c.id == workunit_id)
+    ).scalar_one_or_none()
+    latency = max(0, now_us - queued_since_us) / US
+    record(conn, [("checkoutLatency", latency)], objects_for(groups, client.node_id))
+
+
+def _node_of(conn: Connection, client_id: str | None) -> str | None:
+    if not client_id:
+        return None
+    node: str | None = conn.execute(select(clients.c.node_id).where(clients.c.id == client_id)).scalar()
+    return node or None
+
+
+# ---- checkpoints (the spot-protection work records through these) ------------------------------
+
+
+def checkpoint_taken(
+    conn: Connection,
+    clientgroups: str | None,
+    node_id: str | None,
+    *,
+    ok: bool,
+    duration_s: float = 0.0,
+    size_bytes: float = 0.0,
+) -> None:
+    """A checkpoint finished: its duration and size, or a failure."""
+    events = [("checkpointDuration", duration_s), ("checkpointSize", size_bytes)] if ok else []
+    record(conn, events or [("checkpointFailures", 1)], objects_for(clientgroups, node_id))
+
+
+def restored(
+    conn: Connection,
+    clientgroups: str | None,
+    node_id: str | None,
+    *,
+    ok: bool,
+    duration_s: float = 0.0,
+    saved_s: float = 0.0,
+) -> None:
+    """A restore finished: on success one spot protection, the run time it saved and its duration."""
+    events: list[tuple[str, float]] = (
+        [("spotProtection", 1), ("timeSaved", saved_s), ("restoreDuration", duration_s)]
+        if ok
+        else [("restoreFailures", 1)]
+    )
+    record(conn, events, objects_for(clientgroups, node_id))

@@ -1,0 +1,182 @@
+"""The metrics sweep: fold recorded events into the levels, sample the gauges (queue length, active
+clients and nodes) and apply retention.
+
+Safe on every server sharing the database: a marker row in ``meta`` (compare-and-set on the last
+sample time) lets one server sample per period, and the retention delete is idempotent. Averages stay
+right even if two servers do sample in the same period: each sample counts once in the bucket's count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from perdure.metrics import clock, storage
+from perdure.metrics.definitions import (
+    BY_NAME,
+    SYSTEM_OBJECT,
+    MetricObject,
+    node_object,
+    queue_object,
+    queues_of,
+)
+from perdure.metrics.levels import Level, levels
+from perdure.store.database import Database, retry_on_conflict
+from perdure.store.schema import clientgroups, clients, meta, workunits
+from perdure.timeutil import now_us
+
+log = logging.getLogger("perdure.metrics")
+_MARKER = "metrics.sampled"
+#: Gauges are sampled at most this often (across all servers); the finest default level is 1 minute.
+SAMPLE_EVERY_S = 15.0
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    sampled: bool
+    folded: int
+    expired: int
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """Current values of the gauge metrics, per object id."""
+
+    queue_length: dict[MetricObject, int]
+    active_clients: dict[MetricObject, int]
+    active_nodes: dict[MetricObject, int]
+
+    def samples(self) -> list[tuple[str, str, float]]:
+        out = []
+        for metric, values in (
+            ("queueLength", self.queue_length),
+            ("activeClients", self.active_clients),
+            ("activeNodes", self.active_nodes),
+        ):
+            kept_for = BY_NAME[metric].objects
+            out += [(metric, obj.id, float(n)) for obj, n in values.items() if obj.type in kept_for]
+        return out
+
+
+def current_gauges(conn: Connection, node_ttl_s: float) -> Gauges:
+    """Queued workunits and live clients and nodes, now, for the system, each queue and each node.
+
+    Every known client group appears (with 0 when idle), so a queue emptying shows as 0, not as a gap.
+    """
+    queue_length: Counter[MetricObject] = Counter({SYSTEM_OBJECT: 0})
+    for name in conn.execute(select(clientgroups.c.name)).scalars():
+        queue_length[queue_object(name)] += 0
+    queued = conn.execute(
+        select(workunits.c.clientgroups, func.count())
+        .where(text("workunits.state = 'queued'"))
+        .group_by(workunits.c.clientgroups)
+    ).all()
+    for groups, n in queued:
+        queue_length[SYSTEM_OBJECT] += n
+        for q in queues_of(groups):
+            queue_length[queue_object(q)] += n
+
+    cutoff = now_us() - int(node_ttl_s * 1_000_000)
+    live = conn.execute(
+        select(clients.c.id, clients.c.group_name, clients.c.node_id, clients.c.hostname).where(
+            clients.c.deleted_at == 0,
+            clients.c.suspended.is_(False),
+            clients.c.last_heartbeat >= cutoff,
+        )
+    ).all()
+    active_clients: Counter[MetricObject] = Counter({SYSTEM_OBJECT: 0})
+    nodes: defaultdict[MetricObject, set[str]] = defaultdict(set)
+    nodes[SYSTEM_OBJECT] = set()
+    for obj in queue_length:
+        active_clients[obj] += 0
+        nodes[obj] = set()
+    for row in live:
+        machine = row.node_id or row.hostname or row.id  # AWE clients may not say which node they are
+        queue = queue_object(row.group_name or "default")
+        for obj in (SYSTEM_OBJECT, queue):
+            active_clients[obj] += 1
+            nodes[obj].add(machine)
+        queue_length[queue] += 0
+        if row.node_id:
+            active_clients[node_object(row.node_id)] += 1
+    return Gauges(
+        queue_length=dict(queue_length),
+        active_clients=dict(active_clients),
+        active_nodes={obj: len(machines) for obj, machines in nodes.items()},
+    )
+
+
+def sweep(
+    db: Database,
+    *,
+    node_ttl_s: float = 300.0,
+    sample_every_s: float = SAMPLE_EVERY_S,
+    force: bool = False,
+) -> SweepResult:
+    """Fold pending events into the levels; once per ``sample_every_s`` cluster-wide, also sample the
+    gauges and delete expired buckets. ``force`` samples now whatever the marker says.
+
+    Called from the server's background sweep, on every server.
+    """
+    now = clock.now()
+    all_levels = levels()
+    period_us = int(sample_every_s * 1_000_000)
+    sampled = False
+    with db.read() as conn:
+        due = force or _due(_last_sample(conn), now, period_us)
+        gauges = current_gauges(conn, node_ttl_s) if due else None
+    if gauges is not None:
+        sampled = _sample(db, gauges, now, period_us, force)
+    folded = storage.fold(db, all_levels)
+    expired = _expire(db, now, all_levels) if sampled else 0
+    if expired:
+        log.info("metrics: deleted %d bucket(s) past retention", expired)
+    return SweepResult(sampled=sampled, folded=folded, expired=expired)
+
+
+@retry_on_conflict
+def _sample(db: Database, gauges: Gauges, now: int, period_us: int, force: bool) -> bool:
+    with db.write() as conn:
+        if not _claim_period(conn, now, period_us, force):
+            return False
+        storage.add(conn, gauges.samples(), now)
+        return True
+
+
+@retry_on_conflict
+def _expire(db: Database, now: int, all_levels: tuple[Level, ...]) -> int:
+    with db.write() as conn:
+        return storage.expire(conn, list(BY_NAME), all_levels, now)
+
+
+def _last_sample(conn: Connection) -> str | None:
+    value: str | None = conn.execute(select(meta.c.value).where(meta.c.key == _MARKER)).scalar_one_or_none()
+    return value
+
+
+def _due(last: str | None, now: int, period_us: int) -> bool:
+    try:
+        previous = int(last) if last is not None else None
+    except ValueError:
+        previous = None
+    # A clock that went backwards (another server's, or a test's) does not stop sampling.
+    return previous is None or not 0 <= now - previous < period_us
+
+
+def _claim_period(conn: Connection, now: int, period_us: int, force: bool) -> bool:
+    """Compare-and-set the last sample time: True if this caller samples this period."""
+    last = _last_sample(conn)
+    if last is None:
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        created = conn.execute(
+            dialect_insert(meta).values(key=_MARKER, value=str(now)).on_conflict_do_nothing()
+        )
+        return bool(created.rowcount)
+    if not force and not _due(last, now, period_us):
+        return False
+    won = conn.execute(update(meta).where(meta.c.key == _MARKER, meta.c.value == last).values(value=str(now)))
+    return bool(won.rowcount)
