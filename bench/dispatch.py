@@ -26,7 +26,6 @@ import asyncio
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,9 +33,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +43,8 @@ from urllib.parse import quote
 import httpx
 import psutil
 import psycopg
+
+from common import free_port, postgres_database, postgres_problem
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 #: The job script parser refuses a task with more workunits than this.
@@ -57,12 +57,6 @@ TARGET_DEPTH_RATIO = 1.5
 
 
 # ---- the server ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:
@@ -123,27 +117,6 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
-
-
-@contextmanager
-def postgres_database(admin_dsn: str) -> Iterator[str]:
-    """A database of our own, dropped afterwards; yields its URL."""
-    name = f"perdure_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def postgres_problem(admin_dsn: str) -> str | None:
-    try:
-        with psycopg.connect(admin_dsn, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL unreachable at {admin_dsn}: {str(exc).strip()}"
 
 
 # ---- CPU accounting --------------------------------------------------------------------------------

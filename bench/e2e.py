@@ -22,15 +22,12 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +35,8 @@ from typing import Any
 
 import httpx
 import psutil
-import psycopg
+
+from common import free_port, load_average, postgres_database, postgres_problem
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 POLL_S = 0.1
@@ -49,12 +47,6 @@ HTTP_PROBES = 50
 
 
 # ---- processes -------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -154,27 +146,6 @@ class Worker:
 
     def stop(self) -> None:
         stop_process(self.proc)
-
-
-@contextmanager
-def postgres_database(admin_dsn: str) -> Iterator[str]:
-    """A database of our own, dropped afterwards; yields its URL."""
-    name = f"perdure_bench_e2e_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def postgres_problem(admin_dsn: str) -> str | None:
-    try:
-        with psycopg.connect(admin_dsn, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL unreachable at {admin_dsn}: {' '.join(str(exc).split())}"
 
 
 # ---- measurements ----------------------------------------------------------------------------------
@@ -422,14 +393,6 @@ def print_summary(results: list[Result]) -> None:
             f"{r.direct.seconds * 1000:9.2f} {r.overhead * 1000:11.2f} {r.server_cpu * 1000:10.2f} "
             f"{r.worker_cpu * 1000:10.2f}"
         )
-
-
-def load_average() -> str:
-    """Other work on the machine skews every figure: show how busy it was (1-minute load, CPUs)."""
-    try:
-        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    except OSError:
-        return "load average unknown"
 
 
 # ---- main ------------------------------------------------------------------------------------------

@@ -18,22 +18,19 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psycopg
+
+from common import free_port, load_average, postgres_database, postgres_problem
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SMALL = 100  # the "small store" size the N-job figures are compared with
@@ -49,12 +46,6 @@ ABORT_AFTER_FAILURES = 100
 
 
 # ---- the server ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:
@@ -103,27 +94,6 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
-
-
-@contextmanager
-def postgres_database(admin_dsn: str) -> Iterator[str]:
-    """A database of our own, dropped afterwards; yields its URL."""
-    name = f"perdure_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def postgres_problem(admin_dsn: str) -> str | None:
-    try:
-        with psycopg.connect(admin_dsn, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL unreachable at {admin_dsn}: {' '.join(str(exc).split())}"
 
 
 # ---- the workload ----------------------------------------------------------------------------------
@@ -404,14 +374,6 @@ def run_one(kind: str, db_url: str | None, work_dir: Path, args: argparse.Namesp
             if tail:
                 print("  server log (tail):\n" + "\n".join("     " + line for line in tail.splitlines()))
     return outcome
-
-
-def load_average() -> str:
-    """Other work on the machine skews every figure: show how busy it was (1-minute load, CPUs)."""
-    try:
-        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    except OSError:
-        return "load average unknown"
 
 
 def submit_curve(rest: SubmitResult, offset: int) -> str:

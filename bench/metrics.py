@@ -29,16 +29,14 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from sqlalchemy import func, select
 
+from common import load_average, postgres_database, postgres_problem
 from perdure.metrics import clock, queries, storage
 from perdure.metrics import levels as metric_levels
 from perdure.metrics.definitions import SUMMARY_METRICS
@@ -51,34 +49,6 @@ PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TARGET_MS = 100.0
 MIN_US = 60_000_000
 DAY_US = 1440 * MIN_US
-
-
-@contextmanager
-def postgres_database(admin_dsn: str) -> Iterator[str]:
-    """A database of our own, dropped afterwards; yields its URL."""
-    name = f"perdure_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def postgres_problem(admin_dsn: str) -> str | None:
-    try:
-        with psycopg.connect(admin_dsn, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL unreachable at {admin_dsn}: {' '.join(str(exc).split())}"
-
-
-def load_average() -> str:
-    try:
-        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    except OSError:
-        return "load average unknown"
 
 
 # ---- loading --------------------------------------------------------------------------------------
