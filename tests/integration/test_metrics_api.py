@@ -48,7 +48,9 @@ def now() -> Iterator[ManualClock]:
 @pytest.fixture
 def api(settings: Settings, now: ManualClock) -> Iterator[TestClient]:
     app = create_app(settings)
-    install(app)
+    routes = list(app.router.routes)
+    install(app)  # create_app installs the metrics routes already: this must change nothing
+    assert app.router.routes == routes
     with TestClient(app) as test_client:
         yield test_client
 
@@ -383,6 +385,20 @@ def test_prometheus_exposition_parses_and_is_labelled_by_queue(api: TestClient) 
     assert all("process" in dict(labels) for labels in http)
     assert any(dict(labels)["status"] == "404" for labels in http)
     assert any(name == "perdure_http_request_duration_seconds_bucket" for name, _l in samples)
+
+    # Each request counts once (counters are per process: compare before and after).
+    def listed() -> float:
+        for family in text_string_to_metric_families(api.get("/metrics").text):
+            for sample in family.samples:
+                wanted = {"route": "/api/v1/metric", "method": "GET", "status": "200"}
+                if sample.name == "perdure_http_requests_total" and wanted.items() <= sample.labels.items():
+                    return float(sample.value)
+        return 0.0
+
+    before = listed()
+    for _ in range(3):
+        assert api.get("/api/v1/metric").status_code == 200
+    assert listed() - before == 3
 
 
 def test_several_server_processes_sharing_the_database_count_everything_once(

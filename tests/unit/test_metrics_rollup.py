@@ -307,3 +307,12 @@ def test_a_rolled_back_transaction_records_nothing(db: Database, now: ManualCloc
     add(db, "jobSubmitted", 1)
     with db.read() as conn:
         assert storage.all_time(conn, ["jobSubmitted"])[("jobSubmitted", "system-total")].total == 1
+
+
+def test_an_over_long_client_group_counts_in_the_total_only(db: Database, now: ManualClock) -> None:
+    long_group = "g" * 400
+    with db.write() as conn:
+        recording.job_submitted(conn, f"short,{long_group}")
+    with db.read() as conn:
+        totals = storage.all_time(conn, ["jobSubmitted"])
+    assert set(totals) == {("jobSubmitted", "system-total"), ("jobSubmitted", "queue-short")}

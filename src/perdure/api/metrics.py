@@ -20,7 +20,10 @@ router = APIRouter()
 
 def install(app: FastAPI) -> None:
     """Add these routes ahead of the app's own (a catch-all such as ``/{name}`` for log files would
-    otherwise shadow ``/metrics``) and the HTTP request metrics middleware."""
+    otherwise shadow ``/metrics``) and the HTTP request metrics middleware. Idempotent."""
+    if getattr(app.state, "perdure_metrics_installed", False):
+        return
+    app.state.perdure_metrics_installed = True
     before = list(app.router.routes)
     app.include_router(router)
     added = app.router.routes[len(before) :]

@@ -9,6 +9,7 @@ stored times.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,13 +18,14 @@ from sqlalchemy import Connection, select
 from perdure.metrics import clock, storage
 from perdure.metrics.definitions import (
     BY_NAME,
+    MAX_OBJECT_ID,
     SYSTEM_OBJECT,
     MetricObject,
     node_object,
     queue_object,
     queues_of,
 )
-from perdure.store.schema import clients, jobs, workunits
+from perdure.store.schema import clients, jobs
 
 US = 1_000_000
 
@@ -43,11 +45,15 @@ def record(
 
 
 def objects_for(clientgroups: str | None, node_id: str | None = None) -> list[MetricObject]:
-    """system-total, the queues of these client groups and, when known, the node."""
+    """system-total, the queues of these client groups and, when known, the node.
+
+    A job may name any client group; one too long for an object id counts in the total only, rather
+    than failing the transaction that records it.
+    """
     found = [SYSTEM_OBJECT, *(queue_object(q) for q in queues_of(clientgroups))]
     if node_id:
         found.append(node_object(node_id))
-    return found
+    return [o for o in found if len(o.id) <= MAX_OBJECT_ID]
 
 
 # ---- the hooks the stores call ------------------------------------------------------------------
@@ -80,23 +86,34 @@ def workunit_failed(conn: Connection, wu: Any, *, job_failed: bool) -> None:
 
 
 def workunit_checked_out(
-    conn: Connection, workunit_id: str, client: Any, queued_since_us: int, now_us: int
+    conn: Connection, clientgroups: str, client: Any, queued_since_us: int, now_us: int
 ) -> None:
     """Checkout latency: from the workunit's (re-)queueing to this checkout, in seconds."""
     if queued_since_us <= 0:
         return
-    groups = conn.execute(
-        select(workunits.c.clientgroups).where(workunits.c.id == workunit_id)
-    ).scalar_one_or_none()
     latency = max(0, now_us - queued_since_us) / US
-    record(conn, [("checkoutLatency", latency)], objects_for(groups, client.node_id))
+    record(conn, [("checkoutLatency", latency)], objects_for(clientgroups, client.node_id))
+
+
+#: client id -> (node id, when to look again). A report needs its client's node; a client keeps its
+#: node for life in practice, so a short cache saves a query per report.
+_NODE_CACHE_S = 60.0
+_node_cache: dict[tuple[Any, str], tuple[str | None, float]] = {}
 
 
 def _node_of(conn: Connection, client_id: str | None) -> str | None:
     if not client_id:
         return None
-    node: str | None = conn.execute(select(clients.c.node_id).where(clients.c.id == client_id)).scalar()
-    return node or None
+    key = (conn.engine.url, client_id)
+    now = time.monotonic()
+    hit = _node_cache.get(key)
+    if hit is not None and hit[1] > now:
+        return hit[0]
+    node = conn.execute(select(clients.c.node_id).where(clients.c.id == client_id)).scalar() or None
+    if len(_node_cache) > 10_000:
+        _node_cache.clear()
+    _node_cache[key] = (node, now + _NODE_CACHE_S)
+    return node
 
 
 # ---- checkpoints (the spot-protection work records through these) ------------------------------

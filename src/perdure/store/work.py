@@ -183,8 +183,9 @@ class WorkStore:
                 .where(clients.c.id == client_id)
                 .values(total_checkout=clients.c.total_checkout + 1, last_checkout=now, last_heartbeat=now)
             )
-            metrics.workunit_checked_out(conn, wu_id, client, queued_since, now)
-            return self._document(conn, wu_id)
+            document = self._document(conn, wu_id)
+            metrics.workunit_checked_out(conn, document["info"]["clientgroups"], client, queued_since, now)
+            return document
 
     def _claim(
         self, conn: Connection, client: Any, available: int | None, now: int
