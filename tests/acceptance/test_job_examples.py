@@ -14,11 +14,7 @@ SQLite and once on PostgreSQL, through the ``server`` fixture.
 from __future__ import annotations
 
 import json
-import re
-import shlex
-import subprocess
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +24,7 @@ from sqlalchemy import update
 
 from perdure.store.database import Database
 from perdure.store.schema import jobs, tasks, workunits
+from tests.acceptance.curl import Curl, Reply
 from tests.jobs import script, task
 from tests.support import ServerProcess
 
@@ -58,63 +55,15 @@ CLIENTGROUP = "curl -X PUT http://<awe_api_url>/job/<job_id>?clientgroup=<new_cl
 DELETE_SUSPENDED = "curl -X DELETE http://<awe_api_url>/job?suspend"  # document: /job/<job_id>?suspend
 DELETE_ZOMBIES = "curl -X DELETE http://<awe_api_url>/job?zombie"
 
-#: tests/support.py ``ServerProcess.start`` opens the server's log file and never closes the parent's
-#: handle (the child has its own). Ignore exactly that ResourceWarning, which filterwarnings=error turns
-#: into a setup error, until support.py closes it.
 TOKEN = "secret"
-PLACEHOLDER = re.compile(r"<[A-Za-z_|-]+>")
 
 
-# ---- running curl --------------------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    command: str
-    status: int
-    text: str
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.text)
-
-    def __repr__(self) -> str:
-        return f"Reply({self.command!r} -> {self.status}: {self.text[:1500]})"
-
-
-@dataclass
-class Curl:
-    """Runs the document's curl commands against one server; keeps every reply for later checks."""
-
-    server: ServerProcess
-    cwd: Path
-    replies: list[Reply] = field(default_factory=list)
-
-    def __call__(self, command: str, **values: str) -> Reply:
-        filled = command.replace("<awe_api_url>", self.server.url.removeprefix("http://"))
-        for name, value in values.items():
-            filled = filled.replace(f"<{name}>", value)
-        assert not PLACEHOLDER.search(filled), f"unfilled placeholder in {filled!r}"
-        argv = shlex.split(filled)
-        assert argv[0] == "curl", filled
-        proc = subprocess.run(
-            ["curl", "-s", "-w", r"\n%{http_code}", *argv[1:]],
-            cwd=self.cwd,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert proc.returncode == 0, f"{filled}: curl exited {proc.returncode}: {proc.stderr}"
-        text, _, code = proc.stdout.rpartition("\n")
-        reply = Reply(filled, int(code), text)
-        self.replies.append(reply)
-        return reply
+# ---- running curl (tests/acceptance/curl.py) ----------------------------------------------------
 
 
 @pytest.fixture
 def curl(server: ServerProcess, tmp_path: Path) -> Curl:
-    return Curl(server, tmp_path)
+    return Curl(server, tmp_path, {"<awe_api_url>": server.url.removeprefix("http://")})
 
 
 # ---- what a user sees ----------------------------------------------------------------------------

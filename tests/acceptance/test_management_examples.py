@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
-import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.acceptance.curl import Curl, Reply
 from tests.integration.test_security import Issuer
 from tests.support import ServerProcess
 
@@ -81,60 +79,15 @@ GET_ACCESS_LOG = "curl -X GET https://<ip>:<port>/mmab-access.log"
 #: Server start-up is slow on a busy machine; the whole scenario gets this long.
 pytestmark = pytest.mark.timeout(300)
 
-PLACEHOLDER = re.compile(r"<[A-Za-z _|-]+>")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-# ---- running curl ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    command: str
-    status: int
-    text: str
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.text)
-
-    def __repr__(self) -> str:
-        return f"Reply({self.command!r} -> {self.status}: {self.text[:1500]})"
-
-
-@dataclass
-class Curl:
-    """Runs the document's curl commands against one server; keeps every reply for later checks."""
-
-    server: ServerProcess
-    cwd: Path
-    replies: list[Reply] = field(default_factory=list)
-
-    def __call__(self, command: str, **values: str) -> Reply:
-        filled = command.replace("https://<ip>:<port>", self.server.url).replace("\\ ", " ")
-        for name, value in values.items():
-            filled = filled.replace(f"<{name}>", value)
-        assert not PLACEHOLDER.search(filled), f"unfilled placeholder in {filled!r}"
-        argv = shlex.split(filled)
-        assert argv[0] == "curl", filled
-        proc = subprocess.run(
-            ["curl", "-s", "-w", r"\n%{http_code}", *argv[1:]],
-            cwd=self.cwd,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert proc.returncode == 0, f"{filled}: curl exited {proc.returncode}: {proc.stderr}"
-        text, _, code = proc.stdout.rpartition("\n")
-        reply = Reply(filled, int(code), text)
-        self.replies.append(reply)
-        return reply
+# ---- running curl (tests/acceptance/curl.py) ----------------------------------------------------
 
 
 @pytest.fixture
 def curl(server: ServerProcess, tmp_path: Path) -> Curl:
-    return Curl(server, tmp_path)
+    return Curl(server, tmp_path, {"https://<ip>:<port>": server.url})
 
 
 @pytest.fixture(scope="module")
