@@ -1,13 +1,20 @@
-"""What every bench script needs: a free loopback port, a throwaway PostgreSQL database, the load."""
+"""What every bench script needs: a free loopback port, a server process, a throwaway PostgreSQL
+database, the machine's load."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
+import psutil
 import psycopg
 
 
@@ -45,3 +52,63 @@ def load_average() -> str:
         return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     except OSError:
         return "load average unknown"
+
+
+class Server:
+    """``perdure server`` in a child process on a free loopback port."""
+
+    def __init__(self, data_dir: Path, db_url: str | None, workers: int) -> None:
+        self.data_dir = data_dir
+        self.db_url = db_url
+        self.workers = workers
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir.parent / f"server-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "perdure", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--data-dir", str(self.data_dir), "--workers", str(self.workers), "--log-level", "warning"]
+        if self.db_url:
+            cmd += ["--db", self.db_url]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/", timeout=1.0).status_code == 200:
+                    # With --workers > 1 the first answer can come before every worker is up.
+                    if self.workers > 1:
+                        time.sleep(1.0)
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not answer GET / within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def processes(self) -> list[psutil.Process]:
+        if self.proc is None:
+            return []
+        try:
+            parent = psutil.Process(self.proc.pid)
+            return [parent, *parent.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -26,7 +26,6 @@ import asyncio
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,7 +43,7 @@ import httpx
 import psutil
 import psycopg
 
-from common import free_port, postgres_database, postgres_problem
+from common import Server, postgres_database, postgres_problem
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 #: The job script parser refuses a task with more workunits than this.
@@ -57,66 +56,6 @@ TARGET_DEPTH_RATIO = 1.5
 
 
 # ---- the server ------------------------------------------------------------------------------------
-
-
-class Server:
-    """``perdure server`` in a child process on a free loopback port."""
-
-    def __init__(self, data_dir: Path, db_url: str | None, workers: int) -> None:
-        self.data_dir = data_dir
-        self.db_url = db_url
-        self.workers = workers
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir.parent / f"server-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "perdure", "server", "--host", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--data-dir", str(self.data_dir), "--workers", str(self.workers), "--log-level", "warning"]
-        if self.db_url:
-            cmd += ["--db", self.db_url]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/", timeout=1.0).status_code == 200:
-                    # With --workers > 1 the first answer can come before every worker is up.
-                    if self.workers > 1:
-                        time.sleep(1.0)
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not answer GET / within {timeout:.0f}s:\n{self.log_tail()}")
-
-    def processes(self) -> list[psutil.Process]:
-        if self.proc is None:
-            return []
-        try:
-            parent = psutil.Process(self.proc.pid)
-            return [parent, *parent.children(recursive=True)]
-        except psutil.Error:
-            return []
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 # ---- CPU accounting --------------------------------------------------------------------------------
