@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -132,8 +133,13 @@ def server(
     )
 
 
-@app.command()
+worker_app = typer.Typer(help="Run a worker, or drain one.")
+app.add_typer(worker_app, name="worker")
+
+
+@worker_app.callback(invoke_without_command=True)
 def worker(
+    context: typer.Context,
     server: Annotated[str | None, typer.Option(help="Server URL.")] = None,
     group: Annotated[str | None, typer.Option(help="Client group.")] = None,
     name: Annotated[str | None, typer.Option(help="Node name (default: host name).")] = None,
@@ -147,8 +153,13 @@ def worker(
     config: Annotated[Path | None, typer.Option(help="TOML file with worker settings.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Run workunits from a server (flags > PERDURE_WORKER_* environment > --config file)."""
+    """Run workunits from a server (flags > PERDURE_WORKER_* environment > --config file).
+
+    SIGTERM hands running work over (final checkpoints, then the node leaves); SIGINT stops at once."""
     import signal
+
+    if context.invoked_subcommand is not None:
+        return
 
     from perdure.worker.config import WorkerConfig
     from perdure.worker.node import Node, WorkpathInUse, configure_logging
@@ -176,12 +187,45 @@ def worker(
     except WorkpathInUse as exc:
         console.print(f"[red]error:[/red] {exc}; give each worker its own --workpath")
         raise typer.Exit(2) from None
-    signal.signal(signal.SIGTERM, lambda *_: node.shutdown())
+    from perdure.spot.interruption import Notice
+
+    def on_sigterm(*_: object) -> None:
+        deadline = time.monotonic() + settings.handover_deadline_s
+        if node.handover_deadline is not None:
+            node.shutdown()  # a second SIGTERM: stop now
+            return
+        node.notice(Notice("sigterm", "SIGTERM received", deadline))
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, lambda *_: node.shutdown())
+    signal.signal(signal.SIGUSR1, lambda *_: node.wake_drain())
     node.run()
     if node.failure:
         console.print(f"[red]error:[/red] {node.failure}")
         raise typer.Exit(1)
+
+
+@worker_app.command("drain")
+def worker_drain(
+    workpath: Annotated[Path, typer.Option(help="The work path of the worker to drain.")] = Path(
+        "./perdure-work"
+    ),
+    finish: Annotated[
+        bool, typer.Option("--finish", help="Let running work finish instead of handing it over.")
+    ] = False,
+    deadline: Annotated[float, typer.Option(min=1.0, help="Seconds to hand running work over in.")] = 120.0,
+) -> None:
+    """Drain the worker on WORKPATH: it takes no new work, hands running work over to other nodes
+    (final checkpoints), and leaves. With --finish, running work completes first."""
+    from perdure.spot.interruption import request_drain
+
+    try:
+        pid = request_drain(workpath.resolve(), finish=finish, deadline_s=deadline)
+    except ProcessLookupError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    what = "finish its running work" if finish else "hand its running work over"
+    console.print(f"asked worker {pid} on {workpath} to {what} and leave")
 
 
 @app.command()

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from perdure.spot import policy
 from perdure.timeutil import parse_time
 
 #: Task ids become part of workunit ids and URLs, so they are kept to URL-safe characters.
@@ -339,6 +340,10 @@ def _check(script: Script) -> JobSpec:
         ):
             raise JobScriptError(f"{where} partinfo.input {task.partinfo.input!r} is not one of its inputs")
         edges[task.taskid] = deps
+        try:
+            policy.check_overrides({**info.userattr, **task.userattr}, task.cmd.environ.public)
+        except ValueError as exc:
+            raise JobScriptError(f"{where}: {exc}") from None
 
     _check_acyclic(edges)
 

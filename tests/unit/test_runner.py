@@ -109,6 +109,12 @@ SETTINGS = (
     "imds_endpoint",
     "log_files",
     "log_ship_s",
+    "handover_deadline_s",
+    "imds_poll_s",
+    "checkpoint_engine",
+    "criu_path",
+    "checkpoint_path",
+    "checkpoint_threads",
 )
 
 

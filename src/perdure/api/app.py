@@ -17,19 +17,20 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from perdure import __version__, metrics
-from perdure.api import cgroups, clients, data, jobs, management, nodes, queue, root, scripts, work
+from perdure.api import cgroups, clients, data, jobs, management, nodes, queue, root, scripts, spot, work
 from perdure.api import metrics as metrics_api
 from perdure.api.accesslog import AccessLogMiddleware
 from perdure.api.auth import AuthMiddleware
 from perdure.api.context import ServerContext
 from perdure.api.envelope import error_for
-from perdure.config import env_overrides
+from perdure.config import env_overrides, to_document
 from perdure.configstore import ConfigStore
 from perdure.errors import PerdureError
 from perdure.logs import ServerLogs
 from perdure.settings import Settings, apply_config, config_overrides
 from perdure.store import migrate
 from perdure.store.database import Database
+from perdure.store.spot import jobs_to_collect
 
 log = logging.getLogger("perdure.server")
 
@@ -72,7 +73,7 @@ def create_app(settings: Settings, *, db: Database | None = None, run_migrations
 
     app = FastAPI(title="Perdure", version=__version__, lifespan=lifespan, redoc_url=None)
     app.state.ctx = context
-    for module in (root, jobs, work, data, clients, cgroups, queue, nodes, scripts, management):
+    for module in (root, jobs, work, spot, data, clients, cgroups, queue, nodes, scripts, management):
         app.include_router(module.router)
     app.include_router(management.log_files)  # last: /{name} would shadow the routes above
     app.add_middleware(AuthMiddleware)
@@ -159,3 +160,20 @@ def sweep_once(context: ServerContext) -> None:
     reaped = context.jobs.reap_expired()
     if reaped:
         log.info("removed %d expired job(s)", reaped)
+    collected = collect_checkpoints(context)
+    if collected:
+        log.info("deleted the checkpoints of %d finished or deleted job(s)", collected)
+
+
+def collect_checkpoints(context: ServerContext) -> int:
+    """Checkpoints in the server's store of jobs that completed (unless diagnosisMode) or are gone."""
+    store = context.checkpoints
+    job_ids = store.job_ids()
+    if not job_ids:
+        return 0
+    system = to_document(context.config.effective)["ckpt"]
+    with context.db.read() as conn:
+        useless = jobs_to_collect(conn, job_ids, system)
+    for job_id in useless:
+        store.delete_job(job_id)
+    return len(useless)

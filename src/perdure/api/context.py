@@ -13,9 +13,11 @@ from perdure.datastore import DirectoryBlobStore
 from perdure.logs import ServerLogs
 from perdure.settings import Settings
 from perdure.signal import WorkSignal
+from perdure.spot.store import DirectoryStore
 from perdure.store.clients import ClientStore, ensure_cluster_id
 from perdure.store.database import Database
 from perdure.store.jobs import JobStore
+from perdure.store.spot import SpotStore
 from perdure.store.work import FailureLimits, WorkStore
 from perdure.timeutil import parse_expiration
 
@@ -30,6 +32,9 @@ class ServerContext:
     jobs: JobStore
     work: WorkStore
     clients: ClientStore
+    spot: SpotStore
+    #: Checkpoints of workers that share no filesystem (``ckpt.ckptImagePath`` empty).
+    checkpoints: DirectoryStore
     signal: WorkSignal = field(default_factory=WorkSignal)
     started_monotonic: float = field(default_factory=time.monotonic)
     #: This process; the cluster id (``clients.cluster_id``) is what workers compare.
@@ -56,6 +61,8 @@ class ServerContext:
             jobs=JobStore(db, settings.data_dir, expire_after, blobs),
             work=WorkStore(db, limits, blobs=blobs, expire_after_s=expire_after),
             clients=ClientStore(db, lambda: settings.node_ttl_s, ensure_cluster_id(db)),
+            spot=SpotStore(db),
+            checkpoints=DirectoryStore(settings.data_dir / "checkpoints"),
         )
 
     @property

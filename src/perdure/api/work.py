@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
@@ -14,7 +15,9 @@ from perdure.api.auth import check_job_access, require_admin
 from perdure.api.context import ctx
 from perdure.api.envelope import ok, page
 from perdure.api.workerauth import check_worker
+from perdure.config import Config, to_document
 from perdure.errors import BadRequest
+from perdure.spot.records import Preemption, parse
 from perdure.store.work import NoWork, decode_workunit_id
 
 router = APIRouter()
@@ -25,6 +28,7 @@ MAX_WAIT_S = 60.0
 RECHECK_S = 1.0
 #: Of each report file (stdout, stderr, worknotes, perf) the last this many bytes are kept.
 MAX_LOG_BYTES = 4 * 1024 * 1024
+MAX_PREEMPTION_BYTES = 256 * 1024
 
 
 @router.get("/work")
@@ -43,12 +47,28 @@ async def checkout_or_list(request: Request) -> JSONResponse:
     while True:
         try:
             workunit = await run_in_threadpool(context.work.checkout, client_id, available)
+            # The system's checkpoint settings as of this checkout; the job's overrides are applied
+            # by the worker from the document's userattr and environment.
+            workunit["ckpt"] = _checkpoint_settings(context.config.effective)
             return ok(workunit)
         except NoWork:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise
             await context.signal.wait(min(remaining, RECHECK_S))
+
+
+_ckpt_cache: tuple[object, dict[str, Any]] | None = None
+
+
+def _checkpoint_settings(config: Config) -> dict[str, Any]:
+    """The ``ckpt`` section as the config document shows it, rebuilt only when the config changes."""
+    global _ckpt_cache
+    cached = _ckpt_cache
+    if cached is None or cached[0] is not config:
+        cached = (config, to_document(config)["ckpt"])
+        _ckpt_cache = cached
+    return dict(cached[1])
 
 
 def _list(request: Request) -> JSONResponse:
@@ -97,23 +117,32 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
     if not client_id:
         raise BadRequest("missing client parameter")
     computetime = int(params.number(qp, "computetime", 0.0, maximum=10.0**12))
-    logs = await _report_files(request)
+    logs, preemption = await _report_files(request)
     await run_in_threadpool(check_worker, request, client_id=client_id)
     context = ctx(request)
     reply = await run_in_threadpool(
-        lambda: context.work.report(work_id, client_id, status, computetime=computetime, logs=logs)
+        lambda: context.work.report(
+            work_id, client_id, status, computetime=computetime, logs=logs, preemption=preemption
+        )
     )
     return ok(reply)
 
 
-async def _report_files(request: Request) -> dict[str, str]:
+async def _report_files(request: Request) -> tuple[dict[str, str], Preemption | None]:
+    """The report's files, and for ``status=preempted`` the ``preemption`` part (JSON)."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return {}
+        return {}, None
     try:
         form = await request.form(max_files=8, max_fields=16)
     except Exception as exc:  # python-multipart raises several types for malformed bodies
         raise BadRequest(f"malformed multipart body: {exc}") from None
     try:
+        preemption = None
+        part = form.get("preemption")
+        if isinstance(part, UploadFile):
+            preemption = parse(Preemption, part.file.read(MAX_PREEMPTION_BYTES + 1), "preemption")
+        elif isinstance(part, str):
+            preemption = parse(Preemption, part, "preemption")
         logs: dict[str, str] = {}
         for field, kind in (
             ("perf", "perf"),
@@ -127,7 +156,7 @@ async def _report_files(request: Request) -> dict[str, str]:
                 logs[kind] = _tail(item)
             elif isinstance(item, str):
                 logs[kind] = _printable(item[-MAX_LOG_BYTES:])
-        return logs
+        return logs, preemption
     finally:
         await form.close()
 

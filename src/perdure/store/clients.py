@@ -21,7 +21,7 @@ from perdure.errors import BadRequest, Conflict, NotFound, Unauthorized
 from perdure.states import WorkunitState
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.schema import client_skip_work, clientgroups, clients, meta, workunits
-from perdure.store.work import requeue_client_work
+from perdure.store.work import requeue_client_work, requeued_state
 from perdure.timeutil import format_us, now_us
 
 GROUP_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -144,7 +144,7 @@ class ClientStore:
                     conn.execute(
                         update(workunits)
                         .where(workunits.c.id.in_([w for w in lost if w not in kept]))
-                        .values(state=WorkunitState.QUEUED.value, client_id=None, updatetime=now)
+                        .values(state=requeued_state(), client_id=None, updatetime=now)
                     )
                     Database.work_queued(conn)
             return self._document(conn, client_id, now)

@@ -44,11 +44,19 @@ from perdure.states import (
     TaskState,
     WorkunitState,
 )
-from perdure.store import lifecycle
+from perdure.store import lifecycle, spot
 from perdure.store import outputs as output_records
 from perdure.store.commalist import comma_list_contains
 from perdure.store.database import Database, retry_on_conflict
-from perdure.store.schema import job_events, job_scripts, jobs, tasks, workunit_logs, workunits
+from perdure.store.schema import (
+    job_events,
+    job_scripts,
+    jobs,
+    spot_events,
+    tasks,
+    workunit_logs,
+    workunits,
+)
 from perdure.timeutil import format_us, now_us, parse_expiration, parse_time
 
 #: ``order=`` and ``?query`` field paths that are real columns.
@@ -354,6 +362,7 @@ class JobStore:
             events = conn.execute(
                 select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)
             ).all()
+            spot_summary = spot.job_summary(conn, job_id)
         by_task: dict[str, list[dict[str, Any]]] = {}
         for wu in wu_rows:
             by_task.setdefault(wu.task_id, []).append(
@@ -382,6 +391,7 @@ class JobStore:
                 for t in task_rows
             ],
             "events": [{"time": format_us(e.time), "code": e.code, "message": e.message} for e in events],
+            "spot": spot_summary,
         }
 
     def perf(self, job_id: str) -> dict[str, Any]:
@@ -795,7 +805,7 @@ class JobStore:
     # ---- removal -------------------------------------------------------------------------------
 
     def _remove(self, conn: Connection, job_ids: Sequence[str]) -> None:
-        for table in (workunit_logs, job_events, job_scripts, workunits, tasks):
+        for table in (workunit_logs, job_events, spot_events, job_scripts, workunits, tasks):
             conn.execute(delete(table).where(table.c.job_id.in_(job_ids)))
         conn.execute(delete(jobs).where(jobs.c.id.in_(job_ids)))
 
@@ -806,6 +816,7 @@ class JobStore:
     def _remove_files(self, job_ids: Sequence[str]) -> None:
         for job_id in job_ids:
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            shutil.rmtree(self.data_dir / "checkpoints" / job_id, ignore_errors=True)
             if self.blobs is not None:
                 self.blobs.delete_prefix(f"jobs/{job_id}")
 

@@ -140,6 +140,15 @@ workunits = Table(
         sqlite_where=text("state = 'queued'"),
         postgresql_where=text("state = 'queued'"),
     ),
+    #: Preempted work is handed out before new work: a short list, found without scanning the queue.
+    Index(
+        "ix_workunits_preempted",
+        text("priority DESC"),
+        "submittime",
+        "id",
+        sqlite_where=text("state = 'preempted'"),
+        postgresql_where=text("state = 'preempted'"),
+    ),
     Index(None, "job_id", "state"),
     Index(None, "task_id"),
     #: "What does this client hold": leases, heartbeats, lost-client sweeps.
@@ -175,6 +184,28 @@ job_events = Table(
     _time("time"),
     Column("code", String(8), nullable=False),
     Column("message", Text, nullable=False),
+    Index(None, "job_id", "id"),
+)
+
+#: Spot protection, one row per checkpoint, preemption and restore: the per-job accounting (the
+#: metrics keep the per-queue and per-node series) and what ``?report`` sums up.
+spot_events = Table(
+    "spot_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("workunit_id", String(220), nullable=False),
+    _time("time"),
+    #: checkpoint | checkpoint-failed | preempted | restored | restore-failed
+    Column("kind", String(20), nullable=False),
+    Column("client_id", String(64), nullable=False, server_default=""),
+    Column("node_id", String(64), nullable=False, server_default=""),
+    #: checkpoint or restore duration; for a restore, also ``saved_s``
+    Column("duration_s", Double, nullable=False, server_default="0"),
+    Column("saved_s", Double, nullable=False, server_default="0"),
+    Column("size", BigInteger, nullable=False, server_default="0"),
+    Column("written", BigInteger, nullable=False, server_default="0"),
+    Column("detail", Json, nullable=True),
     Index(None, "job_id", "id"),
 )
 

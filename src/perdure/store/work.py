@@ -22,10 +22,12 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
+    case,
     delete,
     exists,
     func,
     insert,
+    null,
     or_,
     select,
     text,
@@ -36,8 +38,9 @@ from perdure.datastore import BlobStore
 from perdure.documents import job_info
 from perdure.errors import BadRequest, NotFound, PerdureError
 from perdure.metrics import recording as metrics
+from perdure.spot.records import Preemption
 from perdure.states import JobState, TaskState, WorkunitState
-from perdure.store import lifecycle, outputs
+from perdure.store import lifecycle, outputs, spot
 from perdure.store.commalist import comma_list_contains
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.jobs import suspend_job
@@ -49,7 +52,7 @@ log = logging.getLogger("perdure.work")
 #: AWE keeps the last 5,000 characters of stderr in the job's ``error.apperror``.
 APPERROR_CHARS = 5000
 LOG_KINDS = ("stdout", "stderr", "worknotes", "perf")
-REPORT_STATUSES = frozenset({"done", "fail", "failed-permanent"})
+REPORT_STATUSES = frozenset({"done", "fail", "failed-permanent", "preempted"})
 
 
 class LeaseLost(PerdureError):
@@ -113,6 +116,19 @@ def _joined() -> Select[Any]:
 def _queued() -> Any:
     # A literal, so the planner can match the partial queue index on both databases.
     return text("workunits.state = 'queued'")
+
+
+def _preempted() -> Any:
+    return text("workunits.state = 'preempted'")
+
+
+def requeued_state() -> Any:
+    """Where work taken from a lost or leaving client goes: ahead of new work if it has a checkpoint to
+    be restored from (it was preempted without notice), else back in the queue."""
+    return case(
+        (workunits.c.checkpoint.is_not(None), WorkunitState.PREEMPTED.value),
+        else_=WorkunitState.QUEUED.value,
+    )
 
 
 def _group_matches(group: str) -> Any:
@@ -192,7 +208,6 @@ class WorkStore:
     ) -> tuple[str, str, str, int] | None:
         """Claim the first eligible workunit: (id, task id, job id, when it was queued)."""
         conditions = [
-            _queued(),
             _group_matches(client.group_name),
             ~exists().where(
                 client_skip_work.c.client_id == client.id, client_skip_work.c.workunit_id == workunits.c.id
@@ -203,19 +218,25 @@ class WorkStore:
             conditions.append(workunits.c.app.in_(apps))
         if available is not None and available >= 0:
             conditions.append(workunits.c.input_size <= available)
-        candidate = (
-            select(workunits.c.id, workunits.c.updatetime)
-            .where(*conditions)
-            .order_by(workunits.c.priority.desc(), workunits.c.submittime, workunits.c.id)
-            .limit(1)
-        )
         if self.db.dialect == "postgresql":
-            candidate = candidate.with_for_update(skip_locked=True)
             # Walk the partial queue index in order and stop at the first free row; without fresh
             # statistics the planner may instead sort every queued row for each claim.
             conn.exec_driver_sql("SET LOCAL enable_sort = off")
             conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
-        picked = conn.execute(candidate).first()
+        picked = None
+        # Preempted work first: it has run already, and may be restored from its checkpoint.
+        for state in (_preempted(), _queued()):
+            candidate = (
+                select(workunits.c.id, workunits.c.updatetime)
+                .where(state, *conditions)
+                .order_by(workunits.c.priority.desc(), workunits.c.submittime, workunits.c.id)
+                .limit(1)
+            )
+            if self.db.dialect == "postgresql":
+                candidate = candidate.with_for_update(skip_locked=True)
+            picked = conn.execute(candidate).first()
+            if picked is not None:
+                break
         if picked is None:
             return None
         row = conn.execute(
@@ -310,6 +331,7 @@ class WorkStore:
         *,
         computetime: int = 0,
         logs: Mapping[str, str] | None = None,
+        preemption: Preemption | None = None,
     ) -> str:
         if status not in REPORT_STATUSES:
             raise BadRequest(f"status must be one of {', '.join(sorted(REPORT_STATUSES))}, not {status!r}")
@@ -338,6 +360,10 @@ class WorkStore:
                 self._done(conn, wu, computetime, fenced, now)
             elif status == "fail":
                 self._fail(conn, wu, client, logs, fenced, now)
+            elif status == "preempted":
+                given = preemption or Preemption(outcome="none", detail="the worker gave no details")
+                spot.preempt(conn, wu, client_id, given, now)
+                conn.execute(update(workunits).where(workunits.c.id == wu.id).values(**fenced))
             else:
                 self._failed_permanent(conn, wu, client, logs, fenced, now)
         return "ok"
@@ -435,7 +461,13 @@ class WorkStore:
                 update(workunits)
                 .where(workunits.c.id == wu.id)
                 .values(
-                    state=WorkunitState.QUEUED.value, failed=failed, client_id=None, updatetime=now, **fenced
+                    state=WorkunitState.QUEUED.value,
+                    failed=failed,
+                    client_id=None,
+                    updatetime=now,
+                    # A retry after a failure starts clean: the checkpoint may hold what made it fail.
+                    checkpoint=null(),
+                    **fenced,
                 )
             )
             Database.work_queued(conn)
@@ -572,7 +604,7 @@ def requeue_client_work(conn: Connection, client_id: str, now: int, *, reason: s
     held = conn.execute(
         update(workunits)
         .where(workunits.c.client_id == client_id, workunits.c.state == WorkunitState.CHECKOUT.value)
-        .values(state=WorkunitState.QUEUED.value, client_id=None, updatetime=now)
+        .values(state=requeued_state(), client_id=None, updatetime=now)
         .returning(workunits.c.id, workunits.c.job_id)
     ).all()
     for row in held:
@@ -634,4 +666,4 @@ def workunit_document(row: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["FailureLimits", "LeaseLost", "NoWork", "WorkStore", "requeue_client_work"]
+__all__ = ["FailureLimits", "LeaseLost", "NoWork", "WorkStore", "requeue_client_work", "requeued_state"]

@@ -7,6 +7,7 @@ import logging
 import random
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,19 +58,26 @@ class ServerAPI:
 
     # ---- retry policy -------------------------------------------------------------------------
 
-    def retrying(self, what: str, call: Callable[[], T], *, max_delay: float = 30.0) -> T:
-        """Retry on network errors and 5xx with exponential backoff and jitter, until stopped."""
+    def retrying(
+        self, what: str, call: Callable[[], T], *, max_delay: float = 30.0, deadline: float | None = None
+    ) -> T:
+        """Retry on network errors and 5xx with exponential backoff and jitter, until stopped (or, given
+        a ``time.monotonic()`` deadline, until then: a node being reclaimed cannot wait forever)."""
         delay = 0.5
         while True:
-            if self.stop.is_set():
+            if self.stop.is_set() and deadline is None:
                 raise Stopped(what)
             try:
                 return call()
             except (httpx.TransportError, _ServerBusy) as exc:
                 wait = random.uniform(delay / 2, delay)
+                if deadline is not None and time.monotonic() + wait > deadline:
+                    raise Stopped(f"{what}: out of time") from exc
                 log.warning("%s failed (%s); retrying in %.1fs", what, exc, wait)
-                if self.stop.wait(wait):
+                if deadline is None and self.stop.wait(wait):
                     raise Stopped(what) from None
+                if deadline is not None:
+                    time.sleep(wait)
                 delay = min(max_delay, delay * 2)
 
     def _json(self, response: httpx.Response) -> Any:
@@ -111,7 +119,14 @@ class ServerAPI:
         return str(response.headers.get("Datatoken" if which == "datatoken" else "Privateenv", ""))
 
     def report(
-        self, wu_id: str, client_id: str, status: str, computetime: int, files: dict[str, Path | bytes]
+        self,
+        wu_id: str,
+        client_id: str,
+        status: str,
+        computetime: int,
+        files: dict[str, Path | bytes],
+        *,
+        deadline: float | None = None,
     ) -> None:
         """Deliver a result until the server accepts it (or refuses it for good)."""
 
@@ -137,7 +152,7 @@ class ServerAPI:
                 for handle in handles:
                     handle.close()
 
-        self.retrying(f"report {status} for {wu_id}", send, max_delay=60.0)
+        self.retrying(f"report {status} for {wu_id}", send, max_delay=60.0, deadline=deadline)
 
     def upload_output(self, wu_id: str, client_id: str, filename: str, path: Path, sha256: str) -> None:
         def send() -> None:
@@ -183,6 +198,29 @@ class ServerAPI:
                     client.close()
 
         return self.retrying(f"download {url}", fetch)
+
+    # ---- spot protection ----------------------------------------------------------------------
+
+    def checkpoint_taken(self, wu_id: str, client_id: str, record: dict[str, Any]) -> None:
+        self._json(self.http.post(f"/work/{wu_id}/checkpoints", params={"client": client_id}, json=record))
+
+    def restore_result(self, wu_id: str, client_id: str, record: dict[str, Any]) -> None:
+        self._json(self.http.post(f"/work/{wu_id}/restores", params={"client": client_id}, json=record))
+
+    def job_state(self, job_id: str) -> str | None:
+        """A job's state, or None when the server knows no such job."""
+        response = self.http.get(f"/job/{job_id}", params={"verbosity": "minimal"})
+        if response.status_code == 404 or (
+            response.status_code == 400 and "not found" in _message(response).lower()
+        ):
+            return None
+        document = self._json(response) or {}
+        return str(document.get("state", "")) or None
+
+    def ckpt(self, method: str, wu_id: str, client_id: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A request to the server's checkpoint store (``/work/<id>/ckpt/...``)."""
+        params = {"client": client_id, **kwargs.pop("params", {})}
+        return self.http.request(method, f"/work/{wu_id}/ckpt{path}", params=params, **kwargs)
 
     def deregister(self, client_id: str) -> None:
         """Leave: the server re-queues whatever this client held at once, instead of after the TTL."""

@@ -34,6 +34,18 @@ class WorkerConfig:
     log_files: list[str] = field(default_factory=list)
     #: How often advertised log files are shipped to the server.
     log_ship_s: float = 30.0
+    #: Time to hand running work over on an interruption notice (SIGTERM, drain; a spot notice's own
+    #: time is used when sooner). Give Kubernetes or systemd at least this long to stop the worker.
+    handover_deadline_s: float = 120.0
+    #: How often instance metadata is polled for a spot interruption notice (AWS recommends 5 s).
+    imds_poll_s: float = 5.0
+    #: auto (criu where `criu check` passes, else workdir), criu or workdir.
+    checkpoint_engine: str = "auto"
+    criu_path: str = "criu"
+    #: Where this node mounts the shared checkpoint store, if not at ``ckpt.ckptImagePath``.
+    checkpoint_path: str = ""
+    #: Threads hashing and writing checkpoint chunks.
+    checkpoint_threads: int = 4
 
     @classmethod
     def load(cls, config_file: Path | None = None, **flags: Any) -> WorkerConfig:
@@ -63,7 +75,11 @@ class WorkerConfig:
             raise ValueError("slots must be at least 1")
         if not self.apps:
             raise ValueError("apps must name at least one command, or '*'")
-        for name in ("heartbeat_s", "log_ship_s"):
+        if self.checkpoint_engine not in ("auto", "criu", "workdir"):
+            raise ValueError("checkpoint_engine must be auto, criu or workdir")
+        if not 1 <= self.checkpoint_threads <= 64:
+            raise ValueError("checkpoint_threads must be between 1 and 64")
+        for name in ("heartbeat_s", "log_ship_s", "handover_deadline_s", "imds_poll_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number of seconds")
         for name in ("checkout_wait_s", "keep_failed_s"):

@@ -3,6 +3,7 @@ thread that renews every slot's lease and carries out the server's instructions.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -16,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from perdure import __version__, nodeinfo
+from perdure.spot.interruption import DRAIN_FILE, PID_FILE, ImdsWatcher, Notice, take_drain_request
+from perdure.spot.protection import Preemption
 from perdure.worker.api import ApiError, ServerAPI, Stopped
 from perdure.worker.config import WorkerConfig
+from perdure.worker.protect import SpotContext
 from perdure.worker.runner import Outcome, Runner, tail_bytes
 
 log = logging.getLogger("perdure.worker")
@@ -28,7 +32,7 @@ class Slot:
         self.node = node
         self.index = index
         self.client_id = f"{node.node_id}-{index}"
-        self.runner = Runner(node.api, self.client_id, node.workdir, node.workpath / "predata")
+        self.runner = Runner(node.api, self.client_id, node.workdir, node.workpath / "predata", node.spot)
         self.registered = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"slot-{index}", daemon=True)
 
@@ -83,10 +87,17 @@ class Slot:
                         log.error("checkout refused: %s", exc)
                         stop.wait(10)
                     continue
-                if workunit is not None:
+                if workunit is not None and self.node.draining.is_set():
+                    self._hand_back(workunit)  # checked out just as the notice came
+                elif workunit is not None:
                     self._run(workunit)
         except Stopped:
             pass
+
+    def _hand_back(self, workunit: dict[str, Any]) -> None:
+        preemption = Preemption("returned", workunit.get("checkpoint"), "handed back before it started")
+        outcome = Outcome("preempted", 0, [preemption.detail], preemption=preemption)
+        self._report(workunit["id"], outcome)
 
     def _run(self, workunit: dict[str, Any]) -> None:
         wu_id = workunit["id"]
@@ -100,6 +111,10 @@ class Slot:
 
     def _report(self, wu_id: str, outcome: Outcome) -> None:
         files: dict[str, Path | bytes] = {"perf": json.dumps(outcome.perf).encode()}
+        deadline = None
+        if outcome.preemption is not None:
+            files["preemption"] = json.dumps(outcome.preemption.document()).encode()
+            deadline = self.node.handover_deadline
         for kind, path in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
             content = tail_bytes(path)
             if content:  # empty logs cost a multipart part and a row each; skip them
@@ -107,8 +122,12 @@ class Slot:
         if outcome.notes:
             files["worknotes"] = "\n".join(outcome.notes).encode()
         try:
-            self.node.api.report(wu_id, self.client_id, outcome.status, outcome.computetime, files)
+            self.node.api.report(
+                wu_id, self.client_id, outcome.status, outcome.computetime, files, deadline=deadline
+            )
             log.info("slot %d reported %s: %s", self.index, wu_id, outcome.status)
+        except Stopped as exc:
+            log.error("report for %s not delivered: %s", wu_id, exc)
         except ApiError as exc:
             if exc.status == 400 and "without uploading outputs" in exc.message:
                 self.node.api.report(wu_id, self.client_id, "fail", outcome.computetime, files)
@@ -126,6 +145,18 @@ class Node:
         self.stop = threading.Event()
         self.draining = threading.Event()
         self.api = ServerAPI(config.server, token=config.token, ca_file=config.ca_file, stop=self.stop)
+        self.spot = SpotContext(
+            self.api,
+            self.workpath / "checkpoint-scratch",
+            engine=config.checkpoint_engine,
+            criu=config.criu_path,
+            store_path=config.checkpoint_path,
+            threads=config.checkpoint_threads,
+        )
+        #: Set once an interruption notice is being handled: ``time.monotonic()`` of its deadline.
+        self.handover_deadline: float | None = None
+        self._handover_lock = threading.Lock()
+        self._drain_wakeup = threading.Event()
         self.facts: dict[str, Any] = {}
         self.log_files: list[str] = []
         self.slots = [Slot(self, k) for k in range(config.slots)]
@@ -145,7 +176,9 @@ class Node:
         return shutil.disk_usage(self.workpath).free
 
     def run(self) -> None:
-        self.facts = nodeinfo.collect(self.config.imds_endpoint or None)
+        self.facts = {**nodeinfo.collect(self.config.imds_endpoint or None), **self.spot.facts()}
+        (self.workpath / DRAIN_FILE).unlink(missing_ok=True)  # a stale request is not for us
+        (self.workpath / PID_FILE).write_text(f"{os.getpid()}\n")
         # The server accepts only absolute, normalised paths: it serves exactly what is advertised.
         self.log_files = nodeinfo.default_log_files(
             [
@@ -162,11 +195,23 @@ class Node:
         )
         for slot in self.slots:
             slot.thread.start()
-        threads = [
+        threads: list[threading.Thread] = [
             threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
             threading.Thread(target=self._ship_logs_loop, name="logs", daemon=True),
             threading.Thread(target=self._janitor_loop, name="janitor", daemon=True),
+            threading.Thread(target=self._drain_loop, name="drain", daemon=True),
         ]
+        if self.config.imds_endpoint:
+            threads.append(
+                ImdsWatcher(
+                    self.config.imds_endpoint,
+                    self.notice,
+                    self._rebalance,
+                    self.stop,
+                    poll_s=self.config.imds_poll_s,
+                    deadline_s=self.config.handover_deadline_s,
+                )
+            )
         for thread in threads:
             thread.start()
         try:
@@ -174,9 +219,83 @@ class Node:
                 if all(not s.thread.is_alive() for s in self.slots):
                     break  # drained
                 self.stop.wait(0.5)
+            if self.draining.is_set() and not self.stop.is_set():
+                self._leave()
         finally:
             self.stop.set()
             self.api.close()
+            with contextlib.suppress(OSError):
+                (self.workpath / PID_FILE).unlink()
+
+    # ---- interruption notices -----------------------------------------------------------------
+
+    def notice(self, notice: Notice) -> None:
+        """The machine is going away (or asked to drain): take no new work and hand over what runs.
+
+        Safe to call from a signal handler and from any thread; a later notice can only bring the
+        deadline forward."""
+        with self._handover_lock:
+            first = self.handover_deadline is None
+            if not first and self.handover_deadline is not None and notice.deadline >= self.handover_deadline:
+                return
+            self.handover_deadline = notice.deadline
+        log.warning(
+            "%s: %s within %.0fs",
+            notice.detail,
+            "finishing running work" if notice.finish else "handing running work over",
+            notice.deadline - time.monotonic(),
+        )
+        self.draining.set()
+        if first and not notice.finish:
+            threading.Thread(target=self._hand_over, args=(notice,), name="hand-over", daemon=True).start()
+
+    def _hand_over(self, notice: Notice) -> None:
+        """Final checkpoints of every running workunit, in parallel, each reported as preempted by its
+        slot; then the node leaves."""
+        deadline = notice.deadline
+        workers = [
+            threading.Thread(target=slot.runner.preempt, args=(deadline,), name=f"final-{slot.index}")
+            for slot in self.slots
+            if slot.runner.current
+        ]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for slot in self.slots:
+            slot.thread.join(max(0.0, deadline - time.monotonic()))
+        if any(slot.thread.is_alive() for slot in self.slots):
+            log.error("hand-over did not finish before the deadline; leaving anyway")
+            self.stop.set()
+
+    def _rebalance(self, detail: str) -> None:
+        """An early warning: checkpoint everything now, so a notice that follows has less to write."""
+        log.warning("rebalance recommendation (%s): checkpointing running work now", detail or "no details")
+        for slot in self.slots:
+            protection = slot.runner.protection
+            if protection is not None:
+                threading.Thread(target=protection.checkpoint_now, daemon=True).start()
+
+    def _drain_loop(self) -> None:
+        while not self.stop.is_set():
+            request = take_drain_request(self.workpath, self.config.handover_deadline_s)
+            if request is not None:
+                self.notice(request)
+            self._drain_wakeup.wait(1.0)
+            self._drain_wakeup.clear()
+
+    def wake_drain(self) -> None:
+        """SIGUSR1: `perdure worker drain` left a request."""
+        self._drain_wakeup.set()
+
+    def _leave(self) -> None:
+        for slot in self.slots:
+            if slot.registered.is_set():
+                try:
+                    self.api.deregister(slot.client_id)
+                except Exception as exc:
+                    log.warning("could not deregister %s: %s", slot.client_id, exc)
+        log.info("node %s drained and left", self.node_id)
 
     def shutdown(self) -> None:
         """Stop now: kill running work and hand it back to the server for another node."""
@@ -261,6 +380,11 @@ class Node:
 
     def _janitor_loop(self) -> None:
         while not self.stop.wait(60):
+            settings = self.checkpoint_settings
+            with contextlib.suppress(Exception):
+                self.spot.collect_garbage(
+                    str(settings.get("ckptImagePath") or ""), bool(settings.get("diagnosisMode"))
+                )
             cutoff = time.time() - self.config.keep_failed_s
             for path in self.workdir.iterdir():
                 if (

@@ -21,11 +21,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from perdure.spot.engine import Launch
+from perdure.spot.protection import Preemption, Protection
 from perdure.worker.api import ApiError, ServerAPI
+
+if TYPE_CHECKING:
+    from perdure.worker.protect import SpotContext
 
 log = logging.getLogger("perdure.worker")
 
@@ -43,12 +48,14 @@ class StageError(Exception):
 
 @dataclass
 class Outcome:
-    status: str  # done | fail | failed-permanent | discarded
+    status: str  # done | fail | failed-permanent | discarded | preempted
     computetime: int
     notes: list[str] = field(default_factory=list)
     perf: dict[str, Any] = field(default_factory=dict)
     stdout: Path | None = None
     stderr: Path | None = None
+    #: For ``preempted``: how the work left this node, and what to restore it from.
+    preemption: Preemption | None = None
 
 
 def split_args(args: str) -> list[str]:
@@ -90,19 +97,37 @@ def sha256_of(path: Path) -> str:
 class Runner:
     """Runs workunits for one slot; ``discard`` may be called from the heartbeat thread."""
 
-    def __init__(self, api: ServerAPI, client_id: str, workpath: Path, predata: Path) -> None:
+    def __init__(
+        self,
+        api: ServerAPI,
+        client_id: str,
+        workpath: Path,
+        predata: Path,
+        spot: SpotContext | None = None,
+    ) -> None:
         self.api = api
         self.client_id = client_id
         self.workpath = workpath
         self.predata = predata
+        self.spot = spot
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._current: str | None = None
         self._discarded: set[str] = set()
+        self._protection: Protection | None = None
+        #: The checkpoint the server would restore this work from, were it handed back now.
+        self._reference: dict[str, Any] | None = None
+        self._preempting = threading.Event()
+        self._preempted = threading.Event()
+        self._preemption: Preemption | None = None
 
     @property
     def current(self) -> str | None:
         return self._current
+
+    @property
+    def protection(self) -> Protection | None:
+        return self._protection
 
     def discard(self, wu_id: str) -> None:
         with self._lock:
@@ -115,29 +140,83 @@ class Runner:
             log.warning("discarding %s: killing its process group", wu_id)
             _kill_group(process)
 
+    def preempt(self, deadline: float) -> None:
+        """The node is being reclaimed: stop the current work with a final checkpoint (in the calling
+        thread, so several slots hand over in parallel); ``run`` then returns it as preempted."""
+        with self._lock:
+            if self._current is None or self._preempting.is_set():
+                return
+            self._preempting.set()
+            process, protection = self._process, self._protection
+        try:
+            if process is None:
+                # Still staging: it never ran here, so whatever it came with still holds.
+                result = Preemption("returned", self._reference, "handed back before it started")
+            elif protection is None:
+                _kill_group(process)
+                result = Preemption("none", None, "checkpointing is off for this work; it restarts from zero")
+            else:
+                result = protection.final(deadline)
+        except Exception as exc:  # whatever happens, the work must be handed back
+            log.exception("final checkpoint of %s failed unexpectedly", self._current)
+            result = Preemption("none", None, f"the hand-over failed: {exc}")
+        self._preemption = result
+        self._preempted.set()
+
     def run(self, wu: dict[str, Any]) -> Outcome:
         wu_id = wu["id"]
         with self._lock:
             self._current = wu_id
             self._discarded.discard(wu_id)
+            self._reference = wu.get("checkpoint")
+            self._preempting.clear()
+            self._preempted.clear()
+            self._preemption = None
         started = time.time()
         workdir = self.workpath / re.sub(r"[^\w.-]", "_", f"{wu_id}-{wu.get('attempt', 0)}")
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
         perf: dict[str, Any] = {"client_id": self.client_id, "checkout": started, "workdir": str(workdir)}
         stdout, stderr = workdir / "awe_stdout.txt", workdir / "awe_stderr.txt"
+        protection: Protection | None = None
         try:
             env = self._environment(wu, workdir)
             inputs, size_in = self._stage(wu, workdir, env)
             perf.update(time_data_in=round(time.time() - started, 3), size_infile=size_in)
             argv = self._argv(wu, inputs, env)
             (workdir / "userattr.json").write_text(json.dumps(wu.get("userattr") or {}))
+            protection, launch = self._protect_and_restore(wu, workdir, inputs)
+            if launch is not None:
+                env.update(launch.env)
+                argv = launch.argv or argv
+                perf["restored_from"] = (self._reference or {}).get("name")
+                if launch.workdir is not None and launch.workdir != workdir:
+                    workdir = launch.workdir  # the restored process works where it always did
+                    perf["workdir"] = str(workdir)
+                    stdout, stderr = workdir / "awe_stdout.txt", workdir / "awe_stderr.txt"
+            if self._preempting.is_set():
+                return self._preempted_outcome(0, perf)
             run_start = time.time()
-            code, usage = self._execute(wu_id, argv, workdir, env, stdout, stderr)
+            code, usage = self._execute(
+                wu_id,
+                argv,
+                workdir,
+                env,
+                stdout,
+                stderr,
+                append=launch is not None,
+                protection=protection,
+                pidfile=launch.pidfile if launch is not None else None,
+            )
             runtime = time.time() - run_start
             perf.update(runtime=round(runtime, 3), exit_code=code, **usage)
+            if self._preempting.is_set():
+                return self._preempted_outcome(int(runtime), perf)
             if wu_id in self._discarded:
                 return Outcome("discarded", int(runtime), perf=perf)
+            if protection is not None:
+                # Done or failed, the checkpoints are of no more use (a failed retry starts clean).
+                protection.finished(keep=protection.run.policy.diagnosis)
             if code == EXIT_PERMANENT:
                 return Outcome("failed-permanent", int(runtime), [f"exit code {code}"], perf, stdout, stderr)
             if code != 0:
@@ -147,6 +226,8 @@ class Runner:
             perf["time_data_out"] = round(time.time() - out_start, 3)
             return Outcome("done", int(runtime), perf=perf, stdout=stdout, stderr=stderr)
         except (StageError, ApiError, OSError) as exc:
+            if self._preempting.is_set():
+                return self._preempted_outcome(int(time.time() - started), perf)
             log.warning("workunit %s failed: %s", wu_id, exc)
             return Outcome(
                 "fail",
@@ -158,9 +239,57 @@ class Runner:
             )
         finally:
             perf["total_time"] = round(time.time() - started, 3)
+            if protection is not None:
+                protection.stop()
+            if self.spot is not None:
+                self.spot.clear_scratch(wu_id)
             with self._lock:
                 self._current = None
                 self._process = None
+                self._protection = None
+
+    def _preempted_outcome(self, runtime: int, perf: dict[str, Any]) -> Outcome:
+        self._preempted.wait()  # the hand-over thread is taking the final checkpoint
+        preemption = self._preemption or Preemption("none", None, "no checkpoint was taken")
+        perf["preemption"] = preemption.outcome
+        return Outcome("preempted", runtime, [preemption.detail], perf, preemption=preemption)
+
+    # ---- spot protection ----------------------------------------------------------------------
+
+    def _protect_and_restore(
+        self, wu: dict[str, Any], workdir: Path, inputs: dict[str, Path]
+    ) -> tuple[Protection | None, Launch | None]:
+        """The workunit's protection (None when checkpointing is off), and how to start it when it
+        was restored from a checkpoint (None: start the command from the beginning)."""
+        if self.spot is None:
+            return None, None
+        policy = self.spot.policy(wu)
+        reference = self._reference
+        if not policy.enabled:
+            if reference:
+                self._refuse(wu["id"], reference, "checkpointing is off for this job (ckptMode none)")
+            return None, None
+        exclude = {str(p.relative_to(workdir)) for p in inputs.values() if p.is_relative_to(workdir)}
+        exclude.add("userattr.json")
+        protection = self.spot.protect(wu, self.client_id, workdir, exclude, policy)
+        with self._lock:
+            self._protection = protection
+        if not reference:
+            return protection, None
+        launch = protection.restore(reference)
+        if launch is None:
+            self._reference = None
+            _clear_except(workdir, exclude)  # whatever the refused restore left must not be used
+        return protection, launch
+
+    def _refuse(self, wu_id: str, reference: dict[str, Any], reason: str) -> None:
+        self._reference = None
+        try:
+            self.api.restore_result(
+                wu_id, self.client_id, {"ok": False, "name": str(reference.get("name", "")), "reason": reason}
+            )
+        except Exception as exc:
+            log.warning("%s: could not report the refused checkpoint: %s", wu_id, exc)
 
     # ---- staging ------------------------------------------------------------------------------
 
@@ -251,13 +380,24 @@ class Runner:
     # ---- running ------------------------------------------------------------------------------
 
     def _execute(
-        self, wu_id: str, argv: list[str], workdir: Path, env: dict[str, str], stdout: Path, stderr: Path
+        self,
+        wu_id: str,
+        argv: list[str],
+        workdir: Path,
+        env: dict[str, str],
+        stdout: Path,
+        stderr: Path,
+        *,
+        append: bool = False,
+        protection: Protection | None = None,
+        pidfile: Path | None = None,
     ) -> tuple[int, dict[str, Any]]:
         executable = shutil.which(argv[0], path=f"{workdir}{os.pathsep}{env.get('PATH', '')}")
         if executable is None:
             stderr.write_text(f"perdure: command not found: {argv[0]}\n")
             return 127, {}
-        with stdout.open("wb") as out, stderr.open("wb") as err:
+        mode = "ab" if append else "wb"  # a restored program continues its logs
+        with stdout.open(mode) as out, stderr.open(mode) as err:
             process = subprocess.Popen(
                 [executable, *argv[1:]],
                 cwd=workdir,
@@ -269,13 +409,20 @@ class Runner:
             )
         with self._lock:
             self._process = process
-            discarded = wu_id in self._discarded
-        if discarded:
+            stopped = wu_id in self._discarded or self._preempting.is_set()
+        if stopped:
             _kill_group(process)
+        elif protection is not None and pidfile is not None:
+            # Restored by another program (criu restore): the work's own process id is in its pidfile.
+            threading.Thread(target=_started_from_pidfile, args=(protection, pidfile), daemon=True).start()
+        elif protection is not None:
+            protection.started(process.pid)
         peak = _PeakMemory(process.pid)
         peak.start()
         _, status, rusage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
+        if protection is not None:
+            protection.run.exited.set()
         peak.stop()
         code = process.returncode if process.returncode >= 0 else 128 - process.returncode
         return code, {
@@ -339,6 +486,29 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
     threading.Thread(target=escalate, daemon=True).start()
+
+
+def _started_from_pidfile(protection: Protection, pidfile: Path, timeout_s: float = 60.0) -> None:
+    give_up = time.monotonic() + timeout_s
+    while time.monotonic() < give_up and not protection.run.exited.is_set():
+        with contextlib.suppress(OSError, ValueError):
+            protection.started(int(pidfile.read_text().strip()))
+            return
+        time.sleep(0.1)
+    log.warning("%s: no process id in %s; it will not be checkpointed", protection.wu_id, pidfile)
+
+
+def _clear_except(workdir: Path, keep: set[str]) -> None:
+    """Empty the work directory but for the staged inputs."""
+    for path in sorted(workdir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        rel = str(path.relative_to(workdir))
+        if rel in keep or any(k.startswith(rel + "/") for k in keep):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _gunzip_in_place(path: Path) -> None:

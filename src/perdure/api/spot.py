@@ -1,0 +1,162 @@
+"""Spot protection over HTTP: workers report checkpoints and restores, and keep checkpoints in the
+server's store when they share no filesystem.
+
+Every route acts for the client holding the workunit's lease (``?client=``), with its clientgroup
+token when tokens are required, like a status report.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
+
+from perdure.api.context import ctx
+from perdure.api.envelope import ok
+from perdure.api.workerauth import check_worker
+from perdure.errors import BadRequest, NotFound
+from perdure.spot.manifest import CorruptCheckpoint, Manifest
+from perdure.spot.records import CheckpointTaken, RestoreResult, parse
+from perdure.spot.snapshot import CHUNK_SIZE
+from perdure.spot.store import CheckpointMissing
+from perdure.store.spot import lease_holder_job
+from perdure.store.work import decode_workunit_id
+
+router = APIRouter()
+
+#: A manifest names every file of a tree: generous, but bounded.
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_RECORD_BYTES = 256 * 1024
+
+
+async def _client(request: Request) -> str:
+    client_id = request.query_params.get("client", "")
+    if not client_id:
+        raise BadRequest("missing client parameter")
+    await run_in_threadpool(check_worker, request, client_id=client_id)
+    return client_id
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"body is larger than the limit of {limit} bytes")
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise BadRequest(f"body is larger than the limit of {limit} bytes")
+    return bytes(data)
+
+
+@router.post("/work/{work_id}/checkpoints")
+async def checkpoint_taken(work_id: str, request: Request) -> JSONResponse:
+    """A checkpoint of the running workunit was taken (or failed): the next restore starts from it."""
+    client_id = await _client(request)
+    record = parse(CheckpointTaken, await _body(request, MAX_RECORD_BYTES), "checkpoint record")
+    wu_id = decode_workunit_id(work_id)
+    await run_in_threadpool(ctx(request).spot.checkpoint_taken, wu_id, client_id, record)
+    return ok("ok")
+
+
+@router.post("/work/{work_id}/restores")
+async def restore_result(work_id: str, request: Request) -> JSONResponse:
+    """The workunit was restored from its checkpoint (or the checkpoint was refused)."""
+    client_id = await _client(request)
+    record = parse(RestoreResult, await _body(request, MAX_RECORD_BYTES), "restore record")
+    wu_id = decode_workunit_id(work_id)
+    await run_in_threadpool(ctx(request).spot.restore_result, wu_id, client_id, record)
+    return ok("ok")
+
+
+# ---- the server's checkpoint store ----------------------------------------------------------------
+
+
+async def _leased_job(request: Request, work_id: str) -> tuple[str, str]:
+    client_id = await _client(request)
+    wu_id = decode_workunit_id(work_id)
+    job_id = await run_in_threadpool(lease_holder_job, ctx(request).db, wu_id, client_id)
+    return job_id, wu_id
+
+
+@router.put("/work/{work_id}/ckpt/chunks/{digest}")
+async def put_chunk(work_id: str, digest: str, request: Request) -> JSONResponse:
+    job_id, wu_id = await _leased_job(request, work_id)
+    data = await _body(request, CHUNK_SIZE)
+    store = ctx(request).checkpoints
+    try:
+        written = await run_in_threadpool(store.put_chunk, job_id, wu_id, digest, data)
+    except (ValueError, CorruptCheckpoint) as exc:
+        raise BadRequest(str(exc)) from None
+    return ok({"written": written})
+
+
+@router.head("/work/{work_id}/ckpt/chunks/{digest}")
+async def has_chunk(work_id: str, digest: str, request: Request) -> Response:
+    job_id, wu_id = await _leased_job(request, work_id)
+    try:
+        present = ctx(request).checkpoints.has_chunk(job_id, wu_id, digest)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return Response(status_code=200 if present else 404)
+
+
+@router.get("/work/{work_id}/ckpt/chunks/{digest}")
+async def get_chunk(work_id: str, digest: str, request: Request) -> Response:
+    job_id, wu_id = await _leased_job(request, work_id)
+    try:
+        data = await run_in_threadpool(ctx(request).checkpoints.get_chunk, job_id, wu_id, digest)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    except CheckpointMissing as exc:
+        raise NotFound(str(exc)) from None
+    return Response(data, media_type="application/octet-stream")
+
+
+@router.put("/work/{work_id}/ckpt/manifests/{name}")
+async def put_manifest(work_id: str, name: str, request: Request) -> JSONResponse:
+    job_id, wu_id = await _leased_job(request, work_id)
+    data = await _body(request, MAX_MANIFEST_BYTES)
+    try:
+        manifest = Manifest.from_bytes(data)
+    except CorruptCheckpoint as exc:
+        raise BadRequest(f"invalid checkpoint manifest: {exc}") from None
+    if manifest.name != name or manifest.identity.job != job_id or manifest.identity.workunit != wu_id:
+        raise BadRequest("the manifest's name or identity does not match the URL")
+    await run_in_threadpool(ctx(request).checkpoints.put_manifest, job_id, wu_id, manifest)
+    return ok({"name": name})
+
+
+@router.get("/work/{work_id}/ckpt/manifests/{name}")
+async def get_manifest(work_id: str, name: str, request: Request) -> Response:
+    job_id, wu_id = await _leased_job(request, work_id)
+    try:
+        manifest = await run_in_threadpool(ctx(request).checkpoints.get_manifest, job_id, wu_id, name)
+    except CheckpointMissing as exc:
+        raise NotFound(str(exc)) from None
+    except CorruptCheckpoint as exc:
+        raise BadRequest(str(exc)) from None
+    return Response(manifest.to_bytes(), media_type="application/json")
+
+
+@router.post("/work/{work_id}/ckpt")
+async def prune(work_id: str, request: Request) -> JSONResponse:
+    """``?prune=<name>``: keep only that checkpoint (and its chunks)."""
+    job_id, wu_id = await _leased_job(request, work_id)
+    keep = request.query_params.get("prune", "")
+    if not keep:
+        raise BadRequest("missing prune parameter (the checkpoint to keep)")
+    try:
+        await run_in_threadpool(ctx(request).checkpoints.prune, job_id, wu_id, keep)
+    except CheckpointMissing as exc:
+        raise NotFound(str(exc)) from None
+    except CorruptCheckpoint as exc:
+        raise BadRequest(str(exc)) from None
+    return ok("ok")
+
+
+@router.delete("/work/{work_id}/ckpt")
+async def delete_checkpoints(work_id: str, request: Request) -> JSONResponse:
+    job_id, wu_id = await _leased_job(request, work_id)
+    await run_in_threadpool(ctx(request).checkpoints.delete_workunit, job_id, wu_id)
+    return ok("ok")

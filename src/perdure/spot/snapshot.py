@@ -1,0 +1,312 @@
+"""Incremental snapshots of a directory tree into a checkpoint store, and restores from them.
+
+Files are cut into fixed 4 MiB chunks named by their SHA-256, so a chunk already in the store is never
+written again. A file whose size, mtime and inode are as at the previous snapshot is not even read: an
+unchanged snapshot costs a walk of the tree and a manifest. Chunks are hashed and written by a small
+thread pool (hashlib and file I/O release the GIL), reading with ``pread`` so one large file is cut up
+in parallel too.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from perdure.spot.manifest import (
+    CheckpointError,
+    CorruptCheckpoint,
+    Entry,
+    Identity,
+    Manifest,
+    checkpoint_name,
+)
+from perdure.spot.store import CheckpointStore
+
+log = logging.getLogger("perdure.spot")
+
+CHUNK_SIZE = 4 * 1024 * 1024
+#: A file that keeps changing while it is read is read again this many times, then the snapshot fails.
+MAX_REREADS = 3
+
+
+class Aborted(CheckpointError):
+    """The snapshot was cancelled or ran past its deadline; nothing of it is visible."""
+
+
+@dataclass(frozen=True)
+class Taken:
+    manifest: Manifest
+    #: Bytes written to the store (chunks not already there, plus the manifest).
+    written: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class _Signature:
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+class Snapshotter:
+    """Snapshots of one workunit's tree; remembers what it stored, so the next snapshot reads only
+    files that changed and writes only chunks the store lacks."""
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        identity: Identity,
+        engine: str,
+        *,
+        threads: int = 4,
+        previous: Manifest | None = None,
+    ) -> None:
+        self.store = store
+        self.identity = identity
+        self.engine = engine
+        self.threads = threads
+        self.previous = previous
+        self._seq = previous.seq if previous else 0
+        self._known: set[str] = set(previous.chunks) if previous else set()
+        self._signatures: dict[str, tuple[_Signature, tuple[str, ...]]] = {}
+        self._lock = threading.Lock()
+
+    # ---- taking -------------------------------------------------------------------------------
+
+    def take(
+        self,
+        root: Path,
+        *,
+        kind: str,
+        progress_s: float,
+        include: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+        engine_data: dict[str, Any] | None = None,
+        deadline: float | None = None,
+        cancel: threading.Event | None = None,
+        extra_roots: dict[str, Path] | None = None,
+    ) -> Taken:
+        """Snapshot ``root`` (only paths matching ``include`` globs, when given; never ``exclude``d
+        ones). ``extra_roots`` adds other trees under a prefix (CRIU images beside the work directory).
+        The checkpoint is visible in the store only when this returns."""
+        started = time.monotonic()
+
+        def check() -> None:
+            if cancel is not None and cancel.is_set():
+                raise Aborted("cancelled")
+            if deadline is not None and time.monotonic() > deadline:
+                raise Aborted("the deadline passed before the checkpoint was complete")
+
+        patterns = list(include) if include is not None else None
+        excluded = set(exclude)
+        trees = [("", root), *((prefix, path) for prefix, path in (extra_roots or {}).items())]
+        entries: list[Entry] = []
+        written = 0
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="ckpt") as pool:
+            for prefix, tree in trees:
+                for rel, full, st in _walk(tree, patterns if not prefix else None, excluded):
+                    check()
+                    name = f"{prefix}/{rel}" if prefix else rel
+                    if stat.S_ISDIR(st.st_mode):
+                        entries.append(Entry(name, "dir", stat.S_IMODE(st.st_mode)))
+                    elif stat.S_ISLNK(st.st_mode):
+                        entries.append(Entry(name, "symlink", 0o777, target=os.readlink(full)))
+                    elif stat.S_ISREG(st.st_mode):
+                        entry, n = self._file(pool, name, full, st, check)
+                        entries.append(entry)
+                        written += n
+        check()
+        self._seq += 1
+        manifest = Manifest(
+            identity=self.identity,
+            name=checkpoint_name(self._seq, self.identity.attempt),
+            engine=self.engine,
+            kind=kind,
+            created=time.time(),
+            progress_s=progress_s,
+            entries=tuple(entries),
+            engine_data=engine_data or {},
+        )
+        written += self.store.put_manifest(self.identity.job, self.identity.workunit, manifest)
+        self._known |= manifest.chunks
+        self.previous = manifest
+        return Taken(manifest, written, time.monotonic() - started)
+
+    def _file(
+        self, pool: ThreadPoolExecutor, name: str, full: Path, st: os.stat_result, check: Callable[[], None]
+    ) -> tuple[Entry, int]:
+        signature = _Signature(st.st_size, st.st_mtime_ns, st.st_ino)
+        cached = self._signatures.get(name)
+        if cached is not None and cached[0] == signature and set(cached[1]) <= self._known:
+            return _file_entry(name, st, cached[1]), 0
+        for _ in range(MAX_REREADS):
+            chunks, written = self._store_file(pool, full, st.st_size, check)
+            after = full.lstat()
+            if _Signature(after.st_size, after.st_mtime_ns, after.st_ino) == signature:
+                self._signatures[name] = (signature, chunks)
+                return _file_entry(name, st, chunks), written
+            st, signature = after, _Signature(after.st_size, after.st_mtime_ns, after.st_ino)
+        raise CheckpointError(f"{name} kept changing while it was read; will try at the next interval")
+
+    def _store_file(
+        self, pool: ThreadPoolExecutor, full: Path, size: int, check: Callable[[], None]
+    ) -> tuple[tuple[str, ...], int]:
+        fd = os.open(full, os.O_RDONLY)
+        try:
+
+            def one(offset: int) -> tuple[str, int]:
+                check()
+                data = os.pread(fd, CHUNK_SIZE, offset)
+                digest = hashlib.sha256(data).hexdigest()
+                with self._lock:
+                    known = digest in self._known
+                written = 0
+                if not known:
+                    written = self.store.put_chunk(self.identity.job, self.identity.workunit, digest, data)
+                    with self._lock:
+                        self._known.add(digest)
+                return digest, written
+
+            results = list(pool.map(one, range(0, max(size, 1), CHUNK_SIZE))) if size else []
+        finally:
+            os.close(fd)
+        return tuple(d for d, _ in results), sum(n for _, n in results)
+
+    # ---- restoring ----------------------------------------------------------------------------
+
+    def load(self, name: str) -> Manifest:
+        """The named checkpoint, checked: readable, intact, and this work's own."""
+        manifest = self.store.get_manifest(self.identity.job, self.identity.workunit, name)
+        if not manifest.identity.same_work(self.identity):
+            raise CorruptCheckpoint(
+                f"checkpoint {name} belongs to {manifest.identity.workunit}, not {self.identity.workunit}"
+            )
+        if manifest.engine != self.engine:
+            raise CorruptCheckpoint(
+                f"checkpoint {name} was taken by the {manifest.engine} engine, this node uses {self.engine}"
+            )
+        return manifest
+
+    def restore(self, manifest: Manifest, root: Path, *, extra_roots: dict[str, Path] | None = None) -> int:
+        """Write the checkpoint's tree under ``root``; every chunk is checked against its digest before
+        use. Returns the bytes restored. Continues numbering after it, so the next snapshot of this work
+        supersedes the restored one."""
+        roots = {"": root, **(extra_roots or {})}
+        restored = 0
+        links: list[tuple[Path, str]] = []
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="restore") as pool:
+            for entry in manifest.entries:
+                target = _place(roots, entry.path)
+                if entry.kind == "dir":
+                    target.mkdir(parents=True, exist_ok=True)
+                    os.chmod(target, entry.mode | 0o700)
+                elif entry.kind == "symlink":
+                    links.append((target, entry.target))
+                else:
+                    restored += self._restore_file(pool, entry, target)
+                    st = target.lstat()
+                    self._signatures[entry.path] = (
+                        _Signature(st.st_size, st.st_mtime_ns, st.st_ino),
+                        entry.chunks,
+                    )
+        for target, link in links:  # last, so no file is ever written through a restored link
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_symlink() or target.exists():
+                target.unlink()
+            os.symlink(link, target)
+        self.previous = manifest
+        self._seq = max(self._seq, manifest.seq)
+        self._known |= manifest.chunks
+        return restored
+
+    def _restore_file(self, pool: ThreadPoolExecutor, entry: Entry, target: Path) -> int:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.is_dir():
+            raise CorruptCheckpoint(f"{entry.path} would be written through a link or over a directory")
+        tmp = target.with_name(f".{target.name}.restore")
+        job, unit = self.identity.job, self.identity.workunit
+
+        def fetch(digest: str) -> bytes:
+            data = self.store.get_chunk(job, unit, digest)
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise CorruptCheckpoint(f"chunk {digest[:12]}… of {entry.path} is corrupt")
+            return data
+
+        size = 0
+        with tmp.open("wb") as out:
+            for data in pool.map(fetch, entry.chunks):
+                out.write(data)
+                size += len(data)
+        if size != entry.size:
+            tmp.unlink(missing_ok=True)
+            raise CorruptCheckpoint(f"{entry.path}: {size} bytes restored, the manifest says {entry.size}")
+        os.chmod(tmp, entry.mode)
+        os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
+        os.replace(tmp, target)
+        return size
+
+
+def _file_entry(name: str, st: os.stat_result, chunks: tuple[str, ...]) -> Entry:
+    return Entry(name, "file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size, chunks)
+
+
+def _place(roots: dict[str, Path], path: str) -> Path:
+    prefix, _, rest = path.partition("/")
+    if prefix in roots and prefix and rest:
+        return roots[prefix] / rest
+    return roots[""] / path
+
+
+def _walk(
+    root: Path, patterns: list[str] | None, excluded: set[str]
+) -> Iterable[tuple[str, Path, os.stat_result]]:
+    """Every path under root (not following links), parents before children, in a stable order."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = Path(dirpath)
+        rel_base = base.relative_to(root).as_posix()
+        kept_dirs = []
+        for name in dirnames:
+            rel = name if rel_base == "." else f"{rel_base}/{name}"
+            if rel in excluded:
+                continue
+            kept_dirs.append(name)
+            full = base / name
+            st = full.lstat()
+            if stat.S_ISLNK(st.st_mode):  # os.walk lists links to directories as directories
+                if _selected(rel, patterns):
+                    yield rel, full, st
+                continue
+            if patterns is None or _selected_dir(rel, patterns):
+                yield rel, full, st
+        dirnames[:] = [d for d in kept_dirs if not (base / d).is_symlink()]
+        for name in sorted(filenames):
+            rel = name if rel_base == "." else f"{rel_base}/{name}"
+            if rel in excluded or not _selected(rel, patterns):
+                continue
+            full = base / name
+            yield rel, full, full.lstat()
+
+
+def _selected(rel: str, patterns: list[str] | None) -> bool:
+    if patterns is None:
+        return True
+    return any(fnmatch.fnmatchcase(rel, p) or rel.startswith(p.rstrip("/") + "/") for p in patterns)
+
+
+def _selected_dir(rel: str, patterns: list[str]) -> bool:
+    """A directory is recorded when something under it may be selected."""
+    return any(
+        p.startswith(rel + "/") or fnmatch.fnmatchcase(rel, p) or rel.startswith(p.rstrip("/") + "/")
+        for p in patterns
+    ) or any(fnmatch.fnmatchcase(rel, p.split("/")[0]) for p in patterns if "/" in p)

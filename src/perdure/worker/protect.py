@@ -1,0 +1,125 @@
+"""A worker's spot protection: which engine this node uses, where checkpoints go, and the protection
+of each workunit it runs."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from perdure.spot import policy as policies
+from perdure.spot.engine import Availability, Engine, Run, detect
+from perdure.spot.manifest import Identity
+from perdure.spot.policy import CheckpointPolicy
+from perdure.spot.protection import Protection
+from perdure.spot.snapshot import Snapshotter
+from perdure.spot.store import CheckpointStore, DirectoryStore
+from perdure.spot.workdir import WorkdirEngine
+from perdure.worker.api import ServerAPI
+from perdure.worker.httpstore import HttpStore
+
+log = logging.getLogger("perdure.worker")
+
+
+class SpotContext:
+    def __init__(
+        self,
+        api: ServerAPI,
+        scratch: Path,
+        *,
+        engine: str = "auto",
+        criu: str = "criu",
+        store_path: str = "",
+        threads: int = 4,
+    ) -> None:
+        self.api = api
+        self.scratch = scratch
+        self.store_path = store_path
+        self.threads = threads
+        self.availability = self._choose(engine, criu)
+        self.engine_name = self.availability.engine
+        self._criu = criu
+
+    @staticmethod
+    def _choose(wanted: str, criu: str) -> Availability:
+        if wanted == "workdir":
+            return Availability("workdir", "the workdir engine was chosen in the worker settings")
+        found = detect(criu)
+        if found.engine == "criu":
+            log.info("checkpoint engine: criu (`criu check` passed)")
+        elif wanted == "criu":
+            log.error("checkpoint engine criu was asked for but %s; using workdir", found.criu_problem)
+        else:
+            log.warning("checkpoint engine: workdir, because %s", found.criu_problem)
+        return found
+
+    def facts(self) -> dict[str, Any]:
+        """What the node record shows about this node's spot protection."""
+        return {"checkpointEngine": self.engine_name, "criuProblem": self.availability.criu_problem}
+
+    def new_engine(self) -> Engine:
+        if self.engine_name == "criu":
+            from perdure.spot.criu import CriuEngine
+
+            return CriuEngine(self._criu)
+        return WorkdirEngine()
+
+    def policy(self, wu: dict[str, Any]) -> CheckpointPolicy:
+        """The workunit's policy; an override no worker can honour was refused at submit, so a bad one
+        here (an old job) falls back to the system's settings."""
+        system = wu.get("ckpt") or {}
+        environ = ((wu.get("cmd") or {}).get("environ") or {}).get("public") or {}
+        try:
+            return policies.resolve(system, wu.get("userattr") or {}, environ)
+        except ValueError as exc:
+            log.warning("%s: ignoring its checkpoint overrides: %s", wu.get("id"), exc)
+            return policies.from_system(system)
+
+    def store(self, policy: CheckpointPolicy, client_id: str) -> CheckpointStore:
+        path = self.store_path or policy.image_path
+        if path:
+            root = Path(path)
+            if root.is_dir():
+                return DirectoryStore(root)
+            log.error("checkpoint store %s is not a directory on this node; using the server's store", path)
+        return HttpStore(self.api, client_id)
+
+    def protect(
+        self, wu: dict[str, Any], client_id: str, workdir: Path, exclude: set[str], policy: CheckpointPolicy
+    ) -> Protection:
+        identity = Identity(
+            job=wu["jobid"],
+            task=wu["task_name"],
+            rank=int(wu["rank"]),
+            workunit=wu["id"],
+            attempt=int(wu.get("attempt", 0)),
+        )
+        engine = self.new_engine()
+        snapshotter = Snapshotter(self.store(policy, client_id), identity, engine.name, threads=self.threads)
+        scratch = self.scratch / re.sub(r"[^\w.-]", "_", wu["id"])
+        run = Run(identity, workdir, policy, snapshotter, exclude=exclude, scratch=scratch)
+        return Protection(run, engine, self.api, wu["id"], client_id)
+
+    def collect_garbage(self, image_path: str, keep_diagnosis: bool) -> int:
+        """Checkpoints in a shared store of jobs that are gone or completed (the server collects its own
+        store). Any node may do this: deleting what nobody needs is idempotent."""
+        path = self.store_path or image_path
+        if not path or not Path(path).is_dir():
+            return 0
+        store = DirectoryStore(Path(path))
+        collected = 0
+        for job_id in store.job_ids():
+            try:
+                state = self.api.job_state(job_id)
+            except Exception as exc:  # the server is away: try again later
+                log.debug("checkpoint collection paused: %s", exc)
+                return collected
+            if state is None or state == "deleted" or (state == "completed" and not keep_diagnosis):
+                store.delete_job(job_id)
+                collected += 1
+        return collected
+
+    def clear_scratch(self, wu_id: str) -> None:
+        shutil.rmtree(self.scratch / re.sub(r"[^\w.-]", "_", wu_id), ignore_errors=True)

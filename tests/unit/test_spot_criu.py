@@ -1,0 +1,506 @@
+"""The criu engine without CRIU: its commands, its reading of CRIU's statistics, detect(), and the
+engine's orchestration (image chain, snapshots, restore placement) against a fake ``criu``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from perdure.spot.criu import (
+    IMG_SERVICE_MAGIC,
+    STATS_MAGIC,
+    CriuEngine,
+    dump_command,
+    parse_stats,
+    pre_dump_command,
+    restore_command,
+)
+from perdure.spot.engine import Availability, Run, detect
+from perdure.spot.manifest import CheckpointError, Identity
+from perdure.spot.policy import CheckpointPolicy
+from perdure.spot.snapshot import Aborted, Snapshotter
+from perdure.spot.store import DirectoryStore
+
+# ---- commands -------------------------------------------------------------------------------------
+
+DUMP_COMMON = [
+    "--log-file",
+    "dump.log",
+    "-v4",
+    "--track-mem",
+    "--file-locks",
+    "--manage-cgroups=ignore",
+]
+
+
+def test_first_pre_dump_has_no_parent() -> None:
+    argv = pre_dump_command("criu", 42, Path("/s/images/1"), None, CheckpointPolicy())
+    assert argv == ["criu", "pre-dump", "-t", "42", "-D", "/s/images/1", *DUMP_COMMON]
+
+
+def test_pre_dump_on_a_parent_with_irmap_paths() -> None:
+    policy = CheckpointPolicy(irmap_scan_paths=("/data", "/opt/app"))
+    argv = pre_dump_command("/usr/sbin/criu", 42, Path("/s/images/3"), "../2", policy)
+    assert argv == [
+        "/usr/sbin/criu",
+        "pre-dump",
+        "-t",
+        "42",
+        "-D",
+        "/s/images/3",
+        *DUMP_COMMON,
+        "--prev-images-dir",
+        "../2",
+        "--irmap-scan-path",
+        "/data",
+        "--irmap-scan-path",
+        "/opt/app",
+    ]
+
+
+def test_dump_keeps_established_connections_only_when_they_are_closed_at_restore() -> None:
+    images = Path("/s/images/final")
+    with_tcp = dump_command("criu", 7, images, "../1", CheckpointPolicy(tcp_close=True))
+    assert with_tcp == [
+        "criu",
+        "dump",
+        "-t",
+        "7",
+        "-D",
+        "/s/images/final",
+        *DUMP_COMMON,
+        "--prev-images-dir",
+        "../1",
+        "--tcp-established",
+    ]
+    without = dump_command(
+        "criu", 7, images, None, CheckpointPolicy(tcp_close=False, irmap_scan_paths=("/d",))
+    )
+    assert without == [
+        "criu",
+        "dump",
+        "-t",
+        "7",
+        "-D",
+        "/s/images/final",
+        *DUMP_COMMON,
+        "--irmap-scan-path",
+        "/d",
+    ]
+
+
+def test_previous_images_must_be_relative() -> None:
+    with pytest.raises(ValueError, match="relative"):
+        pre_dump_command("criu", 1, Path("/s/images/2"), "/s/images/1", CheckpointPolicy())
+
+
+@pytest.mark.parametrize("tcp_close", [True, False])
+def test_restore_command(tcp_close: bool) -> None:
+    argv = restore_command(
+        "criu",
+        Path("/s/images/final"),
+        Path("/s/images/final/restore.pid"),
+        CheckpointPolicy(tcp_close=tcp_close),
+    )
+    expected = [
+        "criu",
+        "restore",
+        "-D",
+        "/s/images/final",
+        "--log-file",
+        "restore.log",
+        "-v4",
+        "--file-locks",
+        "--manage-cgroups=ignore",
+        "--pidfile",
+        "/s/images/final/restore.pid",
+    ]
+    assert argv == [*expected, "--tcp-close"] if tcp_close else expected
+
+
+# ---- statistics -----------------------------------------------------------------------------------
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def field(number: int, value: int | bytes) -> bytes:
+    if isinstance(value, int):
+        return varint(number << 3) + varint(value)
+    return varint(number << 3 | 2) + varint(len(value)) + value
+
+
+def stats_image(*entries: bytes, service: bool = True) -> bytes:
+    head = struct.pack("<II", IMG_SERVICE_MAGIC, STATS_MAGIC) if service else struct.pack("<I", STATS_MAGIC)
+    return head + b"".join(struct.pack("<I", len(e)) + e for e in entries)
+
+
+DUMP_FIGURES = {
+    "freezing_time": 1200,
+    "frozen_time": 35_000,
+    "memdump_time": 20_000,
+    "memwrite_time": 9_000,
+    "pages_scanned": 300_000,
+    "pages_skipped_parent": 250_000,
+    "pages_written": 50_000,
+    "irmap_resolve": 3,
+    "pages_lazy": 0,
+    "page_pipes": 2,
+    "page_pipe_bufs": 17,
+    "shpages_scanned": 10,
+    "shpages_skipped_parent": 4,
+    "shpages_written": 6,
+}
+
+
+def dump_entry() -> bytes:
+    body = b"".join(field(n, v) for n, v in enumerate(DUMP_FIGURES.values(), start=1))
+    # Fields of a newer CRIU, of every wire type, are skipped.
+    body += field(99, 5) + varint(100 << 3 | 1) + b"\x01" * 8 + varint(101 << 3 | 5) + b"\x02" * 4
+    body += field(102, b"later")
+    return field(1, body) + field(7, b"\x08\x01")
+
+
+def test_dump_statistics() -> None:
+    assert parse_stats(stats_image(dump_entry())) == DUMP_FIGURES
+
+
+def test_restore_statistics_and_the_old_header() -> None:
+    body = field(1, 10) + field(2, 20) + field(3, 3000) + field(4, 2**33) + field(5, 40) + field(6, 1)
+    expected = {
+        "pages_compared": 10,
+        "pages_skipped_cow": 20,
+        "forking_time": 3000,
+        "restore_time": 2**33,
+        "pages_restored": 40,
+    }
+    assert parse_stats(stats_image(field(2, body))) == expected
+    assert parse_stats(stats_image(field(2, body), service=False)) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "shorter than its magic"),
+        (b"\x00\x01", "shorter than its magic"),
+        (struct.pack("<I", IMG_SERVICE_MAGIC), "no image magic"),
+        (struct.pack("<II", IMG_SERVICE_MAGIC, 0x54564319), "not a CRIU stats image"),
+        (b"garbage garbage garbage", "not a CRIU stats image"),
+        (stats_image() + b"\x05\x00", "partial entry size"),
+        (stats_image() + struct.pack("<I", 50) + b"\x08\x01", "entry of 50 bytes, 2 left"),
+        (stats_image(b"\x0a\x05\x08"), "truncated protobuf length-delimited"),
+        (stats_image(b"\x0a\x02\x08\x80"), "truncated protobuf varint"),
+        (stats_image(b"\x0a\x01\x0b"), "wire type 3"),
+        (stats_image(b"\x00\x01"), "field number 0"),
+        (stats_image(b"\x08" + b"\xff" * 11), "longer than 10 bytes"),
+    ],
+)
+def test_garbage_statistics_are_a_clear_error(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_stats(data)
+
+
+# ---- detect() -------------------------------------------------------------------------------------
+
+
+def fake_check(bindir: Path, status: int, output: str) -> None:
+    bindir.mkdir(exist_ok=True)
+    script = bindir / "criu"
+    script.write_text(f"#!/bin/sh\nprintf '{output}' >&2\nexit {status}\n")
+    script.chmod(0o755)
+
+
+def test_detect_without_criu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    availability = detect()
+    assert (availability.engine, availability.criu_problem) == ("workdir", "criu is not installed")
+
+
+def test_detect_when_criu_check_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_check(
+        tmp_path / "bin", 1, "Warn: no userfaultfd\\n\\nError (criu/cr-check.c:1): Kernel is too old\\n"
+    )
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    availability = detect()
+    assert availability.engine == "workdir"
+    assert availability.criu_problem == (
+        "`criu check` failed on this kernel: Error (criu/cr-check.c:1): Kernel is too old"
+    )
+
+
+def test_detect_when_criu_check_fails_silently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_check(tmp_path / "bin", 3, "")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert detect().criu_problem == "`criu check` failed on this kernel: exit code 3"
+
+
+def test_detect_when_criu_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_check(tmp_path / "bin", 0, "Looks good.\\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert detect(criu_binary="criu") == Availability("criu", "")
+
+
+# ---- the engine against a fake criu ---------------------------------------------------------------
+
+#: Writes what CRIU would into -D (a log, statistics, pages, the parent link); a dump kills the tree.
+FAKE_CRIU = """\
+import json, os, signal, sys
+args = sys.argv[1:]
+def value(flag):
+    return args[args.index(flag) + 1] if flag in args else None
+images = value("-D")
+with open(os.environ["FAKE_CRIU_CALLS"], "a") as calls:
+    calls.write(json.dumps(args) + "\\n")
+with open(os.path.join(images, "dump.log"), "w") as log:
+    log.write("(00.000001) Version: fake\\n")
+    if os.environ.get("FAKE_CRIU_FAIL"):
+        log.write("(00.000100) Error (criu/cr-dump.c:1): Can't dump the tree\\n")
+        log.write("(00.000200) Unfreezing tasks into 1\\n")
+        sys.exit(1)
+    log.write("(00.000300) Dumping finished successfully\\n")
+with open(os.environ["FAKE_CRIU_STATS"], "rb") as src, open(os.path.join(images, "stats-dump"), "wb") as out:
+    out.write(src.read())
+with open(os.path.join(images, "pages-1.img"), "wb") as pages:
+    pages.write(os.urandom(4096))
+if value("--prev-images-dir"):
+    os.symlink(value("--prev-images-dir"), os.path.join(images, "parent"))
+if args[0] == "dump":
+    open(os.path.join(images, "inventory.img"), "wb").close()
+    os.killpg(int(value("-t")), signal.SIGKILL)
+"""
+
+
+@pytest.fixture
+def fake_criu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    script = tmp_path / "fake-criu"
+    script.write_text(f"#!{sys.executable}\n{FAKE_CRIU}")
+    script.chmod(0o755)
+    stats = tmp_path / "stats.bin"
+    stats.write_bytes(stats_image(dump_entry()))
+    monkeypatch.setenv("FAKE_CRIU_CALLS", str(tmp_path / "calls.jsonl"))
+    monkeypatch.setenv("FAKE_CRIU_STATS", str(stats))
+    return script
+
+
+def calls(tmp_path: Path) -> list[list[str]]:
+    lines = (tmp_path / "calls.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> DirectoryStore:
+    return DirectoryStore(tmp_path / "store")
+
+
+IDENTITY = Identity("job-1", "task", 0, "wu-1", 1)
+
+
+def make_run(tmp_path: Path, store: DirectoryStore, name: str, **policy: Any) -> Run:
+    workdir = tmp_path / name / "work"
+    workdir.mkdir(parents=True, exist_ok=True)
+    return Run(
+        identity=IDENTITY,
+        workdir=workdir,
+        policy=CheckpointPolicy(**policy),
+        snapshotter=Snapshotter(store, IDENTITY, "criu"),
+        scratch=tmp_path / name / "scratch",
+    )
+
+
+@pytest.fixture
+def running(tmp_path: Path, store: DirectoryStore) -> Iterator[Run]:
+    """A run whose process (a session leader, as the runner starts it) is reaped by a slot thread."""
+    run = make_run(tmp_path, store, "node1", irmap_scan_paths=("/data",))
+    (run.workdir / "state.txt").write_text("42\n")
+    (run.workdir / "input.dat").write_text("staged\n")
+    run.exclude = {"input.dat"}
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True, cwd=run.workdir)
+    run.pid = proc.pid
+
+    def reap() -> None:
+        proc.wait()
+        run.exited.set()
+
+    reaper = threading.Thread(target=reap, daemon=True)
+    reaper.start()
+    yield run
+    if not run.exited.is_set():
+        os.killpg(proc.pid, signal.SIGKILL)
+    reaper.join(10)
+
+
+def paths(run: Run, name: str) -> set[str]:
+    return {e.path for e in run.snapshotter.load(name).entries}
+
+
+def test_pre_dumps_chain_and_the_final_dump(
+    tmp_path: Path, store: DirectoryStore, running: Run, fake_criu: Path
+) -> None:
+    engine = CriuEngine(str(fake_criu))
+    first = engine.checkpoint(running, threading.Event())
+    second = engine.checkpoint(running, threading.Event())
+    workdir = str(running.workdir.resolve())
+    assert first.manifest.kind == second.manifest.kind == "iterative"
+    assert first.manifest.engine_data == {"restorable": False, "images": "1", "workdir": workdir}
+    assert second.manifest.engine_data["images"] == "2"
+    assert {"state.txt", "criu-images/1/pages-1.img", "criu-images/2/parent"} <= paths(
+        running, second.manifest.name
+    )
+    assert "input.dat" not in paths(running, second.manifest.name)
+    stats = engine.stats()
+    assert (stats["criu"], stats["images"], stats["pre_dump"]) == ("pre-dump", "2", DUMP_FIGURES)
+
+    taken = engine.final(running, deadline=time.monotonic() + 60)
+    assert running.exited.is_set()
+    assert taken.manifest.kind == "final"
+    assert taken.manifest.engine_data == {
+        "restorable": True,
+        "images": "final",
+        "workdir": workdir,
+        "pid": running.pid,
+    }
+    assert {
+        "criu-images/1/pages-1.img",
+        "criu-images/2/pages-1.img",
+        "criu-images/final/inventory.img",
+    } <= paths(running, taken.manifest.name)
+    assert engine.stats()["dump"] == DUMP_FIGURES
+
+    assert running.scratch is not None
+    images = running.scratch / "images"
+    made = calls(tmp_path)
+    assert [c[0] for c in made] == ["pre-dump", "pre-dump", "dump"]
+    assert "--prev-images-dir" not in made[0]
+    assert made[1][made[1].index("--prev-images-dir") + 1] == "../1"
+    assert made[2] == dump_command("x", running.pid or 0, images / "final", "../2", running.policy)[1:]
+    assert os.readlink(images / "final" / "parent") == "../2"
+
+
+def test_restore_puts_the_work_directory_back_at_its_original_path(
+    tmp_path: Path, store: DirectoryStore, running: Run, fake_criu: Path
+) -> None:
+    engine = CriuEngine(str(fake_criu))
+    engine.checkpoint(running, threading.Event())
+    taken = engine.final(running, deadline=time.monotonic() + 60)
+    original = running.workdir.resolve()
+    shutil.rmtree(tmp_path / "node1")  # the first node is gone
+
+    other = make_run(tmp_path, store, "node2", tcp_close=False)
+    other = Run(
+        identity=Identity("job-1", "task", 0, "wu-1", 2),
+        workdir=other.workdir,
+        policy=other.policy,
+        snapshotter=Snapshotter(store, Identity("job-1", "task", 0, "wu-1", 2), "criu"),
+        scratch=other.scratch,
+    )
+    other.exclude = {"input.dat"}
+    (other.workdir / "input.dat").write_text("staged\n")  # staged again on the new node
+    engine2 = CriuEngine(str(fake_criu))
+    launch = engine2.restore(other, other.snapshotter.load(taken.manifest.name))
+    assert (original / "input.dat").read_text() == "staged\n"
+    final = tmp_path / "node2" / "scratch" / "images" / "final"
+    assert (original / "state.txt").read_text() == "42\n"
+    assert not (other.workdir / "state.txt").exists()
+    assert (final / "inventory.img").is_file()
+    assert os.readlink(final / "parent") == "../1"
+    assert (final.parent / "1" / "pages-1.img").is_file()
+    assert launch.pidfile == final / "restore.pid"
+    assert launch.argv == restore_command(str(fake_criu), final, final / "restore.pid", other.policy)
+    assert engine2.stats()["workdir"] == str(original)
+    assert "restore" not in engine2.stats()
+
+    # criu restore writes its statistics once it has run; they come with the next report.
+    restore_figures = field(1, 5) + field(2, 6) + field(3, 700) + field(4, 800) + field(5, 9)
+    (final / "stats-restore").write_bytes(stats_image(field(2, restore_figures)))
+    assert engine2.stats()["restore"]["restore_time"] == 800
+
+    # The restored tree's next checkpoint starts a new chain, in the work directory where it now is.
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    other.pid = proc.pid
+    try:
+        again = engine2.checkpoint(other, threading.Event())
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert again.manifest.engine_data == {"restorable": False, "images": "1", "workdir": str(original)}
+    assert "--prev-images-dir" not in calls(tmp_path)[-1]
+    assert not final.exists()
+    assert engine2.stats()["restore"]["restore_time"] == 800
+
+
+def test_restore_refuses_a_pre_dump(running: Run, fake_criu: Path) -> None:
+    engine = CriuEngine(str(fake_criu))
+    taken = engine.checkpoint(running, threading.Event())
+    with pytest.raises(CheckpointError, match="pre-dump"):
+        engine.restore(running, taken.manifest)
+
+
+def test_without_rootfs_diff_only_the_images_are_saved(
+    tmp_path: Path, store: DirectoryStore, running: Run, fake_criu: Path
+) -> None:
+    running.policy = replace(running.policy, rootfs_diff=False)
+    taken = CriuEngine(str(fake_criu)).checkpoint(running, threading.Event())
+    assert all(p.startswith("criu-images") for p in paths(running, taken.manifest.name))
+
+
+def test_a_failed_pre_dump_breaks_the_chain(
+    tmp_path: Path, store: DirectoryStore, running: Run, fake_criu: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = CriuEngine(str(fake_criu))
+    engine.checkpoint(running, threading.Event())
+    monkeypatch.setenv("FAKE_CRIU_FAIL", "1")
+    with pytest.raises(CheckpointError, match=r"criu pre-dump failed \(exit code 1\): .*Can't dump the tree"):
+        engine.checkpoint(running, threading.Event())
+    monkeypatch.delenv("FAKE_CRIU_FAIL")
+    taken = engine.checkpoint(running, threading.Event())
+    assert taken.manifest.engine_data["images"] == "1"
+    assert "--prev-images-dir" not in calls(tmp_path)[-1]
+    assert not running.exited.is_set()
+
+
+def test_a_failed_dump_stops_the_work(
+    tmp_path: Path, store: DirectoryStore, running: Run, fake_criu: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_CRIU_FAIL", "1")
+    with pytest.raises(CheckpointError, match=r"criu dump failed.*Error \(criu/cr-dump\.c:1\)"):
+        CriuEngine(str(fake_criu)).final(running, deadline=time.monotonic() + 60)
+    assert running.exited.is_set()
+
+
+def test_a_cancelled_checkpoint_keeps_its_pre_dump(
+    tmp_path: Path, store: DirectoryStore, running: Run, fake_criu: Path
+) -> None:
+    engine = CriuEngine(str(fake_criu))
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Aborted):
+        engine.checkpoint(running, cancel)
+    engine.final(running, deadline=time.monotonic() + 60)
+    assert calls(tmp_path)[-1][calls(tmp_path)[-1].index("--prev-images-dir") + 1] == "../1"
+
+
+def test_missing_criu_is_a_checkpoint_error(tmp_path: Path, store: DirectoryStore, running: Run) -> None:
+    with pytest.raises(CheckpointError, match="could not run"):
+        CriuEngine(str(tmp_path / "no-such-criu")).checkpoint(running, threading.Event())
