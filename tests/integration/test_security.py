@@ -908,3 +908,34 @@ def test_secrets_never_appear_in_responses_or_log_files(tmp_path: Path, issuer: 
     assert stored.stat().st_mode & 0o777 == 0o600
     assert secret_key not in stored.read_text() and second_secret in stored.read_text()
     assert admin_token not in stored.read_text()
+
+
+def test_clientgroup_tokens_reach_the_spot_protection_routes_of_their_own_work(
+    secured: TestClient, issuer: Issuer
+) -> None:
+    admin = bearer(issuer.token("root", ("admin",)))
+    token = data_of(secured.post("/cgroup/lab", headers=admin))["token"]
+    other = {"Authorization": f"CG_TOKEN {data_of(secured.post('/cgroup/other', headers=admin))['token']}"}
+    job_id = submit(secured, admin, "spot")
+    worker = {"Authorization": f"CG_TOKEN {token}"}
+    data_of(secured.post("/client", files=profile("lab-1", "lab"), headers=worker))
+    wu = data_of(secured.get("/work", params={"client": "lab-1"}, headers=worker))["id"]
+    chunk = b"checkpointed state"
+    digest = hashlib.sha256(chunk).hexdigest()
+    lab = {"client": "lab-1"}
+
+    data_of(secured.put(f"/work/{wu}/ckpt/chunks/{digest}", params=lab, content=chunk, headers=worker))
+    assert secured.head(f"/work/{wu}/ckpt/chunks/{digest}", params=lab, headers=worker).status_code == 200
+    got = secured.get(f"/work/{wu}/ckpt/chunks/{digest}", params=lab, headers=worker)
+    assert got.status_code == 200 and got.content == chunk
+    record = {"ok": False, "error": "disk full"}
+    assert data_of(secured.post(f"/work/{wu}/checkpoints", params=lab, json=record, headers=worker)) == "ok"
+    assert data_of(secured.get("/checkpoints/collectable", params={"jobs": job_id}, headers=worker)) == []
+    data_of(secured.delete(f"/work/{wu}/ckpt", params=lab, headers=worker))
+
+    # Another group's token, or none, reaches none of it.
+    awe_error(secured.get(f"/work/{wu}/ckpt/chunks/{digest}", params=lab, headers=other), 401)
+    awe_error(secured.post(f"/work/{wu}/checkpoints", params=lab, json=record, headers=other), 401)
+    awe_error(secured.post(f"/work/{wu}/restores", params=lab, json={"ok": True}), 401)
+    # and a clientgroup token still opens no other route under /work/<id>/...
+    awe_error(secured.get(f"/work/{wu}/other", headers=worker), 401)

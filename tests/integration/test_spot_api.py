@@ -279,3 +279,22 @@ def test_the_sweep_deletes_checkpoints_of_finished_jobs_unless_kept_to_diagnose(
     assert (root / kept).exists() and (root / running).exists()
     assert client.delete(f"/job/{kept}?full").status_code == 200
     assert not (root / kept).exists()
+
+
+def test_nodes_learn_which_jobs_checkpoints_are_of_no_more_use(client: TestClient) -> None:
+    """What a node collecting a shared checkpoint store asks before deleting anything."""
+    register(client, "c1")
+    kept = submit(client, script(task("t"), userattr={"diagnosisMode": True}))["id"]
+    done = submit(client, script(task("t")))["id"]
+    waiting = submit(client, script(task("t")))["id"]
+    for _ in range(2):
+        work = checkout(client, "c1")
+        assert work is not None
+        report(client, work["id"], "c1")
+    unknown = "00000000-0000-0000-0000-000000000000"
+    jobs = ",".join([kept, done, waiting, unknown])
+    response = client.get(f"/checkpoints/collectable?jobs={jobs}")
+    assert response.status_code == 200
+    assert sorted(response.json()["data"]) == sorted([done, unknown])
+    too_many = ",".join(["x"] * 501)
+    assert client.get(f"/checkpoints/collectable?jobs={too_many}").status_code == 400

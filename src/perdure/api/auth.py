@@ -35,6 +35,13 @@ _WORKER_ROUTES = [
     ("DELETE", re.compile(r"^/client/[^/]+$")),
     ("PUT", re.compile(r"^/api/v1/nodes/[^/]+(/files)?$")),
     ("GET", re.compile(r"^/job/[^/]+/output/.+$")),
+    # spot protection: checkpoint and restore reports, the server's checkpoint store, collection
+    ("POST", re.compile(r"^/work/[^/]+/(checkpoints|restores|ckpt)$")),
+    ("DELETE", re.compile(r"^/work/[^/]+/ckpt$")),
+    ("GET", re.compile(r"^/work/[^/]+/ckpt/(chunks|manifests)/[^/]+$")),
+    ("HEAD", re.compile(r"^/work/[^/]+/ckpt/chunks/[^/]+$")),
+    ("PUT", re.compile(r"^/work/[^/]+/ckpt/(chunks|manifests)/[^/]+$")),
+    ("GET", re.compile(r"^/checkpoints/collectable$")),
 ]
 
 

@@ -14,12 +14,13 @@ from starlette.responses import JSONResponse, Response
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
 from perdure.api.workerauth import check_worker
+from perdure.config import to_document
 from perdure.errors import BadRequest, NotFound
 from perdure.spot.manifest import CorruptCheckpoint, Manifest
 from perdure.spot.records import CheckpointTaken, RestoreResult, parse
 from perdure.spot.snapshot import CHUNK_SIZE
 from perdure.spot.store import CheckpointMissing
-from perdure.store.spot import lease_holder_job
+from perdure.store.spot import jobs_to_collect, lease_holder_job
 from perdure.store.work import decode_workunit_id
 
 router = APIRouter()
@@ -27,6 +28,7 @@ router = APIRouter()
 #: A manifest names every file of a tree: generous, but bounded.
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_RECORD_BYTES = 256 * 1024
+MAX_COLLECT = 500
 
 
 async def _client(request: Request) -> str:
@@ -160,3 +162,21 @@ async def delete_checkpoints(work_id: str, request: Request) -> JSONResponse:
     job_id, wu_id = await _leased_job(request, work_id)
     await run_in_threadpool(ctx(request).checkpoints.delete_workunit, job_id, wu_id)
     return ok("ok")
+
+
+@router.get("/checkpoints/collectable")
+async def collectable(request: Request) -> JSONResponse:
+    """``?jobs=<id>,<id>``: which of these jobs' checkpoints nobody needs any more (gone, deleted, or
+    completed unless diagnosisMode) — for nodes that collect a shared checkpoint store."""
+    await run_in_threadpool(check_worker, request)
+    job_ids = [j for j in request.query_params.get("jobs", "").split(",") if j]
+    if len(job_ids) > MAX_COLLECT:
+        raise BadRequest(f"at most {MAX_COLLECT} jobs per request")
+    context = ctx(request)
+
+    def find() -> list[str]:
+        system = to_document(context.config.effective)["ckpt"]
+        with context.db.read() as conn:
+            return jobs_to_collect(conn, job_ids, system)
+
+    return ok(await run_in_threadpool(find))

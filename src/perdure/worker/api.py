@@ -207,15 +207,12 @@ class ServerAPI:
     def restore_result(self, wu_id: str, client_id: str, record: dict[str, Any]) -> None:
         self._json(self.http.post(f"/work/{wu_id}/restores", params={"client": client_id}, json=record))
 
-    def job_state(self, job_id: str) -> str | None:
-        """A job's state, or None when the server knows no such job."""
-        response = self.http.get(f"/job/{job_id}", params={"verbosity": "minimal"})
-        if response.status_code == 404 or (
-            response.status_code == 400 and "not found" in _message(response).lower()
-        ):
-            return None
-        document = self._json(response) or {}
-        return str(document.get("state", "")) or None
+    def collectable(self, job_ids: list[str]) -> list[str]:
+        """Of these jobs, those whose checkpoints nobody needs any more."""
+        found: list[str] = self._json(
+            self.http.get("/checkpoints/collectable", params={"jobs": ",".join(job_ids)})
+        )
+        return found
 
     def ckpt(self, method: str, wu_id: str, client_id: str, path: str, **kwargs: Any) -> httpx.Response:
         """A request to the server's checkpoint store (``/work/<id>/ckpt/...``)."""

@@ -7,11 +7,16 @@ checksum before keeping them.
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
-from perdure.spot.manifest import CorruptCheckpoint, Manifest
+from perdure.spot.manifest import CheckpointError, CorruptCheckpoint, Manifest
 from perdure.spot.store import CheckpointMissing
-from perdure.worker.api import ApiError, ServerAPI, _message
+from perdure.worker.api import ServerAPI, Stopped, _message
+
+#: How long one store request is retried while the server is unreachable.
+RETRY_FOR_S = 30.0
 
 
 class HttpStore:
@@ -26,13 +31,22 @@ class HttpStore:
                 self.api._json(response)  # raises the retryable error
             return response
 
-        return self.api.retrying(f"checkpoint store {method} {path}", send, max_delay=5.0)
+        # A checkpoint has its own deadline; a server away for long makes this one fail, not hang.
+        try:
+            return self.api.retrying(
+                f"checkpoint store {method} {path}",
+                send,
+                max_delay=5.0,
+                deadline=time.monotonic() + RETRY_FOR_S,
+            )
+        except Stopped as exc:
+            raise CheckpointError(f"the server's checkpoint store could not be reached: {exc}") from None
 
     def _check(self, response: httpx.Response, what: str) -> httpx.Response:
         if response.status_code == 404:
             raise CheckpointMissing(f"{what} is not in the server's checkpoint store")
         if response.status_code >= 400:
-            raise ApiError(response.status_code, _message(response))
+            raise CheckpointError(f"the server's checkpoint store refused {what}: {_message(response)}")
         return response
 
     def has_chunk(self, job_id: str, workunit: str, digest: str) -> bool:

@@ -253,17 +253,17 @@ class Node:
         """Final checkpoints of every running workunit, in parallel, each reported as preempted by its
         slot; then the node leaves."""
         deadline = notice.deadline
-        workers = [
-            threading.Thread(target=slot.runner.preempt, args=(deadline,), name=f"final-{slot.index}")
-            for slot in self.slots
-            if slot.runner.current
-        ]
-        for thread in workers:
-            thread.start()
-        for thread in workers:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        for slot in self.slots:
-            slot.thread.join(max(0.0, deadline - time.monotonic()))
+        handed: set[int] = set()
+        # Until every slot has stopped: a slot whose checkout was answered just as the notice came
+        # starts its work a moment later, and must be handed over too.
+        while time.monotonic() < deadline and any(slot.thread.is_alive() for slot in self.slots):
+            for slot in self.slots:
+                if slot.index not in handed and slot.runner.current:
+                    handed.add(slot.index)
+                    threading.Thread(
+                        target=slot.runner.preempt, args=(deadline,), name=f"final-{slot.index}", daemon=True
+                    ).start()
+            time.sleep(0.1)
         if any(slot.thread.is_alive() for slot in self.slots):
             log.error("hand-over did not finish before the deadline; leaving anyway")
             self.stop.set()
@@ -381,10 +381,12 @@ class Node:
     def _janitor_loop(self) -> None:
         while not self.stop.wait(60):
             settings = self.checkpoint_settings
-            with contextlib.suppress(Exception):
-                self.spot.collect_garbage(
-                    str(settings.get("ckptImagePath") or ""), bool(settings.get("diagnosisMode"))
-                )
+            try:
+                collected = self.spot.collect_garbage(str(settings.get("ckptImagePath") or ""))
+                if collected:
+                    log.info("deleted the checkpoints of %d finished job(s)", collected)
+            except Exception as exc:  # the server is away, or the store: next time
+                log.debug("checkpoint collection failed: %s", exc)
             cutoff = time.time() - self.config.keep_failed_s
             for path in self.workdir.iterdir():
                 if (

@@ -102,21 +102,17 @@ class SpotContext:
         run = Run(identity, workdir, policy, snapshotter, exclude=exclude, scratch=scratch)
         return Protection(run, engine, self.api, wu["id"], client_id)
 
-    def collect_garbage(self, image_path: str, keep_diagnosis: bool) -> int:
+    def collect_garbage(self, image_path: str) -> int:
         """Checkpoints in a shared store of jobs that are gone or completed (the server collects its own
-        store). Any node may do this: deleting what nobody needs is idempotent."""
+        store, and decides what is of no more use). Any node may do this: it is idempotent."""
         path = self.store_path or image_path
         if not path or not Path(path).is_dir():
             return 0
         store = DirectoryStore(Path(path))
+        job_ids = store.job_ids()
         collected = 0
-        for job_id in store.job_ids():
-            try:
-                state = self.api.job_state(job_id)
-            except Exception as exc:  # the server is away: try again later
-                log.debug("checkpoint collection paused: %s", exc)
-                return collected
-            if state is None or state == "deleted" or (state == "completed" and not keep_diagnosis):
+        for start in range(0, len(job_ids), 200):
+            for job_id in self.api.collectable(job_ids[start : start + 200]):
                 store.delete_job(job_id)
                 collected += 1
         return collected
