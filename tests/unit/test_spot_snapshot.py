@@ -174,3 +174,22 @@ def test_a_chunk_that_does_not_match_its_digest_is_not_stored(tmp_path: Path) ->
         store.put_chunk("job-1", "w", "0" * 64, b"data")
     with pytest.raises(ValueError):
         store.put_chunk("../job", "w", "0" * 64, b"data")
+
+
+def test_content_that_comes_back_after_a_prune_is_stored_again(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    state = work / "state.bin"
+    store = DirectoryStore(tmp_path / "store")
+    taker = snapshotter(store)
+    state.write_bytes(b"A" * 1000)
+    taker.take(work, kind="iterative", progress_s=1)
+    state.write_bytes(b"B" * 1000)
+    second = taker.take(work, kind="iterative", progress_s=2)
+    store.prune("job-1", "job-1_t_0", second.manifest.name)
+    taker.pruned_to(second.manifest)
+    state.write_bytes(b"A" * 1000)  # back to content whose chunk the prune deleted
+    third = taker.take(work, kind="iterative", progress_s=3)
+    restorer = snapshotter(store)
+    restorer.restore(restorer.load(third.manifest.name), tmp_path / "target")
+    assert (tmp_path / "target" / "state.bin").read_bytes() == b"A" * 1000

@@ -168,7 +168,7 @@ class Protection:
             return
         if restorable(taken.manifest):
             self.committed = taken.manifest
-            self._prune(taken.manifest.name)
+            self._prune(taken.manifest)
         log.info(
             "%s: checkpoint %s: %d bytes, %d written, %.2fs",
             self.wu_id,
@@ -184,10 +184,12 @@ class Protection:
         except Exception as exc:
             log.warning("%s: could not report a checkpoint failure: %s", self.wu_id, exc)
 
-    def _prune(self, keep: str) -> None:
-        store, identity = self.run.snapshotter.store, self.run.identity
+    def _prune(self, keep: Manifest) -> None:
+        snapshotter, identity = self.run.snapshotter, self.run.identity
+        # Forget first: should the prune fail halfway, a chunk is written again rather than assumed.
+        snapshotter.pruned_to(keep)
         try:
-            store.prune(identity.job, identity.workunit, keep)
+            snapshotter.store.prune(identity.job, identity.workunit, keep.name)
         except Exception as exc:  # old checkpoints cost space, not correctness
             log.warning("%s: could not prune older checkpoints: %s", self.wu_id, exc)
 
@@ -247,11 +249,6 @@ class Protection:
                 failure,
             )
         return Preemption("none", None, f"{why}; no earlier checkpoint: the work restarts from zero", failure)
-
-    def prune_to(self, reference: dict[str, Any] | None) -> None:
-        """After the server accepted the preemption: only the checkpoint it names is kept."""
-        if reference:
-            self._prune(str(reference["name"]))
 
     # ---- the end ------------------------------------------------------------------------------
 

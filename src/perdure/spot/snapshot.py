@@ -182,6 +182,12 @@ class Snapshotter:
             os.close(fd)
         return tuple(d for d, _ in results), sum(n for _, n in results)
 
+    def pruned_to(self, manifest: Manifest) -> None:
+        """The store now holds only this checkpoint's chunks: a chunk of an older one must be written
+        again if its content comes back."""
+        with self._lock:
+            self._known = set(manifest.chunks)
+
     # ---- restoring ----------------------------------------------------------------------------
 
     def load(self, name: str) -> Manifest:
