@@ -146,8 +146,12 @@ class Runner:
         with self._lock:
             if self._current is None or self._preempting.is_set():
                 return
-            self._preempting.set()
             process, protection = self._process, self._protection
+            if process is not None and (
+                process.returncode is not None or (protection is not None and protection.run.exited.is_set())
+            ):
+                return  # it finished just now: its report is on the way, and that is better than a restore
+            self._preempting.set()
         try:
             if process is None:
                 # Still staging: it never ran here, so whatever it came with still holds.
