@@ -7,6 +7,8 @@ token when tokens are required, like a status report.
 
 from __future__ import annotations
 
+import hashlib
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
@@ -16,7 +18,7 @@ from perdure.api.envelope import ok
 from perdure.api.workerauth import check_worker
 from perdure.config import to_document
 from perdure.errors import BadRequest, NotFound
-from perdure.spot.manifest import CorruptCheckpoint, Manifest
+from perdure.spot.manifest import CorruptCheckpoint, Manifest, valid_digest
 from perdure.spot.records import CheckpointTaken, RestoreResult, parse
 from perdure.spot.snapshot import CHUNK_SIZE
 from perdure.spot.store import CheckpointMissing
@@ -85,6 +87,10 @@ async def _leased_job(request: Request, work_id: str) -> tuple[str, str]:
 async def put_chunk(work_id: str, digest: str, request: Request) -> JSONResponse:
     job_id, wu_id = await _leased_job(request, work_id)
     data = await _body(request, CHUNK_SIZE)
+    if not valid_digest(digest):
+        raise BadRequest(f"invalid chunk digest {digest!r}")
+    if await run_in_threadpool(lambda: hashlib.sha256(data).hexdigest()) != digest:
+        raise BadRequest(f"chunk {digest[:12]}… does not match its digest")
     store = ctx(request).checkpoints
     try:
         written = await run_in_threadpool(store.put_chunk, job_id, wu_id, digest, data)

@@ -17,7 +17,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,17 @@ class _Signature:
     size: int
     mtime_ns: int
     inode: int
+
+
+@dataclass
+class _Reading:
+    """A file whose chunks are being read, hashed and stored."""
+
+    name: str
+    full: Path
+    st: os.stat_result
+    signature: _Signature
+    futures: list[Future[tuple[str, int]]]
 
 
 class Snapshotter:
@@ -110,21 +121,37 @@ class Snapshotter:
         patterns = list(include) if include is not None else None
         excluded = set(exclude)
         trees = [("", root), *((prefix, path) for prefix, path in (extra_roots or {}).items())]
-        entries: list[Entry] = []
+        items: list[Entry | _Reading] = []
         written = 0
+        # Chunks of every file go through one pool as the tree is walked (many small files are read
+        # in parallel too); the semaphore bounds the bytes in flight.
+        slots = threading.BoundedSemaphore(self.threads * 2)
         with ThreadPoolExecutor(self.threads, thread_name_prefix="ckpt") as pool:
-            for prefix, tree in trees:
-                for rel, full, st in _walk(tree, patterns if not prefix else None, excluded):
-                    check()
-                    name = f"{prefix}/{rel}" if prefix else rel
-                    if stat.S_ISDIR(st.st_mode):
-                        entries.append(Entry(name, "dir", stat.S_IMODE(st.st_mode)))
-                    elif stat.S_ISLNK(st.st_mode):
-                        entries.append(Entry(name, "symlink", 0o777, target=os.readlink(full)))
-                    elif stat.S_ISREG(st.st_mode):
-                        entry, n = self._file(pool, name, full, st, check)
+            try:
+                for prefix, tree in trees:
+                    for rel, full, st in _walk(tree, patterns if not prefix else None, excluded):
+                        check()
+                        name = f"{prefix}/{rel}" if prefix else rel
+                        if stat.S_ISDIR(st.st_mode):
+                            items.append(Entry(name, "dir", stat.S_IMODE(st.st_mode)))
+                        elif stat.S_ISLNK(st.st_mode):
+                            items.append(Entry(name, "symlink", 0o777, target=os.readlink(full)))
+                        elif stat.S_ISREG(st.st_mode):
+                            items.append(self._start_file(pool, slots, name, full, st, check))
+                entries: list[Entry] = []
+                for item in items:
+                    if isinstance(item, Entry):
+                        entries.append(item)
+                    else:
+                        entry, n = self._finish_file(pool, slots, item, check)
                         entries.append(entry)
                         written += n
+            except BaseException:
+                for item in items:
+                    if isinstance(item, _Reading):
+                        for future in item.futures:
+                            future.cancel()
+                raise
         check()
         self._seq += 1
         manifest = Manifest(
@@ -142,45 +169,85 @@ class Snapshotter:
         self.previous = manifest
         return Taken(manifest, written, time.monotonic() - started)
 
-    def _file(
-        self, pool: ThreadPoolExecutor, name: str, full: Path, st: os.stat_result, check: Callable[[], None]
-    ) -> tuple[Entry, int]:
+    def _start_file(
+        self,
+        pool: ThreadPoolExecutor,
+        slots: threading.BoundedSemaphore,
+        name: str,
+        full: Path,
+        st: os.stat_result,
+        check: Callable[[], None],
+    ) -> Entry | _Reading:
         signature = _Signature(st.st_size, st.st_mtime_ns, st.st_ino)
         cached = self._signatures.get(name)
         if cached is not None and cached[0] == signature and set(cached[1]) <= self._known:
-            return _file_entry(name, st, cached[1]), 0
+            return _file_entry(name, st, cached[1])
+        return _Reading(name, full, st, signature, self._submit(pool, slots, full, st.st_size, check))
+
+    def _finish_file(
+        self,
+        pool: ThreadPoolExecutor,
+        slots: threading.BoundedSemaphore,
+        reading: _Reading,
+        check: Callable[[], None],
+    ) -> tuple[Entry, int]:
+        """The file's chunks once read; a file that changed meanwhile is read again."""
         for _ in range(MAX_REREADS):
-            chunks, written = self._store_file(pool, full, st.st_size, check)
-            after = full.lstat()
-            if _Signature(after.st_size, after.st_mtime_ns, after.st_ino) == signature:
-                self._signatures[name] = (signature, chunks)
-                return _file_entry(name, st, chunks), written
-            st, signature = after, _Signature(after.st_size, after.st_mtime_ns, after.st_ino)
-        raise CheckpointError(f"{name} kept changing while it was read; will try at the next interval")
+            results = [future.result() for future in reading.futures]
+            chunks = tuple(digest for digest, _ in results)
+            written = sum(n for _, n in results)
+            after = reading.full.lstat()
+            now = _Signature(after.st_size, after.st_mtime_ns, after.st_ino)
+            if now == reading.signature:
+                self._signatures[reading.name] = (now, chunks)
+                return _file_entry(reading.name, reading.st, chunks), written
+            reading = _Reading(
+                reading.name,
+                reading.full,
+                after,
+                now,
+                self._submit(pool, slots, reading.full, after.st_size, check),
+            )
+        raise CheckpointError(
+            f"{reading.name} kept changing while it was read; will try at the next interval"
+        )
 
-    def _store_file(
-        self, pool: ThreadPoolExecutor, full: Path, size: int, check: Callable[[], None]
-    ) -> tuple[tuple[str, ...], int]:
-        fd = os.open(full, os.O_RDONLY)
+    def _submit(
+        self,
+        pool: ThreadPoolExecutor,
+        slots: threading.BoundedSemaphore,
+        full: Path,
+        size: int,
+        check: Callable[[], None],
+    ) -> list[Future[tuple[str, int]]]:
+        futures = []
+        for offset in range(0, size, CHUNK_SIZE):
+            slots.acquire()
+            try:
+                futures.append(pool.submit(self._chunk, full, offset, check, slots))
+            except BaseException:
+                slots.release()
+                raise
+        return futures
+
+    def _chunk(
+        self, full: Path, offset: int, check: Callable[[], None], slots: threading.BoundedSemaphore
+    ) -> tuple[str, int]:
         try:
-
-            def one(offset: int) -> tuple[str, int]:
-                check()
-                data = os.pread(fd, CHUNK_SIZE, offset)
-                digest = hashlib.sha256(data).hexdigest()
+            check()
+            with full.open("rb", buffering=0) as handle:
+                data = os.pread(handle.fileno(), CHUNK_SIZE, offset)
+            digest = hashlib.sha256(data).hexdigest()
+            with self._lock:
+                known = digest in self._known
+            written = 0
+            if not known:
+                written = self.store.put_chunk(self.identity.job, self.identity.workunit, digest, data)
                 with self._lock:
-                    known = digest in self._known
-                written = 0
-                if not known:
-                    written = self.store.put_chunk(self.identity.job, self.identity.workunit, digest, data)
-                    with self._lock:
-                        self._known.add(digest)
-                return digest, written
-
-            results = list(pool.map(one, range(0, max(size, 1), CHUNK_SIZE))) if size else []
+                    self._known.add(digest)
+            return digest, written
         finally:
-            os.close(fd)
-        return tuple(d for d, _ in results), sum(n for _, n in results)
+            slots.release()
 
     def pruned_to(self, manifest: Manifest) -> None:
         """The store now holds only this checkpoint's chunks: a chunk of an older one must be written

@@ -79,11 +79,11 @@ class DirectoryStore:
         return self._chunk_path(job_id, workunit, digest).exists()
 
     def put_chunk(self, job_id: str, workunit: str, digest: str, data: bytes) -> int:
+        """The caller vouches for the digest (the snapshotter has just computed it; the server's HTTP
+        route checks what arrives); hashing every byte twice would cost a quarter of a checkpoint."""
         path = self._chunk_path(job_id, workunit, digest)
         if path.exists():
             return 0
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise CorruptCheckpoint(f"chunk {digest[:12]}… does not match its digest")
         _write_atomically(path, data, durable=False)
         return len(data)
 
