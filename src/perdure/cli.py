@@ -12,13 +12,16 @@ import typer
 import uvicorn
 from rich.console import Console
 
-from perdure import __version__, cli_manage
+from perdure import __version__, cli_clients, cli_jobs, cli_manage
+from perdure.cli_common import OneLineErrors
 from perdure.metrics import cli as metrics_cli
 from perdure.settings import Settings
 from perdure.store import migrate
 from perdure.store.database import Database
 
-app = typer.Typer(help="Perdure: batch workflows that outlive their machines.", no_args_is_help=True)
+app = typer.Typer(
+    help="Perdure: batch workflows that outlive their machines.", no_args_is_help=True, cls=OneLineErrors
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(cli_manage.config_app, name="config")
@@ -26,6 +29,14 @@ app.add_typer(cli_manage.security_app, name="security")
 app.add_typer(metrics_cli.app, name="metrics")
 app.command("logs")(cli_manage.logs)
 app.command("login")(cli_manage.login)
+app.command("submit")(cli_jobs.submit)
+app.command("jobs")(cli_jobs.jobs)
+app.add_typer(cli_jobs.job_app, name="job")
+app.command("queue")(cli_jobs.queue)
+app.command("clients")(cli_clients.clients)
+app.add_typer(cli_clients.client_app, name="client")
+app.command("nodes")(cli_clients.nodes)
+app.add_typer(cli_clients.node_app, name="node")
 console = Console(stderr=True)
 
 DataDir = Annotated[

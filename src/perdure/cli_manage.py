@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from perdure.remote import Remote, RemoteError, save_login
+from perdure.cli_common import CaFile, Server, Token, connect
+from perdure.sdk import Client, PerdureError
+from perdure.sdk.connection import save_login
 
 # soft_wrap: lines go out whole (a log line, a long value), never folded at the terminal width.
 console = Console(stderr=True, soft_wrap=True)
@@ -18,31 +20,14 @@ out = Console(soft_wrap=True)
 config_app = typer.Typer(help="Read and change the server's configuration.", no_args_is_help=True)
 security_app = typer.Typer(help="Token security (AWS Cognito or any OIDC provider).", no_args_is_help=True)
 
-Server = Annotated[
-    str | None, typer.Option("--server", help="Server URL (or PERDURE_SERVER, or perdure login).")
-]
-Token = Annotated[
-    str | None, typer.Option("--token", help="Bearer token (or PERDURE_TOKEN, or perdure login).")
-]
-CaFile = Annotated[str | None, typer.Option("--ca-file", help="CA bundle to trust for HTTPS.")]
+
+def _remote(server: str | None, token: str | None, ca_file: str | None) -> Client:
+    return connect(server, token, ca_file)
 
 
-def _remote(server: str | None, token: str | None, ca_file: str | None) -> Remote:
-    return Remote(server, token, ca_file)
-
-
-def _fail(exc: RemoteError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
+def _fail(exc: PerdureError) -> typer.Exit:
+    console.print(f"[red]error:[/red] {escape(str(exc))}")
     return typer.Exit(1)
-
-
-def _lookup(document: Any, key: str) -> Any:
-    value = document
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise KeyError(key)
-        value = value[part]
-    return value
 
 
 @config_app.command("get")
@@ -54,14 +39,14 @@ def config_get(
 ) -> None:
     """Print the configuration, or one key of it."""
     try:
-        document = _remote(server, token, ca_file).json("GET", "/api/v1/config")
-    except RemoteError as exc:
+        config = _remote(server, token, ca_file).config()
+    except PerdureError as exc:
         raise _fail(exc) from None
     if key is None:
-        out.print_json(data=document)
+        out.print_json(data=config.document)
         return
     try:
-        value = _lookup(document, key)
+        value = config.get(key)
     except KeyError:
         console.print(f"[red]error:[/red] no configuration key {key!r}")
         raise typer.Exit(1) from None
@@ -84,19 +69,19 @@ def config_set(
             raise typer.Exit(2)
         kv[key] = value
     try:
-        document = _remote(server, token, ca_file).json("PUT", "/api/v1/configKV", json={"kvMap": kv})
-    except RemoteError as exc:
+        config = _remote(server, token, ca_file).set_config(kv)
+    except PerdureError as exc:
         raise _fail(exc) from None
     for key in kv:
-        out.print(f"{key} = {json.dumps(_lookup(document, key))}")
+        out.print(f"{key} = {json.dumps(config.get(key))}")
 
 
 @security_app.command("show")
 def security_show(server: Server = None, token: Token = None, ca_file: CaFile = None) -> None:
     """Print the Cognito/OIDC settings (secrets are never shown)."""
     try:
-        out.print_json(data=_remote(server, token, ca_file).json("GET", "/api/v1/security/cognito"))
-    except RemoteError as exc:
+        out.print_json(data=_remote(server, token, ca_file).security().raw)
+    except PerdureError as exc:
         raise _fail(exc) from None
 
 
@@ -120,19 +105,18 @@ def security_enable(
             "[red]error:[/red] enabling needs your admin token (--token, PERDURE_TOKEN or perdure login)"
         )
         raise typer.Exit(2)
-    body = {
-        "region": region,
-        "userPoolID": user_pool_id,
-        "clientID": client_id,
-        "identityPoolID": identity_pool_id,
-        "adminGroups": admin_groups,
-        "issuer": issuer,
-        "jwksURL": jwks_url,
-        "token": remote.token,
-    }
     try:
-        out.print_json(data=remote.json("PUT", "/api/v1/security/cognito", json=body))
-    except RemoteError as exc:
+        enabled = remote.enable_security(
+            client_id=client_id,
+            admin_groups=admin_groups,
+            region=region,
+            user_pool_id=user_pool_id,
+            identity_pool_id=identity_pool_id,
+            issuer=issuer,
+            jwks_url=jwks_url,
+        )
+        out.print_json(data=enabled.raw)
+    except PerdureError as exc:
         raise _fail(exc) from None
 
 
@@ -140,8 +124,8 @@ def security_enable(
 def security_disable(server: Server = None, token: Token = None, ca_file: CaFile = None) -> None:
     """Turn token security off (admins only)."""
     try:
-        _remote(server, token, ca_file).json("DELETE", "/api/v1/security/cognito")
-    except RemoteError as exc:
+        _remote(server, token, ca_file).disable_security()
+    except PerdureError as exc:
         raise _fail(exc) from None
     out.print("token security disabled")
 
@@ -159,12 +143,9 @@ def logs(
     """Print the server's log (base name from log.file in the configuration)."""
     remote = _remote(server, token, ca_file)
     try:
-        config = remote.json("GET", "/api/v1/config")
-        base = Path(config["log"]["file"] or "perdure.log").stem
-        path = f"/{base}-access.log" if access else f"/{base}.log"
         shown = ""
         while True:
-            text = remote.request("GET", path).text
+            text = remote.server_log(access=access)
             if text.startswith(shown):
                 out.print(text[len(shown) :], end="", markup=False, highlight=False)
             else:  # rotated: start over
@@ -173,7 +154,7 @@ def logs(
             if not follow:
                 return
             time.sleep(interval)
-    except RemoteError as exc:
+    except PerdureError as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt:
         return
@@ -185,10 +166,10 @@ def login(
     ca_file: CaFile = None,
 ) -> None:
     """Remember a server and token for later commands (in a file only you can read)."""
-    remote = Remote(server, token, ca_file)
+    remote = _remote(server, token, ca_file)
     try:
-        remote.json("GET", "/api/v1/security/cognito")
-    except RemoteError as exc:
+        remote.security()  # proves the token (with security on, every request needs a valid one)
+    except PerdureError as exc:
         raise _fail(exc) from None
-    path = save_login(remote.server, token, ca_file or "")
-    out.print(f"logged in to {remote.server}; saved to {path}")
+    path = save_login(remote.url, token, ca_file or "")
+    out.print(f"logged in to {remote.url}; saved to {path}")

@@ -1,0 +1,146 @@
+"""``perdure clients``, ``perdure client suspend|resume``, ``perdure nodes``, ``perdure node logs``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from perdure.cli_common import (
+    CaFile,
+    Json,
+    Server,
+    Token,
+    api_errors,
+    connect,
+    err,
+    fit,
+    out,
+    print_json,
+    short_time,
+    table,
+)
+
+client_app = typer.Typer(help="Suspend or resume one client (a worker slot).", no_args_is_help=True)
+node_app = typer.Typer(help="One worker machine.", no_args_is_help=True)
+
+ClientId = Annotated[str, typer.Argument(help="The client's id (see perdure clients).", show_default=False)]
+STATUS_STYLE = {"busy": "cyan", "online": "green", "suspended": "yellow", "offline": "dim"}
+
+
+def clients(
+    group: Annotated[str | None, typer.Option(help="Only clients of this client group.")] = None,
+    busy: Annotated[bool, typer.Option("--busy", help="Only clients running work now.")] = False,
+    json_: Json = False,
+    server: Server = None,
+    token: Token = None,
+    ca_file: CaFile = None,
+) -> None:
+    """The clients (worker slots) the server knows: status, host, and work done."""
+    client = connect(server, token, ca_file)
+    with api_errors():
+        found = client.clients(group=group, busy=busy)
+    if json_:
+        print_json([c.raw for c in found])
+        return
+    rows: list[list[str | Text]] = []
+    for c in found:
+        status = c.status.split("-")[-1]
+        rows.append(
+            [
+                c.id,
+                c.group,
+                Text(c.status, style=STATUS_STYLE.get(status, "")),
+                c.hostname,
+                str(len(c.current_work)),
+                str(c.total_completed),
+                str(c.total_failed),
+            ]
+        )
+    columns = table("id", "group", "status", "host", "work", "done", "failed")
+    fitted = fit(columns, rows, [("host", 10), ("group", 8), ("id", 20), ("host", 4)], out.width)
+    if found:
+        out.print(fitted)
+    err.print(f"{len(found)} client(s)", style="dim")
+
+
+def _client_op(client_id: str, what: str, server: str | None, token: str | None, ca_file: str | None) -> None:
+    client = connect(server, token, ca_file)
+    with api_errors(f"no client {client_id} on this server"):
+        message = client.suspend_client(client_id) if what == "suspend" else client.resume_client(client_id)
+    out.print(message)
+
+
+@client_app.command("suspend")
+def suspend(client_id: ClientId, server: Server = None, token: Token = None, ca_file: CaFile = None) -> None:
+    """Give the client no more work; what it holds goes back to the queue."""
+    _client_op(client_id, "suspend", server, token, ca_file)
+
+
+@client_app.command("resume")
+def resume(client_id: ClientId, server: Server = None, token: Token = None, ca_file: CaFile = None) -> None:
+    """Let a suspended client check out work again."""
+    _client_op(client_id, "resume", server, token, ca_file)
+
+
+def nodes(json_: Json = False, server: Server = None, token: Token = None, ca_file: CaFile = None) -> None:
+    """Worker machines heard from recently: host, CPUs, memory, cloud instance."""
+    client = connect(server, token, ca_file)
+    with api_errors():
+        found = client.nodes()
+    if json_:
+        print_json([n.raw for n in found])
+        return
+    rows: list[list[str | Text]] = []
+    for node in found:
+        instance = " ".join(
+            str(node.instance.get(k) or "") for k in ("instanceType", "payType") if node.instance.get(k)
+        )
+        rows.append(
+            [
+                node.id,
+                node.hostname,
+                str(node.cores),
+                f"{node.memory_mb / 1024:.1f} GiB" if node.memory_mb else "-",
+                instance or node.cloud or "-",
+                short_time(node.last_heartbeat)[11:] or "-",
+            ]
+        )
+    columns = table("id", "host", "cores", "memory", "instance", "last seen")
+    fitted = fit(columns, rows, [("host", 12), ("instance", 10), ("id", 16), ("host", 4)], out.width)
+    if found:
+        out.print(fitted)
+    err.print(f"{len(found)} node(s)", style="dim")
+
+
+@node_app.command("logs")
+def node_logs(
+    node_id: Annotated[str, typer.Argument(help="The node's id (see perdure nodes).", show_default=False)],
+    file: Annotated[
+        str | None, typer.Argument(help="A file the node ships (its path on the node); list them if absent.")
+    ] = None,
+    json_: Json = False,
+    server: Server = None,
+    token: Token = None,
+    ca_file: CaFile = None,
+) -> None:
+    """List the log files a node ships, or print one of them."""
+    client = connect(server, token, ca_file)
+    if file is None:
+        with api_errors(f"no node {node_id} on this server"):
+            files = client.node_files(node_id)
+        prefix = f"/nodes/{node_id}"
+        paths = [f.removeprefix(prefix) for f in files]
+        if json_:
+            print_json(paths)
+        else:
+            for path in paths:
+                out.print(path, markup=False)
+        return
+    with api_errors(f"node {node_id} ships no file {file}"):
+        text = client.node_file(node_id, file)
+    out.print(text, end="" if text.endswith("\n") or not text else "\n", markup=False, highlight=False)
+
+
+__all__ = ["client_app", "clients", "node_app", "nodes"]

@@ -1,0 +1,105 @@
+"""One exception family for everything the SDK raises, so a caller needs one ``except``.
+
+``PerdureError`` here is the *client side* family; the server's own ``perdure.errors`` is unrelated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PerdureError(Exception):
+    """Base of every SDK error; ``str()`` is one line fit to show a user."""
+
+    #: Whether the same request may succeed later (the server was unreachable or overloaded).
+    retryable = False
+
+
+class ApiError(PerdureError):
+    """The server answered with an error. ``message`` is the API's own text; ``payload`` the body as sent
+    (AWE's ``{"status","data","error"}`` or the management API's ``{"statusCode","errorCode",...}``)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        payload: Any = None,
+        *,
+        error_code: int | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        self.status = status
+        self.message = message
+        self.payload = payload
+        self.error_code = error_code
+        self.fields = fields or {}
+        detail = "; ".join(f"{k}: {v}" for k, v in self.fields.items())
+        super().__init__(f"{status}: {message}" + (f" ({detail})" if detail else ""))
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return self.status >= 500
+
+
+class BadRequestError(ApiError):
+    """400 (and 422): the request, or the object's state, does not allow it."""
+
+
+class AuthError(ApiError):
+    """401 (no or bad token) or 403 (not allowed)."""
+
+
+class NotFoundError(ApiError):
+    """404: no such job, workunit, client, node or file."""
+
+
+class ServerUnavailable(PerdureError):
+    """The server could not be reached, or kept answering 502/503/504 through every retry."""
+
+    retryable = True
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot reach {url}: {reason}")
+
+
+class WaitTimeout(PerdureError):
+    """``Job.wait`` gave up before the job finished; ``job`` is its last state."""
+
+    def __init__(self, job: Any, timeout: float) -> None:
+        self.job = job
+        super().__init__(f"job {job.id} is still {job.state} after {timeout:g}s")
+
+
+def error_for(status: int, payload: Any, text: str) -> ApiError:
+    """The right subclass for a status, with the message taken from either API's error shape."""
+    message, code, fields = text[:300] or f"HTTP {status}", None, None
+    if isinstance(payload, dict):
+        if isinstance(payload.get("message"), str):  # management API
+            message = payload["message"]
+            code = payload.get("errorCode") if isinstance(payload.get("errorCode"), int) else None
+            fields = payload.get("fields") if isinstance(payload.get("fields"), dict) else None
+        elif payload.get("error"):  # AWE envelope
+            error = payload["error"]
+            message = "; ".join(map(str, error)) if isinstance(error, list) else str(error)
+    cls: type[ApiError] = ApiError
+    if status in (400, 422):
+        cls = BadRequestError
+    elif status in (401, 403):
+        cls = AuthError
+    elif status == 404:
+        cls = NotFoundError
+    return cls(status, message, payload, error_code=code, fields=fields)
+
+
+__all__ = [
+    "ApiError",
+    "AuthError",
+    "BadRequestError",
+    "NotFoundError",
+    "PerdureError",
+    "ServerUnavailable",
+    "WaitTimeout",
+    "error_for",
+]

@@ -1,0 +1,160 @@
+"""The calls a worker makes, with the worker's semantics: raw documents in and out, so
+``perdure.worker`` can sit on top of this without a translation layer.
+
+Retries: idempotent calls (heartbeat, report, uploads, node inventory) follow the transport's policy;
+``register`` is a POST and is tried once. A caller that must keep trying until the server is back (the
+worker) wraps calls in its own loop and retries whatever is ``err.retryable``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+from perdure.sdk.errors import BadRequestError
+from perdure.sdk.transport import Transport
+
+#: The server's answer when a long-poll checkout found nothing.
+NO_WORK = "No eligible workunit"
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+class WorkerProtocol:
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def register(self, profile: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /client`` with the profile as a multipart file; the new client's document."""
+        files = {"profile": ("profile.json", json.dumps(dict(profile)), "application/json")}
+        document: dict[str, Any] = self.transport.awe("POST", "/client", files=files)
+        return document
+
+    def heartbeat(self, client_id: str, current_work: list[str], *, timeout: float = 15.0) -> dict[str, str]:
+        """Say what this client holds; the answer is AWE's instruction map plus ``ckpt``, ``heartbeat``
+        and ``ttl`` from the configuration."""
+        body = {"busy": bool(current_work), "current_work": {"data": current_work}}
+        reply = self.transport.awe(
+            "PUT", f"/client/{_seg(client_id)}", params={"heartbeat": ""}, json=body, timeout=timeout
+        )
+        return dict(reply or {})
+
+    def checkout(self, client_id: str, wait_s: float = 0.0, available: int = -1) -> dict[str, Any] | None:
+        """One workunit document, or None when there was nothing for this client within ``wait_s``
+        seconds (the server long-polls). Not retried: the caller's loop asks again anyway."""
+        params = {"client": client_id, "wait": str(wait_s), "available": str(available)}
+        try:
+            workunit: dict[str, Any] | None = self.transport.awe(
+                "GET", "/work", params=params, timeout=wait_s + 30.0, retry=False
+            )
+        except BadRequestError as exc:
+            if NO_WORK in exc.message:
+                return None
+            raise
+        return workunit
+
+    def secret(self, workunit_id: str, client_id: str, which: str) -> str:
+        """The job's data token (``which="datatoken"``) or the task's private environment as JSON
+        (``"privateenv"``), for the client holding the workunit only."""
+        if which not in ("datatoken", "privateenv"):
+            raise ValueError(f"which must be datatoken or privateenv, not {which!r}")
+        response = self.transport.send(
+            "GET", f"/work/{_seg(workunit_id)}", params={which: "", "client": client_id}
+        )
+        return str(response.headers.get("Datatoken" if which == "datatoken" else "Privateenv", ""))
+
+    def report(
+        self,
+        workunit_id: str,
+        client_id: str,
+        status: str,
+        computetime: int = 0,
+        files: Mapping[str, Path | bytes] | None = None,
+        *,
+        retry: bool | None = None,
+    ) -> Any:
+        """``PUT /work/<id>?status=done|fail|failed-permanent``, with ``stdout``, ``stderr``,
+        ``worknotes``, ``perf`` (or any other part the server reads) as multipart files."""
+
+        def parts() -> tuple[dict[str, Any], list[IO[bytes]]]:
+            opened: list[IO[bytes]] = []
+            built: dict[str, Any] = {}
+            for name, content in (files or {}).items():
+                if isinstance(content, Path):
+                    handle = content.open("rb")
+                    opened.append(handle)
+                    built[name] = (content.name, handle, "text/plain")
+                else:
+                    built[name] = (name, content, "application/octet-stream")
+            return built, opened
+
+        params = {"status": status, "client": client_id, "computetime": str(computetime), "report": ""}
+
+        def send() -> Any:
+            built, opened = parts()  # files are reopened for each attempt
+            try:
+                return self.transport.awe(
+                    "PUT", f"/work/{_seg(workunit_id)}", params=params, files=built or None, retry=False
+                )
+            finally:
+                for handle in opened:
+                    handle.close()
+
+        return self.transport.call_retrying("PUT", retry, send)
+
+    def upload_output(
+        self, workunit_id: str, client_id: str, filename: str, path: Path, sha256: str | None = None
+    ) -> dict[str, Any]:
+        """Stream one output file into the server's data store; the server checks ``sha256``."""
+        params = {"client": client_id, **({"sha256": sha256} if sha256 else {})}
+
+        def send() -> dict[str, Any]:
+            with path.open("rb") as handle:
+                reply: dict[str, Any] = self.transport.awe(
+                    "PUT",
+                    f"/work/{_seg(workunit_id)}/output/{quote(filename)}",
+                    params=params,
+                    content=_chunks(handle),
+                    headers={"Content-Type": "application/octet-stream"},
+                    timeout=None,
+                    retry=False,
+                )
+            return reply
+
+        return self.transport.call_retrying("PUT", None, send)  # type: ignore[no-any-return]
+
+    def deregister(self, client_id: str, *, timeout: float = 10.0) -> None:
+        """Leave: the server re-queues what this client held at once, not after the TTL."""
+        self.transport.awe("DELETE", f"/client/{_seg(client_id)}", timeout=timeout)
+
+    def put_node(
+        self, node_id: str, info: Mapping[str, Any], files: list[str], group: str | None = None
+    ) -> dict[str, Any]:
+        """Report the machine (``PUT /api/v1/nodes/<id>``) and the log files it ships."""
+        body: dict[str, Any] = {"info": dict(info), "files": files, **({"group": group} if group else {})}
+        document: dict[str, Any] = self.transport.mgmt("PUT", f"/api/v1/nodes/{_seg(node_id)}", json=body)
+        return document
+
+    def put_node_file(self, node_id: str, path: str, data: bytes) -> dict[str, Any]:
+        """Ship the tail of one advertised file (the server keeps the last 1 MiB)."""
+        document: dict[str, Any] = self.transport.mgmt(
+            "PUT",
+            f"/api/v1/nodes/{_seg(node_id)}/files",
+            params={"path": path},
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        return document
+
+
+def _chunks(handle: IO[bytes], size: int = 1024 * 1024) -> Iterator[bytes]:
+    while chunk := handle.read(size):
+        yield chunk
+
+
+__all__ = ["NO_WORK", "WorkerProtocol"]

@@ -1,0 +1,78 @@
+"""``perdure clients|client|nodes|node logs`` against a real server and a real worker: tables inside 80
+columns, ``--json`` equal to the API's documents, changes visible through the API, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.test_cli_jobs import Perdure, fits, ok, one_error_line
+from tests.integration.test_sdk import Stack, stack
+
+__all__ = ["stack"]  # the module's server and worker (a fixture)
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def perdure(stack: Stack, tmp_path: Path) -> Perdure:
+    return Perdure(stack.server.url, tmp_path / "home")
+
+
+def api_get(stack: Stack, path: str) -> object:
+    body = httpx.get(stack.server.url + path, timeout=60).json()
+    return body["data"] if path.startswith("/client") else body
+
+
+def test_clients_table_and_json(stack: Stack, perdure: Perdure) -> None:
+    run = perdure("clients")
+    lines = fits(ok(run))
+    assert lines[0].split() == ["id", "group", "status", "host", "work", "done", "failed"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == set(stack.worker.client_ids())
+    assert all(row[1] == "default" and row[2] in ("online", "busy") for row in rows.values())
+    assert run.err.strip() == "2 client(s)"
+    assert json.loads(ok(perdure("clients", "--json"))) == api_get(stack, "/client")
+    assert json.loads(ok(perdure("clients", "--group", "nobody", "--json"))) == []
+
+
+def test_client_suspend_and_resume(stack: Stack, perdure: Perdure) -> None:
+    client_id = stack.worker.client_ids()[0]
+    assert ok(perdure("client", "suspend", client_id)).strip()
+    assert api_get(stack, f"/client/{client_id}")["suspended"] is True  # type: ignore[index]
+    assert "suspended" in ok(perdure("clients"))
+    assert "already suspended" in one_error_line(perdure("client", "suspend", client_id)).lower()
+    ok(perdure("client", "resume", client_id))
+    assert api_get(stack, f"/client/{client_id}")["suspended"] is False  # type: ignore[index]
+    assert one_error_line(perdure("client", "resume", "no-such-client")) == (
+        "error: no client no-such-client on this server"
+    )
+    assert "Missing argument" in one_error_line(perdure("client", "suspend"), 2)
+
+
+def test_nodes_and_their_logs(stack: Stack, perdure: Perdure) -> None:
+    node_id = stack.worker.node_id()
+    lines = fits(ok(perdure("nodes")))
+    assert lines[0].split() == ["id", "host", "cores", "memory", "instance", "last", "seen"]
+    assert [line.split()[0] for line in lines[1:]] == [node_id]
+    assert json.loads(ok(perdure("nodes", "--json"))) == api_get(stack, "/api/v1/node")
+
+    log_file = str(stack.worker.workpath / "logs" / "worker.log")
+    assert ok(perdure("node", "logs", node_id)).splitlines() == [log_file]
+    assert json.loads(ok(perdure("node", "logs", node_id, "--json"))) == [log_file]
+    deadline = time.monotonic() + 30
+    while (run := perdure("node", "logs", node_id, log_file)).code != 0:
+        assert time.monotonic() < deadline, run
+        time.sleep(0.3)
+    served = httpx.get(f"{stack.server.url}/nodes/{node_id}{log_file}", timeout=60).text
+    assert run.out.strip() and served.startswith(run.out.rstrip("\n"))  # the log only grows meanwhile
+    assert one_error_line(perdure("node", "logs", node_id, "/etc/passwd")) == (
+        f"error: node {node_id} ships no file /etc/passwd"
+    )
+    assert (
+        one_error_line(perdure("node", "logs", "no-such-node"))
+        == "error: no node no-such-node on this server"
+    )
