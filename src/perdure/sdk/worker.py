@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-from perdure.sdk.errors import BadRequestError
+from perdure.sdk.errors import BadRequestError, NotFoundError
 from perdure.sdk.transport import Transport
 
 #: The server's answer when a long-poll checkout found nothing.
@@ -28,6 +28,7 @@ def _seg(value: str) -> str:
 class WorkerProtocol:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+        self.spot = SpotProtocol(transport)
 
     def register(self, profile: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /client`` with the profile as a multipart file; the new client's document."""
@@ -152,9 +153,89 @@ class WorkerProtocol:
         return document
 
 
+class SpotProtocol:
+    """Spot protection calls of the client holding a workunit: checkpoint and restore reports, and the
+    server's checkpoint store (``/work/<id>/ckpt/...``) for workers that share no filesystem. None is
+    retried here: checkpoints have deadlines, and the caller decides how long to keep trying."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def checkpoint_taken(self, workunit_id: str, client_id: str, record: Mapping[str, Any]) -> None:
+        self.transport.awe(
+            "POST",
+            f"/work/{_seg(workunit_id)}/checkpoints",
+            params={"client": client_id},
+            json=dict(record),
+        )
+
+    def restore_result(self, workunit_id: str, client_id: str, record: Mapping[str, Any]) -> None:
+        self.transport.awe(
+            "POST", f"/work/{_seg(workunit_id)}/restores", params={"client": client_id}, json=dict(record)
+        )
+
+    def collectable(self, job_ids: list[str]) -> list[str]:
+        """Of these jobs, those whose checkpoints nobody needs any more (gone, deleted, or completed
+        unless diagnosisMode)."""
+        found: list[str] = self.transport.awe(
+            "GET", "/checkpoints/collectable", params={"jobs": ",".join(job_ids)}
+        )
+        return found
+
+    def _store(self, method: str, workunit_id: str, client_id: str, path: str, **kwargs: Any) -> Any:
+        params = {"client": client_id, **kwargs.pop("params", {})}
+        return self.transport.send(
+            method, f"/work/{_seg(workunit_id)}/ckpt{path}", params=params, retry=False, **kwargs
+        )
+
+    def has_chunk(self, workunit_id: str, client_id: str, digest: str) -> bool:
+        try:
+            self._store("HEAD", workunit_id, client_id, f"/chunks/{_seg(digest)}")
+        except NotFoundError:
+            return False
+        return True
+
+    def put_chunk(self, workunit_id: str, client_id: str, digest: str, data: bytes) -> int:
+        """Store one chunk (the server checks it against its digest); the bytes written, 0 if present."""
+        response = self._store(
+            "PUT",
+            workunit_id,
+            client_id,
+            f"/chunks/{_seg(digest)}",
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        return int(response.json()["data"]["written"])
+
+    def get_chunk(self, workunit_id: str, client_id: str, digest: str) -> bytes:
+        content: bytes = self._store("GET", workunit_id, client_id, f"/chunks/{_seg(digest)}").content
+        return content
+
+    def put_manifest(self, workunit_id: str, client_id: str, name: str, data: bytes) -> None:
+        self._store(
+            "PUT",
+            workunit_id,
+            client_id,
+            f"/manifests/{_seg(name)}",
+            content=data,
+            headers={"Content-Type": "application/json"},
+        )
+
+    def get_manifest(self, workunit_id: str, client_id: str, name: str) -> bytes:
+        content: bytes = self._store("GET", workunit_id, client_id, f"/manifests/{_seg(name)}").content
+        return content
+
+    def prune(self, workunit_id: str, client_id: str, keep: str) -> None:
+        """Keep only the named checkpoint of the workunit (and its chunks)."""
+        self._store("POST", workunit_id, client_id, "", params={"prune": keep})
+
+    def delete(self, workunit_id: str, client_id: str) -> None:
+        self._store("DELETE", workunit_id, client_id, "")
+
+
 def _chunks(handle: IO[bytes], size: int = 1024 * 1024) -> Iterator[bytes]:
     while chunk := handle.read(size):
         yield chunk
 
 
-__all__ = ["NO_WORK", "WorkerProtocol"]
+__all__ = ["NO_WORK", "SpotProtocol", "WorkerProtocol"]

@@ -1,18 +1,22 @@
-"""The worker's narrow view of the server: every call it makes, with retries where they are safe."""
+"""The worker's narrow view of the server: every call it makes, over the SDK's worker protocol, with
+the worker's retry policy (keep trying until the node stops, or until a deadline) on top.
+
+The SDK is created with no retries of its own: a worker must outlast any outage, so this module's
+``retrying`` decides, and ``ApiError`` means the server answered and refused, so retrying cannot help.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
+from perdure.sdk import errors as sdk_errors
+from perdure.sdk.client import Client
 
 log = logging.getLogger("perdure.worker")
 T = TypeVar("T")
@@ -28,48 +32,52 @@ class ApiError(Exception):
 
 
 class Stopped(Exception):
-    """The worker is shutting down while waiting for the server."""
+    """The worker is shutting down (or out of time) while waiting for the server."""
 
 
-def _message(response: httpx.Response) -> str:
+def _retryable(exc: sdk_errors.PerdureError) -> bool:
+    return exc.retryable or (isinstance(exc, sdk_errors.ApiError) and exc.status >= 500)
+
+
+def _refusal(call: Callable[[], T]) -> T:
+    """Run an SDK call; a refusal becomes this module's ``ApiError``, anything retryable propagates."""
     try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500]
-    if isinstance(body, dict):
-        error = body.get("error") or body.get("message")
-        if isinstance(error, list) and error:
-            return str(error[0])
-        if error:
-            return str(error)
-    return response.text[:500]
+        return call()
+    except sdk_errors.ApiError as exc:
+        if _retryable(exc):
+            raise
+        raise ApiError(exc.status, exc.message) from None
 
 
 class ServerAPI:
     def __init__(self, base_url: str, *, token: str = "", ca_file: str = "", stop: threading.Event) -> None:
-        headers = {"Authorization": f"CG_TOKEN {token}"} if token else {}
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
-        self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, headers=headers, verify=verify, timeout=60.0)
+        self.client = Client(
+            base_url, token=token or None, ca_file=ca_file or None, scheme="CG_TOKEN", retries=0, stop=stop
+        )
+        self.protocol = self.client.worker
+        self.spot = self.client.worker.spot
         self.stop = stop
 
     def close(self) -> None:
-        self.http.close()
+        self.client.close()
 
     # ---- retry policy -------------------------------------------------------------------------
 
     def retrying(
         self, what: str, call: Callable[[], T], *, max_delay: float = 30.0, deadline: float | None = None
     ) -> T:
-        """Retry on network errors and 5xx with exponential backoff and jitter, until stopped (or, given
-        a ``time.monotonic()`` deadline, until then: a node being reclaimed cannot wait forever)."""
+        """Retry while the server is unreachable or failing (5xx), with exponential backoff and jitter,
+        until stopped (or, given a ``time.monotonic()`` deadline, until then: a node being reclaimed
+        cannot wait forever)."""
         delay = 0.5
         while True:
             if self.stop.is_set() and deadline is None:
                 raise Stopped(what)
             try:
-                return call()
-            except (httpx.TransportError, _ServerBusy) as exc:
+                return _refusal(call)
+            except sdk_errors.PerdureError as exc:
+                if not _retryable(exc):
+                    raise
                 wait = random.uniform(delay / 2, delay)
                 if deadline is not None and time.monotonic() + wait > deadline:
                     raise Stopped(f"{what}: out of time") from exc
@@ -80,43 +88,20 @@ class ServerAPI:
                     time.sleep(wait)
                 delay = min(max_delay, delay * 2)
 
-    def _json(self, response: httpx.Response) -> Any:
-        if response.status_code >= 500:
-            raise _ServerBusy(f"{response.status_code}: {_message(response)}")
-        if response.status_code >= 400:
-            raise ApiError(response.status_code, _message(response))
-        return response.json().get("data")
-
     # ---- the protocol -------------------------------------------------------------------------
 
     def register(self, profile: dict[str, Any]) -> dict[str, Any]:
-        files = {"profile": ("profile.json", json.dumps(profile), "application/json")}
-        document: dict[str, Any] = self.retrying(
-            "register", lambda: self._json(self.http.post("/client", files=files))
-        )
-        return document
+        return self.retrying("register", lambda: self.protocol.register(profile))
 
     def heartbeat(self, client_id: str, current_work: list[str]) -> dict[str, str]:
-        body = {"busy": bool(current_work), "current_work": {"data": current_work}}
-        response = self.http.put(f"/client/{client_id}", params={"heartbeat": ""}, json=body, timeout=15.0)
-        instructions: dict[str, str] = self._json(response) or {}
-        return instructions
+        return _refusal(lambda: self.protocol.heartbeat(client_id, current_work))
 
     def checkout(self, client_id: str, wait_s: float, available: int) -> dict[str, Any] | None:
         """One workunit, or None when the server has nothing for us after waiting."""
-        params = {"client": client_id, "wait": str(wait_s), "available": str(available)}
-        response = self.http.get("/work", params=params, timeout=wait_s + 30.0)
-        if response.status_code == 400 and "No eligible workunit" in _message(response):
-            return None
-        workunit: dict[str, Any] | None = self._json(response)
-        return workunit
+        return _refusal(lambda: self.protocol.checkout(client_id, wait_s, available))
 
     def secret(self, wu_id: str, client_id: str, which: str) -> str:
-        response = self.retrying(
-            which, lambda: self.http.get(f"/work/{wu_id}", params={which: "", "client": client_id})
-        )
-        self._json(response)
-        return str(response.headers.get("Datatoken" if which == "datatoken" else "Privateenv", ""))
+        return self.retrying(which, lambda: self.protocol.secret(wu_id, client_id, which))
 
     def report(
         self,
@@ -129,44 +114,18 @@ class ServerAPI:
         deadline: float | None = None,
     ) -> None:
         """Deliver a result until the server accepts it (or refuses it for good)."""
-
-        def send() -> None:
-            parts: dict[str, Any] = {}
-            handles = []
-            try:
-                for name, content in files.items():
-                    if isinstance(content, Path):
-                        handle = content.open("rb")
-                        handles.append(handle)
-                        parts[name] = (content.name, handle, "text/plain")
-                    else:
-                        parts[name] = (name, content, "application/octet-stream")
-                params = {
-                    "status": status,
-                    "client": client_id,
-                    "computetime": str(computetime),
-                    "report": "",
-                }
-                self._json(self.http.put(f"/work/{wu_id}", params=params, files=parts or None))
-            finally:
-                for handle in handles:
-                    handle.close()
-
-        self.retrying(f"report {status} for {wu_id}", send, max_delay=60.0, deadline=deadline)
+        self.retrying(
+            f"report {status} for {wu_id}",
+            lambda: self.protocol.report(wu_id, client_id, status, computetime, files, retry=False),
+            max_delay=60.0,
+            deadline=deadline,
+        )
 
     def upload_output(self, wu_id: str, client_id: str, filename: str, path: Path, sha256: str) -> None:
-        def send() -> None:
-            with path.open("rb") as handle:
-                response = self.http.put(
-                    f"/work/{wu_id}/output/{filename}",
-                    params={"client": client_id, "sha256": sha256},
-                    content=_chunks(handle),
-                    headers={"Content-Type": "application/octet-stream"},
-                    timeout=None,
-                )
-            self._json(response)
-
-        self.retrying(f"upload {filename} of {wu_id}", send)
+        self.retrying(
+            f"upload {filename} of {wu_id}",
+            lambda: self.protocol.upload_output(wu_id, client_id, filename, path, sha256),
+        )
 
     def download(
         self,
@@ -177,73 +136,31 @@ class ServerAPI:
         headers: dict[str, str] | None = None,
     ) -> int:
         """Stream a URL (server-relative or absolute http(s)) to a file; returns its size."""
+        return self.retrying(
+            f"download {url}", lambda: self.client.download(url, dest, params=params, headers=headers)
+        )
 
-        def fetch() -> int:
-            client = self.http if url.startswith("/") else httpx.Client(timeout=60.0, follow_redirects=True)
-            try:
-                with client.stream("GET", url, params=params, headers=headers) as response:
-                    if response.status_code >= 500:
-                        raise _ServerBusy(f"{response.status_code} from {url}")
-                    if response.status_code >= 400:
-                        response.read()
-                        raise ApiError(response.status_code, f"{url}: {_message(response)}")
-                    size = 0
-                    with dest.open("wb") as out:
-                        for chunk in response.iter_bytes(1024 * 1024):
-                            out.write(chunk)
-                            size += len(chunk)
-                    return size
-            finally:
-                if client is not self.http:
-                    client.close()
+    def deregister(self, client_id: str) -> None:
+        """Leave: the server re-queues whatever this client held at once, instead of after the TTL."""
+        _refusal(lambda: self.protocol.deregister(client_id))
 
-        return self.retrying(f"download {url}", fetch)
+    def put_node(self, node_id: str, info: dict[str, Any], files: list[str]) -> None:
+        _refusal(lambda: self.protocol.put_node(node_id, info, files))
+
+    def put_node_file(self, node_id: str, path: str, data: bytes) -> None:
+        _refusal(lambda: self.protocol.put_node_file(node_id, path, data))
 
     # ---- spot protection ----------------------------------------------------------------------
 
     def checkpoint_taken(self, wu_id: str, client_id: str, record: dict[str, Any]) -> None:
-        self._json(self.http.post(f"/work/{wu_id}/checkpoints", params={"client": client_id}, json=record))
+        _refusal(lambda: self.spot.checkpoint_taken(wu_id, client_id, record))
 
     def restore_result(self, wu_id: str, client_id: str, record: dict[str, Any]) -> None:
-        self._json(self.http.post(f"/work/{wu_id}/restores", params={"client": client_id}, json=record))
+        _refusal(lambda: self.spot.restore_result(wu_id, client_id, record))
 
     def collectable(self, job_ids: list[str]) -> list[str]:
         """Of these jobs, those whose checkpoints nobody needs any more."""
-        found: list[str] = self._json(
-            self.http.get("/checkpoints/collectable", params={"jobs": ",".join(job_ids)})
-        )
-        return found
-
-    def ckpt(self, method: str, wu_id: str, client_id: str, path: str, **kwargs: Any) -> httpx.Response:
-        """A request to the server's checkpoint store (``/work/<id>/ckpt/...``)."""
-        params = {"client": client_id, **kwargs.pop("params", {})}
-        return self.http.request(method, f"/work/{wu_id}/ckpt{path}", params=params, **kwargs)
-
-    def deregister(self, client_id: str) -> None:
-        """Leave: the server re-queues whatever this client held at once, instead of after the TTL."""
-        self._json(self.http.delete(f"/client/{client_id}", timeout=10.0))
-
-    def put_node(self, node_id: str, info: dict[str, Any], files: list[str]) -> None:
-        self._json(self.http.put(f"/api/v1/nodes/{node_id}", json={"info": info, "files": files}))
-
-    def put_node_file(self, node_id: str, path: str, data: bytes) -> None:
-        self._json(
-            self.http.put(
-                f"/api/v1/nodes/{node_id}/files",
-                params={"path": path},
-                content=data,
-                headers={"Content-Type": "application/octet-stream"},
-            )
-        )
-
-
-class _ServerBusy(Exception):
-    """A 5xx: the server is there but could not answer now."""
-
-
-def _chunks(handle: Any, size: int = 1024 * 1024) -> Iterator[bytes]:
-    while chunk := handle.read(size):
-        yield chunk
+        return _refusal(lambda: self.spot.collectable(job_ids))
 
 
 __all__ = ["ApiError", "ServerAPI", "Stopped"]

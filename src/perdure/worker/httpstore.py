@@ -8,94 +8,78 @@ checksum before keeping them.
 from __future__ import annotations
 
 import time
-
-import httpx
+from collections.abc import Callable
+from typing import TypeVar
 
 from perdure.spot.manifest import CheckpointError, CorruptCheckpoint, Manifest
 from perdure.spot.store import CheckpointMissing
-from perdure.worker.api import ServerAPI, Stopped, _message
+from perdure.worker.api import ApiError, ServerAPI, Stopped
 
 #: How long one store request is retried while the server is unreachable.
 RETRY_FOR_S = 30.0
+T = TypeVar("T")
 
 
 class HttpStore:
     def __init__(self, api: ServerAPI, client_id: str) -> None:
         self.api = api
+        self.spot = api.spot
         self.client_id = client_id
 
-    def _call(self, method: str, workunit: str, path: str, **kwargs: object) -> httpx.Response:
-        def send() -> httpx.Response:
-            response = self.api.ckpt(method, workunit, self.client_id, path, **kwargs)
-            if response.status_code >= 500:
-                self.api._json(response)  # raises the retryable error
-            return response
-
-        # A checkpoint has its own deadline; a server away for long makes this one fail, not hang.
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        """A checkpoint has its own deadline: a server away for long makes this one fail, not hang;
+        a refusal is a failed checkpoint, and a missing piece a checkpoint that cannot be restored."""
         try:
-            return self.api.retrying(
-                f"checkpoint store {method} {path}",
-                send,
-                max_delay=5.0,
-                deadline=time.monotonic() + RETRY_FOR_S,
-            )
+            return self.api.retrying(what, call, max_delay=5.0, deadline=time.monotonic() + RETRY_FOR_S)
         except Stopped as exc:
             raise CheckpointError(f"the server's checkpoint store could not be reached: {exc}") from None
-
-    def _check(self, response: httpx.Response, what: str) -> httpx.Response:
-        if response.status_code == 404:
-            raise CheckpointMissing(f"{what} is not in the server's checkpoint store")
-        if response.status_code >= 400:
-            raise CheckpointError(f"the server's checkpoint store refused {what}: {_message(response)}")
-        return response
+        except ApiError as exc:
+            if exc.status == 404:
+                raise CheckpointMissing(f"{what} is not in the server's checkpoint store") from None
+            if exc.status == 400 and what.startswith("checkpoint "):
+                raise CorruptCheckpoint(exc.message) from None
+            raise CheckpointError(f"the server's checkpoint store refused {what}: {exc.message}") from None
 
     def has_chunk(self, job_id: str, workunit: str, digest: str) -> bool:
-        return self._call("HEAD", workunit, f"/chunks/{digest}").status_code == 200
+        return self._call(
+            f"chunk {digest[:12]}", lambda: self.spot.has_chunk(workunit, self.client_id, digest)
+        )
 
     def put_chunk(self, job_id: str, workunit: str, digest: str, data: bytes) -> int:
-        response = self._check(
-            self._call(
-                "PUT",
-                workunit,
-                f"/chunks/{digest}",
-                content=data,
-                headers={"Content-Type": "application/octet-stream"},
-            ),
-            f"chunk {digest[:12]}",
+        return self._call(
+            f"chunk {digest[:12]}", lambda: self.spot.put_chunk(workunit, self.client_id, digest, data)
         )
-        return int(response.json()["data"]["written"])
 
     def get_chunk(self, job_id: str, workunit: str, digest: str) -> bytes:
-        return self._check(self._call("GET", workunit, f"/chunks/{digest}"), f"chunk {digest[:12]}…").content
+        return self._call(
+            f"chunk {digest[:12]}", lambda: self.spot.get_chunk(workunit, self.client_id, digest)
+        )
 
     def put_manifest(self, job_id: str, workunit: str, manifest: Manifest) -> int:
         data = manifest.to_bytes()
-        self._check(
-            self._call(
-                "PUT",
-                workunit,
-                f"/manifests/{manifest.name}",
-                content=data,
-                headers={"Content-Type": "application/json"},
-            ),
-            f"checkpoint {manifest.name}",
+        self._call(
+            f"manifest {manifest.name}",
+            lambda: self.spot.put_manifest(workunit, self.client_id, manifest.name, data),
         )
         return len(data)
 
     def get_manifest(self, job_id: str, workunit: str, name: str) -> Manifest:
-        response = self._call("GET", workunit, f"/manifests/{name}")
-        if response.status_code == 400:
-            raise CorruptCheckpoint(_message(response))
-        return Manifest.from_bytes(self._check(response, f"checkpoint {name}").content)
+        data = self._call(
+            f"checkpoint {name}", lambda: self.spot.get_manifest(workunit, self.client_id, name)
+        )
+        return Manifest.from_bytes(data)
 
     def prune(self, job_id: str, workunit: str, keep: str) -> None:
-        self._check(self._call("POST", workunit, "", params={"prune": keep}), f"checkpoint {keep}")
+        self._call(f"checkpoint {keep}", lambda: self.spot.prune(workunit, self.client_id, keep))
 
     def delete_workunit(self, job_id: str, workunit: str) -> None:
-        self._check(self._call("DELETE", workunit, ""), "the workunit's checkpoints")
+        self._call("the workunit's checkpoints", lambda: self.spot.delete(workunit, self.client_id))
 
     def job_ids(self) -> list[str]:
         return []  # the server collects its own store
 
     def delete_job(self, job_id: str) -> None:
         """The server collects its own store."""
+
+
+__all__ = ["HttpStore"]
