@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from perdure.sdk.client import Client
+from perdure.sdk.errors import ApiError, PerdureError
 
 console = Console()
 
@@ -55,9 +57,10 @@ class Stack:
             if self.processes[0].poll() is not None:
                 raise RuntimeError(f"the server exited; see {self.data_dir / 'logs' / 'server.log'}")
             try:
-                if httpx.get(self.url + "/", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
+                with Client(self.url, retries=0, timeout=1.0) as client:
+                    client.info()
+                return
+            except PerdureError:
                 time.sleep(0.2)
         raise RuntimeError(f"the server did not answer within {timeout:.0f}s")
 
@@ -75,14 +78,11 @@ class Stack:
         return all(p.poll() is None for p in self.processes)
 
 
-def submit(url: str, script: Path) -> dict[str, Any]:
-    with script.open("rb") as handle:
-        response = httpx.post(f"{url}/job", files={"upload": (script.name, handle, "application/json")})
-    body = response.json()
-    if response.status_code != 200:
-        raise RuntimeError(f"{script} was refused: {'; '.join(body.get('error') or [])}")
-    job: dict[str, Any] = body["data"]
-    return job
+def submit(client: Client, script: Path) -> dict[str, Any]:
+    try:
+        return client.submit(script).raw
+    except ApiError as exc:
+        raise RuntimeError(f"{script} was refused: {exc.message}") from None
 
 
 def _progress(job: dict[str, Any], elapsed: float) -> Table:
@@ -98,12 +98,12 @@ def _progress(job: dict[str, Any], elapsed: float) -> Table:
     return table
 
 
-def follow(url: str, job_id: str, timeout: float = 600.0) -> dict[str, Any]:
+def follow(client: Client, job_id: str, timeout: float = 600.0) -> dict[str, Any]:
     """Show the job's progress until it completes or stops; return its last document."""
     started = time.monotonic()
     with Live(console=console, refresh_per_second=4) as live:
         while True:
-            job: dict[str, Any] = httpx.get(f"{url}/job/{job_id}").json()["data"]
+            job = client.job(job_id).raw
             live.update(_progress(job, time.monotonic() - started))
             if job["state"] in ("completed", "suspend", "failed-permanent", "deleted"):
                 return job
@@ -112,20 +112,20 @@ def follow(url: str, job_id: str, timeout: float = 600.0) -> dict[str, Any]:
             time.sleep(0.25)
 
 
-def show_outputs(url: str, job: dict[str, Any], data_dir: Path) -> None:
-    outputs = httpx.get(f"{url}/job/{job['id']}/outputs").json()["data"]
+def show_outputs(client: Client, job: dict[str, Any], data_dir: Path) -> None:
+    outputs = client.outputs(job["id"])
     table = Table(title="outputs", expand=False)
     table.add_column("task")
     table.add_column("file")
     table.add_column("bytes", justify="right")
     table.add_column("download", overflow="fold")
     for entry in outputs:
-        table.add_row(entry["task"], entry["filename"], str(entry["size"]), url + entry["url"])
+        table.add_row(entry.task, entry.filename, str(entry.size), client.url + entry.url)
     console.print(table)
     last = outputs[-1] if outputs else None
-    if last and last["size"] <= 200:
-        text = httpx.get(url + last["url"]).text.strip()
-        console.print(f"[bold]{last['task']}/{last['filename']}[/bold]: {text}")
+    if last and last.size <= 200:
+        text = client.read_output(job["id"], last.task, last.filename).decode(errors="replace").strip()
+        console.print(f"[bold]{last.task}/{last.filename}[/bold]: {text}")
     console.print(f"stored under {data_dir / 'blobs' / 'jobs' / job['id']}")
 
 
@@ -137,14 +137,15 @@ def run(data_dir: Path, host: str, port: int, slots: int, example: Path | None, 
         console.print(f"Perdure server on [bold]{stack.url}[/bold], a worker with {slots} slot(s)")
         console.print(f"data and logs in {stack.data_dir}")
         if example is not None:
-            job = submit(stack.url, example)
-            console.print(f"submitted {example} as job {job['id']}")
-            job = follow(stack.url, job["id"])
-            if job["state"] == "completed":
-                show_outputs(stack.url, job, stack.data_dir)
-            else:
-                code = 1
-                console.print(f"[red]job ended {job['state']}[/red]: {json.dumps(job.get('error'))}")
+            with Client(stack.url) as client:
+                job = submit(client, example)
+                console.print(f"submitted {example} as job {job['id']}")
+                job = follow(client, job["id"])
+                if job["state"] == "completed":
+                    show_outputs(client, job, stack.data_dir)
+                else:
+                    code = 1
+                    console.print(f"[red]job ended {job['state']}[/red]: {json.dumps(job.get('error'))}")
         if keep_running:
             console.print("running; Ctrl-C stops the server and the worker")
             while stack.alive():
@@ -153,7 +154,7 @@ def run(data_dir: Path, host: str, port: int, slots: int, example: Path | None, 
             code = 1
     except KeyboardInterrupt:
         pass
-    except (RuntimeError, httpx.HTTPError) as exc:
+    except (RuntimeError, PerdureError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         code = 1
     finally:

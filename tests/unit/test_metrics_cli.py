@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from perdure.metrics import cli
+from perdure.sdk.client import Client
 
 runner = CliRunner()
 
@@ -16,16 +17,22 @@ runner = CliRunner()
 def fake_server(
     monkeypatch: pytest.MonkeyPatch, answers: dict[str, tuple[int, Any, dict[str, str]]]
 ) -> list[Any]:
-    """Route ``httpx.get`` to canned (status, JSON, headers) by path; returns the requests seen."""
+    """Answer the CLI's requests with canned (status, JSON, headers) by path; returns the requests seen."""
     seen: list[Any] = []
 
-    def get(url: str, params: dict[str, str] | None = None, timeout: float = 0) -> httpx.Response:
-        request = httpx.Request("GET", url, params=params)
+    def handle(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         status, body, headers = answers[request.url.path]
-        return httpx.Response(status, json=body, headers=headers, request=request)
+        return httpx.Response(status, json=body, headers=headers)
 
-    monkeypatch.setattr(cli.httpx, "get", get)
+    real = Client.from_config
+
+    def from_config(server: str | None = None, *args: Any, **kwargs: Any) -> Client:
+        client = real(server, *args, **kwargs)
+        client.transport.http = httpx.Client(base_url=client.url, transport=httpx.MockTransport(handle))
+        return client
+
+    monkeypatch.setattr(cli.Client, "from_config", from_config)
     return seen
 
 

@@ -16,6 +16,8 @@ from rich.table import Table
 
 from perdure.metrics.definitions import BY_NAME, SUMMARY_METRICS, SYSTEM, Kind, definition
 from perdure.metrics.levels import parse_duration
+from perdure.sdk.client import Client
+from perdure.sdk.errors import ApiError, ServerUnavailable
 from perdure.timeutil import format_us, now_us, parse_time
 
 app = typer.Typer(help="Metrics: per-queue summary and time series.", no_args_is_help=True)
@@ -45,19 +47,20 @@ def since_us(since: str, now: int) -> int:
 
 
 def _get(server: str, path: str, params: dict[str, str]) -> httpx.Response:
+    """A management endpoint's answer, through the SDK (with the saved login's token, if any)."""
+    client = Client.from_config(server)
     try:
-        response = httpx.get(server.rstrip("/") + path, params=params, timeout=30.0)
-    except httpx.HTTPError as exc:
-        err.print(f"[red]error:[/red] cannot reach {server}: {exc}")
+        response = client.transport.send("GET", path, params=params, timeout=30.0)
+        response.read()
+        return response
+    except ServerUnavailable as exc:
+        err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    if response.status_code != 200:
-        try:
-            message = response.json().get("message") or response.text
-        except ValueError:
-            message = response.text
-        err.print(f"[red]error:[/red] {response.status_code}: {message}")
-        raise typer.Exit(1)
-    return response
+    except ApiError as exc:
+        err.print(f"[red]error:[/red] {exc.status}: {exc.message}")
+        raise typer.Exit(1) from None
+    finally:
+        client.close()
 
 
 def human(value: float, kind: str) -> str:
