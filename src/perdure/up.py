@@ -132,6 +132,11 @@ def show_outputs(client: Client, job: dict[str, Any], data_dir: Path) -> None:
 def run(data_dir: Path, host: str, port: int, slots: int, example: Path | None, keep_running: bool) -> int:
     stack = Stack(data_dir, host, port, slots)
     code = 0
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the stack like Ctrl-C: no process is left behind
+
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         stack.start()
         console.print(f"Perdure server on [bold]{stack.url}[/bold], a worker with {slots} slot(s)")
