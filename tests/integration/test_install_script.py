@@ -223,6 +223,8 @@ def test_with_systemd_a_unit_is_written_and_started(client: TestClient, sandbox:
     assert f"EnvironmentFile=-{root}/etc/worker.env\n" in unit
     assert TOKEN not in unit  # the secret stays in the 0600 environment file
     assert "[Install]\nWantedBy=multi-user.target\n" in unit
+    # systemd stops the worker alone, and gives it longer than its hand-over deadline to checkpoint.
+    assert "KillMode=mixed\nTimeoutStopSec=150\n" in unit
     calls = (sandbox["calls"] / "systemctl.calls").read_text().splitlines()
     assert calls == ["daemon-reload", "enable perdure-worker.service", "restart perdure-worker.service"]
 

@@ -120,7 +120,9 @@ main() {{
                 'After=network-online.target' '' '[Service]' 'Type=simple'
             printf 'EnvironmentFile=-%s/worker.env\n' "$etc_dir"
             printf 'ExecStart=%s/bin/perdure %s\n' "$prefix" "$arguments"
-            printf '%s\n' 'Restart=always' 'RestartSec=5' 'TimeoutStopSec=120'
+            # SIGTERM to the worker alone (KillMode=mixed): it hands running work over, checkpointing
+            # it, within its 120 s deadline; the workunits must not get the signal from systemd first.
+            printf '%s\n' 'Restart=always' 'RestartSec=5' 'KillMode=mixed' 'TimeoutStopSec=150'
             printf 'StandardOutput=append:%s/worker.log\n' "$log_dir"
             printf '%s\n' 'StandardError=inherit' '' '[Install]' 'WantedBy=multi-user.target'
         }} > "$unit_dir/perdure-worker.service.tmp"
