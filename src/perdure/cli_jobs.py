@@ -378,6 +378,34 @@ def download(
         err.print(f"job {job_id} has no outputs yet", style="dim")
 
 
+@job_app.command("events")
+def events(
+    job_id: JobId, json_: Json = False, server: Server = None, token: Token = None, ca_file: CaFile = None
+) -> None:
+    """What happened to the job, in order (submitted, preempted, restored, failed...), and its spot
+    protection: preemptions, restores and the run time they saved."""
+    client = connect(server, token, ca_file)
+    with api_errors(_no_job(job_id)):
+        report = client.job_report(job_id)
+    spot = report.raw.get("spot") or {}
+    if json_:
+        print_json({"events": report.events, "spot": spot})
+        return
+    listing = table("time", "code", "event")
+    listing.columns[2].overflow = "fold"  # the whole story: a preemption's message says what was kept
+    listing.columns[2].no_wrap = False
+    for event in report.events:
+        time_, code = short_time(str(event.get("time", ""))), str(event.get("code", ""))
+        listing.add_row(time_, code, escape(str(event.get("message", ""))))
+    out.print(listing)
+    if spot:
+        out.print(
+            f"spot: {spot.get('preemptions', 0)} preempted, {spot.get('spotProtection', 0)} restored "
+            f"({spot.get('timeSaved', 0):.0f}s saved), {spot.get('checkpoints', 0)} checkpoints "
+            f"({spot.get('checkpointFailures', 0)} failed), {spot.get('restoreFailures', 0)} refused"
+        )
+
+
 @job_app.command("logs")
 def logs(
     job_id: JobId,

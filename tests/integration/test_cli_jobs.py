@@ -330,3 +330,18 @@ def test_tokens_from_flags_env_and_login(tmp_path: Path, issuer: Issuer) -> None
         assert one_error_line(perdure("client", "suspend", "nobody")).startswith("error: 403: ")
     finally:
         server.stop()
+
+
+def test_job_events_tell_the_story_within_80_columns(stack: Stack, perdure: Perdure, tmp_path: Path) -> None:
+    job_id = ok(perdure("submit", str(job_script(tmp_path, "cli-events")), "--wait")).strip()
+    lines = fits(ok(perdure("job", "events", job_id)))
+    assert lines[0].split() == ["time", "code", "event"]
+    # "2026-11-24 09:10  TQ  task square queued": date, time, code, message
+    codes = [line.split()[2] for line in lines[1:-1] if len(line.split()) > 2]
+    assert codes[0] == "JQ" and codes[-1] == "JD"
+    assert lines[-1] == "spot: 0 preempted, 0 restored (0s saved), 0 checkpoints (0 failed), 0 refused"
+    document = json.loads(ok(perdure("job", "events", job_id, "--json")))
+    report = api(stack, f"/job/{job_id}?report")
+    assert isinstance(report, dict)
+    assert document == {"events": report["events"], "spot": report["spot"]}
+    assert "unknown-job" in one_error_line(perdure("job", "events", "unknown-job"))
