@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.imds import TOKEN, ImdsStandIn
+from tests.imds import TOKEN, ImdsStandIn
 from tests.integration.test_worker_e2e import Api, Cluster, server_time, wait_for
 from tests.integration.workerprocess import WorkerProcess
 from tests.jobs import script

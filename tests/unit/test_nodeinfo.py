@@ -2,84 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from perdure import nodeinfo
-
-TOKEN = "AQAEAFake-imds-token=="
-METADATA = {
-    "/latest/meta-data/instance-id": "i-044f3323bfd228fd6",
-    "/latest/meta-data/instance-type": "m6i.large",
-    "/latest/meta-data/placement/availability-zone": "us-west-1a",
-    "/latest/meta-data/placement/region": "us-west-1",
-    "/latest/meta-data/instance-life-cycle": "spot",
-    "/latest/dynamic/instance-identity/document": json.dumps(
-        {"instanceId": "i-044f3323bfd228fd6", "pendingTime": "2025-03-11T23:05:22Z", "region": "us-west-1"}
-    ),
-}
-
-
-class FakeImds(BaseHTTPRequestHandler):
-    """IMDSv2: a PUT for a session token, then GETs that must carry it (403 without)."""
-
-    metadata: dict[str, str] = METADATA
-    seen: list[tuple[str, str, str | None]]
-
-    def do_PUT(self) -> None:
-        self.seen.append(("PUT", self.path, self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")))
-        if self.path != "/latest/api/token" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
-            self._send(400, "")
-            return
-        self._send(200, TOKEN)
-
-    def do_GET(self) -> None:
-        self.seen.append(("GET", self.path, self.headers.get("X-aws-ec2-metadata-token")))
-        if self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
-            self._send(403, "Forbidden")
-        elif self.path in self.metadata:
-            self._send(200, self.metadata[self.path])
-        else:
-            self._send(404, "Not Found")
-
-    def _send(self, status: int, body: str) -> None:
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+from tests.imds import METADATA, TOKEN, ImdsStandIn
 
 
 @pytest.fixture
-def imds() -> Iterator[tuple[str, list[tuple[str, str, str | None]]]]:
-    seen: list[tuple[str, str, str | None]] = []
-    handler = type("Handler", (FakeImds,), {"seen": seen})
-    for url in _serve(handler):
-        yield url, seen
+def imds() -> Iterator[ImdsStandIn]:
+    with ImdsStandIn() as service:
+        yield service
 
 
 def _closed_port() -> str:
@@ -128,8 +66,8 @@ def test_a_silent_metadata_service_does_not_hang_the_node() -> None:
     assert info["instance"] == {} and info["cloud"] == ""
 
 
-def test_imdsv2_instance_facts(imds: tuple[str, list[tuple[str, str, str | None]]]) -> None:
-    url, seen = imds
+def test_imdsv2_instance_facts(imds: ImdsStandIn) -> None:
+    url, seen = imds.url, imds.seen
     info = nodeinfo.collect(url + "/", timeout=2.0)
     assert info["cloud"] == "aws"
     assert info["instance"] == {
@@ -144,11 +82,8 @@ def test_imdsv2_instance_facts(imds: tuple[str, list[tuple[str, str, str | None]
     assert all(token == TOKEN for method, _, token in seen if method == "GET")
 
 
-def test_the_stand_in_refuses_calls_without_the_session_token(
-    imds: tuple[str, list[tuple[str, str, str | None]]],
-) -> None:
-    url, _ = imds
-    assert httpx.get(f"{url}/latest/meta-data/instance-id", trust_env=False).status_code == 403
+def test_the_stand_in_refuses_calls_without_the_session_token(imds: ImdsStandIn) -> None:
+    assert httpx.get(f"{imds.url}/latest/meta-data/instance-id", trust_env=False).status_code == 401
 
 
 def test_on_demand_instance_and_region_from_the_zone() -> None:
@@ -158,23 +93,16 @@ def test_on_demand_instance_and_region_from_the_zone() -> None:
         if k not in ("/latest/meta-data/placement/region", "/latest/dynamic/instance-identity/document")
     }
     metadata["/latest/meta-data/instance-life-cycle"] = "on-demand"
-    seen: list[tuple[str, str, str | None]] = []
-    handler = type("Handler", (FakeImds,), {"seen": seen, "metadata": metadata})
-    for url in _serve(handler):
-        instance = nodeinfo.collect(url)["instance"]
+    with ImdsStandIn(metadata) as service:
+        instance = nodeinfo.collect(service.url)["instance"]
         assert instance["payType"] == "OnDemand"
         assert instance["region"] == "us-west-1"
         assert instance["createTime"] == ""
 
 
 def test_a_service_that_refuses_tokens_is_treated_as_absent() -> None:
-    class NoToken(FakeImds):
-        def do_PUT(self) -> None:
-            self._send(404, "")
-
-    handler = type("Handler", (NoToken,), {"seen": []})
-    for url in _serve(handler):
-        info = nodeinfo.collect(url)
+    with ImdsStandIn(tokens=False) as service:
+        info = nodeinfo.collect(service.url)
         assert info["instance"] == {} and info["cloud"] == ""
 
 

@@ -3,14 +3,11 @@ recommendation, and drain requests left by `perdure worker drain`."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,67 +20,16 @@ from perdure.spot.interruption import (
     request_drain,
     take_drain_request,
 )
-
-TOKEN = "fake-imds-token"
-
-
-class Imds:
-    """IMDSv2: a PUT for a token; GETs without it are refused (401)."""
-
-    def __init__(self) -> None:
-        self.action: str | None = None
-        self.rebalance: str | None = None
-        self.token_requests = 0
-        handler = self._handler()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        imds = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _send(self, code: int, body: str = "") -> None:
-                data = body.encode()
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_PUT(self) -> None:
-                if self.path == "/latest/api/token" and self.headers.get(
-                    "X-aws-ec2-metadata-token-ttl-seconds"
-                ):
-                    imds.token_requests += 1
-                    self._send(200, TOKEN)
-                else:
-                    self._send(400)
-
-            def do_GET(self) -> None:
-                if self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
-                    self._send(401)
-                elif self.path == "/latest/meta-data/spot/instance-action" and imds.action:
-                    self._send(200, imds.action)
-                elif self.path == "/latest/meta-data/events/recommendations/rebalance" and imds.rebalance:
-                    self._send(200, imds.rebalance)
-                else:
-                    self._send(404)
-
-        return Handler
+from tests.imds import TOKEN, ImdsStandIn
 
 
 @pytest.fixture
-def imds() -> Iterator[Imds]:
-    service = Imds()
-    yield service
-    service.server.shutdown()
-    service.server.server_close()
+def imds() -> Iterator[ImdsStandIn]:
+    with ImdsStandIn() as service:
+        yield service
 
 
-def watch(imds: Imds, stop: threading.Event) -> tuple[list[Notice], list[str], ImdsWatcher]:
+def watch(imds: ImdsStandIn, stop: threading.Event) -> tuple[list[Notice], list[str], ImdsWatcher]:
     notices: list[Notice] = []
     rebalances: list[str] = []
     watcher = ImdsWatcher(imds.url, notices.append, rebalances.append, stop, poll_s=0.05, deadline_s=120)
@@ -91,28 +37,28 @@ def watch(imds: Imds, stop: threading.Event) -> tuple[list[Notice], list[str], I
     return notices, rebalances, watcher
 
 
-def test_spot_notice_with_a_deadline_before_the_stop_time(imds: Imds) -> None:
+def test_spot_notice_with_a_deadline_before_the_stop_time(imds: ImdsStandIn) -> None:
     stop = threading.Event()
     notices, rebalances, watcher = watch(imds, stop)
     time.sleep(0.3)
     assert notices == [] and watcher.is_alive()
-    imds.rebalance = '{"noticeTime": "2026-11-24T08:00:00Z"}'
+    imds.recommend_rebalance()
     time.sleep(0.3)
-    assert rebalances == ['{"noticeTime": "2026-11-24T08:00:00Z"}']  # once, however often it is seen
-    when = (datetime.now(UTC) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    imds.action = json.dumps({"action": "terminate", "time": when})
+    assert len(rebalances) == 1 and "noticeTime" in rebalances[0]  # once, however often it is seen
+    imds.interrupt(in_s=60)
     watcher.join(5)
     assert not watcher.is_alive()
     (notice,) = notices
     assert notice.source == "spot" and "terminate" in notice.detail and not notice.finish
     left = notice.deadline - time.monotonic()
     assert 40 < left < 55  # 60 s to the stop, less the safety margin: sooner than the 120 s default
-    assert imds.token_requests == 1  # the session token is reused
+    assert [method for method, *_ in imds.seen].count("PUT") == 1  # the session token is reused
+    assert all(token == TOKEN for method, _, token in imds.seen if method == "GET")
     stop.set()
 
 
-def test_an_unreadable_action_still_gives_a_notice_with_the_default_deadline(imds: Imds) -> None:
-    imds.action = "not json"
+def test_an_unreadable_action_still_gives_a_notice_with_the_default_deadline(imds: ImdsStandIn) -> None:
+    imds.announce("not json")
     notices, _, watcher = watch(imds, threading.Event())
     watcher.join(5)
     (notice,) = notices

@@ -43,25 +43,17 @@ class SpotStore:
             now = now_us()
             node_id = _node_of(conn, client_id)
             reference = record.reference()
-            _add(
+            _checkpoint_outcome(
                 conn,
                 wu,
-                "checkpoint" if record.ok else "checkpoint-failed",
                 now,
                 client_id,
                 node_id,
+                ok=record.ok,
                 duration_s=record.duration_s,
                 size=record.size,
                 written=record.written,
                 detail={"name": record.name, "error": record.error, "stats": record.stats},
-            )
-            metrics.checkpoint_taken(
-                conn,
-                wu.clientgroups,
-                node_id,
-                ok=record.ok,
-                duration_s=record.duration_s,
-                size_bytes=record.size,
             )
             if reference is not None:
                 conn.execute(update(workunits).where(workunits.c.id == wu.id).values(checkpoint=reference))
@@ -136,20 +128,17 @@ def preempt(conn: Connection, wu: Any, client_id: str, preemption: Preemption, n
     node_id = _node_of(conn, client_id)
     final = preemption.final
     if final is not None:
-        _add(
+        _checkpoint_outcome(
             conn,
             wu,
-            "checkpoint" if final.ok else "checkpoint-failed",
             now,
             client_id,
             node_id,
+            ok=final.ok,
             duration_s=final.duration_s,
             size=final.size,
             written=final.written,
             detail={"kind": "final", "error": final.error, "stats": final.stats},
-        )
-        metrics.checkpoint_taken(
-            conn, wu.clientgroups, node_id, ok=final.ok, duration_s=final.duration_s, size_bytes=final.size
         )
     _add(
         conn,
@@ -209,25 +198,53 @@ def job_summary(conn: Connection, job_id: str) -> dict[str, Any]:
     }
 
 
-def _leased(conn: Connection, wu_id: str, client_id: str) -> Any:
+def _leased(conn: Connection, wu_id: str, client_id: str, *, lock: bool = True) -> Any:
+    """The workunit, if this client holds its lease (locked for the transaction's update)."""
     from perdure.store.work import LeaseLost  # the work store imports this module
 
-    wu = conn.execute(
-        select(
-            workunits.c.id,
-            workunits.c.job_id,
-            workunits.c.state,
-            workunits.c.client_id,
-            workunits.c.clientgroups,
-        )
-        .where(workunits.c.id == wu_id)
-        .with_for_update()
-    ).one_or_none()
+    query = select(
+        workunits.c.id,
+        workunits.c.job_id,
+        workunits.c.state,
+        workunits.c.client_id,
+        workunits.c.clientgroups,
+    ).where(workunits.c.id == wu_id)
+    wu = conn.execute(query.with_for_update() if lock else query).one_or_none()
     if wu is None:
         raise NotFound(f"no workunit found with id {wu_id}")
     if wu.state != WorkunitState.CHECKOUT or wu.client_id != client_id:
         raise LeaseLost(f"workunit {wu_id} is not checked out by client {client_id}")
     return wu
+
+
+def _checkpoint_outcome(
+    conn: Connection,
+    wu: Any,
+    now: int,
+    client_id: str,
+    node_id: str,
+    *,
+    ok: bool,
+    duration_s: float,
+    size: int,
+    written: int,
+    detail: dict[str, Any],
+) -> None:
+    """A checkpoint taken or failed: in the job's accounting and in the metrics."""
+    kind = "checkpoint" if ok else "checkpoint-failed"
+    _add(
+        conn,
+        wu,
+        kind,
+        now,
+        client_id,
+        node_id,
+        duration_s=duration_s,
+        size=size,
+        written=written,
+        detail=detail,
+    )
+    metrics.checkpoint_taken(conn, wu.clientgroups, node_id, ok=ok, duration_s=duration_s, size_bytes=size)
 
 
 def _node_of(conn: Connection, client_id: str) -> str:
@@ -299,17 +316,4 @@ def _diagnosis(conn: Connection, job: Any, system: Mapping[str, Any]) -> bool:
 def lease_holder_job(db: Database, wu_id: str, client_id: str) -> str:
     """The job of a workunit the client holds (what its checkpoint store requests may touch)."""
     with db.read() as conn:
-        return str(_leased_for_read(conn, wu_id, client_id).job_id)
-
-
-def _leased_for_read(conn: Connection, wu_id: str, client_id: str) -> Any:
-    from perdure.store.work import LeaseLost
-
-    wu = conn.execute(
-        select(workunits.c.job_id, workunits.c.state, workunits.c.client_id).where(workunits.c.id == wu_id)
-    ).one_or_none()
-    if wu is None:
-        raise NotFound(f"no workunit found with id {wu_id}")
-    if wu.state != WorkunitState.CHECKOUT or wu.client_id != client_id:
-        raise LeaseLost(f"workunit {wu_id} is not checked out by client {client_id}")
-    return wu
+        return str(_leased(conn, wu_id, client_id, lock=False).job_id)

@@ -1,4 +1,4 @@
-"""A local stand-in for the AWS instance metadata service (IMDSv2), for workers under test.
+"""A local stand-in for the AWS instance metadata service (IMDSv2), for nodes and workers under test.
 
 IMDSv2: a ``PUT /latest/api/token`` (with ``X-aws-ec2-metadata-token-ttl-seconds``) gives a session
 token; every ``GET`` must carry it in ``X-aws-ec2-metadata-token`` (401 without or with a wrong one).
@@ -39,8 +39,10 @@ def iso_z(when: datetime) -> str:
 class ImdsStandIn:
     """An IMDSv2 server on a loopback port; ``url`` is what ``PERDURE_WORKER_IMDS_ENDPOINT`` takes."""
 
-    def __init__(self, metadata: dict[str, str] | None = None) -> None:
+    def __init__(self, metadata: dict[str, str] | None = None, *, tokens: bool = True) -> None:
+        """``tokens=False``: a service that hands out no session token (404), as some proxies do."""
         self.metadata = dict(METADATA if metadata is None else metadata)
+        self.tokens = tokens
         #: (method, path, token header) of every request, in order.
         self.seen: list[tuple[str, str, str | None]] = []
         #: ``time.time()`` when the interruption notice was first served (None until then).
@@ -52,7 +54,9 @@ class ImdsStandIn:
             def do_PUT(self) -> None:
                 ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
                 owner._saw("PUT", self.path, ttl)
-                if self.path != "/latest/api/token" or not ttl:
+                if not owner.tokens:
+                    self._send(404, "")
+                elif self.path != "/latest/api/token" or not ttl:
                     self._send(400, "")
                 else:
                     self._send(200, TOKEN)
@@ -93,6 +97,11 @@ class ImdsStandIn:
         with self._lock:
             self.metadata[INSTANCE_ACTION] = body
         return body
+
+    def announce(self, body: str) -> None:
+        """Serve exactly this ``spot/instance-action`` body (a malformed one, say)."""
+        with self._lock:
+            self.metadata[INSTANCE_ACTION] = body
 
     def recommend_rebalance(self) -> None:
         notice = json.dumps({"noticeTime": iso_z(datetime.now(UTC))})
