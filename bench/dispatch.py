@@ -10,7 +10,11 @@ it stays between about 3/4 Q and Q deep. It prints workunits/s, checkout and rep
 
     .venv/bin/python bench/dispatch.py [--db sqlite|postgresql|both] [--clients 32]
                                        [--queued 1000,100000] [--measure 3000] [--server-workers 1]
-                                       [--task-size 1000] [--http raw|httpx] [--pg-analyze]
+                                       [--task-size 1000] [--http raw|httpx] [--next] [--pg-analyze]
+
+With ``--next`` each report after a worker's first checkout also asks for its next workunit
+(``PUT /work/<id>?status=done&client=<id>&next``, Perdure's extension): one request per workunit, whose
+latency is counted as both the report's and the checkout's.
 
 CPU is per process, sampled at both ends of the measured window: PostgreSQL backends that the server's
 pool opens and closes inside the window are not counted (the "sessions opened" figure shows how many).
@@ -333,36 +337,59 @@ class Run:
     def depth(self) -> int:
         return self.queued + self.topped_up - self.claimed
 
+    def note_depth(self) -> None:
+        depth = self.depth()
+        self.depth_min, self.depth_max = min(self.depth_min, depth), max(self.depth_max, depth)
 
-async def worker_loop(http: Http, client_id: str, run: Run) -> None:
+
+async def worker_loop(http: Http, client_id: str, run: Run, combined: bool = False) -> None:
+    """Check out, report done, again. ``combined``: after the first checkout, each report asks for the
+    next workunit too (``PUT /work/<id>?status=done&client=<id>&next``, Perdure's extension), and its
+    latency counts as both the report's and the checkout's."""
     client = quote(client_id)
-    while run.claimed < run.target and time.monotonic() < run.deadline:
-        run.claimed += 1
+    held: str | None = None
+    while True:
+        more = run.claimed < run.target and time.monotonic() < run.deadline
+        if held is None:
+            if not more:
+                return
+            run.claimed += 1
+            timed = run.started.is_set()
+            t0 = time.perf_counter()
+            status, body = await http.request("GET", f"/work?client={client}")
+            t1 = time.perf_counter()
+            if status == 400 and b"No eligible workunit" in body:
+                run.claimed -= 1
+                run.empty += 1
+                await asyncio.sleep(0.005)
+                continue
+            if status != 200:
+                run.claimed -= 1
+                run.error(f"checkout -> {status}: {body[:300]!r}")
+                await asyncio.sleep(0.05)
+                continue
+            held = json.loads(body)["data"]["id"]
+            run.note_depth()
+            if timed:
+                run.checkout_ms.append((t1 - t0) * 1000)
+            continue
+        ask_next = combined and more
+        if ask_next:
+            run.claimed += 1
         timed = run.started.is_set()
-        t0 = time.perf_counter()
-        status, body = await http.request("GET", f"/work?client={client}")
         t1 = time.perf_counter()
-        if status == 400 and b"No eligible workunit" in body:
-            run.claimed -= 1
-            run.empty += 1
-            await asyncio.sleep(0.005)
-            continue
-        if status != 200:
-            run.claimed -= 1
-            run.error(f"checkout -> {status}: {body[:300]!r}")
-            await asyncio.sleep(0.05)
-            continue
-        wu_id = json.loads(body)["data"]["id"]
-        depth = run.depth()
-        run.depth_min, run.depth_max = min(run.depth_min, depth), max(run.depth_max, depth)
-        status, body = await http.request("PUT", f"/work/{quote(wu_id)}?status=done&client={client}")
+        path = f"/work/{quote(held)}?status=done&client={client}" + ("&next" if ask_next else "")
+        status, body = await http.request("PUT", path)
         t2 = time.perf_counter()
+        reported, held = held, None
         if status != 200 or b'"ok"' not in body:
-            run.error(f"report of {wu_id} -> {status}: {body[:300]!r}")
+            run.claimed -= ask_next
+            run.error(f"report of {reported} -> {status}: {body[:300]!r}")
             continue
         if timed:
-            run.checkout_ms.append((t1 - t0) * 1000)
             run.report_ms.append((t2 - t1) * 1000)
+            if ask_next:
+                run.checkout_ms.append((t2 - t1) * 1000)
         run.done += 1
         if run.done == run.warmup:
             run.t_start = time.perf_counter()
@@ -370,6 +397,20 @@ async def worker_loop(http: Http, client_id: str, run: Run) -> None:
         elif run.done == run.target:
             run.t_end = time.perf_counter()
             run.finished.set()
+        if ask_next:
+            answer = json.loads(body)
+            if answer.get("next"):
+                held = answer["next"]["id"]
+                run.note_depth()
+                continue
+            run.claimed -= 1
+            failure = answer.get("next_error") or {}
+            if "No eligible workunit" in " ".join(failure.get("error") or []):
+                run.empty += 1
+                await asyncio.sleep(0.005)
+            else:
+                run.error(f"next checkout after {reported}: {failure}")
+                await asyncio.sleep(0.05)
 
 
 async def top_up(url: str, run: Run) -> None:
@@ -389,7 +430,9 @@ async def top_up(url: str, run: Run) -> None:
                 await asyncio.sleep(0.01)
 
 
-async def drive(url: str, port: int, client_ids: list[str], run: Run, kind: str) -> None:
+async def drive(
+    url: str, port: int, client_ids: list[str], run: Run, kind: str, combined: bool = False
+) -> None:
     limits = httpx.Limits(max_connections=len(client_ids), max_keepalive_connections=len(client_ids))
     shared = httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits)
     https: list[Http] = [
@@ -397,7 +440,9 @@ async def drive(url: str, port: int, client_ids: list[str], run: Run, kind: str)
     ]
     filler = asyncio.create_task(top_up(url, run))
     try:
-        await asyncio.gather(*(worker_loop(h, c, run) for h, c in zip(https, client_ids, strict=True)))
+        await asyncio.gather(
+            *(worker_loop(h, c, run, combined) for h, c in zip(https, client_ids, strict=True))
+        )
     finally:
         filler.cancel()
         with suppress(asyncio.CancelledError):
@@ -448,7 +493,8 @@ def run_one(kind: str, db_url: str | None, queued: int, work_dir: Path, args: ar
     result = Result(kind, queued)
     server = Server(work_dir / "data", db_url, args.server_workers)
     label = f"{kind}, {queued:,} queued, {args.clients} clients, {args.server_workers} server worker(s)"
-    print(f"\n=== {label}, {args.http} client ===", flush=True)
+    mode = "report+next in one request" if args.next else "checkout and report"
+    print(f"\n=== {label}, {args.http} client, {mode} ===", flush=True)
     run: Run | None = None
     try:
         server.start()
@@ -468,7 +514,7 @@ def run_one(kind: str, db_url: str | None, queued: int, work_dir: Path, args: ar
         sampler = PgSampler(db_url) if db_url else None
 
         async def measured() -> tuple[CpuSnapshot, CpuSnapshot]:
-            task = asyncio.create_task(drive(server.url, server.port, client_ids, run, args.http))
+            task = asyncio.create_task(drive(server.url, server.port, client_ids, run, args.http, args.next))
             await asyncio.wait([task, asyncio.create_task(run.started.wait())], return_when="FIRST_COMPLETED")
             if db_url:  # the backends serving the server's pool exist once warm-up is over
                 pg.extend(_postgres_backends(db_url.rsplit("/", 1)[-1]))
@@ -501,8 +547,12 @@ def run_one(kind: str, db_url: str | None, queued: int, work_dir: Path, args: ar
             f"  measured {measured_n:,} workunits (after {run.warmup} warm-up) in {seconds:.2f} s: "
             f"{result.rate:,.0f} workunits/s"
         )
-        print(f"  checkout latency, ms: {result.checkout}")
-        print(f"  report   latency, ms: {result.report}")
+        if args.next:
+            print(f"  checkout latency, ms: {result.checkout}  (first checkouts, then report+next)")
+            print(f"  report+next latency, ms: {result.report}")
+        else:
+            print(f"  checkout latency, ms: {result.checkout}")
+            print(f"  report   latency, ms: {result.report}")
         print(
             f"  queue depth during the run: {run.depth_min:,}..{run.depth_max:,} "
             f"({run.top_up_jobs} top-up job(s) of {run.chunk}); empty checkouts: {run.empty}"
@@ -553,7 +603,7 @@ def run_one(kind: str, db_url: str | None, queued: int, work_dir: Path, args: ar
 def print_summary(results: list[Result], args: argparse.Namespace) -> None:
     print(
         f"\n=== summary: {args.clients} clients, {args.server_workers} server worker(s), "
-        f"{args.http} client ==="
+        f"{args.http} client{', --next' if args.next else ''} ==="
     )
     print(f"  {'database':<11} {'queued':>8} {'wu/s':>7} {'checkout p50':>13} {'p99':>7} {'max':>7}")
     for r in results:
@@ -617,6 +667,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--http", choices=("raw", "httpx"), default="raw", help="worker HTTP client (default raw: cheapest)"
+    )
+    parser.add_argument(
+        "--next",
+        action="store_true",
+        help="report and check out the next workunit in one request (PUT ...&next, Perdure's extension)",
     )
     parser.add_argument(
         "--pg-analyze",

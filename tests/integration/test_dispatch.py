@@ -331,6 +331,63 @@ def test_checkout_and_report_are_idempotent(
     assert task_of(job, "0")["remainwork"] == 0
 
 
+def report_next(worker: Worker, wu_id: str, status: str = "done", **extra: Any) -> httpx.Response:
+    """Perdure's extension: report, and check out the next workunit, in one request."""
+    params = {"status": status, "client": worker.id, "next": "", **extra}
+    return worker.http.put(
+        f"/work/{wu_id}", params=params, headers=worker.headers(), timeout=worker.timeout + 5
+    )
+
+
+def test_report_with_next_checks_out_the_next_workunit_in_the_same_request(
+    start_server: StartServer, workers: Callable[..., Worker]
+) -> None:
+    server = start_server()
+    job_id = submit(server.url, script(task("0", totalwork=3)))
+    worker = workers(server.url)
+    other = workers(server.url)
+
+    a = worker.checkout_id()
+    answer = envelope(report_next(worker, a))
+    assert (answer["status"], answer["data"], answer["error"]) == (200, "ok", None)
+    assert answer["next_error"] is None
+    b = answer["next"]
+    assert b["id"] != a and b["jobid"] == job_id
+    assert (b["state"], b["client"], b["attempt"]) == ("checkout", worker.id, 1)
+    assert "ckpt" in b  # the same document a checkout answers
+    assert get_work(server.url, a)["state"] == "done"
+    assert worker.info()["total_checkout"] == 2
+    assert worker.info()["total_completed"] == 1
+
+    # A repeated report is "ok" again, and the workunit already held is handed out again.
+    again = envelope(report_next(worker, a))
+    assert (again["data"], again["next"]["id"]) == ("ok", b["id"])
+    assert worker.info()["total_checkout"] == 2
+
+    # A report that is refused checks nothing out: it is answered as without ``next``.
+    refused = report_next(other, b["id"])
+    assert refused.status_code == 409
+    assert "next" not in envelope(refused)
+    assert other.info()["total_checkout"] == 0
+
+    c = envelope(report_next(worker, b["id"]))["next"]["id"]
+    last = envelope(report_next(worker, c))
+    assert (last["data"], last["next"]) == ("ok", None)
+    assert last["next_error"] == {"status": 400, "error": [NO_WORK]}
+    job = get_job(server.url, job_id)
+    assert job["state"] == "completed"
+    assert task_of(job, "0")["remainwork"] == 0
+
+    # With ``wait`` the next checkout long-polls like GET /work?wait=.
+    d = data(call(server.url, "POST", "/job", files=upload(script(task("0", totalwork=1)))))["id"]
+    waited = worker.checkout_id()
+    assert waited.startswith(d)
+    started = time.monotonic()
+    empty = envelope(report_next(worker, waited, wait="1"))
+    assert empty["next_error"] == {"status": 400, "error": [NO_WORK]}
+    assert 0.9 <= time.monotonic() - started < 3.0
+
+
 # ---- 4. lease fencing and lost clients ---------------------------------------------------------------
 
 

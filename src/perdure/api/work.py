@@ -1,8 +1,19 @@
-"""``/work``: checkout (with long-poll), workunit views, secrets for the lease holder, and reports."""
+"""``/work``: checkout (with long-poll), workunit views, secrets for the lease holder, and reports.
+
+Perdure's extension to the AWE worker protocol: a report with ``&next`` (``PUT /work/<id>?status=done
+&client=<id>&next[&available=N][&wait=S]``) also checks out the client's next workunit, in the same
+request, as ``GET /work?client=<id>[&available=N][&wait=S]`` would right after it (its own
+transaction, after the report's). A refused report is answered exactly as without ``next``, and nothing
+is checked out. An accepted one answers ``{"status": 200, "data": "ok", "error": null, "next": <the
+workunit, as a checkout answers it> | null, "next_error": null | {"status": 400, "error": ["No eligible
+workunit found"]}}``: ``next_error`` holds what the checkout would have answered instead (no work,
+client suspended or deleted, ...). AWE workers, which never send ``next``, see no difference.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,11 +23,11 @@ from starlette.responses import JSONResponse
 
 from perdure.api import params
 from perdure.api.auth import check_job_access, require_admin
-from perdure.api.context import ctx
+from perdure.api.context import ServerContext, ctx
 from perdure.api.envelope import ok, page
 from perdure.api.workerauth import check_worker
 from perdure.config import Config, to_document
-from perdure.errors import BadRequest
+from perdure.errors import BadRequest, PerdureError
 from perdure.spot.records import Preemption, parse
 from perdure.store.work import NoWork, decode_workunit_id
 
@@ -41,21 +52,48 @@ async def checkout_or_list(request: Request) -> JSONResponse:
         raise BadRequest("missing client id")
     available = params.integer(qp, "available", -1)
     wait = min(params.number(qp, "wait", 0.0), MAX_WAIT_S)
-    await run_in_threadpool(check_worker, request, client_id=client_id)
     context = ctx(request)
+
+    def first() -> dict[str, Any]:
+        check_worker(request, client_id=client_id)
+        return context.work.checkout(client_id, available)
+
+    return ok(await _checkout(context, first, client_id, available, wait))
+
+
+async def _checkout(
+    context: ServerContext, first: Callable[[], dict[str, Any]], client_id: str, available: int, wait: float
+) -> dict[str, Any]:
+    """A checkout: ``first`` (one trip to a thread: auth and the claim), then, while there is no work
+    and ``wait`` seconds have not passed, the claim again whenever work may have appeared."""
     deadline = time.monotonic() + wait
+    try:
+        workunit = await run_in_threadpool(first)
+    except NoWork:
+        workunit = await _wait_for_work(context, client_id, available, deadline)
+    return _with_ckpt(context, workunit)
+
+
+async def _wait_for_work(
+    context: ServerContext, client_id: str, available: int, deadline: float
+) -> dict[str, Any]:
+    """Claim again whenever work may have appeared, until ``deadline``; ``NoWork`` after it."""
     while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise NoWork("No eligible workunit found")
+        await context.signal.wait(min(remaining, RECHECK_S))
         try:
-            workunit = await run_in_threadpool(context.work.checkout, client_id, available)
-            # The system's checkpoint settings as of this checkout; the job's overrides are applied
-            # by the worker from the document's userattr and environment.
-            workunit["ckpt"] = _checkpoint_settings(context.config.effective)
-            return ok(workunit)
+            return await run_in_threadpool(context.work.checkout, client_id, available)
         except NoWork:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise
-            await context.signal.wait(min(remaining, RECHECK_S))
+            continue
+
+
+def _with_ckpt(context: ServerContext, workunit: dict[str, Any]) -> dict[str, Any]:
+    # The system's checkpoint settings as of this checkout; the job's overrides are applied by the
+    # worker from the document's userattr and environment.
+    workunit["ckpt"] = _checkpoint_settings(context.config.effective)
+    return workunit
 
 
 _ckpt_cache: tuple[object, dict[str, Any]] | None = None
@@ -117,15 +155,50 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
     if not client_id:
         raise BadRequest("missing client parameter")
     computetime = int(params.number(qp, "computetime", 0.0, maximum=10.0**12))
+    then_next = params.flag(qp, "next")
+    available, wait = -1, 0.0
+    if then_next:
+        available = params.integer(qp, "available", -1)
+        wait = min(params.number(qp, "wait", 0.0), MAX_WAIT_S)
     logs, preemption = await _report_files(request)
-    await run_in_threadpool(check_worker, request, client_id=client_id)
     context = ctx(request)
-    reply = await run_in_threadpool(
-        lambda: context.work.report(
+
+    def report() -> str:
+        check_worker(request, client_id=client_id)
+        return context.work.report(
             work_id, client_id, status, computetime=computetime, logs=logs, preemption=preemption
         )
+
+    if not then_next:
+        return ok(await run_in_threadpool(report))
+
+    # Perdure's extension: the report, then (in its own transaction, as if the worker had asked) a
+    # checkout, in one request. A failed report is answered as without ``next``; once the report is
+    # in, the checkout's outcome is in ``next`` (the workunit) or ``next_error`` (what a checkout would
+    # have answered instead: no work, client suspended, ...).
+    def report_then_checkout() -> tuple[dict[str, Any] | None, PerdureError | None]:
+        report()
+        try:
+            return context.work.checkout(client_id, available), None
+        except PerdureError as exc:
+            return None, exc
+
+    deadline = time.monotonic() + wait
+    workunit, failure = await run_in_threadpool(report_then_checkout)
+    if isinstance(failure, NoWork) and wait > 0:
+        try:
+            workunit, failure = await _wait_for_work(context, client_id, available, deadline), None
+        except PerdureError as exc:
+            failure = exc
+    return JSONResponse(
+        {
+            "status": 200,
+            "data": "ok",
+            "error": None,
+            "next": None if workunit is None else _with_ckpt(context, workunit),
+            "next_error": None if failure is None else {"status": failure.status, "error": [failure.message]},
+        }
     )
-    return ok(reply)
 
 
 async def _report_files(request: Request) -> tuple[dict[str, str], Preemption | None]:

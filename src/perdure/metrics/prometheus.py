@@ -139,11 +139,22 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        #: (method, route, status) -> the two series' children; routes are templates, so few.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        extra = [] if self.multiprocess else [self.process]
-        self.requests.labels(method, route, str(status), *extra).inc()
-        self.latency.labels(method, route, *extra).observe(seconds)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            # ``labels`` validates and looks the series up under a lock: done once per series.
+            extra = [] if self.multiprocess else [self.process]
+            children = (
+                self.requests.labels(method, route, str(status), *extra),
+                self.latency.labels(method, route, *extra),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self) -> bytes:
         if self.registry is not None:

@@ -37,11 +37,34 @@ def record(
     at_us: int | None = None,
 ) -> None:
     """Add each (metric, value) to each object the metric is kept for, at ``at_us`` (default: now)."""
+    storage.add(conn, _samples(events, objects), clock.now() if at_us is None else at_us)
+
+
+def _samples(
+    events: Iterable[tuple[str, float]], objects: Sequence[MetricObject]
+) -> list[tuple[str, str, float]]:
     samples = []
     for metric, value in events:
         definition = BY_NAME[metric]
         samples += [(metric, o.id, float(value)) for o in objects if o.type in definition.objects]
-    storage.add(conn, samples, clock.now() if at_us is None else at_us)
+    return samples
+
+
+#: An event-log insert for the caller to run (psycopg's placeholders): ``(sql, params)``, or None.
+Insert = tuple[str, tuple[Any, ...]] | None
+
+
+def insert_for(events: Iterable[tuple[str, float]], objects: Sequence[MetricObject]) -> Insert:
+    """What ``record`` would run on PostgreSQL (now, by the metrics clock), for a caller that sends it
+    to the database together with other statements (psycopg's pipeline mode)."""
+    at_us = clock.now()
+    params = tuple(
+        x for metric, object_id, value in _samples(events, objects) for x in (metric, object_id, at_us, value)
+    )
+    if not params:
+        return None
+    rows = ", ".join(["(%s, %s, %s, %s)"] * (len(params) // 4))
+    return f"INSERT INTO metric_events (metric, object_id, at, value) VALUES {rows}", params
 
 
 def objects_for(clientgroups: str | None, node_id: str | None = None) -> list[MetricObject]:
@@ -77,6 +100,11 @@ def workunit_done(conn: Connection, wu: Any) -> None:
     record(conn, [("workunitsCompleted", 1)], objects_for(wu.clientgroups, _node_of(conn, wu.client_id)))
 
 
+def workunit_done_insert(conn: Connection, wu: Any) -> Insert:
+    """``workunit_done`` as an insert for the caller to run (``insert_for``)."""
+    return insert_for([("workunitsCompleted", 1)], objects_for(wu.clientgroups, _node_of(conn, wu.client_id)))
+
+
 def workunit_failed(conn: Connection, wu: Any, *, job_failed: bool) -> None:
     """A failure report; ``job_failed`` when it suspends the job or fails it permanently."""
     events: list[tuple[str, float]] = [("workunitsFailed", 1)]
@@ -93,6 +121,14 @@ def workunit_checked_out(
         return
     latency = max(0, now_us - queued_since_us) / US
     record(conn, [("checkoutLatency", latency)], objects_for(clientgroups, client.node_id))
+
+
+def workunit_checked_out_insert(clientgroups: str, client: Any, queued_since_us: int, now_us: int) -> Insert:
+    """``workunit_checked_out`` as an insert for the caller to run (``insert_for``)."""
+    if queued_since_us <= 0:
+        return None
+    latency = max(0, now_us - queued_since_us) / US
+    return insert_for([("checkoutLatency", latency)], objects_for(clientgroups, client.node_id))
 
 
 #: client id -> (node id, when to look again). A report needs its client's node; a client keeps its

@@ -21,8 +21,13 @@ from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.pool import NullPool
+
+try:
+    import fcntl
+except ImportError:  # Windows: SQLite's own busy waiting orders the processes there
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("perdure.store")
 P = ParamSpec("P")
@@ -58,8 +63,13 @@ class Database:
         #: Called after a commit that queued work (wakes long-polling checkouts in this process).
         self.work_listeners: list[Callable[[], None]] = []
         # SQLite has one writer at a time anyway; queueing writers here, rather than in SQLite's busy
-        # loop (which sleeps and retries), keeps the tail latency short.
+        # loop (which sleeps and retries), keeps the tail latency short. Server processes sharing the
+        # file (``--workers``) queue on a lock file beside it the same way.
         self._sqlite_writer = threading.Lock()
+        self._sqlite_lock_fd: int | None = None
+        database = make_url(self.url).database
+        if self.is_sqlite and fcntl is not None and database and database != ":memory:":
+            self._sqlite_lock_fd = os.open(f"{database}.writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
 
     @property
     def is_sqlite(self) -> bool:
@@ -71,6 +81,8 @@ class Database:
         with contextlib.ExitStack() as stack:
             if self.is_sqlite:
                 stack.enter_context(self._sqlite_writer)
+                if self._sqlite_lock_fd is not None:
+                    stack.enter_context(_flocked(self._sqlite_lock_fd))
             conn = stack.enter_context(self.engine.connect())
             if self.is_sqlite:
                 conn = conn.execution_options(sqlite_immediate=True)
@@ -105,6 +117,20 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._sqlite_lock_fd is not None:
+            os.close(self._sqlite_lock_fd)
+            self._sqlite_lock_fd = None
+
+
+@contextmanager
+def _flocked(fd: int) -> Iterator[None]:
+    """An exclusive lock on the open lock file, across processes (held by one thread of this one)."""
+    assert fcntl is not None
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _make_engine(url: str, pool_size: int) -> Engine:
@@ -117,13 +143,43 @@ def _make_engine(url: str, pool_size: int) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {}
     if os.environ.get("PERDURE_DB_NULLPOOL"):
         kwargs["poolclass"] = NullPool
     else:
         # At least as many connections as request threads, so none waits for one or opens its own.
         kwargs.update(pool_size=pool_size, max_overflow=10)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _ping_when_idle(engine)
+    return engine
+
+
+#: A pooled PostgreSQL connection idle at least this long is checked before use.
+PING_AFTER_IDLE_S = 2.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """``pool_pre_ping``, but only for connections that sat idle in the pool.
+
+    Pre-ping costs a round trip (and an autocommit toggle) on every transaction; a connection handed
+    back a moment ago is as good as the ping would show. One idle for a while (the database may have
+    restarted meanwhile) is pinged, and replaced if dead, before anyone uses it.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["perdure_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("perdure_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return  # new, or back in the pool just now
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # The pool discards this connection and checks out (or opens) another.
+            raise DisconnectionError(f"stale pooled connection: {exc}") from exc
 
 
 def _configure_sqlite(engine: Engine) -> None:
