@@ -78,9 +78,13 @@ class WorkerProtocol:
         files: Mapping[str, Path | bytes] | None = None,
         *,
         retry: bool | None = None,
+        extra_params: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+        whole: bool = False,
     ) -> Any:
-        """``PUT /work/<id>?status=done|fail|failed-permanent``, with ``stdout``, ``stderr``,
-        ``worknotes``, ``perf`` (or any other part the server reads) as multipart files."""
+        """``PUT /work/<id>?status=done|fail|failed-permanent|preempted``, with ``stdout``, ``stderr``,
+        ``worknotes``, ``perf``, ``preemption`` (or any other part the server reads) as multipart files.
+        The answer's ``data`` (the whole envelope with ``whole``)."""
 
         def parts() -> tuple[dict[str, Any], list[IO[bytes]]]:
             opened: list[IO[bytes]] = []
@@ -95,18 +99,56 @@ class WorkerProtocol:
             return built, opened
 
         params = {"status": status, "client": client_id, "computetime": str(computetime), "report": ""}
+        params.update(extra_params or {})
 
         def send() -> Any:
             built, opened = parts()  # files are reopened for each attempt
             try:
-                return self.transport.awe(
-                    "PUT", f"/work/{_seg(workunit_id)}", params=params, files=built or None, retry=False
+                return self.transport.awe_page(
+                    "PUT",
+                    f"/work/{_seg(workunit_id)}",
+                    params=params,
+                    files=built or None,
+                    retry=False,
+                    timeout=timeout,
                 )
             finally:
                 for handle in opened:
                     handle.close()
 
-        return self.transport.call_retrying("PUT", retry, send)
+        envelope = self.transport.call_retrying("PUT", retry, send)
+        return envelope if whole else envelope.get("data")
+
+    def report_and_next(
+        self,
+        workunit_id: str,
+        client_id: str,
+        status: str,
+        computetime: int = 0,
+        files: Mapping[str, Path | bytes] | None = None,
+        *,
+        wait_s: float = 0.0,
+        available: int = -1,
+        retry: bool | None = None,
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """Report, then check out the next workunit in the same request (Perdure's ``&next``): the next
+        workunit (or None) and, when there is none, what a checkout would have answered instead."""
+        envelope = self.report(
+            workunit_id,
+            client_id,
+            status,
+            computetime,
+            files,
+            retry=retry,
+            extra_params={"next": "", "wait": str(wait_s), "available": str(available)},
+            timeout=wait_s + 60.0,
+            whole=True,
+        )
+        failure = envelope.get("next_error") or {}
+        error = failure.get("error") if isinstance(failure, dict) else None
+        message = "; ".join(map(str, error)) if isinstance(error, list) else (str(error) if error else None)
+        workunit = envelope.get("next")
+        return (workunit if isinstance(workunit, dict) else None), message
 
     def upload_output(
         self, workunit_id: str, client_id: str, filename: str, path: Path, sha256: str | None = None

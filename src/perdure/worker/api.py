@@ -112,14 +112,29 @@ class ServerAPI:
         files: dict[str, Path | bytes],
         *,
         deadline: float | None = None,
-    ) -> None:
-        """Deliver a result until the server accepts it (or refuses it for good)."""
-        self.retrying(
+        then_next: tuple[float, int] | None = None,
+    ) -> dict[str, Any] | None:
+        """Deliver a result until the server accepts it (or refuses it for good). With ``then_next``
+        (wait seconds, available bytes) the same request checks out the next workunit, returned here:
+        a busy worker makes one request per workunit instead of two."""
+        if then_next is None:
+            self.retrying(
+                f"report {status} for {wu_id}",
+                lambda: self.protocol.report(wu_id, client_id, status, computetime, files, retry=False),
+                max_delay=60.0,
+                deadline=deadline,
+            )
+            return None
+        wait_s, available = then_next
+        workunit, _no_next = self.retrying(
             f"report {status} for {wu_id}",
-            lambda: self.protocol.report(wu_id, client_id, status, computetime, files, retry=False),
+            lambda: self.protocol.report_and_next(
+                wu_id, client_id, status, computetime, files, wait_s=wait_s, available=available, retry=False
+            ),
             max_delay=60.0,
             deadline=deadline,
         )
+        return workunit
 
     def upload_output(self, wu_id: str, client_id: str, filename: str, path: Path, sha256: str) -> None:
         self.retrying(

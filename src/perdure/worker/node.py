@@ -87,10 +87,12 @@ class Slot:
                         log.error("checkout refused: %s", exc)
                         stop.wait(10)
                     continue
-                if workunit is not None and self.node.draining.is_set():
-                    self._hand_back(workunit)  # checked out just as the notice came
-                elif workunit is not None:
-                    self._run(workunit)
+                # Each report brings the next workunit with it, while there is work and no notice.
+                while workunit is not None:
+                    if self.node.draining.is_set():
+                        self._hand_back(workunit)  # checked out just as the notice came
+                        break
+                    workunit = self._run(workunit)
         except Stopped:
             pass
 
@@ -99,22 +101,27 @@ class Slot:
         outcome = Outcome("preempted", 0, [preemption.detail], preemption=preemption)
         self._report(workunit["id"], outcome)
 
-    def _run(self, workunit: dict[str, Any]) -> None:
+    def _run(self, workunit: dict[str, Any]) -> dict[str, Any] | None:
+        """Run one workunit and report it; the next workunit, when the report brought one."""
         wu_id = workunit["id"]
         log.info("slot %d running %s (%s)", self.index, wu_id, workunit["cmd"]["name"])
         outcome = self.runner.run(workunit)
         if outcome.status == "discarded":
             log.warning("slot %d: %s was discarded by the server; not reporting it", self.index, wu_id)
-            return
-        self._report(wu_id, outcome)
+            return None
+        following = self._report(wu_id, outcome)
         self.node.tidy(outcome)
+        return following
 
-    def _report(self, wu_id: str, outcome: Outcome) -> None:
+    def _report(self, wu_id: str, outcome: Outcome) -> dict[str, Any] | None:
         files: dict[str, Path | bytes] = {"perf": json.dumps(outcome.perf).encode()}
         deadline = None
+        then_next: tuple[float, int] | None = None
         if outcome.preemption is not None:
             files["preemption"] = json.dumps(outcome.preemption.document()).encode()
             deadline = self.node.handover_deadline
+        elif not self.node.draining.is_set() and not self.node.stop.is_set():
+            then_next = (self.node.config.checkout_wait_s, self.node.free_bytes())
         for kind, path in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
             content = tail_bytes(path)
             if content:  # empty logs cost a multipart part and a row each; skip them
@@ -122,10 +129,17 @@ class Slot:
         if outcome.notes:
             files["worknotes"] = "\n".join(outcome.notes).encode()
         try:
-            self.node.api.report(
-                wu_id, self.client_id, outcome.status, outcome.computetime, files, deadline=deadline
+            following = self.node.api.report(
+                wu_id,
+                self.client_id,
+                outcome.status,
+                outcome.computetime,
+                files,
+                deadline=deadline,
+                then_next=then_next,
             )
             log.info("slot %d reported %s: %s", self.index, wu_id, outcome.status)
+            return following
         except Stopped as exc:
             log.error("report for %s not delivered: %s", wu_id, exc)
         except ApiError as exc:
@@ -133,6 +147,7 @@ class Slot:
                 self.node.api.report(wu_id, self.client_id, "fail", outcome.computetime, files)
             else:
                 log.warning("report for %s refused (%s): the server no longer wants it", wu_id, exc)
+        return None
 
 
 class Node:
