@@ -248,7 +248,7 @@ class Protection:
                 f"({self.committed.progress_s:.0f}s of run time)",
                 failure,
             )
-        return Preemption("none", None, f"{why}; no earlier checkpoint: the work restarts from zero", failure)
+        return Preemption("none", None, f"{why}; there is no earlier checkpoint", failure)
 
     # ---- the end ------------------------------------------------------------------------------
 

@@ -158,7 +158,7 @@ class Runner:
                 result = Preemption("returned", self._reference, "handed back before it started")
             elif protection is None:
                 _kill_group(process)
-                result = Preemption("none", None, "checkpointing is off for this work; it restarts from zero")
+                result = Preemption("none", None, "checkpointing is off for this work (ckptMode none)")
             else:
                 result = protection.final(deadline)
         except Exception as exc:  # whatever happens, the work must be handed back
