@@ -42,6 +42,18 @@ class ConfigStore:
         self.effective = Config()
         self.listeners: list[Listener] = []
         self._lock = threading.Lock()
+        self._checkpoint_settings: tuple[Config, dict[str, Any]] | None = None
+
+    def checkpoint_settings(self) -> dict[str, Any]:
+        """The ``ckpt`` section as the config document shows it (what workers are handed with their
+        work and heartbeats, and what decides which checkpoints to collect), built once per
+        configuration: a configuration is replaced on change, never changed in place."""
+        config = self.effective
+        cached = self._checkpoint_settings
+        if cached is None or cached[0] is not config:
+            cached = (config, to_document(config)["ckpt"])
+            self._checkpoint_settings = cached
+        return dict(cached[1])
 
     # ---- loading ------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from perdure.api.accesslog import AccessLogMiddleware
 from perdure.api.auth import AuthMiddleware
 from perdure.api.context import ServerContext
 from perdure.api.envelope import error_for
-from perdure.config import env_overrides, to_document
+from perdure.config import env_overrides
 from perdure.configstore import ConfigStore
 from perdure.errors import PerdureError
 from perdure.logs import ServerLogs
@@ -171,7 +171,7 @@ def collect_checkpoints(context: ServerContext) -> int:
     job_ids = store.job_ids()
     if not job_ids:
         return 0
-    system = to_document(context.config.effective)["ckpt"]
+    system = context.config.checkpoint_settings()
     with context.db.read() as conn:
         useless = jobs_to_collect(conn, job_ids, system)
     for job_id in useless:

@@ -15,7 +15,7 @@ from perdure.api.auth import principal, require_admin
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
 from perdure.api.workerauth import cg_token_given, check_worker
-from perdure.config import to_document
+from perdure.config import format_duration
 from perdure.errors import BadRequest, NotImplementedOp
 from perdure.store.clients import parse_profile
 
@@ -97,12 +97,12 @@ async def update_client(client_id: str, request: Request) -> JSONResponse:
 def _settings_for_workers(request: Request) -> dict[str, str]:
     """What workers follow from the configuration, handed over at every heartbeat (string values,
     as AWE's instruction map has): the checkpoint settings and the heartbeat interval and TTL."""
-    config = ctx(request).config.effective
-    document = to_document(config)
+    store = ctx(request).config
+    node = store.effective.node
     return {
-        "ckpt": json.dumps(document["ckpt"], separators=(",", ":")),
-        "heartbeat": document["node"]["heartbeat"],
-        "ttl": document["node"]["ttl"],
+        "ckpt": json.dumps(store.checkpoint_settings(), separators=(",", ":")),
+        "heartbeat": format_duration(node.heartbeat),
+        "ttl": format_duration(node.ttl),
     }
 
 

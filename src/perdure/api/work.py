@@ -26,7 +26,6 @@ from perdure.api.auth import check_job_access, require_admin
 from perdure.api.context import ServerContext, ctx
 from perdure.api.envelope import ok, page
 from perdure.api.workerauth import check_worker
-from perdure.config import Config, to_document
 from perdure.errors import BadRequest, PerdureError
 from perdure.spot.records import Preemption, parse
 from perdure.store.work import NoWork, decode_workunit_id
@@ -92,21 +91,8 @@ async def _wait_for_work(
 def _with_ckpt(context: ServerContext, workunit: dict[str, Any]) -> dict[str, Any]:
     # The system's checkpoint settings as of this checkout; the job's overrides are applied by the
     # worker from the document's userattr and environment.
-    workunit["ckpt"] = _checkpoint_settings(context.config.effective)
+    workunit["ckpt"] = context.config.checkpoint_settings()
     return workunit
-
-
-_ckpt_cache: tuple[object, dict[str, Any]] | None = None
-
-
-def _checkpoint_settings(config: Config) -> dict[str, Any]:
-    """The ``ckpt`` section as the config document shows it, rebuilt only when the config changes."""
-    global _ckpt_cache
-    cached = _ckpt_cache
-    if cached is None or cached[0] is not config:
-        cached = (config, to_document(config)["ckpt"])
-        _ckpt_cache = cached
-    return dict(cached[1])
 
 
 def _list(request: Request) -> JSONResponse:
