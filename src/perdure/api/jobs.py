@@ -50,12 +50,7 @@ async def _read_script(request: Request) -> bytes:
         raise too_large
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
-        return bytes(body)
+        return await params.body_at_most(request, limit, too_large)
     if not content_type.startswith("multipart/form-data"):
         raise BadRequest("No job file is submitted")
     try:

@@ -1,8 +1,10 @@
-"""Query strings the AWE way: flags by presence (``?suspend`` = ``?suspend=1``), values validated here."""
+"""Query strings the AWE way: flags by presence (``?suspend`` = ``?suspend=1``), values validated here;
+and request bodies read only up to a limit."""
 
 from __future__ import annotations
 
 from starlette.datastructures import QueryParams
+from starlette.requests import Request
 
 from perdure.errors import BadRequest
 
@@ -53,3 +55,17 @@ def comma_values(params: QueryParams, name: str) -> list[str]:
     for raw in params.getlist(name):
         values += [v for v in raw.split(",") if v != ""]
     return values
+
+
+async def body_at_most(request: Request, limit: int, too_large: BadRequest) -> bytes:
+    """The whole body, refused with ``too_large`` as soon as it is known to pass ``limit`` bytes (by
+    its Content-Length, or while streaming), so an oversized body is never held in memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)

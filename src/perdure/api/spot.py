@@ -8,15 +8,17 @@ token when tokens are required, like a status report.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
+from perdure.api import params
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
 from perdure.api.workerauth import check_worker
-from perdure.config import to_document
 from perdure.errors import BadRequest, NotFound
 from perdure.spot.manifest import CorruptCheckpoint, Manifest, valid_digest
 from perdure.spot.records import CheckpointTaken, RestoreResult, parse
@@ -26,6 +28,7 @@ from perdure.store.spot import jobs_to_collect, lease_holder_job
 from perdure.store.work import decode_workunit_id
 
 router = APIRouter()
+T = TypeVar("T")
 
 #: A manifest names every file of a tree: generous, but bounded.
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
@@ -42,15 +45,20 @@ async def _client(request: Request) -> str:
 
 
 async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(f"body is larger than the limit of {limit} bytes")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise BadRequest(f"body is larger than the limit of {limit} bytes")
-    return bytes(data)
+    return await params.body_at_most(
+        request, limit, BadRequest(f"body is larger than the limit of {limit} bytes")
+    )
+
+
+async def _in_store(call: Callable[..., T], *args: Any) -> T:
+    """A checkpoint store call, its refusals in the API's shape: 404 for what is not there, 400 for a
+    bad digest, name or manifest."""
+    try:
+        return await run_in_threadpool(call, *args)
+    except CheckpointMissing as exc:
+        raise NotFound(str(exc)) from None
+    except (ValueError, CorruptCheckpoint) as exc:
+        raise BadRequest(str(exc)) from None
 
 
 @router.post("/work/{work_id}/checkpoints")
@@ -91,33 +99,21 @@ async def put_chunk(work_id: str, digest: str, request: Request) -> JSONResponse
         raise BadRequest(f"invalid chunk digest {digest!r}")
     if await run_in_threadpool(lambda: hashlib.sha256(data).hexdigest()) != digest:
         raise BadRequest(f"chunk {digest[:12]}… does not match its digest")
-    store = ctx(request).checkpoints
-    try:
-        written = await run_in_threadpool(store.put_chunk, job_id, wu_id, digest, data)
-    except (ValueError, CorruptCheckpoint) as exc:
-        raise BadRequest(str(exc)) from None
+    written = await _in_store(ctx(request).checkpoints.put_chunk, job_id, wu_id, digest, data)
     return ok({"written": written})
 
 
 @router.head("/work/{work_id}/ckpt/chunks/{digest}")
 async def has_chunk(work_id: str, digest: str, request: Request) -> Response:
     job_id, wu_id = await _leased_job(request, work_id)
-    try:
-        present = ctx(request).checkpoints.has_chunk(job_id, wu_id, digest)
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
+    present = await _in_store(ctx(request).checkpoints.has_chunk, job_id, wu_id, digest)
     return Response(status_code=200 if present else 404)
 
 
 @router.get("/work/{work_id}/ckpt/chunks/{digest}")
 async def get_chunk(work_id: str, digest: str, request: Request) -> Response:
     job_id, wu_id = await _leased_job(request, work_id)
-    try:
-        data = await run_in_threadpool(ctx(request).checkpoints.get_chunk, job_id, wu_id, digest)
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
-    except CheckpointMissing as exc:
-        raise NotFound(str(exc)) from None
+    data = await _in_store(ctx(request).checkpoints.get_chunk, job_id, wu_id, digest)
     return Response(data, media_type="application/octet-stream")
 
 
@@ -131,19 +127,14 @@ async def put_manifest(work_id: str, name: str, request: Request) -> JSONRespons
         raise BadRequest(f"invalid checkpoint manifest: {exc}") from None
     if manifest.name != name or manifest.identity.job != job_id or manifest.identity.workunit != wu_id:
         raise BadRequest("the manifest's name or identity does not match the URL")
-    await run_in_threadpool(ctx(request).checkpoints.put_manifest, job_id, wu_id, manifest)
+    await _in_store(ctx(request).checkpoints.put_manifest, job_id, wu_id, manifest)
     return ok({"name": name})
 
 
 @router.get("/work/{work_id}/ckpt/manifests/{name}")
 async def get_manifest(work_id: str, name: str, request: Request) -> Response:
     job_id, wu_id = await _leased_job(request, work_id)
-    try:
-        manifest = await run_in_threadpool(ctx(request).checkpoints.get_manifest, job_id, wu_id, name)
-    except CheckpointMissing as exc:
-        raise NotFound(str(exc)) from None
-    except CorruptCheckpoint as exc:
-        raise BadRequest(str(exc)) from None
+    manifest = await _in_store(ctx(request).checkpoints.get_manifest, job_id, wu_id, name)
     return Response(manifest.to_bytes(), media_type="application/json")
 
 
@@ -154,19 +145,14 @@ async def prune(work_id: str, request: Request) -> JSONResponse:
     keep = request.query_params.get("prune", "")
     if not keep:
         raise BadRequest("missing prune parameter (the checkpoint to keep)")
-    try:
-        await run_in_threadpool(ctx(request).checkpoints.prune, job_id, wu_id, keep)
-    except CheckpointMissing as exc:
-        raise NotFound(str(exc)) from None
-    except CorruptCheckpoint as exc:
-        raise BadRequest(str(exc)) from None
+    await _in_store(ctx(request).checkpoints.prune, job_id, wu_id, keep)
     return ok("ok")
 
 
 @router.delete("/work/{work_id}/ckpt")
 async def delete_checkpoints(work_id: str, request: Request) -> JSONResponse:
     job_id, wu_id = await _leased_job(request, work_id)
-    await run_in_threadpool(ctx(request).checkpoints.delete_workunit, job_id, wu_id)
+    await _in_store(ctx(request).checkpoints.delete_workunit, job_id, wu_id)
     return ok("ok")
 
 
@@ -181,7 +167,7 @@ async def collectable(request: Request) -> JSONResponse:
     context = ctx(request)
 
     def find() -> list[str]:
-        system = to_document(context.config.effective)["ckpt"]
+        system = context.config.checkpoint_settings()
         with context.db.read() as conn:
             return jobs_to_collect(conn, job_ids, system)
 
