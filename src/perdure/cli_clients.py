@@ -18,6 +18,7 @@ from perdure.cli_common import (
     fit,
     out,
     print_json,
+    print_outcome,
     short_time,
     table,
 )
@@ -66,10 +67,13 @@ def clients(
 
 
 def _client_op(client_id: str, what: str, server: str | None, token: str | None, ca_file: str | None) -> None:
-    client = connect(server, token, ca_file)
-    with api_errors(f"no client {client_id} on this server"):
-        message = client.suspend_client(client_id) if what == "suspend" else client.resume_client(client_id)
-    out.print(message)
+    print_outcome(
+        server,
+        token,
+        ca_file,
+        lambda client: getattr(client, f"{what}_client")(client_id),
+        f"no client {client_id} on this server",
+    )
 
 
 @client_app.command("suspend")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
@@ -96,6 +96,20 @@ def connect(server: str | None, token: str | None, ca_file: str | None) -> Clien
     if context is not None:
         context.call_on_close(client.close)
     return client
+
+
+def print_outcome(
+    server: str | None,
+    token: str | None,
+    ca_file: str | None,
+    operation: Callable[[Client], str],
+    not_found: str | None = None,
+) -> None:
+    """Run one operation (suspend, resume, delete...) and print the server's message about it."""
+    client = connect(server, token, ca_file)
+    with api_errors(not_found):
+        message = operation(client)
+    out.print(message)
 
 
 @contextmanager

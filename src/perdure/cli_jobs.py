@@ -29,6 +29,7 @@ from perdure.cli_common import (
     human_bytes,
     out,
     print_json,
+    print_outcome,
     short_time,
     table,
     usage,
@@ -279,10 +280,8 @@ def show(
 
 
 def _operate(job_id: str, what: str, server: str | None, token: str | None, ca_file: str | None) -> None:
-    client = connect(server, token, ca_file)
-    with api_errors(_no_job(job_id)):
-        message = getattr(client, f"{what}_job")(job_id)
-    out.print(message)
+    operation = getattr(Client, f"{what}_job")
+    print_outcome(server, token, ca_file, lambda client: operation(client, job_id), _no_job(job_id))
 
 
 @job_app.command("suspend")
@@ -312,9 +311,7 @@ def recompute(
     ca_file: CaFile = None,
 ) -> None:
     """Run one task, and everything that depends on it, again."""
-    client = connect(server, token, ca_file)
-    with api_errors(_no_job(job_id)):
-        out.print(client.recompute_task(job_id, task))
+    print_outcome(server, token, ca_file, lambda client: client.recompute_task(job_id, task), _no_job(job_id))
 
 
 @job_app.command("delete")
@@ -326,9 +323,11 @@ def delete(
     ca_file: CaFile = None,
 ) -> None:
     """Delete a job (soft, unless --full)."""
-    client = connect(server, token, ca_file)
-    with api_errors(_no_job(job_id)):
-        out.print(client.delete_job(job_id, full=full))
+
+    def delete_it(client: Client) -> str:
+        return client.delete_job(job_id, full=full)
+
+    print_outcome(server, token, ca_file, delete_it, _no_job(job_id))
 
 
 @job_app.command("outputs")
