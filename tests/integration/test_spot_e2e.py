@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.imds import TOKEN, ImdsStandIn
-from tests.integration.test_worker_e2e import Api, Cluster, server_time, wait_for
+from tests.integration.cluster import Api, Cluster, server_time, wait_for
 from tests.integration.workerprocess import WorkerProcess
 from tests.jobs import script
 from tests.support import ServerProcess
@@ -122,24 +122,6 @@ def run_steps(step_log: Path, run: int, cluster: Cluster, at_least: int = 1) -> 
 
 
 # ---- the cluster -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, db_url: str) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path, db_url)
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
-@pytest.fixture
-def sqlite_cluster(tmp_path: Path, sqlite_url: str) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path, sqlite_url)
-    try:
-        yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture
