@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from perdure.config import ConfigError, parse_duration
@@ -47,15 +47,10 @@ class CheckpointPolicy:
     #: Sent to a program that saves its own state when the notice comes; it then has ``grace_s``.
     signal: int = int(signal.SIGTERM)
     grace_s: float = 30.0
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def enabled(self) -> bool:
         return self.mode != "none"
-
-    def describe(self) -> str:
-        what = ", ".join(self.files) if self.files else "the work directory"
-        return f"mode {self.mode}, every {self.interval_s:g}s, {what}"
 
 
 def from_system(document: Mapping[str, Any]) -> CheckpointPolicy:

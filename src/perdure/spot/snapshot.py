@@ -80,15 +80,13 @@ class Snapshotter:
         engine: str,
         *,
         threads: int = 4,
-        previous: Manifest | None = None,
     ) -> None:
         self.store = store
         self.identity = identity
         self.engine = engine
         self.threads = threads
-        self.previous = previous
-        self._seq = previous.seq if previous else 0
-        self._known: set[str] = set(previous.chunks) if previous else set()
+        self._seq = 0
+        self._known: set[str] = set()
         self._signatures: dict[str, tuple[_Signature, tuple[str, ...]]] = {}
         self._lock = threading.Lock()
 
@@ -166,7 +164,6 @@ class Snapshotter:
         )
         written += self.store.put_manifest(self.identity.job, self.identity.workunit, manifest)
         self._known |= manifest.chunks
-        self.previous = manifest
         return Taken(manifest, written, time.monotonic() - started)
 
     def _start_file(
@@ -297,7 +294,6 @@ class Snapshotter:
             if target.is_symlink() or target.exists():
                 target.unlink()
             os.symlink(link, target)
-        self.previous = manifest
         self._seq = max(self._seq, manifest.seq)
         self._known |= manifest.chunks
         return restored

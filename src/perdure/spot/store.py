@@ -138,12 +138,6 @@ class DirectoryStore:
         if _JOB_ID.match(job_id):
             shutil.rmtree(self.root / job_id, ignore_errors=True)
 
-    def size_of_job(self, job_id: str) -> int:
-        total = 0
-        for dirpath, _, filenames in os.walk(self.root / job_id):
-            total += sum((Path(dirpath) / f).stat().st_size for f in filenames)
-        return total
-
 
 def _write_atomically(path: Path, data: bytes, *, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
