@@ -97,12 +97,12 @@ def job_completed(conn: Connection, job_id: str) -> None:
 
 def workunit_done(conn: Connection, wu: Any) -> None:
     """``wu`` is the workunit row as it was before the report (its client holds the lease)."""
-    record(conn, [("workunitsCompleted", 1)], objects_for(wu.clientgroups, _node_of(conn, wu.client_id)))
+    record(conn, [("workunitsCompleted", 1)], objects_for(wu.clientgroups, node_of(conn, wu.client_id)))
 
 
 def workunit_done_insert(conn: Connection, wu: Any) -> Insert:
     """``workunit_done`` as an insert for the caller to run (``insert_for``)."""
-    return insert_for([("workunitsCompleted", 1)], objects_for(wu.clientgroups, _node_of(conn, wu.client_id)))
+    return insert_for([("workunitsCompleted", 1)], objects_for(wu.clientgroups, node_of(conn, wu.client_id)))
 
 
 def workunit_failed(conn: Connection, wu: Any, *, job_failed: bool) -> None:
@@ -110,7 +110,7 @@ def workunit_failed(conn: Connection, wu: Any, *, job_failed: bool) -> None:
     events: list[tuple[str, float]] = [("workunitsFailed", 1)]
     if job_failed:
         events.append(("jobFailed", 1))
-    record(conn, events, objects_for(wu.clientgroups, _node_of(conn, wu.client_id)))
+    record(conn, events, objects_for(wu.clientgroups, node_of(conn, wu.client_id)))
 
 
 def workunit_checked_out(
@@ -137,7 +137,8 @@ _NODE_CACHE_S = 60.0
 _node_cache: dict[tuple[Any, str], tuple[str | None, float]] = {}
 
 
-def _node_of(conn: Connection, client_id: str | None) -> str | None:
+def node_of(conn: Connection, client_id: str | None) -> str | None:
+    """The node a client runs on (None if unknown), from a short cache."""
     if not client_id:
         return None
     key = (conn.engine.url, client_id)

@@ -21,7 +21,7 @@ from perdure.spot.records import CheckpointTaken, Preemption, RestoreResult
 from perdure.states import WorkunitState
 from perdure.store import lifecycle
 from perdure.store.database import Database, retry_on_conflict
-from perdure.store.schema import clients, jobs, spot_events, tasks, workunits
+from perdure.store.schema import jobs, spot_events, tasks, workunits
 from perdure.timeutil import now_us
 
 log = logging.getLogger("perdure.spot")
@@ -41,7 +41,7 @@ class SpotStore:
         with self.db.write() as conn:
             wu = _leased(conn, wu_id, client_id)
             now = now_us()
-            node_id = _node_of(conn, client_id)
+            node_id = metrics.node_of(conn, client_id) or ""
             reference = record.reference()
             _checkpoint_outcome(
                 conn,
@@ -71,7 +71,7 @@ class SpotStore:
         with self.db.write() as conn:
             wu = _leased(conn, wu_id, client_id)
             now = now_us()
-            node_id = _node_of(conn, client_id)
+            node_id = metrics.node_of(conn, client_id) or ""
             _add(
                 conn,
                 wu,
@@ -125,7 +125,7 @@ def preempt(conn: Connection, wu: Any, client_id: str, preemption: Preemption, n
             checkpoint=reference if reference is not None else null(),
         )
     )
-    node_id = _node_of(conn, client_id)
+    node_id = metrics.node_of(conn, client_id) or ""
     final = preemption.final
     if final is not None:
         _checkpoint_outcome(
@@ -245,10 +245,6 @@ def _checkpoint_outcome(
         detail=detail,
     )
     metrics.checkpoint_taken(conn, wu.clientgroups, node_id, ok=ok, duration_s=duration_s, size_bytes=size)
-
-
-def _node_of(conn: Connection, client_id: str) -> str:
-    return str(conn.execute(select(clients.c.node_id).where(clients.c.id == client_id)).scalar() or "")
 
 
 def _add(
