@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from perdure.api.batcher import Batcher
 from perdure.configstore import ConfigStore
 from perdure.datastore import DirectoryBlobStore
 from perdure.logs import ServerLogs
@@ -35,6 +36,8 @@ class ServerContext:
     spot: SpotStore
     #: Checkpoints of workers that share no filesystem (``ckpt.ckptImagePath`` empty).
     checkpoints: DirectoryStore
+    #: Gathers the worker operations (checkouts and reports) that arrive together into one batch.
+    batcher: Batcher
     signal: WorkSignal = field(default_factory=WorkSignal)
     started_monotonic: float = field(default_factory=time.monotonic)
     #: This process; the cluster id (``clients.cluster_id``) is what workers compare.
@@ -52,6 +55,7 @@ class ServerContext:
             return FailureLimits(settings.max_work_failure, settings.max_client_failure)
 
         blobs = DirectoryBlobStore(settings.data_dir / "blobs")
+        work = WorkStore(db, limits, blobs=blobs, expire_after_s=expire_after)
         return cls(
             settings=settings,
             db=db,
@@ -59,10 +63,11 @@ class ServerContext:
             logs=logs,
             blobs=blobs,
             jobs=JobStore(db, settings.data_dir, expire_after, blobs),
-            work=WorkStore(db, limits, blobs=blobs, expire_after_s=expire_after),
+            work=work,
             clients=ClientStore(db, lambda: settings.node_ttl_s, ensure_cluster_id(db)),
             spot=SpotStore(db),
             checkpoints=DirectoryStore(settings.data_dir / "checkpoints"),
+            batcher=Batcher(work),
         )
 
     @property

@@ -13,7 +13,6 @@ client suspended or deleted, ...). AWE workers, which never send ``next``, see n
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -25,10 +24,10 @@ from perdure.api import params
 from perdure.api.auth import check_job_access, require_admin
 from perdure.api.context import ServerContext, ctx
 from perdure.api.envelope import ok, page
-from perdure.api.workerauth import check_worker
+from perdure.api.workerauth import check_worker, check_worker_async
 from perdure.errors import BadRequest, PerdureError
 from perdure.spot.records import Preemption, parse
-from perdure.store.work import NoWork, decode_workunit_id
+from perdure.store.work import CheckoutRequest, NoWork, Operation, ReportRequest, decode_workunit_id
 
 router = APIRouter()
 
@@ -52,40 +51,31 @@ async def checkout_or_list(request: Request) -> JSONResponse:
     available = params.integer(qp, "available", -1)
     wait = min(params.number(qp, "wait", 0.0), MAX_WAIT_S)
     context = ctx(request)
-
-    def first() -> dict[str, Any]:
-        check_worker(request, client_id=client_id)
-        return context.work.checkout(client_id, available)
-
-    return ok(await _checkout(context, first, client_id, available, wait))
-
-
-async def _checkout(
-    context: ServerContext, first: Callable[[], dict[str, Any]], client_id: str, available: int, wait: float
-) -> dict[str, Any]:
-    """A checkout: ``first`` (one trip to a thread: auth and the claim), then, while there is no work
-    and ``wait`` seconds have not passed, the claim again whenever work may have appeared."""
+    await check_worker_async(request, client_id=client_id)
+    checkout = CheckoutRequest(client_id, available)
     deadline = time.monotonic() + wait
-    try:
-        workunit = await run_in_threadpool(first)
-    except NoWork:
-        workunit = await _wait_for_work(context, client_id, available, deadline)
-    return _with_ckpt(context, workunit)
+    workunit = (await context.batcher.submit(Operation(checkout=checkout))).checkout
+    if isinstance(workunit, NoWork) and wait > 0:
+        workunit = await _wait_for_work(context, checkout, deadline)
+    if isinstance(workunit, PerdureError):
+        raise workunit
+    assert workunit is not None
+    return ok(_with_ckpt(context, workunit))
 
 
 async def _wait_for_work(
-    context: ServerContext, client_id: str, available: int, deadline: float
-) -> dict[str, Any]:
+    context: ServerContext, checkout: CheckoutRequest, deadline: float
+) -> dict[str, Any] | PerdureError:
     """Claim again whenever work may have appeared, until ``deadline``; ``NoWork`` after it."""
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise NoWork("No eligible workunit found")
+            return NoWork("No eligible workunit found")
         await context.signal.wait(min(remaining, RECHECK_S))
-        try:
-            return await run_in_threadpool(context.work.checkout, client_id, available)
-        except NoWork:
-            continue
+        workunit = (await context.batcher.submit(Operation(checkout=checkout))).checkout
+        assert workunit is not None
+        if not isinstance(workunit, NoWork):
+            return workunit
 
 
 def _with_ckpt(context: ServerContext, workunit: dict[str, Any]) -> dict[str, Any]:
@@ -148,41 +138,33 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
         wait = min(params.number(qp, "wait", 0.0), MAX_WAIT_S)
     logs, preemption = await _report_files(request)
     context = ctx(request)
-
-    def report() -> str:
-        check_worker(request, client_id=client_id)
-        return context.work.report(
-            work_id, client_id, status, computetime=computetime, logs=logs, preemption=preemption
-        )
-
-    if not then_next:
-        return ok(await run_in_threadpool(report))
-
-    # Perdure's extension: the report, then (in its own transaction, as if the worker had asked) a
-    # checkout, in one request. A failed report is answered as without ``next``; once the report is
-    # in, the checkout's outcome is in ``next`` (the workunit) or ``next_error`` (what a checkout would
-    # have answered instead: no work, client suspended, ...).
-    def report_then_checkout() -> tuple[dict[str, Any] | None, PerdureError | None]:
-        report()
-        try:
-            return context.work.checkout(client_id, available), None
-        except PerdureError as exc:
-            return None, exc
-
+    await check_worker_async(request, client_id=client_id)
+    report = ReportRequest(work_id, client_id, status, computetime, logs, preemption)
+    # Perdure's extension: with ``next``, the report and then (if it was accepted, in a transaction
+    # of its own) a checkout, in one request. A refused report is answered as without ``next``; once
+    # the report is in, the checkout's outcome is in ``next`` (the workunit) or ``next_error`` (what a
+    # checkout would have answered instead: no work, client suspended, ...).
+    checkout = CheckoutRequest(client_id, available) if then_next else None
     deadline = time.monotonic() + wait
-    workunit, failure = await run_in_threadpool(report_then_checkout)
-    if isinstance(failure, NoWork) and wait > 0:
-        try:
-            workunit, failure = await _wait_for_work(context, client_id, available, deadline), None
-        except PerdureError as exc:
-            failure = exc
+    outcome = await context.batcher.submit(Operation(report=report, checkout=checkout))
+    if isinstance(outcome.report, PerdureError):
+        raise outcome.report
+    if checkout is None:
+        return ok(outcome.report)
+    workunit = outcome.checkout
+    if isinstance(workunit, NoWork) and wait > 0:
+        workunit = await _wait_for_work(context, checkout, deadline)
     return JSONResponse(
         {
             "status": 200,
             "data": "ok",
             "error": None,
-            "next": None if workunit is None else _with_ckpt(context, workunit),
-            "next_error": None if failure is None else {"status": failure.status, "error": [failure.message]},
+            "next": _with_ckpt(context, workunit) if isinstance(workunit, dict) else None,
+            "next_error": (
+                {"status": workunit.status, "error": [workunit.message]}
+                if isinstance(workunit, PerdureError)
+                else None
+            ),
         }
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from perdure.api.context import ctx
@@ -38,3 +39,14 @@ def check_worker(request: Request, *, client_id: str | None = None, group: str |
     if group is None and client_id is not None:
         group = context.clients.group_of(client_id)
     context.clients.check_token(token, group, required=required)
+
+
+async def check_worker_async(request: Request, *, client_id: str) -> None:
+    """``check_worker`` from the event loop: in a thread only when there is a token to look up."""
+    required = (
+        ctx(request).settings.client_auth_required or ctx(request).config.effective.security.cognito.enabled
+    )
+    if required or cg_token_given(request) or request.headers.get("authorization"):
+        await run_in_threadpool(check_worker, request, client_id=client_id)
+    else:
+        check_worker(request, client_id=client_id)

@@ -54,17 +54,45 @@ def _samples(
 Insert = tuple[str, tuple[Any, ...]] | None
 
 
-def insert_for(events: Iterable[tuple[str, float]], objects: Sequence[MetricObject]) -> Insert:
-    """What ``record`` would run on PostgreSQL (now, by the metrics clock), for a caller that sends it
-    to the database together with other statements (psycopg's pipeline mode)."""
-    at_us = clock.now()
-    params = tuple(
-        x for metric, object_id, value in _samples(events, objects) for x in (metric, object_id, at_us, value)
-    )
-    if not params:
-        return None
-    rows = ", ".join(["(%s, %s, %s, %s)"] * (len(params) // 4))
-    return f"INSERT INTO metric_events (metric, object_id, at, value) VALUES {rows}", params
+class Samples:
+    """The samples of several events in one transaction, written at its end with one insert (a batch
+    of worker reports and checkouts records one row per sample, in one statement)."""
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[str, str, float]] = []
+
+    def add(self, events: Iterable[tuple[str, float]], objects: Sequence[MetricObject]) -> None:
+        self._rows += _samples(events, objects)
+
+    def workunit_done(self, clientgroups: str, node_id: str | None) -> None:
+        self.add([("workunitsCompleted", 1)], objects_for(clientgroups, node_id))
+
+    def workunit_checked_out(
+        self, clientgroups: str, node_id: str | None, queued_since_us: int, now_us: int
+    ) -> None:
+        """Checkout latency: from the workunit's (re-)queueing to this checkout, in seconds."""
+        if queued_since_us > 0:
+            latency = max(0, now_us - queued_since_us) / US
+            self.add([("checkoutLatency", latency)], objects_for(clientgroups, node_id))
+
+    def write(self, conn: Connection) -> None:
+        if self._rows:
+            storage.add(conn, self._rows, clock.now())
+
+    def insert(self) -> Insert:
+        """What ``write`` would run on PostgreSQL, for a caller that sends it to the database together
+        with other statements (psycopg's pipeline mode). The samples go as arrays, so the statement's
+        text is the same for any number of them: PostgreSQL and psycopg prepare it once."""
+        if not self._rows:
+            return None
+        metrics, object_ids, values = zip(*self._rows, strict=True)
+        return _INSERT_PG, (clock.now(), list(metrics), list(object_ids), list(values))
+
+
+_INSERT_PG = (
+    "INSERT INTO metric_events (metric, object_id, at, value)"
+    " SELECT m, o, %s, v FROM unnest(%s::text[], %s::text[], %s::float8[]) AS s(m, o, v)"
+)
 
 
 def objects_for(clientgroups: str | None, node_id: str | None = None) -> list[MetricObject]:
@@ -95,40 +123,12 @@ def job_completed(conn: Connection, job_id: str) -> None:
     record(conn, [("jobCompleted", 1), ("runtime", seconds)], objects_for(job.clientgroups))
 
 
-def workunit_done(conn: Connection, wu: Any) -> None:
-    """``wu`` is the workunit row as it was before the report (its client holds the lease)."""
-    record(conn, [("workunitsCompleted", 1)], objects_for(wu.clientgroups, node_of(conn, wu.client_id)))
-
-
-def workunit_done_insert(conn: Connection, wu: Any) -> Insert:
-    """``workunit_done`` as an insert for the caller to run (``insert_for``)."""
-    return insert_for([("workunitsCompleted", 1)], objects_for(wu.clientgroups, node_of(conn, wu.client_id)))
-
-
 def workunit_failed(conn: Connection, wu: Any, *, job_failed: bool) -> None:
     """A failure report; ``job_failed`` when it suspends the job or fails it permanently."""
     events: list[tuple[str, float]] = [("workunitsFailed", 1)]
     if job_failed:
         events.append(("jobFailed", 1))
     record(conn, events, objects_for(wu.clientgroups, node_of(conn, wu.client_id)))
-
-
-def workunit_checked_out(
-    conn: Connection, clientgroups: str, client: Any, queued_since_us: int, now_us: int
-) -> None:
-    """Checkout latency: from the workunit's (re-)queueing to this checkout, in seconds."""
-    if queued_since_us <= 0:
-        return
-    latency = max(0, now_us - queued_since_us) / US
-    record(conn, [("checkoutLatency", latency)], objects_for(clientgroups, client.node_id))
-
-
-def workunit_checked_out_insert(clientgroups: str, client: Any, queued_since_us: int, now_us: int) -> Insert:
-    """``workunit_checked_out`` as an insert for the caller to run (``insert_for``)."""
-    if queued_since_us <= 0:
-        return None
-    latency = max(0, now_us - queued_since_us) / US
-    return insert_for([("checkoutLatency", latency)], objects_for(clientgroups, client.node_id))
 
 
 #: client id -> (node id, when to look again). A report needs its client's node; a client keeps its

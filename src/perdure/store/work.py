@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import functools
 import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import psycopg
@@ -34,6 +35,7 @@ from sqlalchemy import (
     null,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import DBAPIError
@@ -51,6 +53,7 @@ from perdure.store.schema import client_skip_work, clients, jobs, tasks, workuni
 from perdure.timeutil import format_us, now_us
 
 log = logging.getLogger("perdure.work")
+T = TypeVar("T")
 
 #: AWE keeps the last 5,000 characters of stderr in the job's ``error.apperror``.
 APPERROR_CHARS = 5000
@@ -74,6 +77,50 @@ class NoWork(PerdureError):
 class FailureLimits:
     max_work_failure: int = 3
     max_client_failure: int = 5
+
+
+@dataclass(frozen=True)
+class CheckoutRequest:
+    """``GET /work?client=<id>[&available=<bytes>]``."""
+
+    client_id: str
+    available: int | None = None
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    """``PUT /work/<id>?status=<status>&client=<id>``, with its files."""
+
+    wu_id: str
+    client_id: str
+    status: str
+    computetime: int = 0
+    logs: Mapping[str, str] = field(default_factory=dict)
+    preemption: Preemption | None = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One worker request: a report, a checkout, or (``&next``) a report and then, if it was
+    accepted, a checkout."""
+
+    report: ReportRequest | None = None
+    checkout: CheckoutRequest | None = None
+
+    @property
+    def client_id(self) -> str:
+        request = self.report or self.checkout
+        return request.client_id if request is not None else ""
+
+
+@dataclass
+class Outcome:
+    """What each part of an operation came to: the report's "ok" or its refusal, the leased
+    workunit's document or why there is none. A part not asked for, or a checkout after a refused
+    report, stays None."""
+
+    report: str | PerdureError | None = None
+    checkout: dict[str, Any] | PerdureError | None = None
 
 
 def decode_workunit_id(raw: str) -> str:
@@ -130,20 +177,8 @@ def _psycopg_placeholders(sql: str) -> str:
     return re.sub(r":(\w+)", r"%(\1)s", sql)
 
 
-def _pg_row(conn: Connection, sql: str, params: Mapping[str, Any]) -> Any:
-    """The first row (attributes by column name), or None, of a statement run on psycopg directly, in
-    the connection's transaction: for the hottest statements, without SQLAlchemy's per-statement work
-    (psycopg still prepares them once it has seen them a few times)."""
-    raw: Any = conn.connection.driver_connection
-    try:
-        with raw.cursor(row_factory=namedtuple_row) as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone()
-    except psycopg.Error as exc:
-        raise DBAPIError(sql, params, exc) from exc  # as SQLAlchemy would: ``retry_on_conflict`` sees it
-
-
-#: The checking-out client, and the workunit it holds already (if any), by ``:client``.
+#: The checking-out clients (``:client`` on SQLite, ``%(clients)s`` on PostgreSQL): the lease each holds
+#: already (if any) and whether it has workunits to skip.
 _CLIENT = select(
     clients.c.id,
     clients.c.group_name,
@@ -157,16 +192,20 @@ _CLIENT = select(
     .scalar_subquery()
     .label("held"),
 ).where(clients.c.id == bindparam("client"))
-#: The same on PostgreSQL (run on psycopg directly), also setting for this transaction what makes the
-#: claim walk the partial queue index in order and stop at the first free row: without fresh
-#: statistics the planner may instead sort every queued row for each claim.
-_CLIENT_PG = f"""
+#: The same on PostgreSQL (run on psycopg directly) for every client of a batch, also setting for this
+#: transaction what makes the claim walk the partial queue index in order and stop at the first free
+#: rows: without fresh statistics the planner may instead sort every queued row for each claim. (The
+#: few claimed rows are still sorted, which ``enable_sort`` prices so high that PostgreSQL would
+#: compile the statement with its JIT, for a second, every time: hence no JIT.)
+_CLIENTS_PG = f"""
 SELECT c.id, c.group_name, c.apps, c.node_id, c.deleted_at, c.suspended,
     (SELECT w.id FROM workunits w WHERE w.client_id = c.id AND w.state = '{WorkunitState.CHECKOUT.value}'
      LIMIT 1) AS held,
+    EXISTS (SELECT 1 FROM client_skip_work s WHERE s.client_id = c.id) AS skips,
     set_config('enable_sort', 'off', true) AS no_sort,
-    set_config('enable_bitmapscan', 'off', true) AS no_bitmap
-FROM clients c WHERE c.id = %(client)s"""
+    set_config('enable_bitmapscan', 'off', true) AS no_bitmap,
+    set_config('jit', 'off', true) AS no_jit
+FROM clients c WHERE c.id = ANY(%(clients)s)"""
 
 
 def _group_params(group: str) -> dict[str, str]:
@@ -177,65 +216,76 @@ def _group_params(group: str) -> dict[str, str]:
 
 _ELIGIBLE = """
     (w.clientgroups = '' OR w.clientgroups = :grp OR w.clientgroups LIKE :grp_head ESCAPE '\\'
-     OR w.clientgroups LIKE :grp_tail ESCAPE '\\' OR w.clientgroups LIKE :grp_mid ESCAPE '\\')
+     OR w.clientgroups LIKE :grp_tail ESCAPE '\\' OR w.clientgroups LIKE :grp_mid ESCAPE '\\')"""
+_NOT_SKIPPED = """
     AND NOT EXISTS (SELECT 1 FROM client_skip_work s WHERE s.client_id = :client AND s.workunit_id = w.id)"""
-_QUEUE_ORDER = "ORDER BY w.priority DESC, w.submittime, w.id LIMIT 1"
+_QUEUE_ORDER = "ORDER BY w.priority DESC, w.submittime, w.id"
 
 
 @functools.cache
-def _claim_statement(dialect: str, filter_apps: bool, sized: bool) -> Any:
-    """The claim: the first eligible workunit, preempted work ahead of queued work (the state literals
-    let the planner use each state's partial index). PostgreSQL: one statement that also leases it,
-    moves its task and job to in-progress, counts the checkout on the client and returns the
-    workunit's document columns. SQLite (one writer at a time): the pick alone."""
+def _claim_statement(dialect: str, filter_apps: bool, sized: bool, skips: bool) -> Any:
+    """The claim: the first eligible workunits, preempted work ahead of queued work (the state literals
+    let the planner use each state's partial index).
+
+    PostgreSQL: one statement claims up to ``:k`` workunits for the clients in ``:clients`` (who are
+    alike: one group, the same apps and size limit; ``skips`` when the one client has workunits to
+    skip), in the clients' order, and also moves their tasks and jobs to in-progress, counts the
+    checkouts on the clients and returns the workunits' document columns (and ``client_id``).
+    SQLite (one writer at a time): the pick of one workunit for ``:client`` alone.
+    """
     eligible = _ELIGIBLE
+    if skips or dialect != "postgresql":
+        eligible += _NOT_SKIPPED
     if filter_apps:
         eligible += " AND w.app = ANY(:apps)" if dialect == "postgresql" else " AND w.app IN :apps"
     if sized:
         eligible += " AND w.input_size <= :available"
     if dialect != "postgresql":
-        pick = "SELECT w.id, w.updatetime FROM workunits w WHERE w.state = '{}' AND {} {}"
+        pick = "SELECT w.id, w.updatetime FROM workunits w WHERE w.state = '{}' AND {} {} LIMIT 1"
         preempted = pick.format(WorkunitState.PREEMPTED.value, eligible, _QUEUE_ORDER)
         queued = pick.format(WorkunitState.QUEUED.value, eligible, _QUEUE_ORDER)
         sql = f"SELECT id, updatetime FROM ({preempted}) UNION ALL SELECT * FROM ({queued}) LIMIT 1"
         statement = text(sql)
         return statement.bindparams(bindparam("apps", expanding=True)) if filter_apps else statement
     job_fields = ", ".join(f"jobs.{name} AS job_{name}" for name in _JOB_FIELDS if name != "startedtime")
+    columns = "w.id, w.updatetime, w.priority, w.submittime"
     sql = f"""
 WITH p AS (
-    SELECT w.id, w.updatetime FROM workunits w WHERE w.state = 'preempted' AND {eligible}
-    {_QUEUE_ORDER} FOR UPDATE SKIP LOCKED
+    SELECT {columns} FROM workunits w WHERE w.state = '{WorkunitState.PREEMPTED.value}' AND {eligible}
+    {_QUEUE_ORDER} LIMIT :k FOR UPDATE SKIP LOCKED
 ), q AS (
-    SELECT w.id, w.updatetime FROM workunits w
-    WHERE w.state = 'queued' AND {eligible} AND NOT EXISTS (SELECT 1 FROM p)
-    {_QUEUE_ORDER} FOR UPDATE SKIP LOCKED
-), picked AS (
-    SELECT id, updatetime FROM p UNION ALL SELECT id, updatetime FROM q
+    SELECT {columns} FROM workunits w WHERE w.state = '{WorkunitState.QUEUED.value}' AND {eligible}
+    {_QUEUE_ORDER} LIMIT (SELECT :k - count(*) FROM p) FOR UPDATE SKIP LOCKED
+), numbered AS (
+    SELECT id, updatetime, row_number() OVER (ORDER BY src, priority DESC, submittime, id) AS n
+    FROM (SELECT p.*, 0 AS src FROM p UNION ALL SELECT q.*, 1 AS src FROM q) AS picked
+), pairs AS (
+    SELECT numbered.id, numbered.updatetime, v.client
+    FROM numbered JOIN unnest(CAST(:clients AS text[])) WITH ORDINALITY AS v(client, n) ON v.n = numbered.n
 ), claimed AS (
-    UPDATE workunits SET state = '{WorkunitState.CHECKOUT.value}', client_id = :client,
+    UPDATE workunits SET state = '{WorkunitState.CHECKOUT.value}', client_id = pairs.client,
         checkout_time = :now, attempt = workunits.attempt + 1, updatetime = :now
-    FROM picked WHERE workunits.id = picked.id
+    FROM pairs WHERE workunits.id = pairs.id
     RETURNING workunits.id, workunits.job_id, workunits.task_id, workunits.rank, workunits.state,
         workunits.failed, workunits.attempt, workunits.client_id, workunits.checkout_time,
-        workunits.computetime, workunits.part, workunits.checkpoint, picked.updatetime AS queued_since
+        workunits.computetime, workunits.part, workunits.checkpoint, pairs.updatetime AS queued_since
 ), t AS (
-    UPDATE tasks SET state = '{TaskState.IN_PROGRESS.value}' FROM claimed
-    WHERE tasks.id = claimed.task_id AND tasks.state = '{TaskState.QUEUED.value}'
-    RETURNING tasks.id
+    UPDATE tasks SET state = '{TaskState.IN_PROGRESS.value}'
+    WHERE tasks.id IN (SELECT task_id FROM claimed) AND tasks.state = '{TaskState.QUEUED.value}'
 ), j AS (
     UPDATE jobs SET state = '{JobState.IN_PROGRESS.value}',
         startedtime = COALESCE(NULLIF(jobs.startedtime, 0), :now), updatetime = :now
-    FROM claimed WHERE jobs.id = claimed.job_id AND jobs.state = '{JobState.QUEUED.value}'
-    RETURNING jobs.startedtime
+    WHERE jobs.id IN (SELECT job_id FROM claimed) AND jobs.state = '{JobState.QUEUED.value}'
+    RETURNING jobs.id, jobs.startedtime
 ), c AS (
     UPDATE clients SET total_checkout = clients.total_checkout + 1, last_checkout = :now,
         last_heartbeat = :now
-    FROM claimed WHERE clients.id = :client
-    RETURNING clients.id
+    FROM claimed WHERE clients.id = claimed.client_id
 )
 SELECT claimed.*, tasks.taskid, tasks.totalwork, tasks.spec, {job_fields},
-    COALESCE((SELECT j.startedtime FROM j), jobs.startedtime) AS job_startedtime
-FROM claimed JOIN tasks ON tasks.id = claimed.task_id JOIN jobs ON jobs.id = claimed.job_id"""
+    COALESCE(j.startedtime, jobs.startedtime) AS job_startedtime
+FROM claimed JOIN tasks ON tasks.id = claimed.task_id JOIN jobs ON jobs.id = claimed.job_id
+    LEFT JOIN j ON j.id = claimed.job_id"""
     return _psycopg_placeholders(sql)
 
 
@@ -275,7 +325,7 @@ _AFTER_CLAIM = (
 
 
 #: A report's workunit (locked against concurrent reports and sweeps), its task's spec, and whether
-#: the reporting client (``:client``) exists.
+#: the reporting client (``:client``) exists and on which node.
 _REPORTED = (
     select(
         workunits,
@@ -284,17 +334,26 @@ _REPORTED = (
         .where(clients.c.id == bindparam("client"))
         .scalar_subquery()
         .label("client_known"),
+        select(clients.c.node_id)
+        .where(clients.c.id == bindparam("client"))
+        .scalar_subquery()
+        .label("client_node"),
     )
     .join(tasks, tasks.c.id == workunits.c.task_id)
     .where(workunits.c.id == bindparam("wu"))
     .with_for_update(of=workunits)
 )
+#: The same for every report of a batch (PostgreSQL), locked in id order so that batches never wait
+#: on each other in a cycle; ``reporter`` says which report a row answers.
 _REPORTED_PG = """
-SELECT w.*, t.spec AS task_spec, (SELECT c.id FROM clients c WHERE c.id = %(client)s) AS client_known
-FROM workunits w JOIN tasks t ON t.id = w.task_id
-WHERE w.id = %(wu)s
+SELECT w.*, t.spec AS task_spec, r.client AS reporter, c.id AS client_known, c.node_id AS client_node
+FROM unnest(%(wus)s::text[], %(clients)s::text[]) AS r(wu, client)
+    JOIN workunits w ON w.id = r.wu
+    JOIN tasks t ON t.id = w.task_id
+    LEFT JOIN clients c ON c.id = r.client
+ORDER BY w.id
 FOR UPDATE OF w"""
-#: A ``done`` report: the workunit is done, the client counts it, the task has one workunit less.
+#: ``done`` reports (SQLite, one per row of parameters): the workunit is done, the client counts it.
 _DONE_WORKUNIT = (
     update(workunits)
     .where(workunits.c.id == bindparam("wu"))
@@ -302,8 +361,8 @@ _DONE_WORKUNIT = (
         state=WorkunitState.DONE.value,
         computetime=bindparam("ct"),
         updatetime=bindparam("now"),
-        reported_by=bindparam("by"),
-        reported_status=bindparam("status"),
+        reported_by=bindparam("client"),
+        reported_status="done",
         reported_attempt=bindparam("att"),
     )
 )
@@ -317,78 +376,121 @@ _DONE_CLIENT = (
         last_heartbeat=bindparam("now"),
     )
 )
-_DONE_SQLITE = (_DONE_WORKUNIT, _DONE_CLIENT)
+#: Each task has ``:n`` workunits less to do.
 _DONE_TASK = (
     update(tasks)
     .where(tasks.c.id == bindparam("task"))
-    .values(remainwork=tasks.c.remainwork - 1, computetime=tasks.c.computetime + bindparam("ct"))
-    .returning(tasks.c.remainwork, tasks.c.taskid, tasks.c.state)
+    .values(remainwork=tasks.c.remainwork - bindparam("n"), computetime=tasks.c.computetime + bindparam("ct"))
+    .returning(tasks.c.id, tasks.c.remainwork, tasks.c.taskid)
 )
-#: The workunit and client parts of a ``done`` report (PostgreSQL), ahead of the task's update.
-_DONE_PG_HEAD = f"""
-WITH w AS (
-    UPDATE workunits SET state = '{WorkunitState.DONE.value}', computetime = :ct,
-        updatetime = :now, reported_by = :by, reported_status = :status, reported_attempt = :att
-    WHERE id = :wu
-    RETURNING id
+#: PostgreSQL: the tasks of a batch's ``done`` reports, locked in id order (see ``_REPORTED_PG``).
+_LOCK_TASKS_PG = "SELECT 1 FROM tasks WHERE id = ANY(%(tasks)s) ORDER BY id FOR UPDATE"
+#: PostgreSQL: a batch's ``done`` reports in one statement: workunits, clients, and then the tasks.
+_DONE_PG = f"""
+WITH v AS (
+    SELECT * FROM unnest(%(wus)s::text[], %(clients)s::text[], %(cts)s::bigint[], %(atts)s::int[])
+        AS v(wu, client, ct, att)
+), w AS (
+    UPDATE workunits SET state = '{WorkunitState.DONE.value}', computetime = v.ct, updatetime = %(now)s,
+        reported_by = v.client, reported_status = 'done', reported_attempt = v.att
+    FROM v WHERE workunits.id = v.wu
 ), c AS (
-    UPDATE clients SET total_completed = total_completed + 1, last_failed = 0, last_report = :now,
-        last_heartbeat = :now
-    WHERE id = :client
-    RETURNING id
-)"""
-_DONE_PG = text(
-    _DONE_PG_HEAD
-    + """
-UPDATE tasks SET remainwork = remainwork - 1, computetime = computetime + :ct WHERE id = :task
-RETURNING remainwork, taskid, state"""
+    UPDATE clients SET total_completed = total_completed + 1, last_failed = 0, last_report = %(now)s,
+        last_heartbeat = %(now)s
+    FROM v WHERE clients.id = v.client
 )
+UPDATE tasks SET remainwork = tasks.remainwork - a.n, computetime = tasks.computetime + a.ct
+FROM unnest(%(tasks)s::text[], %(ns)s::int[], %(tcts)s::bigint[]) AS a(task, n, ct)
+WHERE tasks.id = a.task
+RETURNING tasks.id, tasks.remainwork, tasks.taskid"""
 
 
-class _LastOfTask(Exception):
-    """The fast ``done`` path found the task at its last workunit, and rolled the report back."""
-
-
-#: The fast path of a ``done`` report that does not finish its task: ``_DONE_PG`` in psycopg's
-#: placeholders, failing with a division by zero when the task has no other workunit left.
-_DONE_PG_FAST = _psycopg_placeholders(
-    _DONE_PG_HEAD
-    + """, t AS (
-    UPDATE tasks SET remainwork = remainwork - 1, computetime = computetime + :ct
-    WHERE id = :task AND remainwork > 1
-    RETURNING remainwork
-)
-SELECT 1 / (SELECT count(*) FROM t)""",
-)
-
-
-def _commit_with(conn: Connection, statements: Sequence[tuple[str, Any] | None]) -> None:
-    """Run the transaction's last statements (psycopg's placeholders) and COMMIT in one round trip
-    (psycopg's pipeline mode), so the rows they lock stay locked that long, not also while this thread
-    waits for the interpreter between statements. Nothing may run on ``conn`` afterwards: the
-    transaction is over (SQLAlchemy's own commit then finds nothing to do).
-
-    A report that is ``done`` updates its task's row, which every report of the task's workunits
-    updates too: that row is the one this keeps short. When the task has no other workunit left
-    (``_DONE_PG_FAST`` fails with a division by zero) the whole transaction rolls back and
-    ``_LastOfTask`` tells the caller to take the full path.
+def _pg_pipeline(
+    conn: Connection, statements: Sequence[tuple[str, Any] | None], *, commit: bool = False
+) -> list[list[Any]]:
+    """Run statements (psycopg's placeholders) on psycopg directly, in the connection's transaction,
+    in one round trip (pipeline mode), and return each one's rows (attributes by column name; empty
+    for a statement that returns none). With ``commit`` the COMMIT goes in the same round trip, so the
+    rows the statements lock stay locked that long, not also while this thread waits for the
+    interpreter; nothing may run on ``conn`` afterwards (SQLAlchemy's own commit finds nothing to do).
     """
     raw: Any = conn.connection.driver_connection
     sql = ""
+    cursors = []
     try:
         with raw.pipeline():
-            cursor = raw.cursor()
             for statement in statements:
                 if statement is not None:
                     sql, params = statement
+                    cursor = raw.cursor(row_factory=namedtuple_row)
                     cursor.execute(sql, params)
-            sql = "COMMIT"
-            raw.commit()
+                    cursors.append(cursor)
+            if commit:
+                sql = "COMMIT"
+                raw.commit()
+        return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
     except psycopg.Error as exc:
-        fast_done = any(statement is not None and statement[0] is _DONE_PG_FAST for statement in statements)
-        if exc.sqlstate == "22012" and fast_done:  # division_by_zero (raised at the sync): the task's last
-            raise _LastOfTask() from None
         raise DBAPIError(sql, None, exc) from exc  # as SQLAlchemy would: ``retry_on_conflict`` sees it
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+def _pg_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[Any]:
+    return _pg_pipeline(conn, [(sql, params)])[0]
+
+
+def _rounds(operations: Sequence[Operation]) -> list[list[int]]:
+    """The operations' indexes in rounds where each client appears at most once, each client's
+    operations in the order given."""
+    rounds: list[list[int]] = []
+    last: dict[str, int] = {}
+    for index, operation in enumerate(operations):
+        n = last.get(operation.client_id, -1) + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(index)
+        last[operation.client_id] = n
+    return rounds
+
+
+def _checked(request: ReportRequest) -> ReportRequest:
+    """A report as the store takes it (decoded id, known logs only), or ``BadRequest``."""
+    if request.status not in REPORT_STATUSES:
+        raise BadRequest(
+            f"status must be one of {', '.join(sorted(REPORT_STATUSES))}, not {request.status!r}"
+        )
+    if not request.client_id:
+        raise BadRequest("missing client parameter")
+    return dataclasses.replace(
+        request,
+        wu_id=decode_workunit_id(request.wu_id),
+        logs={k: v for k, v in request.logs.items() if k in LOG_KINDS},
+    )
+
+
+def _repeat(wu: Any, request: ReportRequest) -> bool:
+    """Whether ``request`` was applied already (True), may be applied (False), or is refused."""
+    if wu is None:
+        raise NotFound(f"no workunit found with id {request.wu_id}")
+    if (wu.reported_by, wu.reported_status, wu.reported_attempt) == (
+        request.client_id,
+        request.status,
+        wu.attempt,
+    ):
+        return True  # the same report again: already applied
+    if wu.state != WorkunitState.CHECKOUT or wu.client_id != request.client_id:
+        raise LeaseLost(f"workunit {request.wu_id} is not checked out by client {request.client_id}")
+    if wu.client_known is None:
+        raise BadRequest("Client not found")
+    return False
+
+
+def _value(result: T | PerdureError | None) -> T:
+    if isinstance(result, PerdureError):
+        raise result
+    assert result is not None
+    return result
 
 
 class WorkStore:
@@ -406,68 +508,153 @@ class WorkStore:
         self.blobs = blobs
         self._expire_after_s = expire_after_s
 
-    # ---- checkout -----------------------------------------------------------------------------
+    # ---- checkout and reports, one worker request or a batch of them ----------------------------
 
-    @retry_on_conflict
     def checkout(self, client_id: str, available: int | None = None) -> dict[str, Any]:
         """Lease one eligible workunit to the client, or raise ``NoWork``.
 
         A client that already holds a lease gets the same workunit again: a checkout retried after a
         lost reply never hands out a second one.
         """
+        operation = Operation(checkout=CheckoutRequest(client_id, available))
+        return _value(self.dispatch([operation])[0].checkout)
+
+    def report(
+        self,
+        wu_id: str,
+        client_id: str,
+        status: str,
+        *,
+        computetime: int = 0,
+        logs: Mapping[str, str] | None = None,
+        preemption: Preemption | None = None,
+    ) -> str:
+        """Apply a client's report on the workunit it holds (``LeaseLost`` if it does not)."""
+        request = ReportRequest(wu_id, client_id, status, computetime, dict(logs or {}), preemption)
+        return _value(self.dispatch([Operation(report=request)])[0].report)
+
+    def dispatch(self, operations: Sequence[Operation]) -> list[Outcome]:
+        """Several workers' requests at once (a server takes together those that arrive while it is
+        busy): every report in one transaction, then the checkouts, of operations without a report or
+        whose report was accepted, in another. Each operation's refusal is its own; a database error
+        fails them all, and nothing of the transaction it hit is kept. A client's operations are taken
+        in turn, each in a round of its own."""
+        outcomes = [Outcome() for _ in operations]
+        for indexes in _rounds(operations):
+            reported = [i for i in indexes if operations[i].report is not None]
+            if reported:
+                requests = [operations[i].report for i in reported]
+                results = self._report_batch([r for r in requests if r is not None])
+                for i, report_result in zip(reported, results, strict=True):
+                    outcomes[i].report = report_result
+            claiming = [
+                i
+                for i in indexes
+                if operations[i].checkout is not None and outcomes[i].report in (None, "ok")
+            ]
+            if claiming:
+                wanted = [operations[i].checkout for i in claiming]
+                claims = self._checkout_batch([c for c in wanted if c is not None])
+                for i, claim in zip(claiming, claims, strict=True):
+                    outcomes[i].checkout = claim
+        return outcomes
+
+    @retry_on_conflict
+    def _checkout_batch(self, requests: Sequence[CheckoutRequest]) -> list[dict[str, Any] | PerdureError]:
+        results: list[dict[str, Any] | PerdureError] = [NoWork("No eligible workunit found")] * len(requests)
+        postgres = self.db.dialect == "postgresql"
         with self.db.write() as conn:
             now = now_us()  # after BEGIN IMMEDIATE: times follow commit order
-            postgres = self.db.dialect == "postgresql"
-            # The client, the lease it may hold already and (PostgreSQL) the planner settings for the
-            # claim, in one round trip.
+            # The clients, the leases they may hold already and (PostgreSQL) the planner settings for
+            # the claim, in one round trip.
             if postgres:
-                client = _pg_row(conn, _CLIENT_PG, {"client": client_id})
+                found = {
+                    row.id: row
+                    for row in _pg_rows(conn, _CLIENTS_PG, {"clients": [r.client_id for r in requests]})
+                }
             else:
-                client = conn.execute(_CLIENT, {"client": client_id}).one_or_none()
-            if client is None:
-                raise BadRequest("Client not found")
-            if client.deleted_at:
-                raise BadRequest("Client deleted: the worker should stop")
-            if client.suspended:
-                raise BadRequest("Client suspended")
-            if client.held is not None:
-                return self._document(conn, client.held)
-            apps = list(client.apps or [])
-            sized = available is not None and available >= 0
-            params = {
-                "client": client_id,
-                "now": now,
-                **_group_params(client.group_name),
-                "apps": apps,
-                "available": available if sized else 0,
-            }
-            claim = _claim_statement(self.db.dialect, "*" not in apps, sized)
-            if postgres:
-                # One statement: claim (preempted work first, then queued), move task and job to
-                # in-progress, count the checkout on the client, and read the workunit's document.
-                row = _pg_row(conn, claim, params)
-                if row is None:
-                    raise NoWork("No eligible workunit found")
-                document = workunit_document(row)
-                queued_since = row.queued_since
-            else:
-                picked = conn.execute(claim, params).first()
-                if picked is None:
-                    raise NoWork("No eligible workunit found")
-                claimed = conn.execute(_CLAIM_ONE, {**params, "wu": picked.id}).one()
-                for statement in _AFTER_CLAIM:
-                    conn.execute(statement, {**params, "task": claimed.task_id, "job": claimed.job_id})
-                document = self._document(conn, picked.id)
-                queued_since = picked.updatetime
-            log.debug("checkout: %s leased to client %s", document["id"], client_id)
-            clientgroups = document["info"]["clientgroups"]
-            if postgres:
-                _commit_with(
-                    conn, [metrics.workunit_checked_out_insert(clientgroups, client, queued_since, now)]
+                found = {}
+                for request in requests:
+                    row = conn.execute(_CLIENT, {"client": request.client_id}).one_or_none()
+                    if row is not None:
+                        found[row.id] = row
+            # Claimants alike (group, apps, size limit; a client with workunits to skip is alone)
+            # are served by one claim.
+            alike: dict[tuple[Any, ...], list[tuple[int, Any]]] = {}
+            for n, request in enumerate(requests):
+                client = found.get(request.client_id)
+                if client is None:
+                    results[n] = BadRequest("Client not found")
+                elif client.deleted_at:
+                    results[n] = BadRequest("Client deleted: the worker should stop")
+                elif client.suspended:
+                    results[n] = BadRequest("Client suspended")
+                elif client.held is not None:
+                    results[n] = self._document(conn, client.held)
+                else:
+                    apps = tuple(sorted(client.apps or []))
+                    sized = request.available is not None and request.available >= 0
+                    alone = client.id if not postgres or client.skips else None
+                    key = (
+                        client.group_name,
+                        None if "*" in apps else apps,
+                        request.available if sized else None,
+                        alone,
+                    )
+                    alike.setdefault(key, []).append((n, client))
+            samples = metrics.Samples()
+            for (group, apps, available, alone), members in alike.items():
+                params = {
+                    "now": now,
+                    **_group_params(group),
+                    "apps": list(apps or ()),
+                    "available": available or 0,
+                }
+                claim = _claim_statement(
+                    self.db.dialect, apps is not None, available is not None, alone is not None
                 )
-            else:
-                metrics.workunit_checked_out(conn, clientgroups, client, queued_since, now)
-            return document
+                if postgres:
+                    clients_ids = [client.id for _, client in members]
+                    params.update(k=len(members), clients=clients_ids, client=alone)
+                    leased = {row.client_id: row for row in _pg_rows(conn, claim, params)}
+                    claimed = {
+                        client_id: (workunit_document(row), row.queued_since)
+                        for client_id, row in leased.items()
+                    }
+                else:
+                    claimed = {}
+                    for _, client in members:
+                        picked = conn.execute(claim, {**params, "client": client.id}).first()
+                        if picked is not None:
+                            claimed[client.id] = (
+                                self._claim_one(conn, picked.id, client.id, now),
+                                picked.updatetime,
+                            )
+                for n, client in members:
+                    if client.id in claimed:
+                        document, queued_since = claimed[client.id]
+                        log.debug("checkout: %s leased to client %s", document["id"], client.id)
+                        samples.workunit_checked_out(
+                            document["info"]["clientgroups"], client.node_id, queued_since, now
+                        )
+                        results[n] = document
+            self._finish(conn, samples)
+        return results
+
+    def _claim_one(self, conn: Connection, wu_id: str, client_id: str, now: int) -> dict[str, Any]:
+        """SQLite: lease the picked workunit, move its task and job to in-progress, count the checkout."""
+        params = {"wu": wu_id, "client": client_id, "now": now}
+        claimed = conn.execute(_CLAIM_ONE, params).one()
+        for statement in _AFTER_CLAIM:
+            conn.execute(statement, {**params, "task": claimed.task_id, "job": claimed.job_id})
+        return self._document(conn, wu_id)
+
+    def _finish(self, conn: Connection, samples: metrics.Samples) -> None:
+        """The transaction's metric samples, and on PostgreSQL the COMMIT with them in one round trip."""
+        if self.db.dialect == "postgresql":
+            _pg_pipeline(conn, [samples.insert()], commit=True)
+        else:
+            samples.write(conn)
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -538,144 +725,160 @@ class WorkStore:
 
     # ---- reports ------------------------------------------------------------------------------
 
-    def report(
-        self,
-        wu_id: str,
-        client_id: str,
-        status: str,
-        *,
-        computetime: int = 0,
-        logs: Mapping[str, str] | None = None,
-        preemption: Preemption | None = None,
-    ) -> str:
-        try:
-            return self._report(wu_id, client_id, status, computetime, logs, preemption, fast=True)
-        except _LastOfTask:
-            # Rolled back whole: the task may be complete now, which the full path handles.
-            return self._report(wu_id, client_id, status, computetime, logs, preemption, fast=False)
-
     @retry_on_conflict
-    def _report(
-        self,
-        wu_id: str,
-        client_id: str,
-        status: str,
-        computetime: int,
-        logs: Mapping[str, str] | None,
-        preemption: Preemption | None,
-        *,
-        fast: bool,
-    ) -> str:
-        if status not in REPORT_STATUSES:
-            raise BadRequest(f"status must be one of {', '.join(sorted(REPORT_STATUSES))}, not {status!r}")
-        if not client_id:
-            raise BadRequest("missing client parameter")
-        wu_id = decode_workunit_id(wu_id)
-        logs = {k: v for k, v in (logs or {}).items() if k in LOG_KINDS}
+    def _report_batch(self, requests: Sequence[ReportRequest]) -> list[str | PerdureError]:
+        results: list[str | PerdureError] = ["ok"] * len(requests)
+        checked: list[tuple[int, ReportRequest]] = []
+        for n, request in enumerate(requests):
+            try:
+                checked.append((n, _checked(request)))
+            except PerdureError as exc:
+                results[n] = exc
         with self.db.write() as conn:
-            # The workunit (locked), its task's spec and whether the client exists, in one round trip.
-            if self.db.dialect == "postgresql":
-                wu = _pg_row(conn, _REPORTED_PG, {"wu": wu_id, "client": client_id})
-            else:
-                wu = conn.execute(_REPORTED, {"wu": wu_id, "client": client_id}).one_or_none()
-            now = now_us()  # after the row lock: times follow commit order
-            if wu is None:
-                raise NotFound(f"no workunit found with id {wu_id}")
-            if (wu.reported_by, wu.reported_status, wu.reported_attempt) == (client_id, status, wu.attempt):
-                return "ok"  # the same report again: already applied
-            if wu.state != WorkunitState.CHECKOUT or wu.client_id != client_id:
-                raise LeaseLost(f"workunit {wu_id} is not checked out by client {client_id}")
-            if wu.client_known is None:
-                raise BadRequest("Client not found")
-            self._store_logs(conn, wu, logs, now)
-            log.debug("report: %s %s by client %s", wu_id, status, client_id)
-            fenced = {"reported_by": client_id, "reported_status": status, "reported_attempt": wu.attempt}
-            if status == "done":
-                self._done(conn, wu, computetime, fenced, now, fast=fast)
-                return "ok"
-            client = conn.execute(select(clients).where(clients.c.id == client_id)).one_or_none()
-            if client is None:
-                raise BadRequest("Client not found")
-            if status == "fail":
-                self._fail(conn, wu, client, logs, fenced, now)
-            elif status == "preempted":
-                given = preemption or Preemption(outcome="none", detail="the worker gave no details")
-                spot.preempt(conn, wu, client_id, given, now)
-                conn.execute(update(workunits).where(workunits.c.id == wu.id).values(**fenced))
-            else:
-                self._failed_permanent(conn, wu, client, logs, fenced, now)
-        return "ok"
+            samples = metrics.Samples()
+            done = [(n, r) for n, r in checked if r.status == "done"]
+            if done:
+                self._report_done(conn, done, results, samples)
+            for n, request in checked:
+                if request.status != "done":
+                    try:
+                        self._report_other(conn, request)
+                    except PerdureError as exc:  # refused before anything was written
+                        results[n] = exc
+            self._finish(conn, samples)
+        return results
 
-    def _store_logs(self, conn: Connection, wu: Any, logs: Mapping[str, str], now: int) -> None:
-        if not logs:
-            return
-        conn.execute(
-            delete(workunit_logs).where(
-                workunit_logs.c.workunit_id == wu.id, workunit_logs.c.kind.in_(list(logs))
-            )
-        )
-        conn.execute(
-            insert(workunit_logs),
-            [
-                {
-                    "workunit_id": wu.id,
-                    "kind": kind,
-                    "job_id": wu.job_id,
-                    "content": content,
-                    "updatetime": now,
-                }
-                for kind, content in logs.items()
-            ],
-        )
-
-    def _done(
-        self, conn: Connection, wu: Any, computetime: int, fenced: dict[str, Any], now: int, *, fast: bool
+    def _report_done(
+        self,
+        conn: Connection,
+        requests: Sequence[tuple[int, ReportRequest]],
+        results: list[str | PerdureError],
+        samples: metrics.Samples,
     ) -> None:
-        declared = {o["filename"] for o in wu.task_spec.get("outputs", [])}
-        missing = sorted(declared - outputs.of_workunit(conn, wu.task_id, wu.rank)) if declared else []
-        if missing:
-            # Downstream tasks would find nothing: refuse, so the worker reports a failure instead.
-            raise BadRequest(
-                f"workunit {wu.id} reported done without uploading outputs: {', '.join(missing)}"
-            )
-        params = {
-            "wu": wu.id,
-            "client": wu.client_id,
-            "task": wu.task_id,
-            "ct": computetime,
-            "now": now,
-            "by": fenced["reported_by"],
-            "status": fenced["reported_status"],
-            "att": fenced["reported_attempt"],
-        }
-        if self.db.dialect == "postgresql" and fast:
-            _commit_with(conn, [metrics.workunit_done_insert(conn, wu), (_DONE_PG_FAST, params)])
-            return
-        metrics.workunit_done(conn, wu)
-        if self.db.dialect == "postgresql":
-            # Workunit, client and task in one round trip; the task's row, which every report of its
-            # workunits updates, is locked last, so it is held the shortest time.
-            task = conn.execute(_DONE_PG, params).one()
+        """``done`` reports: the workunits, their clients and their tasks in a few statements for the
+        whole batch; a task with no workunit left completes (and its job may)."""
+        postgres = self.db.dialect == "postgresql"
+        if postgres:
+            params = {"wus": [r.wu_id for _, r in requests], "clients": [r.client_id for _, r in requests]}
+            rows = {(row.id, row.reporter): row for row in _pg_rows(conn, _REPORTED_PG, params)}
         else:
-            for statement in _DONE_SQLITE:
-                conn.execute(statement, params)
-            task = conn.execute(_DONE_TASK, params).one()
-        if task.remainwork > 0:
+            rows = {}
+            for _, r in requests:
+                row = conn.execute(_REPORTED, {"wu": r.wu_id, "client": r.client_id}).one_or_none()
+                if row is not None:
+                    rows[(r.wu_id, r.client_id)] = row
+        now = now_us()  # after the row locks: times follow commit order
+        accepted: list[tuple[Any, ReportRequest]] = []
+        for n, request in requests:
+            wu: Any = rows.get((request.wu_id, request.client_id))
+            try:
+                if _repeat(wu, request):
+                    continue
+                declared = {o["filename"] for o in wu.task_spec.get("outputs", [])}
+                missing = (
+                    sorted(declared - outputs.of_workunit(conn, wu.task_id, wu.rank)) if declared else []
+                )
+                if missing:
+                    # Downstream tasks would find nothing: refuse, so the worker reports a failure instead.
+                    raise BadRequest(
+                        f"workunit {wu.id} reported done without uploading outputs: {', '.join(missing)}"
+                    )
+            except PerdureError as exc:
+                results[n] = exc
+                continue
+            log.debug("report: %s done by client %s", wu.id, request.client_id)
+            accepted.append((wu, request))
+        if not accepted:
             return
+        self._store_logs(conn, [(wu, r.logs) for wu, r in accepted], now)
+        per_task: dict[str, list[int]] = {}
+        for wu, request in accepted:
+            counts = per_task.setdefault(wu.task_id, [0, 0])
+            counts[0] += 1
+            counts[1] += request.computetime
+            samples.workunit_done(wu.clientgroups, wu.client_node)
+        task_ids = sorted(per_task)
+        if postgres:
+            done = {
+                "now": now,
+                "wus": [wu.id for wu, _ in accepted],
+                "clients": [r.client_id for _, r in accepted],
+                "cts": [r.computetime for _, r in accepted],
+                "atts": [wu.attempt for wu, _ in accepted],
+                "tasks": task_ids,
+                "ns": [per_task[t][0] for t in task_ids],
+                "tcts": [per_task[t][1] for t in task_ids],
+            }
+            # The tasks' rows, which every report of their workunits updates, are locked last (in id
+            # order), so they are held the shortest time.
+            tasks_left = _pg_pipeline(conn, [(_LOCK_TASKS_PG, done), (_DONE_PG, done)])[1]
+        else:
+            conn.execute(
+                _DONE_WORKUNIT,
+                [
+                    {"wu": wu.id, "client": r.client_id, "ct": r.computetime, "att": wu.attempt, "now": now}
+                    for wu, r in accepted
+                ],
+            )
+            conn.execute(_DONE_CLIENT, [{"client": r.client_id, "now": now} for _, r in accepted])
+            tasks_left = [
+                conn.execute(_DONE_TASK, {"task": t, "n": per_task[t][0], "ct": per_task[t][1]}).one()
+                for t in task_ids
+            ]
+        job_of = {wu.task_id: wu.job_id for wu, _ in accepted}
+        for task in tasks_left:
+            if task.remainwork <= 0:
+                self._complete_task(conn, task.id, task.taskid, job_of[task.id], now)
+
+    def _complete_task(self, conn: Connection, task_id: str, taskid: str, job_id: str, now: int) -> None:
         conn.execute(
             update(tasks)
-            .where(tasks.c.id == wu.task_id)
+            .where(tasks.c.id == task_id)
             .values(state=TaskState.COMPLETED.value, completeddate=now)
         )
         conn.execute(
-            update(jobs)
-            .where(jobs.c.id == wu.job_id)
-            .values(remaintasks=jobs.c.remaintasks - 1, updatetime=now)
+            update(jobs).where(jobs.c.id == job_id).values(remaintasks=jobs.c.remaintasks - 1, updatetime=now)
         )
-        lifecycle.record_event(
-            conn, wu.job_id, lifecycle.EVENT_TASK_DONE, f"task {task.taskid} completed", now
+        lifecycle.record_event(conn, job_id, lifecycle.EVENT_TASK_DONE, f"task {taskid} completed", now)
+        lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
+
+    def _report_other(self, conn: Connection, request: ReportRequest) -> None:
+        """A ``fail``, ``failed-permanent`` or ``preempted`` report (rare: one at a time)."""
+        wu: Any = conn.execute(_REPORTED, {"wu": request.wu_id, "client": request.client_id}).one_or_none()
+        now = now_us()  # after the row lock: times follow commit order
+        if _repeat(wu, request):
+            return
+        client = conn.execute(select(clients).where(clients.c.id == request.client_id)).one()
+        self._store_logs(conn, [(wu, request.logs)], now)
+        log.debug("report: %s %s by client %s", wu.id, request.status, client.id)
+        fenced = {"reported_by": client.id, "reported_status": request.status, "reported_attempt": wu.attempt}
+        if request.status == "fail":
+            self._fail(conn, wu, client, request.logs, fenced, now)
+        elif request.status == "preempted":
+            given = request.preemption or Preemption(outcome="none", detail="the worker gave no details")
+            spot.preempt(conn, wu, client.id, given, now)
+            conn.execute(update(workunits).where(workunits.c.id == wu.id).values(**fenced))
+        else:
+            self._failed_permanent(conn, wu, client, request.logs, fenced, now)
+
+    def _store_logs(
+        self, conn: Connection, reported: Sequence[tuple[Any, Mapping[str, str]]], now: int
+    ) -> None:
+        rows = [
+            {"workunit_id": wu.id, "kind": kind, "job_id": wu.job_id, "content": content, "updatetime": now}
+            for wu, logs in reported
+            for kind, content in logs.items()
+        ]
+        if not rows:
+            return
+        conn.execute(
+            delete(workunit_logs).where(
+                tuple_(workunit_logs.c.workunit_id, workunit_logs.c.kind).in_(
+                    [(row["workunit_id"], row["kind"]) for row in rows]
+                )
+            )
         )
-        lifecycle.advance_job(conn, wu.job_id, now, self._expire_after_s(), self.blobs)
+        conn.execute(insert(workunit_logs), rows)
 
     def _fail(
         self,
@@ -904,4 +1107,15 @@ def workunit_document(row: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["FailureLimits", "LeaseLost", "NoWork", "WorkStore", "requeue_client_work", "requeued_state"]
+__all__ = [
+    "CheckoutRequest",
+    "FailureLimits",
+    "LeaseLost",
+    "NoWork",
+    "Operation",
+    "Outcome",
+    "ReportRequest",
+    "WorkStore",
+    "requeue_client_work",
+    "requeued_state",
+]

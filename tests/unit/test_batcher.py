@@ -1,0 +1,108 @@
+"""The batcher: worker operations that arrive while a batch is in the database go together in the next,
+one operation per client at a time, and a batch that fails is sent again one operation at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from perdure.api.batcher import Batcher
+from perdure.store.work import CheckoutRequest, Operation, Outcome, ReportRequest
+
+
+class FakeStore:
+    """Records each batch; the first waits until ``release`` is set, so others can pile up."""
+
+    def __init__(self, poison: str | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.release = threading.Event()
+        self.poison = poison
+
+    def dispatch(self, operations: Sequence[Operation]) -> list[Outcome]:
+        self.batches.append([describe(op) for op in operations])
+        if len(self.batches) == 1:
+            assert self.release.wait(10)
+        if any(describe(op) == self.poison for op in operations):
+            raise RuntimeError("the database refused the batch")
+        return [Outcome(checkout={"id": describe(op)}) for op in operations]
+
+
+def describe(operation: Operation) -> str:
+    if operation.report is not None:
+        return f"report:{operation.report.client_id}:{operation.report.wu_id}"
+    assert operation.checkout is not None
+    return f"checkout:{operation.checkout.client_id}"
+
+
+def checkout(client_id: str) -> Operation:
+    return Operation(checkout=CheckoutRequest(client_id))
+
+
+def report(client_id: str, wu_id: str) -> Operation:
+    return Operation(report=ReportRequest(wu_id, client_id, "done"))
+
+
+async def run_all(batcher: Batcher, store: FakeStore, operations: list[Operation]) -> list[Any]:
+    """Submit the first operation, then the rest while the first batch is held in the 'database'."""
+    first = asyncio.ensure_future(batcher.submit(operations[0]))
+    while not store.batches:
+        await asyncio.sleep(0.01)
+    rest = [asyncio.ensure_future(batcher.submit(op)) for op in operations[1:]]
+    await asyncio.sleep(0.05)  # every submit is pending now
+    store.release.set()
+    return await asyncio.gather(first, *rest, return_exceptions=True)
+
+
+def test_operations_arriving_during_a_batch_go_together_in_the_next() -> None:
+    store = FakeStore()
+    batcher = Batcher(store, max_running=1)  # type: ignore[arg-type]
+    operations = [checkout(f"c{n}") for n in range(6)]
+    outcomes = asyncio.run(run_all(batcher, store, operations))
+    assert store.batches == [["checkout:c0"], [f"checkout:c{n}" for n in range(1, 6)]]
+    assert [o.checkout["id"] for o in outcomes] == [describe(op) for op in operations]
+
+
+def test_a_batch_holds_at_most_max_batch_operations() -> None:
+    store = FakeStore()
+    batcher = Batcher(store, max_batch=2, max_running=1)  # type: ignore[arg-type]
+    asyncio.run(run_all(batcher, store, [checkout(f"c{n}") for n in range(6)]))
+    assert [len(batch) for batch in store.batches] == [1, 2, 2, 1]
+
+
+def test_a_clients_operations_are_never_in_the_database_at_once() -> None:
+    store = FakeStore()
+    batcher = Batcher(store, max_running=2)  # type: ignore[arg-type]
+    operations = [report("c1", "w1"), report("c1", "w2"), checkout("c2"), checkout("c1")]
+    asyncio.run(run_all(batcher, store, operations))
+    # c1's second and third operation each wait for the one before, though a batch slot was free.
+    assert store.batches == [["report:c1:w1"], ["checkout:c2"], ["report:c1:w2"], ["checkout:c1"]]
+
+
+def test_a_failed_batch_is_sent_again_one_operation_at_a_time() -> None:
+    store = FakeStore(poison="checkout:c2")
+    batcher = Batcher(store, max_running=1)  # type: ignore[arg-type]
+    operations = [checkout("c0"), checkout("c1"), checkout("c2"), checkout("c3")]
+    outcomes = asyncio.run(run_all(batcher, store, operations))
+    assert store.batches[1] == ["checkout:c1", "checkout:c2", "checkout:c3"]
+    assert store.batches[2:] == [["checkout:c1"], ["checkout:c2"], ["checkout:c3"]]
+    assert outcomes[1].checkout == {"id": "checkout:c1"} and outcomes[3].checkout == {"id": "checkout:c3"}
+    assert isinstance(outcomes[2], RuntimeError)
+
+
+def test_a_lone_operation_is_sent_at_once() -> None:
+    store = FakeStore()
+    store.release.set()
+    batcher = Batcher(store)  # type: ignore[arg-type]
+
+    async def one() -> Outcome:
+        return await asyncio.wait_for(batcher.submit(checkout("c1")), timeout=5)
+
+    assert asyncio.run(one()).checkout == {"id": "checkout:c1"}
+    failing = FakeStore(poison="checkout:c1")
+    failing.release.set()
+    with pytest.raises(RuntimeError, match="refused the batch"):
+        asyncio.run(Batcher(failing).submit(checkout("c1")))  # type: ignore[arg-type]
