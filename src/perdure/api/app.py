@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -35,7 +36,17 @@ from perdure.store.spot import jobs_to_collect
 log = logging.getLogger("perdure.server")
 
 
-def create_app(settings: Settings, *, db: Database | None = None, run_migrations: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    db: Database | None = None,
+    run_migrations: bool = True,
+    freeze_startup_objects: bool = False,
+) -> FastAPI:
+    """The server application. ``freeze_startup_objects`` (a server process, not a test) moves what
+    exists once it has started out of the garbage collector's reach (``gc.freeze``): the modules,
+    stores and settings live as long as the process, and walking them took a full collection about
+    75 ms, once a second under load, during which no request moved."""
     database = db or Database(settings.database_url)
     if run_migrations:
         migrate.upgrade(database)
@@ -57,6 +68,8 @@ def create_app(settings: Settings, *, db: Database | None = None, run_migrations
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         context.signal.start(database)
+        if freeze_startup_objects:
+            gc.freeze()
         stop = asyncio.Event()
         sweeper = asyncio.create_task(_sweep_forever(context, stop))
         try:
@@ -86,7 +99,7 @@ def create_app(settings: Settings, *, db: Database | None = None, run_migrations
 
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (several worker processes): settings come from PERDURE_*."""
-    return create_app(Settings.from_env(), run_migrations=False)
+    return create_app(Settings.from_env(), run_migrations=False, freeze_startup_objects=True)
 
 
 class RefuseNulMiddleware:

@@ -192,20 +192,28 @@ _CLIENT = select(
     .scalar_subquery()
     .label("held"),
 ).where(clients.c.id == bindparam("client"))
-#: The same on PostgreSQL (run on psycopg directly) for every client of a batch, also setting for this
-#: transaction what makes the claim walk the partial queue index in order and stop at the first free
-#: rows: without fresh statistics the planner may instead sort every queued row for each claim. (The
-#: few claimed rows are still sorted, which ``enable_sort`` prices so high that PostgreSQL would
-#: compile the statement with its JIT, for a second, every time: hence no JIT.)
+#: The same on PostgreSQL (run on psycopg directly) for every client of a batch.
 _CLIENTS_PG = f"""
 SELECT c.id, c.group_name, c.apps, c.node_id, c.deleted_at, c.suspended,
     (SELECT w.id FROM workunits w WHERE w.client_id = c.id AND w.state = '{WorkunitState.CHECKOUT.value}'
      LIMIT 1) AS held,
-    EXISTS (SELECT 1 FROM client_skip_work s WHERE s.client_id = c.id) AS skips,
-    set_config('enable_sort', 'off', true) AS no_sort,
-    set_config('enable_bitmapscan', 'off', true) AS no_bitmap,
-    set_config('jit', 'off', true) AS no_jit
+    EXISTS (SELECT 1 FROM client_skip_work s WHERE s.client_id = c.id) AS skips
 FROM clients c WHERE c.id = ANY(%(clients)s)"""
+#: PostgreSQL, for the rest of a batch's transaction: plans that do not depend on statistics, which
+#: lag behind a table that grows by thousands of workunits a minute. Every statement of a batch looks
+#: rows up by key, so a nested loop over index lookups is always right, where a planner that thinks
+#: the table small would scan all of it. (Autovacuum catches up eventually; these plans need not.)
+_BY_KEY_PG = """
+SELECT set_config('enable_seqscan', 'off', true) AS seqscan,
+    set_config('enable_hashjoin', 'off', true) AS hash, set_config('enable_mergejoin', 'off', true) AS merge,
+    set_config('jit', 'off', true) AS jit"""
+#: PostgreSQL, for a batch's claims besides: walk the partial queue indexes in order and stop at the
+#: first free rows, where the planner may otherwise sort every queued row for each claim. (The few
+#: claimed rows are still sorted, which ``enable_sort`` prices so high that PostgreSQL would compile
+#: the statement with its JIT, for a second, every time: hence no JIT either.)
+_IN_QUEUE_ORDER_PG = """
+SELECT set_config('enable_sort', 'off', true) AS sort,
+    set_config('enable_bitmapscan', 'off', true) AS bitmap"""
 
 
 def _group_params(group: str) -> dict[str, str]:
@@ -568,10 +576,9 @@ class WorkStore:
             # The clients, the leases they may hold already and (PostgreSQL) the planner settings for
             # the claim, in one round trip.
             if postgres:
-                found = {
-                    row.id: row
-                    for row in _pg_rows(conn, _CLIENTS_PG, {"clients": [r.client_id for r in requests]})
-                }
+                ids = {"clients": [r.client_id for r in requests]}
+                plans: list[tuple[str, Any] | None] = [(_BY_KEY_PG, None), (_IN_QUEUE_ORDER_PG, None)]
+                found = {row.id: row for row in _pg_pipeline(conn, [*plans, (_CLIENTS_PG, ids)])[-1]}
             else:
                 found = {}
                 for request in requests:
@@ -760,7 +767,8 @@ class WorkStore:
         postgres = self.db.dialect == "postgresql"
         if postgres:
             params = {"wus": [r.wu_id for _, r in requests], "clients": [r.client_id for _, r in requests]}
-            rows = {(row.id, row.reporter): row for row in _pg_rows(conn, _REPORTED_PG, params)}
+            reported = _pg_pipeline(conn, [(_BY_KEY_PG, None), (_REPORTED_PG, params)])[-1]
+            rows = {(row.id, row.reporter): row for row in reported}
         else:
             rows = {}
             for _, r in requests:
