@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
-import queue
 import re
 import threading
 from pathlib import Path
@@ -38,7 +37,6 @@ class ServerLogs:
         self._lock = threading.Lock()
         self._server: logging.handlers.RotatingFileHandler | None = None
         self._access: logging.handlers.RotatingFileHandler | None = None
-        self._listener: logging.handlers.QueueListener | None = None
         self.server_path = data_dir / "logs" / "perdure.log"
 
     @property
@@ -79,26 +77,6 @@ class ServerLogs:
             if self._server is not None:
                 self._server.setLevel(level)
 
-    def _swap_access(self, path: Path, max_bytes: int, backups: int) -> logging.handlers.RotatingFileHandler:
-        """The access log is written by a background thread: requests only put a record on a queue."""
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        if self._listener is not None:
-            self._listener.stop()
-        if self._access is not None:
-            self._access.close()
-        logger = logging.getLogger(ACCESS_LOGGER)
-        logger.propagate = False
-        logger.setLevel(logging.INFO)
-        for old in list(logger.handlers):
-            if isinstance(old, logging.handlers.QueueHandler):
-                logger.removeHandler(old)
-        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        logger.addHandler(logging.handlers.QueueHandler(records))
-        self._listener = logging.handlers.QueueListener(records, handler)
-        self._listener.start()
-        return handler
-
     @staticmethod
     def _swap(
         logger: logging.Logger,
@@ -123,14 +101,8 @@ class ServerLogs:
                 logging.getLogger().removeHandler(self._server)
                 self._server.close()
                 self._server = None
-            if self._listener is not None:
-                self._listener.stop()  # flushes what is queued
-                self._listener = None
-            logger = logging.getLogger(ACCESS_LOGGER)
-            for old in list(logger.handlers):
-                if isinstance(old, logging.handlers.QueueHandler):
-                    logger.removeHandler(old)
             if self._access is not None:
+                logging.getLogger(ACCESS_LOGGER).removeHandler(self._access)
                 self._access.close()
                 self._access = None
 

@@ -24,6 +24,8 @@ from perdure.api.accesslog import AccessLogMiddleware
 from perdure.api.auth import AuthMiddleware
 from perdure.api.context import ServerContext
 from perdure.api.envelope import error_for
+from perdure.api.errors import response_for
+from perdure.api.fastpath import WorkerFastPath
 from perdure.config import env_overrides
 from perdure.configstore import ConfigStore
 from perdure.errors import PerdureError
@@ -89,6 +91,7 @@ def create_app(
     for module in (root, jobs, work, spot, data, clients, cgroups, queue, nodes, scripts, management):
         app.include_router(module.router)
     app.include_router(management.log_files)  # last: /{name} would shadow the routes above
+    app.add_middleware(WorkerFastPath)  # innermost: after authentication, instead of FastAPI's routing
     app.add_middleware(AuthMiddleware)
     app.add_middleware(RefuseNulMiddleware)
     app.add_middleware(AccessLogMiddleware)  # logs even requests auth refuses
@@ -121,7 +124,7 @@ class RefuseNulMiddleware:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PerdureError)
     async def _perdure_error(request: Request, exc: PerdureError) -> JSONResponse:
-        return error_for(request.url.path, exc.status, exc.message, exc.fields, exc.error_code)
+        return response_for(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -139,8 +142,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_for(request.url.path, 500, f"internal error: {type(exc).__name__}")
+        return response_for(request, exc)
 
 
 #: Seconds between SQLite planner-statistics refreshes.

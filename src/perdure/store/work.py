@@ -211,9 +211,15 @@ SELECT set_config('enable_seqscan', 'off', true) AS seqscan,
 #: first free rows, where the planner may otherwise sort every queued row for each claim. (The few
 #: claimed rows are still sorted, which ``enable_sort`` prices so high that PostgreSQL would compile
 #: the statement with its JIT, for a second, every time: hence no JIT either.)
-_IN_QUEUE_ORDER_PG = """
+#:
+#: And the claim's commit does not wait for its WAL to reach the disk. A claim that a crash of the
+#: database loses is harmless: the workunit is queued again as before it, and the worker's report of
+#: it is refused (the lease is not its own), so the work runs again but never completes twice, and no
+#: report or job is lost. Reports, which a worker must be able to rely on once answered, still wait.
+_CLAIM_SETTINGS_PG = """
 SELECT set_config('enable_sort', 'off', true) AS sort,
-    set_config('enable_bitmapscan', 'off', true) AS bitmap"""
+    set_config('enable_bitmapscan', 'off', true) AS bitmap,
+    set_config('synchronous_commit', 'off', true) AS async_commit"""
 
 
 def _group_params(group: str) -> dict[str, str]:
@@ -577,7 +583,7 @@ class WorkStore:
             # the claim, in one round trip.
             if postgres:
                 ids = {"clients": [r.client_id for r in requests]}
-                plans: list[tuple[str, Any] | None] = [(_BY_KEY_PG, None), (_IN_QUEUE_ORDER_PG, None)]
+                plans: list[tuple[str, Any] | None] = [(_BY_KEY_PG, None), (_CLAIM_SETTINGS_PG, None)]
                 found = {row.id: row for row in _pg_pipeline(conn, [*plans, (_CLIENTS_PG, ids)])[-1]}
             else:
                 found = {}
