@@ -80,9 +80,9 @@ class Samples:
             storage.add(conn, self._rows, clock.now())
 
     def insert(self) -> Insert:
-        """What ``write`` would run on PostgreSQL, for a caller that sends it to the database together
-        with other statements (psycopg's pipeline mode). The samples go as arrays, so the statement's
-        text is the same for any number of them: PostgreSQL and psycopg prepare it once."""
+        """What ``write`` would run on PostgreSQL, for a caller that runs it on psycopg directly. The
+        samples go as arrays, so the statement's text is the same for any number of them: PostgreSQL
+        and psycopg prepare it once."""
         if not self._rows:
             return None
         metrics, object_ids, values = zip(*self._rows, strict=True)

@@ -419,39 +419,35 @@ WHERE tasks.id = a.task
 RETURNING tasks.id, tasks.remainwork, tasks.taskid"""
 
 
-def _pg_pipeline(
+def _pg_run(
     conn: Connection, statements: Sequence[tuple[str, Any] | None], *, commit: bool = False
 ) -> list[list[Any]]:
     """Run statements (psycopg's placeholders) on psycopg directly, in the connection's transaction,
-    in one round trip (pipeline mode), and return each one's rows (attributes by column name; empty
-    for a statement that returns none). With ``commit`` the COMMIT goes in the same round trip, so the
-    rows the statements lock stay locked that long, not also while this thread waits for the
-    interpreter; nothing may run on ``conn`` afterwards (SQLAlchemy's own commit finds nothing to do).
+    without SQLAlchemy's per-statement work (psycopg prepares them once it has seen them a few times),
+    and return each one's rows (attributes by column name; empty for a statement that returns none).
+    With ``commit`` the transaction ends here; nothing may run on ``conn`` afterwards (SQLAlchemy's own
+    commit finds nothing to do). On loopback, psycopg's pipeline mode saved no time and cost more CPU.
     """
     raw: Any = conn.connection.driver_connection
     sql = ""
-    cursors = []
+    results: list[list[Any]] = []
     try:
-        with raw.pipeline():
-            for statement in statements:
-                if statement is not None:
-                    sql, params = statement
-                    cursor = raw.cursor(row_factory=namedtuple_row)
+        for statement in statements:
+            if statement is not None:
+                sql, params = statement
+                with raw.cursor(row_factory=namedtuple_row) as cursor:
                     cursor.execute(sql, params)
-                    cursors.append(cursor)
-            if commit:
-                sql = "COMMIT"
-                raw.commit()
-        return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
+                    results.append(cursor.fetchall() if cursor.description is not None else [])
+        if commit:
+            sql = "COMMIT"
+            raw.commit()
+        return results
     except psycopg.Error as exc:
         raise DBAPIError(sql, None, exc) from exc  # as SQLAlchemy would: ``retry_on_conflict`` sees it
-    finally:
-        for cursor in cursors:
-            cursor.close()
 
 
 def _pg_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[Any]:
-    return _pg_pipeline(conn, [(sql, params)])[0]
+    return _pg_run(conn, [(sql, params)])[0]
 
 
 def _rounds(operations: Sequence[Operation]) -> list[list[int]]:
@@ -579,12 +575,12 @@ class WorkStore:
         postgres = self.db.dialect == "postgresql"
         with self.db.write() as conn:
             now = now_us()  # after BEGIN IMMEDIATE: times follow commit order
-            # The clients, the leases they may hold already and (PostgreSQL) the planner settings for
-            # the claim, in one round trip.
+            # The clients and the leases they may hold already, after (PostgreSQL) the settings for
+            # the rest of the transaction.
             if postgres:
                 ids = {"clients": [r.client_id for r in requests]}
                 plans: list[tuple[str, Any] | None] = [(_BY_KEY_PG, None), (_CLAIM_SETTINGS_PG, None)]
-                found = {row.id: row for row in _pg_pipeline(conn, [*plans, (_CLIENTS_PG, ids)])[-1]}
+                found = {row.id: row for row in _pg_run(conn, [*plans, (_CLIENTS_PG, ids)])[-1]}
             else:
                 found = {}
                 for request in requests:
@@ -663,9 +659,9 @@ class WorkStore:
         return self._document(conn, wu_id)
 
     def _finish(self, conn: Connection, samples: metrics.Samples) -> None:
-        """The transaction's metric samples, and on PostgreSQL the COMMIT with them in one round trip."""
+        """The transaction's metric samples, written with one statement, and (PostgreSQL) the COMMIT."""
         if self.db.dialect == "postgresql":
-            _pg_pipeline(conn, [samples.insert()], commit=True)
+            _pg_run(conn, [samples.insert()], commit=True)
         else:
             samples.write(conn)
 
@@ -773,7 +769,7 @@ class WorkStore:
         postgres = self.db.dialect == "postgresql"
         if postgres:
             params = {"wus": [r.wu_id for _, r in requests], "clients": [r.client_id for _, r in requests]}
-            reported = _pg_pipeline(conn, [(_BY_KEY_PG, None), (_REPORTED_PG, params)])[-1]
+            reported = _pg_run(conn, [(_BY_KEY_PG, None), (_REPORTED_PG, params)])[-1]
             rows = {(row.id, row.reporter): row for row in reported}
         else:
             rows = {}
@@ -825,7 +821,7 @@ class WorkStore:
             }
             # The tasks' rows, which every report of their workunits updates, are locked last (in id
             # order), so they are held the shortest time.
-            tasks_left = _pg_pipeline(conn, [(_LOCK_TASKS_PG, done), (_DONE_PG, done)])[1]
+            tasks_left = _pg_run(conn, [(_LOCK_TASKS_PG, done), (_DONE_PG, done)])[1]
         else:
             conn.execute(
                 _DONE_WORKUNIT,
