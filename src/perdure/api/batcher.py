@@ -39,8 +39,8 @@ class Batcher:
         self._busy: set[str] = set()
 
     async def submit(self, operation: Operation) -> Outcome:
-        """The operation's outcome; a database error raises (here and for every operation sent with
-        it, unless each, sent again alone, succeeds)."""
+        """The operation's outcome. A database error raises for this operation alone: a batch that
+        fails is sent again one operation at a time."""
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._pending.append((operation, future))
         self._start()
