@@ -1,4 +1,4 @@
-"""Test support: throwaway databases and real server processes."""
+"""Test support: throwaway databases, real server processes, and waiting for what they do."""
 
 from __future__ import annotations
 
@@ -8,13 +8,34 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    context: Callable[[], str] = str,
+    *,
+    interval: float = 0.05,
+) -> Any:
+    """Poll until ``predicate()`` is truthy; returns its value or fails with ``what`` and ``context()``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{context()}")
+        time.sleep(interval)
+
 
 PG_ADMIN_DSN = os.environ.get("PERDURE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

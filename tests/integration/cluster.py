@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +17,7 @@ import psutil
 
 from tests.integration.workerprocess import WorkerProcess
 from tests.jobs import upload
-from tests.support import ServerProcess
+from tests.support import ServerProcess, wait_for
 
 HEARTBEAT_S = 0.5
 SERVER_ENV = {"PERDURE_NODE_TTL_S": "2", "PERDURE_SWEEP_INTERVAL_S": "0.3"}
@@ -26,20 +25,6 @@ TERMINAL = frozenset({"completed", "suspend", "failed-permanent", "deleted"})
 
 
 # ---- helpers --------------------------------------------------------------------------------------
-
-
-def wait_for(
-    predicate: Callable[[], Any], timeout: float, what: str, context: Callable[[], str] = str
-) -> Any:
-    """Poll until ``predicate()`` is truthy; returns its value or fails with ``what`` and ``context()``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{context()}")
-        time.sleep(0.05)
 
 
 def sh(taskid: str, command: str, **extra: Any) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,14 @@ from fastapi.testclient import TestClient
 from tests.integration.clientloop import Worker
 from tests.jobs import script, task, upload
 from tests.support import ServerProcess, postgres_database
+from tests.support import wait_for as _wait_for
 
 KV = "/api/v1/configKV"
 SWEEP_ENV = {"PERDURE_SWEEP_INTERVAL_S": "0.3"}
+
+
+#: Each poll here asks a server something, so polls are spaced out.
+wait_for = partial(_wait_for, interval=0.2)
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
@@ -68,17 +74,6 @@ def lookup(document: dict[str, Any], key: str) -> Any:
     for part in key.split("."):
         value = value[part]
     return value
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def without_addr(document: dict[str, Any]) -> dict[str, Any]:

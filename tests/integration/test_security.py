@@ -31,7 +31,8 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from perdure.api.app import create_app
 from perdure.settings import Settings
 from tests.jobs import script, task, upload
 from tests.support import ServerProcess
+from tests.support import wait_for as _wait_for
 
 REGION = "us-west-1"
 POOL = "us-west-1_perdureTest"
@@ -57,6 +59,10 @@ OIDC_ISSUER = "https://idp.example.test/realms/perdure"
 
 MGMT_ERROR_KEYS = {"statusCode", "errorCode", "message"}
 AWE_ERROR_KEYS = {"status", "data", "error"}
+
+
+#: Each poll here asks a server something, so polls are spaced out.
+wait_for = partial(_wait_for, interval=0.5)
 
 
 # ---- a token issuer of our own ----------------------------------------------------------------------
@@ -708,17 +714,6 @@ def test_the_log_endpoints_never_serve_the_stored_secrets(
 
 
 # ---- JWKS rotation ----------------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
 
 
 @pytest.mark.timeout(300)

@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 
 from tests.imds import TOKEN, ImdsStandIn
-from tests.integration.cluster import Api, Cluster, server_time, wait_for
+from tests.integration.cluster import Api, Cluster, server_time
 from tests.integration.workerprocess import WorkerProcess
 from tests.jobs import script
-from tests.support import ServerProcess
+from tests.support import ServerProcess, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNTER = ROOT / "tests" / "programs" / "counter.py"

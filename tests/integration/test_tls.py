@@ -18,7 +18,8 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,14 @@ from cryptography import x509
 from tests.integration.workerprocess import WorkerProcess
 from tests.jobs import script, upload
 from tests.support import free_port
+from tests.support import wait_for as _wait_for
 
 START_TIMEOUT_S = 120.0
 pytestmark = pytest.mark.timeout(300)
+
+
+#: Each poll here asks a server something, so polls are spaced out.
+wait_for = partial(_wait_for, interval=0.25)
 
 
 class TlsServer:
@@ -105,19 +111,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
 def https(server: TlsServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, verify=server.trust(), timeout=60.0) as client:
         yield client
-
-
-def wait_for(
-    predicate: Callable[[], Any], timeout: float, what: str, context: Callable[[], str] = str
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{context()}")
-        time.sleep(0.25)
 
 
 # ---- tests ------------------------------------------------------------------------------------------

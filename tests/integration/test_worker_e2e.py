@@ -46,10 +46,10 @@ from tests.integration.cluster import (
     read_pids,
     server_time,
     sh,
-    wait_for,
 )
 from tests.integration.workerprocess import WorkerProcess
 from tests.jobs import script
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SQUARES = ROOT / "examples" / "squares.json"
