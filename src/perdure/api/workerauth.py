@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from perdure.api.context import ctx
+from perdure.api.context import ServerContext, ctx
 from perdure.errors import Forbidden, Unauthorized
 
 
@@ -32,7 +32,7 @@ def check_worker(request: Request, *, client_id: str | None = None, group: str |
             return  # with security on, an admin's verified token may act as a worker
         # Anyone else would see other users' commands, inputs and data tokens.
         raise Forbidden("worker calls need a clientgroup token (Authorization: CG_TOKEN …) or an admin")
-    required = context.settings.client_auth_required or context.config.effective.security.cognito.enabled
+    required = _tokens_required(context)
     token = cg_token(request)
     if token is None and not required:
         return  # the common open setup: no token to check, so no lookup either
@@ -43,10 +43,11 @@ def check_worker(request: Request, *, client_id: str | None = None, group: str |
 
 async def check_worker_async(request: Request, *, client_id: str) -> None:
     """``check_worker`` from the event loop: in a thread only when there is a token to look up."""
-    required = (
-        ctx(request).settings.client_auth_required or ctx(request).config.effective.security.cognito.enabled
-    )
-    if required or cg_token_given(request) or request.headers.get("authorization"):
+    if _tokens_required(ctx(request)) or request.headers.get("authorization"):
         await run_in_threadpool(check_worker, request, client_id=client_id)
     else:
         check_worker(request, client_id=client_id)
+
+
+def _tokens_required(context: ServerContext) -> bool:
+    return context.settings.client_auth_required or context.config.effective.security.cognito.enabled

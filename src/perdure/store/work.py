@@ -177,8 +177,7 @@ def _psycopg_placeholders(sql: str) -> str:
     return re.sub(r":(\w+)", r"%(\1)s", sql)
 
 
-#: The checking-out clients (``:client`` on SQLite, ``%(clients)s`` on PostgreSQL): the lease each holds
-#: already (if any) and whether it has workunits to skip.
+#: A checking-out client (``:client``, SQLite) and the lease it may hold already.
 _CLIENT = select(
     clients.c.id,
     clients.c.group_name,
@@ -344,16 +343,11 @@ _REPORTED = (
     select(
         workunits,
         tasks.c.spec.label("task_spec"),
-        select(clients.c.id)
-        .where(clients.c.id == bindparam("client"))
-        .scalar_subquery()
-        .label("client_known"),
-        select(clients.c.node_id)
-        .where(clients.c.id == bindparam("client"))
-        .scalar_subquery()
-        .label("client_node"),
+        clients.c.id.label("client_known"),
+        clients.c.node_id.label("client_node"),
     )
     .join(tasks, tasks.c.id == workunits.c.task_id)
+    .outerjoin(clients, clients.c.id == bindparam("client"))
     .where(workunits.c.id == bindparam("wu"))
     .with_for_update(of=workunits)
 )
@@ -551,27 +545,29 @@ class WorkStore:
         in turn, each in a round of its own."""
         outcomes = [Outcome() for _ in operations]
         for indexes in _rounds(operations):
-            reported = [i for i in indexes if operations[i].report is not None]
-            if reported:
-                requests = [operations[i].report for i in reported]
-                results = self._report_batch([r for r in requests if r is not None])
-                for i, report_result in zip(reported, results, strict=True):
+            reports = [(i, r) for i in indexes if (r := operations[i].report) is not None]
+            if reports:
+                results = self._report_batch([r for _, r in reports])
+                for (i, _), report_result in zip(reports, results, strict=True):
                     outcomes[i].report = report_result
-            claiming = [
-                i
+            checkouts = [
+                (i, c)
                 for i in indexes
-                if operations[i].checkout is not None and outcomes[i].report in (None, "ok")
+                if (c := operations[i].checkout) is not None and outcomes[i].report in (None, "ok")
             ]
-            if claiming:
-                wanted = [operations[i].checkout for i in claiming]
-                claims = self._checkout_batch([c for c in wanted if c is not None])
-                for i, claim in zip(claiming, claims, strict=True):
+            if checkouts:
+                claims = self._checkout_batch([c for _, c in checkouts])
+                for (i, _), claim in zip(checkouts, claims, strict=True):
                     outcomes[i].checkout = claim
         return outcomes
 
     @retry_on_conflict
     def _checkout_batch(self, requests: Sequence[CheckoutRequest]) -> list[dict[str, Any] | PerdureError]:
-        results: list[dict[str, Any] | PerdureError] = [NoWork("No eligible workunit found")] * len(requests)
+        # Unless a claim below leases one, or the client is refused: one exception per request, as each
+        # is raised in its own request.
+        results: list[dict[str, Any] | PerdureError] = [
+            NoWork("No eligible workunit found") for _ in requests
+        ]
         postgres = self.db.dialect == "postgresql"
         with self.db.write() as conn:
             now = now_us()  # after BEGIN IMMEDIATE: times follow commit order
