@@ -4,14 +4,34 @@ claims follow the queue order and each client's skip list."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
+from perdure.api.app import create_app
 from perdure.errors import BadRequest, NotFound
-from perdure.store.work import CheckoutRequest, LeaseLost, NoWork, Operation, ReportRequest, WorkStore
-from tests.integration.drive import checkout, get_job, register, report, submit
+from perdure.settings import Settings
+from perdure.store.work import (
+    CheckoutRequest,
+    LeaseLost,
+    NoWork,
+    Operation,
+    Outcome,
+    ReportRequest,
+    WorkStore,
+)
+from tests.integration.drive import checkout, get_job, put_job, register, report, submit
 from tests.jobs import script, task
+
+
+@pytest.fixture
+def quiet_client(settings: Settings) -> Iterator[TestClient]:
+    """The app without its background sweep, which would complete a finished task on its own."""
+    with TestClient(create_app(dataclasses.replace(settings, sweep_interval_s=3600.0))) as test_client:
+        yield test_client
 
 
 def store(client: TestClient) -> WorkStore:
@@ -125,3 +145,78 @@ def test_a_batchs_claims_follow_priority_and_each_clients_skip_list(client: Test
     assert sorted(jobs.values()).count(high) == 2  # the higher priority first, whoever asked
     assert given["c1"]["id"] != failed["id"]  # type: ignore[index]
     assert len({w["id"] for w in given.values()}) == 4  # type: ignore[index]
+
+
+def test_only_the_reports_that_finish_a_task_wait_for_its_completion(client: TestClient) -> None:
+    for name in ("c1", "c2", "c3"):
+        register(client, name)
+    first = submit(client, script(task("a"), task("b", depends=["a"])))["id"]
+    submit(client, script(task("x", totalwork=3)))
+    a, x, y = checkout(client, "c1"), checkout(client, "c2"), checkout(client, "c3")
+    assert a is not None and a["task_name"] == "a"
+    assert x is not None and x["task_name"] == "x" and y is not None and y["task_name"] == "x"
+    answered: list[int] = []
+
+    def answer(index: int, outcome: Outcome) -> None:
+        answered.append(index)
+
+    outcomes = store(client).dispatch(
+        [done(a["id"], "c1", then_next=True), done(x["id"], "c2", then_next=True), done(y["id"], "c3")],
+        answer,
+    )
+
+    # c3, with nothing to check out, is answered once the reports are committed; c2 once its claim
+    # is, before task a completes, so it cannot get b's work, queued ahead of x's; c1 is answered
+    # after, and gets it.
+    assert answered == [2, 1, 0]
+    assert outcomes[2].report == "ok" and outcomes[2].checkout is None
+    assert isinstance(outcomes[1].checkout, dict) and outcomes[1].checkout["task_name"] == "x"
+    assert isinstance(outcomes[0].checkout, dict) and outcomes[0].checkout["task_name"] == "b"
+    assert [t["state"] for t in get_job(client, first)["tasks"]] == ["completed", "in-progress"]
+
+
+def finish_task_without_completing_it(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """A job whose task a has no work left but is not complete, as a server stopped between a
+    batch's reports and the task's completion leaves it. Returns the job id and a's workunit id."""
+    register(client, "c1")
+    job_id = submit(client, script(task("a"), task("b", depends=["a"])))["id"]
+    a = checkout(client, "c1")
+    assert a is not None
+    with monkeypatch.context() as patched:
+        patched.setattr(WorkStore, "_advance_jobs", lambda self, job_ids: None)  # stopped here
+        report(client, a["id"], "c1")
+    tasks = get_job(client, job_id)["tasks"]
+    assert [(t["state"], t["remainwork"]) for t in tasks] == [("in-progress", 0), ("pending", 1)]
+    return job_id, a["id"]
+
+
+def test_a_task_left_finished_by_a_stopped_server_is_completed_by_the_sweep(
+    quiet_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id, a = finish_task_without_completing_it(quiet_client, monkeypatch)
+    report(quiet_client, a, "c1")  # the worker's retry of its report is answered "ok", as before
+    jobs = quiet_client.app.state.ctx.jobs  # type: ignore[attr-defined]
+
+    assert jobs.advance_finished() == 1
+    assert [t["state"] for t in get_job(quiet_client, job_id)["tasks"]] == ["completed", "queued"]
+    assert jobs.advance_finished() == 0
+    b = checkout(quiet_client, "c1")
+    assert b is not None and b["task_name"] == "b"
+    report(quiet_client, b["id"], "c1")
+    assert get_job(quiet_client, job_id)["state"] == "completed"
+
+
+def test_a_job_suspended_before_its_finished_task_completed_completes_it_when_resumed(
+    quiet_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id, _ = finish_task_without_completing_it(quiet_client, monkeypatch)
+    put_job(quiet_client, job_id, "suspend")
+    assert [t["state"] for t in get_job(quiet_client, job_id)["tasks"]] == ["suspend", "pending"]
+    jobs = quiet_client.app.state.ctx.jobs  # type: ignore[attr-defined]
+    assert jobs.advance_finished() == 0  # the sweep leaves a suspended job as it is
+
+    put_job(quiet_client, job_id, "resume")
+
+    assert [t["state"] for t in get_job(quiet_client, job_id)["tasks"]] == ["completed", "queued"]
+    b = checkout(quiet_client, "c1")
+    assert b is not None and b["task_name"] == "b"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -15,20 +15,29 @@ from perdure.store.work import CheckoutRequest, Operation, Outcome, ReportReques
 
 
 class FakeStore:
-    """Records each batch; the first waits until ``release`` is set, so others can pile up."""
+    """Records each batch; the first waits until ``release`` is set, so others can pile up. With
+    ``early``, the operations so described are answered before the batch waits (as the store answers
+    those that do not wait for a task's completion)."""
 
-    def __init__(self, poison: str | None = None) -> None:
+    def __init__(self, poison: str | None = None, early: frozenset[str] = frozenset()) -> None:
         self.batches: list[list[str]] = []
         self.release = threading.Event()
         self.poison = poison
+        self.early = early
 
-    def dispatch(self, operations: Sequence[Operation]) -> list[Outcome]:
+    def dispatch(
+        self, operations: Sequence[Operation], answer: Callable[[int, Outcome], None] | None = None
+    ) -> list[Outcome]:
         self.batches.append([describe(op) for op in operations])
+        outcomes = [Outcome(checkout={"id": describe(op)}) for op in operations]
+        for n, op in enumerate(operations):
+            if describe(op) in self.early and answer is not None:
+                answer(n, outcomes[n])
         if len(self.batches) == 1:
             assert self.release.wait(10)
         if any(describe(op) == self.poison for op in operations):
             raise RuntimeError("the database refused the batch")
-        return [Outcome(checkout={"id": describe(op)}) for op in operations]
+        return outcomes
 
 
 def describe(operation: Operation) -> str:
@@ -106,3 +115,59 @@ def test_a_lone_operation_is_sent_at_once() -> None:
     failing.release.set()
     with pytest.raises(RuntimeError, match="refused the batch"):
         asyncio.run(Batcher(failing).submit(checkout("c1")))  # type: ignore[arg-type]
+
+
+def test_an_operation_answered_early_frees_its_client_before_the_batch_ends() -> None:
+    store = FakeStore(early=frozenset({"checkout:c0"}))
+    batcher = Batcher(store, max_running=2)  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[Outcome, Outcome, list[list[str]]]:
+        first = await asyncio.wait_for(batcher.submit(checkout("c0")), timeout=5)
+        # Answered while its batch is still in the 'database': c0's next operation goes at once.
+        second = await asyncio.wait_for(batcher.submit(report("c0", "w1")), timeout=5)
+        seen = [list(batch) for batch in store.batches]
+        store.release.set()
+        while batcher._running:
+            await asyncio.sleep(0.01)
+        return first, second, seen
+
+    first, second, seen = asyncio.run(scenario())
+    assert first.checkout == {"id": "checkout:c0"} and second.checkout == {"id": "report:c0:w1"}
+    assert seen == [["checkout:c0"], ["report:c0:w1"]]
+
+
+def test_a_failed_batch_does_not_send_again_what_it_answered() -> None:
+    store = FakeStore(poison="checkout:c2", early=frozenset({"checkout:c1"}))
+    batcher = Batcher(store, max_running=1)  # type: ignore[arg-type]
+    operations = [checkout("c0"), checkout("c1"), checkout("c2")]
+    outcomes = asyncio.run(run_all(batcher, store, operations))
+    assert store.batches[1:] == [["checkout:c1", "checkout:c2"], ["checkout:c2"]]
+    assert outcomes[1].checkout == {"id": "checkout:c1"}
+    assert isinstance(outcomes[2], RuntimeError)
+
+
+def test_a_second_batch_waits_briefly_for_company() -> None:
+    """While one batch is in the database, a lone operation waits up to ``linger_s`` for others, so
+    that batches of 1 and of many do not alternate; with ``min_company`` pending it goes at once."""
+    store = FakeStore()
+    batcher = Batcher(store, max_running=2, min_company=3, linger_s=0.2)  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
+        held = asyncio.ensure_future(batcher.submit(checkout("c0")))
+        while not store.batches:
+            await asyncio.sleep(0.001)
+        lone = asyncio.ensure_future(batcher.submit(checkout("c1")))
+        await asyncio.sleep(0.05)
+        waiting = [list(batch) for batch in store.batches]  # c1 lingers: not sent yet
+        await lone
+        after_linger = [list(batch) for batch in store.batches]
+        crowd = [asyncio.ensure_future(batcher.submit(checkout(f"c{n}"))) for n in range(2, 5)]
+        await asyncio.wait_for(asyncio.gather(*crowd), timeout=0.15)  # sooner than the linger
+        store.release.set()
+        await held
+        return waiting, after_linger, [list(batch) for batch in store.batches]
+
+    waiting, after_linger, batches = asyncio.run(scenario())
+    assert waiting == [["checkout:c0"]]
+    assert after_linger == [["checkout:c0"], ["checkout:c1"]]
+    assert batches[2] == ["checkout:c2", "checkout:c3", "checkout:c4"]

@@ -171,6 +171,10 @@ def sweep_once(context: ServerContext) -> None:
     if requeued:
         log.warning("re-queued %d workunit(s) of lost clients", requeued)
     context.jobs.promote_due()
+    finished = context.jobs.advance_finished()
+    if finished:
+        # A server stopped mid-batch leaves such tasks (or this sweep met a live batch in between).
+        log.info("completed the finished tasks of %d job(s)", finished)
     metrics.sweep(context.db, node_ttl_s=context.settings.node_ttl_s)
     reaped = context.jobs.reap_expired()
     if reaped:

@@ -785,6 +785,17 @@ class JobStore:
                 lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
         return len(due)
 
+    def advance_finished(self) -> int:
+        """Complete the tasks that have no workunit left to do but are not complete: a server
+        stopped between a batch's reports and the transaction that completes their tasks leaves
+        them so. Returns how many jobs were moved on."""
+        with self.db.read() as conn:
+            found = lifecycle.finished_task_jobs(conn)
+        for job_id in found:
+            with self.db.write() as conn:
+                lifecycle.advance_job(conn, job_id, now_us(), self._expire_after_s(), self.blobs)
+        return len(found)
+
     def reap_expired(self) -> int:
         """Remove completed or deleted jobs whose expiration has passed."""
         now = now_us()

@@ -8,7 +8,7 @@ into workunits and queued; a job with no task left completes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, text, update
@@ -49,6 +49,12 @@ def workunit_id(task_id: str, rank: int) -> str:
     return f"{task_id}_{rank}"
 
 
+#: Jobs that ``advance_job`` moves on; any other (suspended, say) waits to be resumed.
+_ADVANCING_JOB_STATES = (JobState.INIT, JobState.QUEUED, JobState.IN_PROGRESS)
+#: Tasks with workunits queued or running: one with none left to do is complete.
+_RUNNING_TASK_STATES = (TaskState.QUEUED, TaskState.IN_PROGRESS)
+
+
 def advance_job(
     conn: Connection,
     job_id: str,
@@ -56,7 +62,8 @@ def advance_job(
     expire_after_s: Mapping[str, int] | None = None,
     blobs: BlobStore | None = None,
 ) -> None:
-    """Enqueue every task whose time has come, and complete the job when nothing is left.
+    """Complete every task with no workunit left to do, enqueue every task whose time has come, and
+    complete the job when nothing is left. Idempotent: it reads the job's tasks after locking the job.
 
     ``expire_after_s`` maps a pipeline (or ``""`` for the global default) to the expiration given to a
     job completing now; ``blobs`` is the data store, needed to split inputs produced by earlier tasks.
@@ -69,14 +76,25 @@ def advance_job(
     if job is None:
         return
     state = JobState(job.state)
-    if state not in (JobState.INIT, JobState.QUEUED, JobState.IN_PROGRESS):
+    if state not in _ADVANCING_JOB_STATES:
         return
     rows = conn.execute(
-        select(tasks.c.id, tasks.c.taskid, tasks.c.state, tasks.c.depends_on, tasks.c.totalwork, tasks.c.app)
+        select(
+            tasks.c.id,
+            tasks.c.taskid,
+            tasks.c.state,
+            tasks.c.depends_on,
+            tasks.c.totalwork,
+            tasks.c.remainwork,
+            tasks.c.app,
+        )
         .where(tasks.c.job_id == job_id)
         .order_by(tasks.c.ordinal)
     ).all()
-    completed = {r.taskid for r in rows if r.state == TaskState.COMPLETED}
+    finished = [r for r in rows if r.state in _RUNNING_TASK_STATES and r.remainwork <= 0]
+    if finished:
+        _complete_tasks(conn, job_id, finished, now)
+    completed = {r.taskid for r in rows if r.state == TaskState.COMPLETED} | {r.taskid for r in finished}
     start_due = job.start_at <= now
     for task in rows:
         if task.state not in (TaskState.PENDING, TaskState.READY):
@@ -89,6 +107,40 @@ def advance_job(
         state = JobState.QUEUED
     if rows and len(completed) == len(rows):
         _complete_job(conn, job_id, state, now, expire_after_s or {})
+
+
+def _complete_tasks(conn: Connection, job_id: str, finished: Sequence[Any], now: int) -> None:
+    for task in finished:
+        TaskState(task.state).check(TaskState.COMPLETED)
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.id == task.id)
+            .values(state=TaskState.COMPLETED.value, completeddate=now)
+        )
+        record_event(conn, job_id, EVENT_TASK_DONE, f"task {task.taskid} completed", now)
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id)
+        .values(remaintasks=jobs.c.remaintasks - len(finished), updatetime=now)
+    )
+
+
+def finished_task_jobs(conn: Connection) -> list[str]:
+    """Jobs with a task that has no workunit left to do but is not yet complete: ``advance_job``
+    completes it. Normally none (a report's batch advances its jobs at once), but a server stopped
+    in between leaves some."""
+    found = conn.execute(
+        select(tasks.c.job_id)
+        .distinct()
+        .join(jobs, jobs.c.id == tasks.c.job_id)
+        .where(
+            tasks.c.state.in_([s.value for s in _RUNNING_TASK_STATES]),
+            tasks.c.remainwork <= 0,
+            jobs.c.state.in_([s.value for s in _ADVANCING_JOB_STATES]),
+        )
+        .order_by(tasks.c.job_id)
+    )
+    return list(found.scalars())
 
 
 def _enqueue_task(

@@ -38,7 +38,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from perdure.datastore import BlobStore
 from perdure.documents import job_info
@@ -206,19 +206,21 @@ _BY_KEY_PG = """
 SELECT set_config('enable_seqscan', 'off', true) AS seqscan,
     set_config('enable_hashjoin', 'off', true) AS hash, set_config('enable_mergejoin', 'off', true) AS merge,
     set_config('jit', 'off', true) AS jit"""
-#: PostgreSQL, for a batch's claims besides: walk the partial queue indexes in order and stop at the
-#: first free rows, where the planner may otherwise sort every queued row for each claim. (The few
-#: claimed rows are still sorted, which ``enable_sort`` prices so high that PostgreSQL would compile
-#: the statement with its JIT, for a second, every time: hence no JIT either.)
+#: PostgreSQL, for a batch's claims, in the same statement: walk the partial queue indexes in order
+#: and stop at the first free rows, where the planner may otherwise sort every queued row for each
+#: claim. (The few claimed rows are still sorted, which ``enable_sort`` prices so high that PostgreSQL
+#: would compile the statement with its JIT, for a second, every time: hence no JIT either.)
 #:
 #: And the claim's commit does not wait for its WAL to reach the disk. A claim that a crash of the
 #: database loses is harmless: the workunit is queued again as before it, and the worker's report of
 #: it is refused (the lease is not its own), so the work runs again but never completes twice, and no
 #: report or job is lost. Reports, which a worker must be able to rely on once answered, still wait.
-_CLAIM_SETTINGS_PG = """
-SELECT set_config('enable_sort', 'off', true) AS sort,
+_CLAIM_SETTINGS_PG = (
+    _BY_KEY_PG
+    + """, set_config('enable_sort', 'off', true) AS sort,
     set_config('enable_bitmapscan', 'off', true) AS bitmap,
     set_config('synchronous_commit', 'off', true) AS async_commit"""
+)
 
 
 def _group_params(group: str) -> dict[str, str]:
@@ -458,6 +460,11 @@ def _rounds(operations: Sequence[Operation]) -> list[list[int]]:
     return rounds
 
 
+def _checks_out(operation: Operation, outcome: Outcome) -> bool:
+    """Whether the operation asks for a checkout that its report, if any, allows."""
+    return operation.checkout is not None and outcome.report in (None, "ok")
+
+
 def _checked(request: ReportRequest) -> ReportRequest:
     """A report as the store takes it (decoded id, known logs only), or ``BadRequest``."""
     if request.status not in REPORT_STATUSES:
@@ -537,29 +544,80 @@ class WorkStore:
         request = ReportRequest(wu_id, client_id, status, computetime, dict(logs or {}), preemption)
         return _value(self.dispatch([Operation(report=request)])[0].report)
 
-    def dispatch(self, operations: Sequence[Operation]) -> list[Outcome]:
+    def dispatch(
+        self, operations: Sequence[Operation], answer: Callable[[int, Outcome], None] | None = None
+    ) -> list[Outcome]:
         """Several workers' requests at once (a server takes together those that arrive while it is
         busy): every report in one transaction, then the checkouts, of operations without a report or
         whose report was accepted, in another. Each operation's refusal is its own; a database error
         fails them all, and nothing of the transaction it hit is kept. A client's operations are taken
-        in turn, each in a round of its own."""
+        in turn, each in a round of its own.
+
+        ``answer(index, outcome)`` is called as soon as an operation's outcome is final, before the
+        batch is over: a report with nothing to check out once the reports are committed, a checkout
+        once the claims are. When the reports leave a task with no workunit to do, the task is
+        completed and its job moved on (dependents queued, the job completed) in a transaction of its
+        own, after those answers: only the operations whose reports finished the task wait for it, and
+        check out afterwards, so that a worker which reported a task's last workunit finds the work of
+        the tasks that waited for it.
+        """
         outcomes = [Outcome() for _ in operations]
         for indexes in _rounds(operations):
             reports = [(i, r) for i in indexes if (r := operations[i].report) is not None]
+            finishing: dict[str, list[int]] = {}
             if reports:
-                results = self._report_batch([r for _, r in reports])
+                results, finished = self._report_batch([r for _, r in reports])
                 for (i, _), report_result in zip(reports, results, strict=True):
                     outcomes[i].report = report_result
-            checkouts = [
-                (i, c)
-                for i in indexes
-                if (c := operations[i].checkout) is not None and outcomes[i].report in (None, "ok")
-            ]
-            if checkouts:
-                claims = self._checkout_batch([c for _, c in checkouts])
-                for (i, _), claim in zip(checkouts, claims, strict=True):
-                    outcomes[i].checkout = claim
+                finishing = {job: [reports[n][0] for n in ns] for job, ns in finished.items()}
+            waiting = {i for ns in finishing.values() for i in ns}
+            at_once = [i for i in indexes if i not in waiting]
+            if answer is not None:  # those with nothing to check out, before the others' claims
+                for i in at_once:
+                    if not _checks_out(operations[i], outcomes[i]):
+                        answer(i, outcomes[i])
+            self._checkouts(operations, outcomes, at_once)
+            if answer is not None:
+                for i in at_once:
+                    if _checks_out(operations[i], outcomes[i]):
+                        answer(i, outcomes[i])
+            if finishing:
+                self._advance_jobs(sorted(finishing))
+                later = [i for i in indexes if i in waiting]
+                self._checkouts(operations, outcomes, later)
+                if answer is not None:
+                    for i in later:
+                        answer(i, outcomes[i])
         return outcomes
+
+    def _checkouts(
+        self, operations: Sequence[Operation], outcomes: list[Outcome], indexes: list[int]
+    ) -> None:
+        """The checkouts of these operations, unless their report was refused."""
+        checkouts = [
+            (i, c)
+            for i in indexes
+            if (c := operations[i].checkout) is not None and _checks_out(operations[i], outcomes[i])
+        ]
+        if checkouts:
+            claims = self._checkout_batch([c for _, c in checkouts])
+            for (i, _), claim in zip(checkouts, claims, strict=True):
+                outcomes[i].checkout = claim
+
+    def _advance_jobs(self, job_ids: Sequence[str]) -> None:
+        """Jobs whose tasks the batch's reports finished. The reports are committed already: if this
+        fails, the server's sweep (``JobStore.advance_finished``) completes the tasks later."""
+        try:
+            self._advance_jobs_now(job_ids)
+        except SQLAlchemyError:
+            log.exception("completing the tasks of job(s) %s failed; the sweep will", ", ".join(job_ids))
+
+    @retry_on_conflict
+    def _advance_jobs_now(self, job_ids: Sequence[str]) -> None:
+        with self.db.write() as conn:
+            now = now_us()
+            for job_id in job_ids:
+                lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
 
     @retry_on_conflict
     def _checkout_batch(self, requests: Sequence[CheckoutRequest]) -> list[dict[str, Any] | PerdureError]:
@@ -575,8 +633,9 @@ class WorkStore:
             # the rest of the transaction.
             if postgres:
                 ids = {"clients": [r.client_id for r in requests]}
-                plans: list[tuple[str, Any] | None] = [(_BY_KEY_PG, None), (_CLAIM_SETTINGS_PG, None)]
-                found = {row.id: row for row in _pg_run(conn, [*plans, (_CLIENTS_PG, ids)])[-1]}
+                found = {
+                    row.id: row for row in _pg_run(conn, [(_CLAIM_SETTINGS_PG, None), (_CLIENTS_PG, ids)])[-1]
+                }
             else:
                 found = {}
                 for request in requests:
@@ -731,8 +790,13 @@ class WorkStore:
     # ---- reports ------------------------------------------------------------------------------
 
     @retry_on_conflict
-    def _report_batch(self, requests: Sequence[ReportRequest]) -> list[str | PerdureError]:
+    def _report_batch(
+        self, requests: Sequence[ReportRequest]
+    ) -> tuple[list[str | PerdureError], dict[str, list[int]]]:
+        """Each report's result, and the jobs with a task these reports finished (no workunit left
+        to do), each with the positions of the reports of that task."""
         results: list[str | PerdureError] = ["ok"] * len(requests)
+        finished: dict[str, list[int]] = {}
         checked: list[tuple[int, ReportRequest]] = []
         for n, request in enumerate(requests):
             try:
@@ -743,7 +807,7 @@ class WorkStore:
             samples = metrics.Samples()
             done = [(n, r) for n, r in checked if r.status == "done"]
             if done:
-                self._report_done(conn, done, results, samples)
+                finished = self._report_done(conn, done, results, samples)
             for n, request in checked:
                 if request.status != "done":
                     try:
@@ -751,7 +815,7 @@ class WorkStore:
                     except PerdureError as exc:  # refused before anything was written
                         results[n] = exc
             self._finish(conn, samples)
-        return results
+        return results, finished
 
     def _report_done(
         self,
@@ -759,9 +823,11 @@ class WorkStore:
         requests: Sequence[tuple[int, ReportRequest]],
         results: list[str | PerdureError],
         samples: metrics.Samples,
-    ) -> None:
+    ) -> dict[str, list[int]]:
         """``done`` reports: the workunits, their clients and their tasks in a few statements for the
-        whole batch; a task with no workunit left completes (and its job may)."""
+        whole batch. Returns the jobs with a task left with no workunit to do, each with the
+        positions of that task's reports: the caller completes the task, in a transaction of its
+        own, so that this one (every report of the batch waits for it) stays short."""
         postgres = self.db.dialect == "postgresql"
         if postgres:
             params = {"wus": [r.wu_id for _, r in requests], "clients": [r.client_id for _, r in requests]}
@@ -774,7 +840,7 @@ class WorkStore:
                 if row is not None:
                     rows[(r.wu_id, r.client_id)] = row
         now = now_us()  # after the row locks: times follow commit order
-        accepted: list[tuple[Any, ReportRequest]] = []
+        accepted: list[tuple[int, Any, ReportRequest]] = []
         for n, request in requests:
             wu: Any = rows.get((request.wu_id, request.client_id))
             try:
@@ -793,12 +859,12 @@ class WorkStore:
                 results[n] = exc
                 continue
             log.debug("report: %s done by client %s", wu.id, request.client_id)
-            accepted.append((wu, request))
+            accepted.append((n, wu, request))
         if not accepted:
-            return
-        self._store_logs(conn, [(wu, r.logs) for wu, r in accepted], now)
+            return {}
+        self._store_logs(conn, [(wu, r.logs) for _, wu, r in accepted], now)
         per_task: dict[str, list[int]] = {}
-        for wu, request in accepted:
+        for _, wu, request in accepted:
             counts = per_task.setdefault(wu.task_id, [0, 0])
             counts[0] += 1
             counts[1] += request.computetime
@@ -807,10 +873,10 @@ class WorkStore:
         if postgres:
             done = {
                 "now": now,
-                "wus": [wu.id for wu, _ in accepted],
-                "clients": [r.client_id for _, r in accepted],
-                "cts": [r.computetime for _, r in accepted],
-                "atts": [wu.attempt for wu, _ in accepted],
+                "wus": [wu.id for _, wu, _ in accepted],
+                "clients": [r.client_id for _, _, r in accepted],
+                "cts": [r.computetime for _, _, r in accepted],
+                "atts": [wu.attempt for _, wu, _ in accepted],
                 "tasks": task_ids,
                 "ns": [per_task[t][0] for t in task_ids],
                 "tcts": [per_task[t][1] for t in task_ids],
@@ -823,30 +889,20 @@ class WorkStore:
                 _DONE_WORKUNIT,
                 [
                     {"wu": wu.id, "client": r.client_id, "ct": r.computetime, "att": wu.attempt, "now": now}
-                    for wu, r in accepted
+                    for _, wu, r in accepted
                 ],
             )
-            conn.execute(_DONE_CLIENT, [{"client": r.client_id, "now": now} for _, r in accepted])
+            conn.execute(_DONE_CLIENT, [{"client": r.client_id, "now": now} for _, _, r in accepted])
             tasks_left = [
                 conn.execute(_DONE_TASK, {"task": t, "n": per_task[t][0], "ct": per_task[t][1]}).one()
                 for t in task_ids
             ]
-        job_of = {wu.task_id: wu.job_id for wu, _ in accepted}
-        for task in tasks_left:
-            if task.remainwork <= 0:
-                self._complete_task(conn, task.id, task.taskid, job_of[task.id], now)
-
-    def _complete_task(self, conn: Connection, task_id: str, taskid: str, job_id: str, now: int) -> None:
-        conn.execute(
-            update(tasks)
-            .where(tasks.c.id == task_id)
-            .values(state=TaskState.COMPLETED.value, completeddate=now)
-        )
-        conn.execute(
-            update(jobs).where(jobs.c.id == job_id).values(remaintasks=jobs.c.remaintasks - 1, updatetime=now)
-        )
-        lifecycle.record_event(conn, job_id, lifecycle.EVENT_TASK_DONE, f"task {taskid} completed", now)
-        lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
+        finished = {task.id for task in tasks_left if task.remainwork <= 0}
+        by_job: dict[str, list[int]] = {}
+        for n, wu, _ in accepted:
+            if wu.task_id in finished:
+                by_job.setdefault(wu.job_id, []).append(n)
+        return by_job
 
     def _report_other(self, conn: Connection, request: ReportRequest) -> None:
         """A ``fail``, ``failed-permanent`` or ``preempted`` report (rare: one at a time)."""
