@@ -24,6 +24,7 @@ from perdure.store.work import (
     WorkStore,
 )
 from tests.integration.drive import checkout, get_job, put_job, register, report, submit
+from tests.integration.test_spot_api import preempt, reference
 from tests.jobs import script, task
 
 
@@ -44,6 +45,11 @@ def done(wu_id: str, client_id: str, *, then_next: bool = False) -> Operation:
         report=ReportRequest(wu_id, client_id, "done", computetime=3),
         checkout=CheckoutRequest(client_id) if then_next else None,
     )
+
+
+def post_checkpoint(client: TestClient, wu_id: str, client_id: str, ref: dict[str, Any]) -> int:
+    response = client.post(f"/work/{wu_id}/checkpoints?client={client_id}", json={"ok": True, **ref})
+    return response.status_code
 
 
 def workunit(client: TestClient, wu_id: str) -> dict[str, Any]:
@@ -145,6 +151,36 @@ def test_a_batchs_claims_follow_priority_and_each_clients_skip_list(client: Test
     assert sorted(jobs.values()).count(high) == 2  # the higher priority first, whoever asked
     assert given["c1"]["id"] != failed["id"]  # type: ignore[index]
     assert len({w["id"] for w in given.values()}) == 4  # type: ignore[index]
+
+
+def test_a_batchs_claims_give_preempted_work_first_and_respect_groups_and_apps(client: TestClient) -> None:
+    for name in ("c1", "c2", "c3"):
+        register(client, name)
+    register(client, "other", group="gpu")
+    register(client, "blast", apps=["blast"])
+    old = submit(client, script(task("t"), priority=1))["id"]
+    work = checkout(client, "c1")
+    assert work is not None and work["jobid"] == old
+    ref = reference()
+    assert post_checkpoint(client, work["id"], "c1", ref) == 200
+    preempt(client, work["id"], "c1", {"outcome": "final", "checkpoint": ref, "detail": "final taken"})
+    newer = submit(client, script(task("t", totalwork=3), priority=50))["id"]
+    gpu = submit(client, script(task("t"), priority=99, clientgroups="gpu"))["id"]
+    names = ("c2", "other", "c3", "blast", "c1")
+
+    outcomes = store(client).dispatch([Operation(checkout=CheckoutRequest(n)) for n in names])
+
+    given = dict(zip(names, (o.checkout for o in outcomes), strict=True))
+    assert given["c2"]["id"] == work["id"]  # type: ignore[index]  # the preempted work first
+    assert given["c2"]["checkpoint"]["name"] == ref["name"]  # type: ignore[index]
+    assert given["other"]["jobid"] == gpu  # type: ignore[index]  # its group's work, only there
+    assert given["c3"]["jobid"] == newer and given["c1"]["jobid"] == newer  # type: ignore[index]
+    assert given["c3"]["rank"] < given["c1"]["rank"]  # type: ignore[index]  # in queue order
+    assert isinstance(given["blast"], NoWork)  # no job runs its app
+    counts = {c["id"]: c["total_checkout"] for c in client.get("/client").json()["data"]}
+    assert counts == {"c1": 2, "c2": 1, "c3": 1, "other": 1, "blast": 0}
+    assert get_job(client, newer)["state"] == "in-progress"
+    assert get_job(client, newer)["tasks"][0]["state"] == "in-progress"
 
 
 def test_only_the_reports_that_finish_a_task_wait_for_its_completion(client: TestClient) -> None:

@@ -30,6 +30,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     func,
     insert,
     null,
@@ -163,6 +164,11 @@ def _joined() -> Select[Any]:
     )
 
 
+#: A workunit's document columns (``:wu``), and those of several (``:ids``, SQLite's claims).
+_DOCUMENT = _joined().where(workunits.c.id == bindparam("wu"))
+_DOCUMENTS = _joined().where(workunits.c.id.in_(bindparam("ids", expanding=True)))
+
+
 def requeued_state() -> Any:
     """Where work taken from a lost or leaving client goes: ahead of new work if it has a checkpoint to
     be restored from (it was preempted without notice), else back in the queue."""
@@ -177,8 +183,9 @@ def _psycopg_placeholders(sql: str) -> str:
     return re.sub(r":(\w+)", r"%(\1)s", sql)
 
 
-#: A checking-out client (``:client``, SQLite) and the lease it may hold already.
-_CLIENT = select(
+#: The checking-out clients of a batch (``:clients``, SQLite), the lease each may hold already, and
+#: whether it has workunits to skip.
+_CLIENTS = select(
     clients.c.id,
     clients.c.group_name,
     clients.c.apps,
@@ -190,7 +197,8 @@ _CLIENT = select(
     .limit(1)
     .scalar_subquery()
     .label("held"),
-).where(clients.c.id == bindparam("client"))
+    exists().where(client_skip_work.c.client_id == clients.c.id).label("skips"),
+).where(clients.c.id.in_(bindparam("clients", expanding=True)))
 #: The same on PostgreSQL (run on psycopg directly) for every client of a batch.
 _CLIENTS_PG = f"""
 SELECT c.id, c.group_name, c.apps, c.node_id, c.deleted_at, c.suspended,
@@ -246,20 +254,27 @@ def _claim_statement(dialect: str, filter_apps: bool, sized: bool, skips: bool) 
     alike: one group, the same apps and size limit; ``skips`` when the one client has workunits to
     skip), in the clients' order, and also moves their tasks and jobs to in-progress, counts the
     checkouts on the clients and returns the workunits' document columns (and ``client_id``).
-    SQLite (one writer at a time): the pick of one workunit for ``:client`` alone.
+    SQLite (one writer at a time, so nothing to skip): the pick of up to ``:k`` workunits, in the
+    order the clients get them; the caller leases them.
     """
     eligible = _ELIGIBLE
-    if skips or dialect != "postgresql":
+    if skips:
         eligible += _NOT_SKIPPED
     if filter_apps:
         eligible += " AND w.app = ANY(:apps)" if dialect == "postgresql" else " AND w.app IN :apps"
     if sized:
         eligible += " AND w.input_size <= :available"
     if dialect != "postgresql":
-        pick = "SELECT w.id, w.updatetime FROM workunits w WHERE w.state = '{}' AND {} {} LIMIT 1"
-        preempted = pick.format(WorkunitState.PREEMPTED.value, eligible, _QUEUE_ORDER)
-        queued = pick.format(WorkunitState.QUEUED.value, eligible, _QUEUE_ORDER)
-        sql = f"SELECT id, updatetime FROM ({preempted}) UNION ALL SELECT * FROM ({queued}) LIMIT 1"
+        pick = (
+            "SELECT w.id, w.updatetime, w.priority, w.submittime, w.task_id, w.job_id, {} AS src"
+            " FROM workunits w WHERE w.state = '{}' AND {} {} LIMIT :k"
+        )
+        preempted = pick.format(0, WorkunitState.PREEMPTED.value, eligible, _QUEUE_ORDER)
+        queued = pick.format(1, WorkunitState.QUEUED.value, eligible, _QUEUE_ORDER)
+        sql = (
+            f"SELECT * FROM ({preempted}) UNION ALL SELECT * FROM ({queued})"
+            " ORDER BY src, priority DESC, submittime, id LIMIT :k"
+        )
         statement = text(sql)
         return statement.bindparams(bindparam("apps", expanding=True)) if filter_apps else statement
     job_fields = ", ".join(f"jobs.{name} AS job_{name}" for name in _JOB_FIELDS if name != "startedtime")
@@ -304,8 +319,8 @@ FROM claimed JOIN tasks ON tasks.id = claimed.task_id JOIN jobs ON jobs.id = cla
     return _psycopg_placeholders(sql)
 
 
-#: SQLite: lease the picked workunit (``:wu``).
-_CLAIM_ONE = (
+#: SQLite: lease a picked workunit (``:wu``, one per row of parameters) to its client.
+_LEASE = (
     update(workunits)
     .where(workunits.c.id == bindparam("wu"))
     .values(
@@ -315,27 +330,30 @@ _CLAIM_ONE = (
         attempt=workunits.c.attempt + 1,
         updatetime=bindparam("now"),
     )
-    .returning(workunits.c.task_id, workunits.c.job_id)
 )
-#: SQLite: after a claim, its task and job are in progress and the client counts the checkout.
-_AFTER_CLAIM = (
+#: SQLite: after the leases, their tasks and jobs are in progress and the clients count the checkout.
+_TASKS_IN_PROGRESS = (
     update(tasks)
-    .where(tasks.c.id == bindparam("task"), tasks.c.state == TaskState.QUEUED.value)
-    .values(state=TaskState.IN_PROGRESS.value),
+    .where(tasks.c.id.in_(bindparam("tasks", expanding=True)), tasks.c.state == TaskState.QUEUED.value)
+    .values(state=TaskState.IN_PROGRESS.value)
+)
+_JOBS_IN_PROGRESS = (
     update(jobs)
-    .where(jobs.c.id == bindparam("job"), jobs.c.state == JobState.QUEUED.value)
+    .where(jobs.c.id.in_(bindparam("jobs", expanding=True)), jobs.c.state == JobState.QUEUED.value)
     .values(
         state=JobState.IN_PROGRESS.value,
         startedtime=func.coalesce(func.nullif(jobs.c.startedtime, 0), bindparam("now")),
         updatetime=bindparam("now"),
-    ),
+    )
+)
+_CLIENT_CHECKED_OUT = (
     update(clients)
     .where(clients.c.id == bindparam("client"))
     .values(
         total_checkout=clients.c.total_checkout + 1,
         last_checkout=bindparam("now"),
         last_heartbeat=bindparam("now"),
-    ),
+    )
 )
 
 
@@ -637,11 +655,8 @@ class WorkStore:
                     row.id: row for row in _pg_run(conn, [(_CLAIM_SETTINGS_PG, None), (_CLIENTS_PG, ids)])[-1]
                 }
             else:
-                found = {}
-                for request in requests:
-                    row = conn.execute(_CLIENT, {"client": request.client_id}).one_or_none()
-                    if row is not None:
-                        found[row.id] = row
+                ids = {"clients": sorted({r.client_id for r in requests})}
+                found = {row.id: row for row in conn.execute(_CLIENTS, ids)}
             # Claimants alike (group, apps, size limit; a client with workunits to skip is alone)
             # are served by one claim.
             alike: dict[tuple[Any, ...], list[tuple[int, Any]]] = {}
@@ -658,7 +673,7 @@ class WorkStore:
                 else:
                     apps = tuple(sorted(client.apps or []))
                     sized = request.available is not None and request.available >= 0
-                    alone = client.id if not postgres or client.skips else None
+                    alone = client.id if client.skips else None
                     key = (
                         client.group_name,
                         None if "*" in apps else apps,
@@ -668,32 +683,29 @@ class WorkStore:
                     alike.setdefault(key, []).append((n, client))
             samples = metrics.Samples()
             for (group, apps, available, alone), members in alike.items():
+                clients_ids = [client.id for _, client in members]
                 params = {
                     "now": now,
                     **_group_params(group),
                     "apps": list(apps or ()),
                     "available": available or 0,
+                    "k": len(members),
+                    "client": alone,
                 }
                 claim = _claim_statement(
                     self.db.dialect, apps is not None, available is not None, alone is not None
                 )
                 if postgres:
-                    clients_ids = [client.id for _, client in members]
-                    params.update(k=len(members), clients=clients_ids, client=alone)
-                    leased = {row.client_id: row for row in _pg_rows(conn, claim, params)}
+                    leased = {
+                        row.client_id: row
+                        for row in _pg_rows(conn, claim, {**params, "clients": clients_ids})
+                    }
                     claimed = {
                         client_id: (workunit_document(row), row.queued_since)
                         for client_id, row in leased.items()
                     }
                 else:
-                    claimed = {}
-                    for _, client in members:
-                        picked = conn.execute(claim, {**params, "client": client.id}).first()
-                        if picked is not None:
-                            claimed[client.id] = (
-                                self._claim_one(conn, picked.id, client.id, now),
-                                picked.updatetime,
-                            )
+                    claimed = _lease_sqlite(conn, conn.execute(claim, params).all(), clients_ids, now)
                 for n, client in members:
                     if client.id in claimed:
                         document, queued_since = claimed[client.id]
@@ -704,14 +716,6 @@ class WorkStore:
                         results[n] = document
             self._finish(conn, samples)
         return results
-
-    def _claim_one(self, conn: Connection, wu_id: str, client_id: str, now: int) -> dict[str, Any]:
-        """SQLite: lease the picked workunit, move its task and job to in-progress, count the checkout."""
-        params = {"wu": wu_id, "client": client_id, "now": now}
-        claimed = conn.execute(_CLAIM_ONE, params).one()
-        for statement in _AFTER_CLAIM:
-            conn.execute(statement, {**params, "task": claimed.task_id, "job": claimed.job_id})
-        return self._document(conn, wu_id)
 
     def _finish(self, conn: Connection, samples: metrics.Samples) -> None:
         """The transaction's metric samples, written with one statement, and (PostgreSQL) the COMMIT."""
@@ -727,7 +731,7 @@ class WorkStore:
             return self._document(conn, decode_workunit_id(wu_id))
 
     def _document(self, conn: Connection, wu_id: str) -> dict[str, Any]:
-        row = conn.execute(_joined().where(workunits.c.id == wu_id)).one_or_none()
+        row = conn.execute(_DOCUMENT, {"wu": wu_id}).one_or_none()
         if row is None:
             raise NotFound(f"no workunit found with id {wu_id}")
         return workunit_document(row)
@@ -1117,6 +1121,23 @@ def requeue_client_work(conn: Connection, client_id: str, now: int, *, reason: s
     if held:
         Database.work_queued(conn)
     return len(held)
+
+
+def _lease_sqlite(
+    conn: Connection, picked: Sequence[Any], client_ids: Sequence[str], now: int
+) -> dict[str, tuple[dict[str, Any], int]]:
+    """SQLite: lease the picked workunits to the clients, in order (there may be fewer workunits),
+    move their tasks and jobs to in-progress and count the checkouts. Returns each served client's
+    workunit document and since when that workunit had waited."""
+    pairs = list(zip(picked, client_ids, strict=False))
+    if not pairs:
+        return {}
+    conn.execute(_LEASE, [{"wu": row.id, "client": client_id, "now": now} for row, client_id in pairs])
+    conn.execute(_TASKS_IN_PROGRESS, {"tasks": sorted({row.task_id for row, _ in pairs})})
+    conn.execute(_JOBS_IN_PROGRESS, {"jobs": sorted({row.job_id for row, _ in pairs}), "now": now})
+    conn.execute(_CLIENT_CHECKED_OUT, [{"client": client_id, "now": now} for _, client_id in pairs])
+    documents = {row.id: row for row in conn.execute(_DOCUMENTS, {"ids": [row.id for row, _ in pairs]})}
+    return {client_id: (workunit_document(documents[row.id]), row.updatetime) for row, client_id in pairs}
 
 
 def _job_error(wu: Any, client_id: str, logs: Mapping[str, str], notes: str, status: str) -> dict[str, Any]:
