@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import OperationalError
 
 from perdure.api.app import create_app
 from perdure.errors import BadRequest, NotFound
@@ -209,6 +210,27 @@ def test_only_the_reports_that_finish_a_task_wait_for_its_completion(client: Tes
     assert isinstance(outcomes[1].checkout, dict) and outcomes[1].checkout["task_name"] == "x"
     assert isinstance(outcomes[0].checkout, dict) and outcomes[0].checkout["task_name"] == "b"
     assert [t["state"] for t in get_job(client, first)["tasks"]] == ["completed", "in-progress"]
+
+
+def test_a_task_finished_by_a_batch_completes_even_when_its_claims_fail(
+    quiet_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register(quiet_client, "c1")
+    register(quiet_client, "c2")
+    job_id = submit(quiet_client, script(task("a"), task("b", depends=["a"])))["id"]
+    a = checkout(quiet_client, "c1")
+    assert a is not None
+
+    def lost_connection(self: WorkStore, requests: Any) -> Any:
+        raise OperationalError("claim", {}, Exception("server closed the connection"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(WorkStore, "_checkout_batch", lost_connection)
+        with pytest.raises(OperationalError):
+            store(quiet_client).dispatch([done(a["id"], "c1"), Operation(checkout=CheckoutRequest("c2"))])
+
+    # The report was committed before the claims failed: its task is complete, b's work is queued.
+    assert [t["state"] for t in get_job(quiet_client, job_id)["tasks"]] == ["completed", "queued"]
 
 
 def finish_task_without_completing_it(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:

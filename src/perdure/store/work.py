@@ -254,8 +254,8 @@ def _claim_statement(dialect: str, filter_apps: bool, sized: bool, skips: bool) 
     alike: one group, the same apps and size limit; ``skips`` when the one client has workunits to
     skip), in the clients' order, and also moves their tasks and jobs to in-progress, counts the
     checkouts on the clients and returns the workunits' document columns (and ``client_id``).
-    SQLite (one writer at a time, so nothing to skip): the pick of up to ``:k`` workunits, in the
-    order the clients get them; the caller leases them.
+    SQLite (one writer at a time: no row is another claim's): the pick of up to ``:k`` workunits,
+    in the order the clients get them; the caller leases them (``_lease_sqlite``).
     """
     eligible = _ELIGIBLE
     if skips:
@@ -590,17 +590,20 @@ class WorkStore:
                 finishing = {job: [reports[n][0] for n in ns] for job, ns in finished.items()}
             waiting = {i for ns in finishing.values() for i in ns}
             at_once = [i for i in indexes if i not in waiting]
-            if answer is not None:  # those with nothing to check out, before the others' claims
-                for i in at_once:
-                    if not _checks_out(operations[i], outcomes[i]):
-                        answer(i, outcomes[i])
-            self._checkouts(operations, outcomes, at_once)
-            if answer is not None:
-                for i in at_once:
-                    if _checks_out(operations[i], outcomes[i]):
-                        answer(i, outcomes[i])
+            try:
+                if answer is not None:  # those with nothing to check out, before the others' claims
+                    for i in at_once:
+                        if not _checks_out(operations[i], outcomes[i]):
+                            answer(i, outcomes[i])
+                self._checkouts(operations, outcomes, at_once)
+                if answer is not None:
+                    for i in at_once:
+                        if _checks_out(operations[i], outcomes[i]):
+                            answer(i, outcomes[i])
+            finally:
+                if finishing:  # even if those claims failed: the reports that finished the tasks are in
+                    self._advance_jobs(sorted(finishing))
             if finishing:
-                self._advance_jobs(sorted(finishing))
                 later = [i for i in indexes if i in waiting]
                 self._checkouts(operations, outcomes, later)
                 if answer is not None:
