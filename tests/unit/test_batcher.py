@@ -150,7 +150,7 @@ def test_a_second_batch_waits_briefly_for_company() -> None:
     """While one batch is in the database, a lone operation waits up to ``linger_s`` for others, so
     that batches of 1 and of many do not alternate; with ``min_company`` pending it goes at once."""
     store = FakeStore()
-    batcher = Batcher(store, max_running=2, min_company=3, linger_s=0.2)  # type: ignore[arg-type]
+    batcher = Batcher(store, max_running=2, min_company=3, linger_s=1.0)  # type: ignore[arg-type]
 
     async def scenario() -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
         held = asyncio.ensure_future(batcher.submit(checkout("c0")))
@@ -162,7 +162,7 @@ def test_a_second_batch_waits_briefly_for_company() -> None:
         await lone
         after_linger = [list(batch) for batch in store.batches]
         crowd = [asyncio.ensure_future(batcher.submit(checkout(f"c{n}"))) for n in range(2, 5)]
-        await asyncio.wait_for(asyncio.gather(*crowd), timeout=0.15)  # sooner than the linger
+        await asyncio.wait_for(asyncio.gather(*crowd), timeout=0.5)  # sooner than the linger
         store.release.set()
         await held
         return waiting, after_linger, [list(batch) for batch in store.batches]
