@@ -780,9 +780,7 @@ class JobStore:
                 .scalars()
                 .all()
             )
-        for job_id in due:
-            with self.db.write() as conn:
-                lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
+        self._advance_each(due, now)
         return len(due)
 
     def advance_finished(self) -> int:
@@ -791,10 +789,14 @@ class JobStore:
         them so. Returns how many jobs were moved on."""
         with self.db.read() as conn:
             found = lifecycle.finished_task_jobs(conn)
-        for job_id in found:
-            with self.db.write() as conn:
-                lifecycle.advance_job(conn, job_id, now_us(), self._expire_after_s(), self.blobs)
+        self._advance_each(found, now_us())
         return len(found)
+
+    def _advance_each(self, job_ids: Sequence[str], now: int) -> None:
+        """``advance_job`` for each job, each in a transaction of its own."""
+        for job_id in job_ids:
+            with self.db.write() as conn:
+                lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
 
     def reap_expired(self) -> int:
         """Remove completed or deleted jobs whose expiration has passed."""

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, delete, func, insert, select, text, update
 from perdure.datastore import BlobStore, ConcatReader
 from perdure.metrics import recording as metrics
 from perdure.split import split_ranges
-from perdure.states import JobState, TaskState, WorkunitState
+from perdure.states import ACTIVE_JOB_STATES, JobState, TaskState, WorkunitState
 from perdure.store import outputs
 from perdure.store.database import Database
 from perdure.store.schema import job_events, jobs, tasks, workunit_logs, workunits
@@ -49,8 +49,9 @@ def workunit_id(task_id: str, rank: int) -> str:
     return f"{task_id}_{rank}"
 
 
-#: Jobs that ``advance_job`` moves on; any other (suspended, say) waits to be resumed.
-_ADVANCING_JOB_STATES = (JobState.INIT, JobState.QUEUED, JobState.IN_PROGRESS)
+#: Jobs that ``advance_job`` moves on: the active ones and those not yet enqueued; any other
+#: (suspended, say) waits to be resumed.
+_ADVANCING_JOB_STATES = ACTIVE_JOB_STATES | {JobState.INIT}
 #: Tasks with workunits queued or running: one with none left to do is complete.
 _RUNNING_TASK_STATES = (TaskState.QUEUED, TaskState.IN_PROGRESS)
 
@@ -136,7 +137,7 @@ def finished_task_jobs(conn: Connection) -> list[str]:
         .where(
             tasks.c.state.in_([s.value for s in _RUNNING_TASK_STATES]),
             tasks.c.remainwork <= 0,
-            jobs.c.state.in_([s.value for s in _ADVANCING_JOB_STATES]),
+            jobs.c.state.in_(sorted(s.value for s in _ADVANCING_JOB_STATES)),
         )
         .order_by(tasks.c.job_id)
     )
