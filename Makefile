@@ -6,7 +6,7 @@ DATA   ?= ./perdure-data
 HOST   ?= 127.0.0.1
 PORT   ?= 8001
 
-.PHONY: run test lint install install-test bench clean
+.PHONY: run test lint install install-test install-system bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,12 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 
-install-test: $(BIN)/python
+install-test: $(BIN)/python install-system
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+
+# podman + runc, busybox-static and CRIU >= 4.1 (in .cache/criu) for the container and checkpoint tests.
+install-system:
+	scripts/install-system-deps.sh
 
 run: install
 	$(BIN)/perdure up --host $(HOST) --port $(PORT) --data-dir $(DATA) --example examples/squares.json
