@@ -14,9 +14,11 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
+	scripts/build-ui.sh
 
 install-test: $(BIN)/python install-system
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	scripts/build-ui.sh
 
 # podman + runc, busybox-static and CRIU >= 4.1 (in .cache/criu) for the container and checkpoint tests.
 install-system:

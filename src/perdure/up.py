@@ -141,6 +141,7 @@ def run(data_dir: Path, host: str, port: int, slots: int, example: Path | None, 
         stack.start()
         console.print(f"Perdure server on [bold]{stack.url}[/bold], a worker with {slots} slot(s)")
         console.print(f"data and logs in {stack.data_dir}")
+        console.print(f"dashboard: [bold]{stack.url}/ui/[/bold]   API docs: {stack.url}/docs")
         if example is not None:
             with Client(stack.url) as client:
                 job = submit(client, example)

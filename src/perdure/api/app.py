@@ -18,7 +18,20 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from perdure import __version__, metrics
-from perdure.api import cgroups, clients, data, jobs, management, nodes, queue, root, scripts, spot, work
+from perdure.api import (
+    cgroups,
+    clients,
+    dashboard,
+    data,
+    jobs,
+    management,
+    nodes,
+    queue,
+    root,
+    scripts,
+    spot,
+    work,
+)
 from perdure.api import metrics as metrics_api
 from perdure.api.accesslog import AccessLogMiddleware
 from perdure.api.auth import AuthMiddleware
@@ -86,10 +99,11 @@ def create_app(
             if db is None:
                 database.dispose()
 
-    app = FastAPI(title="Perdure", version=__version__, lifespan=lifespan, redoc_url=None)
+    app = FastAPI(title="Perdure", version=__version__, lifespan=lifespan, redoc_url=None, docs_url=None)
     app.state.ctx = context
     for module in (root, jobs, work, spot, data, clients, cgroups, queue, nodes, scripts, management):
         app.include_router(module.router)
+    dashboard.install(app)  # /ui/, /docs with local assets, /api/v1/events
     app.include_router(management.log_files)  # last: /{name} would shadow the routes above
     app.add_middleware(WorkerFastPath)  # innermost: after authentication, instead of FastAPI's routing
     app.add_middleware(AuthMiddleware)

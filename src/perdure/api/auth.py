@@ -22,8 +22,10 @@ from perdure.security import ANONYMOUS, Principal, TokenError, Verifier
 #: the worker installer new cloud instances fetch (no secret unless one is put in its URL), and the
 #: Cognito settings a web front end needs before anyone can log in (no secrets either).
 PUBLIC_PATHS = frozenset(
-    {"/", "/openapi.json", "/docs", "/api/v1/scripts/install-worker", "/api/v1/security/cognito"}
+    {"/", "/openapi.json", "/docs", "/api/v1/scripts/install-worker", "/api/v1/security/cognito", "/ui"}
 )
+#: The dashboard's pages and files: each page then reads the API with the signed-in user's token.
+PUBLIC_PREFIXES = ("/ui/",)
 _WORKER_ROUTES = [
     ("GET", re.compile(r"^/work$")),
     ("GET", re.compile(r"^/work/[^/]+$")),
@@ -70,7 +72,11 @@ class AuthMiddleware:
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").strip()
         scheme, _, credential = header.partition(" ")
         try:
-            if path in PUBLIC_PATHS and method in ("GET", "HEAD") and not header:
+            if (
+                (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES))
+                and method in ("GET", "HEAD")
+                and not header
+            ):
                 principal = Principal(user="anonymous", kind="anonymous")
             elif scheme.lower() == "bearer" and credential.strip():
                 principal = await run_in_threadpool(Verifier(cognito).verify, credential.strip())

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from perdure import __version__
 from perdure.api.context import ctx
+from perdure.api.dashboard import wants_html
 from perdure.store.jobs import DISTINCT_FIELDS
 from perdure.timeutil import format_us, now_us
 
@@ -16,7 +17,9 @@ RESOURCES = ["job", "work", "client", "queue"]
 
 
 @router.get("/")
-def describe(request: Request) -> JSONResponse:
+def describe(request: Request) -> Response:
+    if wants_html(request):
+        return RedirectResponse("/ui/", status_code=307)
     context = ctx(request)
     base = str(request.base_url).rstrip("/")
     return JSONResponse(

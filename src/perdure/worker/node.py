@@ -391,7 +391,11 @@ class Node:
             except Exception as exc:  # inventory is best effort; the work goes on without it
                 log.debug("node inventory update failed: %s", exc)
                 announced = False
-            self.stop.wait(self.config.log_ship_s)
+            # A node the server has not heard of yet (it was down at start) tries again at heartbeat
+            # pace: until then it is missing from the node inventory and the dashboard.
+            self.stop.wait(
+                self.config.log_ship_s if announced else min(self.config.log_ship_s, self.config.heartbeat_s)
+            )
 
     def _janitor_loop(self) -> None:
         while not self.stop.wait(60):
