@@ -113,7 +113,7 @@ def sweep(
     all_levels = levels()
     period_us = int(sample_every_s * 1_000_000)
     sampled = False
-    with db.read() as conn:
+    with metricstore.snapshot(db) as conn:
         due = force or _due(metricstore.read_marker(conn, _MARKER), now, period_us)
         gauges = current_gauges(conn, node_ttl_s) if due else None
     if gauges is not None:
