@@ -2,23 +2,18 @@
 
 In one process, the store's commit hook wakes the waiters directly. Across servers sharing a
 PostgreSQL database, every transaction that queues work also sends ``NOTIFY perdure_work``, and each
-server LISTENs on a connection of its own. Waiters re-check at least once a second anyway, so a lost
-notification costs at most that.
+server LISTENs on a connection of its own (``perdure.store.listen``). Waiters re-check at least once
+a second anyway, so a lost notification costs at most that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 
-import psycopg
-from sqlalchemy.engine import make_url
-
-from perdure.store.database import WORK_CHANNEL, Database
-
-log = logging.getLogger("perdure.signal")
+from perdure.store.database import Database
+from perdure.store.listen import listen_for_work
 
 
 class WorkSignal:
@@ -33,7 +28,10 @@ class WorkSignal:
         db.work_listeners.append(self.notify)
         if db.dialect == "postgresql":
             self._listener = threading.Thread(
-                target=self._listen, args=(db.url,), name="perdure-listen", daemon=True
+                target=listen_for_work,
+                args=(db.url, self.notify, self._stop),
+                name="perdure-listen",
+                daemon=True,
             )
             self._listener.start()
 
@@ -67,16 +65,3 @@ class WorkSignal:
             pass
         finally:
             self._waiters.discard(waiter)
-
-    def _listen(self, url: str) -> None:
-        conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(conninfo, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {WORK_CHANNEL}")
-                    while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
-                            self.notify()
-            except psycopg.Error as exc:
-                log.warning("LISTEN connection lost (%s); reconnecting", exc)
-                self._stop.wait(1.0)

@@ -43,10 +43,11 @@ from perdure.config import env_overrides
 from perdure.configstore import ConfigStore
 from perdure.errors import PerdureError
 from perdure.logs import ServerLogs
+from perdure.metrics import recording
 from perdure.settings import Settings, apply_config, config_overrides
 from perdure.store import migrate
 from perdure.store.database import Database
-from perdure.store.spot import jobs_to_collect
+from perdure.store.spot import collectable_jobs
 
 log = logging.getLogger("perdure.server")
 
@@ -62,6 +63,7 @@ def create_app(
     exists once it has started out of the garbage collector's reach (``gc.freeze``): the modules,
     stores and settings live as long as the process, and walking them took a full collection about
     75 ms, once a second under load, during which no request moved."""
+    recording.install()  # the stores' hooks record metrics (perdure.store.hooks)
     database = db or Database(settings.database_url)
     if run_migrations:
         migrate.upgrade(database)
@@ -204,9 +206,7 @@ def collect_checkpoints(context: ServerContext) -> int:
     job_ids = store.job_ids()
     if not job_ids:
         return 0
-    system = context.config.checkpoint_settings()
-    with context.db.read() as conn:
-        useless = jobs_to_collect(conn, job_ids, system)
+    useless = collectable_jobs(context.db, job_ids, context.config.checkpoint_settings())
     for job_id in useless:
         store.delete_job(job_id)
     return len(useless)

@@ -24,7 +24,7 @@ from perdure.spot.manifest import CorruptCheckpoint, Manifest, valid_digest
 from perdure.spot.records import CheckpointTaken, RestoreResult, parse
 from perdure.spot.snapshot import CHUNK_SIZE
 from perdure.spot.store import CheckpointMissing
-from perdure.store.spot import jobs_to_collect, lease_holder_job
+from perdure.store.spot import collectable_jobs, lease_holder_job
 from perdure.store.work import decode_workunit_id
 
 router = APIRouter()
@@ -167,8 +167,6 @@ async def collectable(request: Request) -> JSONResponse:
     context = ctx(request)
 
     def find() -> list[str]:
-        system = context.config.checkpoint_settings()
-        with context.db.read() as conn:
-            return jobs_to_collect(conn, job_ids, system)
+        return collectable_jobs(context.db, job_ids, context.config.checkpoint_settings())
 
     return ok(await run_in_threadpool(find))

@@ -1,9 +1,10 @@
 """Metrics: definitions, rollups recorded where events happen, queries, the sweep and Prometheus.
 
 Modules: ``definitions`` (what is measured, for which objects), ``levels`` (interval and retention,
-Go durations), ``clock`` (injectable time), ``storage`` (the rollup table), ``recording`` (the calls
-the stores make), ``queries`` (series and summary), ``sweep`` (gauges and retention), ``prometheus``
-(``/metrics`` and HTTP request metrics) and ``cli`` (``perdure metrics``).
+Go durations), ``clock`` (injectable time), ``storage`` (rollup arithmetic over the store's
+``metricstore``), ``recording`` (what the store's hooks count), ``queries`` (series and summary),
+``sweep`` (gauges and retention), ``prometheus`` (``/metrics`` and HTTP request metrics) and ``cli``
+(``perdure metrics``). The SQL is all in ``perdure.store``; nothing here imports a database library.
 """
 
 from __future__ import annotations

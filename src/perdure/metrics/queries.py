@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select
-
 from perdure.errors import BadRequest, NotFound
 from perdure.metrics import clock, storage
 from perdure.metrics.definitions import (
@@ -33,8 +31,9 @@ from perdure.metrics.definitions import (
 )
 from perdure.metrics.levels import Level, go_duration, level_for_interval, levels, parse_duration
 from perdure.metrics.storage import STATISTICS, Agg
+from perdure.store import metricstore
 from perdure.store.database import Database
-from perdure.store.schema import clientgroups, clients, metric_events, metric_rollups, nodes
+from perdure.store.metricstore import Connection
 from perdure.timeutil import format_us, parse_time
 
 
@@ -70,12 +69,8 @@ def known_objects(conn: Connection) -> list[MetricObject]:
     """system-total, every client group (declared, in use by a client, or with data) and every node
     (registered, named by a client, or with data)."""
     found = {SYSTEM_OBJECT}
-    found |= {queue_object(n) for n in conn.execute(select(clientgroups.c.name)).scalars()}
-    in_use = select(clients.c.group_name).where(clients.c.deleted_at == 0).distinct()
-    found |= {queue_object(n) for n in conn.execute(in_use).scalars()}
-    found |= {node_object(n) for n in conn.execute(select(nodes.c.id)).scalars()}
-    on_nodes = select(clients.c.node_id).where(clients.c.deleted_at == 0, clients.c.node_id != "").distinct()
-    found |= {node_object(n) for n in conn.execute(on_nodes).scalars()}
+    found |= {queue_object(n) for n in metricstore.queue_names(conn)}
+    found |= {node_object(n) for n in metricstore.node_names(conn)}
     for _metric, object_id in storage.all_time(conn, list(BY_NAME)):
         obj = parse_object(object_id)
         if obj is not None:
@@ -85,27 +80,11 @@ def known_objects(conn: Connection) -> list[MetricObject]:
 
 
 def object_exists(conn: Connection, obj: MetricObject) -> bool:
-    if obj.type == SYSTEM:
+    if obj.type == SYSTEM or metricstore.has_data(conn, list(BY_NAME), obj.id):
         return True
-    for table in (metric_rollups, metric_events):  # folded or not yet
-        has_data = conn.execute(
-            select(table.c.object_id)
-            .where(table.c.metric.in_(list(BY_NAME)), table.c.object_id == obj.id)
-            .limit(1)
-        ).first()
-        if has_data is not None:
-            return True
     if obj.type == NODE:
-        registered = conn.execute(select(nodes.c.id).where(nodes.c.id == obj.name)).first()
-        with_client = conn.execute(
-            select(clients.c.id).where(clients.c.node_id == obj.name, clients.c.deleted_at == 0).limit(1)
-        ).first()
-        return registered is not None or with_client is not None
-    declared = conn.execute(select(clientgroups.c.id).where(clientgroups.c.name == obj.name)).first()
-    in_use = conn.execute(
-        select(clients.c.id).where(clients.c.group_name == obj.name, clients.c.deleted_at == 0).limit(1)
-    ).first()
-    return declared is not None or in_use is not None
+        return metricstore.node_known(conn, obj.name)
+    return metricstore.queue_known(conn, obj.name)
 
 
 def list_definitions(db: Database) -> list[dict[str, Any]]:

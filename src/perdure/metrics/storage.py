@@ -1,36 +1,40 @@
 """Metric storage: events appended where they happen, folded into per-level rollups by the sweep.
 
-Recording is an ``INSERT`` into ``metric_events`` inside the caller's transaction: as durable as the
-change it counts (a rolled-back report counts nothing) and free of row locks, so concurrent
-transactions on any number of servers never queue behind each other to count. ``fold`` moves events
-into ``metric_rollups``, one row per metric, object, level and bucket with total, sample count, minimum
-and maximum, so sums, rates and averages are all exact at any level and merging rows is arithmetic.
-Fold deletes the events it takes and upserts their buckets in the same transaction (each event is
-folded exactly once, even with several servers folding at once); readers add the events not folded
-yet, in one snapshot, so a query never misses or double-counts anything.
+Recording appends to an event log inside the caller's transaction: as durable as the change it counts
+(a rolled-back report counts nothing) and free of row locks. ``fold`` moves events into rollups, one
+row per metric, object, level and bucket with total, sample count, minimum and maximum, so sums, rates
+and averages are all exact at any level and merging rows is arithmetic; readers add the events not
+folded yet, in one snapshot, so a query never misses or double-counts anything. The SQL is the store's
+(``perdure.store.metricstore``); this module is the arithmetic over what it returns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select
-
 from perdure.metrics.levels import Level
+from perdure.store import metricstore
 from perdure.store.database import Database
-from perdure.store.schema import metric_events, metric_rollups
+from perdure.store.metricstore import FOLD_BATCH, TOTAL_INTERVAL, Connection, merge_bucket, snapshot
 
-#: The all-time level: one bucket (start 0) per metric and object, never expired.
-TOTAL_INTERVAL = 0
-_BULK_BATCH = 5000
-#: Events taken per fold transaction (bounds how long a fold holds SQLite's write lock).
-FOLD_BATCH = 20_000
-
-t = metric_rollups.c
-e = metric_events.c
+__all__ = [
+    "FOLD_BATCH",
+    "STATISTICS",
+    "TOTAL_INTERVAL",
+    "Agg",
+    "add",
+    "all_time",
+    "bulk_load",
+    "expire",
+    "fold",
+    "merge_into",
+    "pending_count",
+    "series",
+    "snapshot",
+    "totals",
+]
 
 
 @dataclass
@@ -83,70 +87,13 @@ STATISTICS = ("sum", "count", "avg", "min", "max", "rate")
 
 
 def add(conn: Connection, samples: Iterable[tuple[str, str, float]], at_us: int) -> None:
-    """Append each (metric, object id, value) sample, at ``at_us``, to the event log.
-
-    One plain multi-row INSERT: this runs in every submit, checkout and report, and SQLAlchemy's
-    per-row parameter handling would cost more than the insert itself.
-    """
-    params = [x for metric, object_id, value in samples for x in (metric, object_id, at_us, float(value))]
-    if not params:
-        return
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
-    rows = ", ".join([f"({mark}, {mark}, {mark}, {mark})"] * (len(params) // 4))
-    conn.exec_driver_sql(
-        f"INSERT INTO metric_events (metric, object_id, at, value) VALUES {rows}", tuple(params)
-    )
+    """Append each (metric, object id, value) sample, at ``at_us``, to the event log."""
+    metricstore.insert_events(conn, samples, at_us)
 
 
 def fold(db: Database, levels: Sequence[Level], batch: int = FOLD_BATCH) -> int:
     """Move every pending event into the rollups of each level; returns how many were folded."""
-    folded = 0
-    while True:
-        with db.write() as conn:
-            events = _take(conn, batch)
-            buckets: dict[tuple[str, int, int, str], list[float]] = {}
-            for metric, object_id, at_us, value in events:
-                _add(buckets, (metric, TOTAL_INTERVAL, 0, object_id), value, 1, value, value)
-                for level in levels:
-                    _add(
-                        buckets,
-                        (metric, level.interval_s, level.floor(at_us), object_id),
-                        value,
-                        1,
-                        value,
-                        value,
-                    )
-            # In primary key order: two folders lock shared rows in the same order (no deadlock).
-            _upsert(conn, [(*key, *agg) for key, agg in sorted(buckets.items())])
-        folded += len(events)
-        if len(events) < batch:
-            return folded
-
-
-def _take(conn: Connection, batch: int) -> list[Any]:
-    """Delete and return the oldest pending events; on PostgreSQL skipping any another folder holds."""
-    oldest = select(e.id).order_by(e.id).limit(batch)
-    if conn.dialect.name == "postgresql":
-        oldest = oldest.with_for_update(skip_locked=True)
-    stmt = delete(metric_events).where(e.id.in_(oldest)).returning(e.metric, e.object_id, e.at, e.value)
-    return list(conn.execute(stmt).all())
-
-
-def _add(
-    buckets: dict[Any, list[float]], key: Any, total: float, samples: float, lo: float, hi: float
-) -> None:
-    """Merge into ``buckets[key]`` = [total, samples, minimum, maximum] (plain lists: bulk loads add
-    millions of samples, and this is the inner loop)."""
-    agg = buckets.get(key)
-    if agg is None:
-        buckets[key] = [total, samples, lo, hi]
-        return
-    agg[0] += total
-    agg[1] += samples
-    if lo < agg[2]:
-        agg[2] = lo
-    if hi > agg[3]:
-        agg[3] = hi
+    return metricstore.fold(db, levels, batch)
 
 
 def bulk_load(
@@ -167,13 +114,13 @@ def bulk_load(
     step = ordered[0].interval_us
     below: dict[int, list[float]] = {}
     for at_us, value in points:
-        _add(below, at_us - at_us % step, value, 1, value, value)
+        merge_bucket(below, at_us - at_us % step, value, 1, value, value)
     rows: list[tuple[Any, ...]] = []
     for i, level in enumerate(ordered):
         if i:
             coarser: dict[int, list[float]] = {}
             for start, agg in below.items():
-                _add(coarser, level.floor(start), *agg)
+                merge_bucket(coarser, level.floor(start), *agg)
             below = coarser
         oldest = level.oldest_kept(now_us)
         rows += [
@@ -183,75 +130,20 @@ def bulk_load(
         ]
     everything: dict[int, list[float]] = {}
     for agg in below.values():
-        _add(everything, 0, *agg)
+        merge_bucket(everything, 0, *agg)
     rows += [(metric, TOTAL_INTERVAL, 0, object_id, *agg) for agg in everything.values()]
-    _upsert(conn, rows)
+    metricstore.upsert_rollups(conn, rows)
     return len(rows)
 
 
-#: Add rows to their buckets, creating them if needed. Plain SQL run with ``executemany`` over tuples:
-#: folding and bulk loads write many rows, and building a parameter dict per row costs more than the
-#: database's work. ``{p}`` is the driver's placeholder.
-_UPSERT = (
-    "INSERT INTO metric_rollups "
-    "(metric, interval_s, bucket_start, object_id, total, samples, minimum, maximum) "
-    "VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
-    "ON CONFLICT (metric, interval_s, bucket_start, object_id) DO UPDATE SET "
-    "total = metric_rollups.total + excluded.total, "
-    "samples = metric_rollups.samples + excluded.samples, "
-    "minimum = CASE WHEN excluded.minimum < metric_rollups.minimum THEN excluded.minimum "
-    "ELSE metric_rollups.minimum END, "
-    "maximum = CASE WHEN excluded.maximum > metric_rollups.maximum THEN excluded.maximum "
-    "ELSE metric_rollups.maximum END"
-)
-
-
-def _upsert(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-    """``rows`` are (metric, interval_s, bucket_start, object_id, total, samples, minimum, maximum)."""
-    sql = _UPSERT.format(p="%s" if conn.dialect.name == "postgresql" else "?")
-    for i in range(0, len(rows), _BULK_BATCH):
-        conn.exec_driver_sql(sql, [(*r[:5], int(r[5]), *r[6:]) for r in rows[i : i + _BULK_BATCH]])
-
-
-def expire(conn: Connection, metrics: Sequence[str], levels: Sequence[Level], now_us: int) -> int:
+def expire(db: Database, metrics: Sequence[str], levels: Sequence[Level], now_us: int) -> int:
     """Delete buckets wholly older than their level's retention; returns how many rows went."""
-    deleted = 0
-    for level in levels:
-        cutoff = level.oldest_kept(now_us) - level.interval_us  # bucket end <= oldest kept
-        result = conn.execute(
-            delete(metric_rollups).where(
-                t.metric.in_(list(metrics)),
-                t.interval_s == level.interval_s,
-                t.bucket_start <= cutoff,
-            )
-        )
-        deleted += result.rowcount or 0
-    return deleted
+    # A bucket goes when it ends at or before the oldest time its level keeps.
+    cutoffs = [(level.interval_s, level.oldest_kept(now_us) - level.interval_us) for level in levels]
+    return metricstore.expire(db, metrics, cutoffs)
 
 
 # ---- reading ------------------------------------------------------------------------------------
-
-
-@contextmanager
-def snapshot(db: Database) -> Iterator[Connection]:
-    """A read transaction that sees rollups and pending events as of one moment (a fold committing
-    between two statements must not hide events nor count them twice): REPEATABLE READ on
-    PostgreSQL; a SQLite read transaction is a snapshot already."""
-    if db.is_sqlite:
-        with db.read() as conn:
-            yield conn
-        return
-    with db.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
-        yield conn
-
-
-def _aggregates() -> tuple[Any, ...]:
-    return (
-        func.sum(t.total).label("total"),
-        func.sum(t.samples).label("samples"),
-        func.min(t.minimum).label("minimum"),
-        func.max(t.maximum).label("maximum"),
-    )
 
 
 def _agg(row: Any) -> Agg:
@@ -263,27 +155,11 @@ def series(
 ) -> list[tuple[int, Agg]]:
     """The buckets of one series with ``lo_us <= start <= hi_us``, oldest first: an index range read
     of the rollups, plus the pending events that fall in it."""
-    found: dict[int, Agg] = {}
-    rows = conn.execute(
-        select(t.bucket_start, t.total, t.samples, t.minimum, t.maximum).where(
-            t.metric == metric,
-            t.object_id == object_id,
-            t.interval_s == interval_s,
-            t.bucket_start >= lo_us,
-            t.bucket_start <= hi_us,
-        )
-    ).all()
-    for row in rows:
-        found[int(row.bucket_start)] = _agg(row)
     interval_us = interval_s * 1_000_000
-    pending = conn.execute(
-        select(e.at, e.value).where(
-            e.metric == metric,
-            e.object_id == object_id,
-            e.at >= lo_us,
-            e.at < hi_us - hi_us % interval_us + interval_us,
-        )
-    ).all()
+    rows, pending = metricstore.series_rows(
+        conn, metric, object_id, interval_s, lo_us, hi_us, hi_us - hi_us % interval_us + interval_us
+    )
+    found: dict[int, Agg] = {int(row.bucket_start): _agg(row) for row in rows}
     for at_us, value in pending:
         start = at_us - at_us % interval_us
         if lo_us <= start <= hi_us:
@@ -296,23 +172,14 @@ def totals(
 ) -> dict[tuple[str, str], Agg]:
     """Per (metric, object id): the merged buckets of one level with ``lo_us <= start < hi_us``, and the
     pending events that would fall in them."""
-    rows = conn.execute(
-        select(t.metric, t.object_id, *_aggregates())
-        .where(
-            t.metric.in_(list(metrics)),
-            t.interval_s == interval_s,
-            t.bucket_start >= lo_us,
-            t.bucket_start < hi_us,
-        )
-        .group_by(t.metric, t.object_id)
-    ).all()
-    result = {(r.metric, r.object_id): _agg(r) for r in rows}
-    pending = select(e.metric, e.object_id, e.value).where(e.metric.in_(list(metrics)))
+    between = None
     if interval_s != TOTAL_INTERVAL:
         # An event's bucket starts in [lo, hi) exactly when the event is in [ceil(lo), ceil(hi)).
         step = interval_s * 1_000_000
-        pending = pending.where(e.at >= -(-lo_us // step) * step, e.at < -(-hi_us // step) * step)
-    for metric, object_id, value in conn.execute(pending):
+        between = (-(-lo_us // step) * step, -(-hi_us // step) * step)
+    rows, pending = metricstore.totals_rows(conn, metrics, interval_s, lo_us, hi_us, between)
+    result = {(r.metric, r.object_id): _agg(r) for r in rows}
+    for metric, object_id, value in pending:
         result.setdefault((metric, object_id), Agg()).add(value)
     return result
 
@@ -323,7 +190,7 @@ def all_time(conn: Connection, metrics: Sequence[str]) -> dict[tuple[str, str], 
 
 
 def pending_count(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(metric_events)).scalar_one())
+    return metricstore.pending_count(conn)
 
 
 def merge_into(target: dict[tuple[str, str], Agg], more: Mapping[tuple[str, str], Agg]) -> None:

@@ -12,9 +12,6 @@ import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
-
 from perdure.metrics import clock, storage
 from perdure.metrics.definitions import (
     BY_NAME,
@@ -24,9 +21,10 @@ from perdure.metrics.definitions import (
     queue_object,
     queues_of,
 )
-from perdure.metrics.levels import Level, levels
-from perdure.store.database import Database, retry_on_conflict
-from perdure.store.schema import clientgroups, clients, meta, workunits
+from perdure.metrics.levels import levels
+from perdure.store import metricstore
+from perdure.store.database import Database
+from perdure.store.metricstore import Connection
 from perdure.timeutil import now_us
 
 log = logging.getLogger("perdure.metrics")
@@ -68,26 +66,15 @@ def current_gauges(conn: Connection, node_ttl_s: float) -> Gauges:
     Every known client group appears (with 0 when idle), so a queue emptying shows as 0, not as a gap.
     """
     queue_length: Counter[MetricObject] = Counter({SYSTEM_OBJECT: 0})
-    for name in conn.execute(select(clientgroups.c.name)).scalars():
+    for name in metricstore.clientgroup_names(conn):
         queue_length[queue_object(name)] += 0
-    queued = conn.execute(
-        select(workunits.c.clientgroups, func.count())
-        .where(text("workunits.state = 'queued'"))
-        .group_by(workunits.c.clientgroups)
-    ).all()
-    for groups, n in queued:
+    for groups, n in metricstore.queued_by_clientgroups(conn):
         queue_length[SYSTEM_OBJECT] += n
         for q in queues_of(groups):
             queue_length[queue_object(q)] += n
 
     cutoff = now_us() - int(node_ttl_s * 1_000_000)
-    live = conn.execute(
-        select(clients.c.id, clients.c.group_name, clients.c.node_id, clients.c.hostname).where(
-            clients.c.deleted_at == 0,
-            clients.c.suspended.is_(False),
-            clients.c.last_heartbeat >= cutoff,
-        )
-    ).all()
+    live = metricstore.live_clients(conn, cutoff)
     active_clients: Counter[MetricObject] = Counter({SYSTEM_OBJECT: 0})
     nodes: defaultdict[MetricObject, set[str]] = defaultdict(set)
     nodes[SYSTEM_OBJECT] = set()
@@ -126,36 +113,18 @@ def sweep(
     all_levels = levels()
     period_us = int(sample_every_s * 1_000_000)
     sampled = False
-    with db.read() as conn:
-        due = force or _due(_last_sample(conn), now, period_us)
+    with metricstore.snapshot(db) as conn:
+        due = force or _due(metricstore.read_marker(conn, _MARKER), now, period_us)
         gauges = current_gauges(conn, node_ttl_s) if due else None
     if gauges is not None:
-        sampled = _sample(db, gauges, now, period_us, force)
+        sampled = metricstore.sample_once(
+            db, _MARKER, now, lambda last: force or _due(last, now, period_us), gauges.samples()
+        )
     folded = storage.fold(db, all_levels)
-    expired = _expire(db, now, all_levels) if sampled else 0
+    expired = storage.expire(db, list(BY_NAME), all_levels, now) if sampled else 0
     if expired:
         log.info("metrics: deleted %d bucket(s) past retention", expired)
     return SweepResult(sampled=sampled, folded=folded, expired=expired)
-
-
-@retry_on_conflict
-def _sample(db: Database, gauges: Gauges, now: int, period_us: int, force: bool) -> bool:
-    with db.write() as conn:
-        if not _claim_period(conn, now, period_us, force):
-            return False
-        storage.add(conn, gauges.samples(), now)
-        return True
-
-
-@retry_on_conflict
-def _expire(db: Database, now: int, all_levels: tuple[Level, ...]) -> int:
-    with db.write() as conn:
-        return storage.expire(conn, list(BY_NAME), all_levels, now)
-
-
-def _last_sample(conn: Connection) -> str | None:
-    value: str | None = conn.execute(select(meta.c.value).where(meta.c.key == _MARKER)).scalar_one_or_none()
-    return value
 
 
 def _due(last: str | None, now: int, period_us: int) -> bool:
@@ -165,18 +134,3 @@ def _due(last: str | None, now: int, period_us: int) -> bool:
         previous = None
     # A clock that went backwards (another server's, or a test's) does not stop sampling.
     return previous is None or not 0 <= now - previous < period_us
-
-
-def _claim_period(conn: Connection, now: int, period_us: int, force: bool) -> bool:
-    """Compare-and-set the last sample time: True if this caller samples this period."""
-    last = _last_sample(conn)
-    if last is None:
-        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        created = conn.execute(
-            dialect_insert(meta).values(key=_MARKER, value=str(now)).on_conflict_do_nothing()
-        )
-        return bool(created.rowcount)
-    if not force and not _due(last, now, period_us):
-        return False
-    won = conn.execute(update(meta).where(meta.c.key == _MARKER, meta.c.value == last).values(value=str(now)))
-    return bool(won.rowcount)

@@ -33,7 +33,6 @@ from perdure.datastore import BlobStore, ConcatReader
 from perdure.documents import job_document, job_minimal
 from perdure.errors import BadRequest, Conflict, NotFound
 from perdure.jobscript import JobSpec, normalize_clientgroups
-from perdure.metrics import recording as metrics
 from perdure.states import (
     ACTIVE_JOB_STATES,
     LIVE_TASK_STATES,
@@ -44,7 +43,7 @@ from perdure.states import (
     TaskState,
     WorkunitState,
 )
-from perdure.store import lifecycle, spot
+from perdure.store import hooks, lifecycle, spot
 from perdure.store import outputs as output_records
 from perdure.store.commalist import comma_list_contains
 from perdure.store.database import Database, retry_on_conflict
@@ -233,7 +232,7 @@ class JobStore:
             )
             conn.execute(insert(job_scripts).values(job_id=job_id, script=script))
             lifecycle.record_event(conn, job_id, lifecycle.EVENT_SUBMITTED, "job submitted", now)
-            metrics.job_submitted(conn, spec.clientgroups)
+            hooks.job_submitted(conn, spec.clientgroups)
             lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
             return self._document(conn, job_id)
 

@@ -14,10 +14,9 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select, text, update
 
 from perdure.datastore import BlobStore, ConcatReader
-from perdure.metrics import recording as metrics
 from perdure.split import split_ranges
 from perdure.states import ACTIVE_JOB_STATES, JobState, TaskState, WorkunitState
-from perdure.store import outputs
+from perdure.store import hooks, outputs
 from perdure.store.database import Database
 from perdure.store.schema import job_events, jobs, tasks, workunit_logs, workunits
 
@@ -304,7 +303,7 @@ def _complete_job(
         )
     )
     record_event(conn, job_id, EVENT_JOB_DONE, "job completed", now)
-    metrics.job_completed(conn, job_id)
+    hooks.job_completed(conn, job_id)
 
 
 def _set_job_state(conn: Connection, job_id: str, old: JobState, new: JobState, now: int) -> None:

@@ -15,12 +15,12 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, null, select, update
 
 from perdure.errors import NotFound
-from perdure.metrics import recording as metrics
 from perdure.spot import policy
 from perdure.spot.records import CheckpointTaken, Preemption, RestoreResult
 from perdure.states import WorkunitState
-from perdure.store import lifecycle
+from perdure.store import hooks, lifecycle
 from perdure.store.database import Database, retry_on_conflict
+from perdure.store.leases import LeaseLost
 from perdure.store.schema import jobs, spot_events, tasks, workunits
 from perdure.timeutil import now_us
 
@@ -41,7 +41,7 @@ class SpotStore:
         with self.db.write() as conn:
             wu = _leased(conn, wu_id, client_id)
             now = now_us()
-            node_id = metrics.node_of(conn, client_id) or ""
+            node_id = hooks.node_of(conn, client_id) or ""
             reference = record.reference()
             _checkpoint_outcome(
                 conn,
@@ -71,7 +71,7 @@ class SpotStore:
         with self.db.write() as conn:
             wu = _leased(conn, wu_id, client_id)
             now = now_us()
-            node_id = metrics.node_of(conn, client_id) or ""
+            node_id = hooks.node_of(conn, client_id) or ""
             _add(
                 conn,
                 wu,
@@ -84,7 +84,7 @@ class SpotStore:
                 size=record.size,
                 detail={"name": record.name, "reason": record.reason, "stats": record.stats},
             )
-            metrics.restored(
+            hooks.restored(
                 conn,
                 wu.clientgroups,
                 node_id,
@@ -125,7 +125,7 @@ def preempt(conn: Connection, wu: Any, client_id: str, preemption: Preemption, n
             checkpoint=reference if reference is not None else null(),
         )
     )
-    node_id = metrics.node_of(conn, client_id) or ""
+    node_id = hooks.node_of(conn, client_id) or ""
     final = preemption.final
     if final is not None:
         _checkpoint_outcome(
@@ -200,8 +200,6 @@ def job_summary(conn: Connection, job_id: str) -> dict[str, Any]:
 
 def _leased(conn: Connection, wu_id: str, client_id: str, *, lock: bool = True) -> Any:
     """The workunit, if this client holds its lease (locked for the transaction's update)."""
-    from perdure.store.work import LeaseLost  # the work store imports this module
-
     query = select(
         workunits.c.id,
         workunits.c.job_id,
@@ -244,7 +242,7 @@ def _checkpoint_outcome(
         written=written,
         detail=detail,
     )
-    metrics.checkpoint_taken(conn, wu.clientgroups, node_id, ok=ok, duration_s=duration_s, size_bytes=size)
+    hooks.checkpoint_taken(conn, wu.clientgroups, node_id, ok=ok, duration_s=duration_s, size_bytes=size)
 
 
 def _add(
@@ -294,6 +292,12 @@ def jobs_to_collect(conn: Connection, job_ids: list[str], system: Mapping[str, A
         if useless:
             collect.append(job_id)
     return collect
+
+
+def collectable_jobs(db: Database, job_ids: list[str], system: Mapping[str, Any]) -> list[str]:
+    """``jobs_to_collect`` in a read transaction of its own."""
+    with db.read() as conn:
+        return jobs_to_collect(conn, job_ids, system)
 
 
 def _diagnosis(conn: Connection, job: Any, system: Mapping[str, Any]) -> bool:

@@ -44,12 +44,12 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from perdure.datastore import BlobStore
 from perdure.documents import job_info
 from perdure.errors import BadRequest, NotFound, PerdureError
-from perdure.metrics import recording as metrics
 from perdure.spot.records import Preemption
 from perdure.states import JobState, TaskState, WorkunitState
-from perdure.store import lifecycle, outputs, spot
+from perdure.store import hooks, lifecycle, outputs, spot
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.jobs import suspend_job
+from perdure.store.leases import LeaseLost
 from perdure.store.schema import client_skip_work, clients, jobs, tasks, workunit_logs, workunits
 from perdure.timeutil import format_us, now_us
 
@@ -60,12 +60,6 @@ T = TypeVar("T")
 APPERROR_CHARS = 5000
 LOG_KINDS = ("stdout", "stderr", "worknotes", "perf")
 REPORT_STATUSES = frozenset({"done", "fail", "failed-permanent", "preempted"})
-
-
-class LeaseLost(PerdureError):
-    """The reporting client does not hold this workunit (any more)."""
-
-    status = 409
 
 
 class NoWork(PerdureError):
@@ -684,7 +678,7 @@ class WorkStore:
                         alone,
                     )
                     alike.setdefault(key, []).append((n, client))
-            samples = metrics.Samples()
+            samples = hooks.Samples()
             for (group, apps, available, alone), members in alike.items():
                 clients_ids = [client.id for _, client in members]
                 params = {
@@ -720,7 +714,7 @@ class WorkStore:
             self._finish(conn, samples)
         return results
 
-    def _finish(self, conn: Connection, samples: metrics.Samples) -> None:
+    def _finish(self, conn: Connection, samples: hooks.Samples) -> None:
         """The transaction's metric samples, written with one statement, and (PostgreSQL) the COMMIT."""
         if self.db.dialect == "postgresql":
             _pg_run(conn, [samples.insert()], commit=True)
@@ -811,7 +805,7 @@ class WorkStore:
             except PerdureError as exc:
                 results[n] = exc
         with self.db.write() as conn:
-            samples = metrics.Samples()
+            samples = hooks.Samples()
             done = [(n, r) for n, r in checked if r.status == "done"]
             if done:
                 finished = self._report_done(conn, done, results, samples)
@@ -829,7 +823,7 @@ class WorkStore:
         conn: Connection,
         requests: Sequence[tuple[int, ReportRequest]],
         results: list[str | PerdureError],
-        samples: metrics.Samples,
+        samples: hooks.Samples,
     ) -> dict[str, list[int]]:
         """``done`` reports: the workunits, their clients and their tasks in a few statements for the
         whole batch. Returns the jobs with a task left with no workunit to do, each with the
@@ -963,7 +957,7 @@ class WorkStore:
             conn.execute(select(jobs.c.info).where(jobs.c.id == wu.job_id)).scalar_one().get("noretry")
         )
         limit = 1 if noretry else self.limits.max_work_failure
-        metrics.workunit_failed(conn, wu, job_failed=failed >= limit)
+        hooks.workunit_failed(conn, wu, job_failed=failed >= limit)
         conn.execute(insert(client_skip_work).values(client_id=client.id, workunit_id=wu.id))
         self._count_client_failure(conn, client, now)
         if failed < limit:
@@ -1016,7 +1010,7 @@ class WorkStore:
                 state=WorkunitState.FAILED_PERMANENT.value, failed=wu.failed + 1, updatetime=now, **fenced
             )
         )
-        metrics.workunit_failed(conn, wu, job_failed=True)
+        hooks.workunit_failed(conn, wu, job_failed=True)
         self._count_client_failure(conn, client, now)
         error = _job_error(wu, client.id, logs, "exit code 42 encountered", JobState.FAILED_PERMANENT.value)
         suspend_job(conn, wu.job_id, error, now)  # holds the rest of the job's work
