@@ -373,7 +373,7 @@ def test_report_with_next_checks_out_the_next_workunit_in_the_same_request(
     c = envelope(report_next(worker, b["id"]))["next"]["id"]
     last = envelope(report_next(worker, c))
     assert (last["data"], last["next"]) == ("ok", None)
-    assert last["next_error"] == {"status": 400, "error": [NO_WORK]}
+    assert last["next_error"] == {"status": 400, "error": [NO_WORK], "code": "no-work"}
     job = get_job(server.url, job_id)
     assert job["state"] == "completed"
     assert task_of(job, "0")["remainwork"] == 0
@@ -384,7 +384,7 @@ def test_report_with_next_checks_out_the_next_workunit_in_the_same_request(
     assert waited.startswith(d)
     started = time.monotonic()
     empty = envelope(report_next(worker, waited, wait="1"))
-    assert empty["next_error"] == {"status": 400, "error": [NO_WORK]}
+    assert empty["next_error"] == {"status": 400, "error": [NO_WORK], "code": "no-work"}
     assert 0.9 <= time.monotonic() - started < 3.0
 
 
