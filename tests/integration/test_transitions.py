@@ -9,94 +9,29 @@ can no longer make shows up too: the table stays exactly what the system does.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import delete, select
 
 from perdure.errors import Conflict
-from perdure.jobscript import parse_job_script
 from perdure.protocol import ClientDeleted, ClientSuspended, LeaseLost, Refusal
 from perdure.spot.records import CheckpointRef, CheckpointTaken, Preemption
 from perdure.states import INITIAL_STATES, TRANSITIONS, ClientState, IllegalTransition, JobState
-from perdure.store import migrate, transitions
-from perdure.store.clients import ClientStore, Profile
-from perdure.store.database import Database
-from perdure.store.jobs import JobStore
-from perdure.store.schema import clients, jobs, workunits
-from perdure.store.spot import SpotStore
-from perdure.store.work import FailureLimits, ReportRequest, WorkStore
+from perdure.store import transitions
+from perdure.store.schema import clients, workunits
+from perdure.store.work import ReportRequest
 from tests import statewatch
-from tests.jobs import script, task
-
-
-@dataclass
-class World:
-    """The stores on one database, as a server builds them, with every state write logged."""
-
-    db: Database
-    jobs: JobStore
-    work: WorkStore
-    clients: ClientStore
-    spot: SpotStore
-    ttl_s: list[float] = field(default_factory=lambda: [300.0])
-    #: Each scenario's own client group (and client id prefix), so scenarios run in one database keep
-    #: to their own jobs.
-    group: str = "s0"
-
-    def id(self, name: str) -> str:
-        return f"{self.group}-{name}"
-
-    def submit(self, *tasks: dict[str, Any]) -> str:
-        raw = json.dumps(script(*tasks, clientgroups=self.group))
-        job_id: str = self.jobs.submit(parse_job_script(raw.encode()), raw, None)["id"]
-        return job_id
-
-    def register(self, name: str, current_work: list[str] | None = None) -> None:
-        profile = Profile(
-            id=self.id(name), group=self.group, apps=["*"], current_work={"data": current_work or []}
-        )
-        self.clients.register(profile)
-
-    def checkout(self, name: str) -> str:
-        wu_id: str = self.work.checkout(self.id(name))["id"]
-        return wu_id
-
-    def report(self, wu_id: str, name: str, status: str, **extra: Any) -> None:
-        assert self.work.report(wu_id, self.id(name), status, **extra) == "ok"
-
-    def job_state(self, job_id: str) -> str:
-        with self.db.read() as conn:
-            return str(conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one())
-
-    def workunit_state(self, wu_id: str) -> str:
-        with self.db.read() as conn:
-            return str(conn.execute(select(workunits.c.state).where(workunits.c.id == wu_id)).scalar_one())
+from tests.domain import World, open_world
+from tests.jobs import task
 
 
 @pytest.fixture
 def world(db_url: str, tmp_path: Path) -> Iterator[World]:
-    db = Database(db_url)
-    migrate.upgrade(db)
-    statewatch.install(db)
-    ttl_s = [300.0]
-    world = World(
-        db=db,
-        jobs=JobStore(db, tmp_path),
-        work=WorkStore(db, FailureLimits(max_work_failure=2, max_client_failure=3)),
-        clients=ClientStore(db, lambda: ttl_s[0], "cluster"),
-        spot=SpotStore(db),
-        ttl_s=ttl_s,
-    )
-    try:
-        yield world
-    finally:
-        db.dispose()
+    with open_world(db_url, tmp_path) as opened:
+        yield opened
 
 
 def _checkpoint(world: World, wu_id: str, name: str) -> None:
