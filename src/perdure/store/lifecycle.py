@@ -105,9 +105,8 @@ def advance_job(
         _enqueue_task(conn, job, job_id, task, now, blobs)
     if state == JobState.INIT:
         transitions.queue_job(conn, job_id, now)
-        state = JobState.QUEUED
     if rows and len(completed) == len(rows):
-        _complete_job(conn, job_id, state, now, expire_after_s or {})
+        _complete_job(conn, job_id, now, expire_after_s or {})
 
 
 def _complete_tasks(conn: Connection, job_id: str, finished: Sequence[Any], now: int) -> None:
@@ -274,9 +273,7 @@ def _split_input(spec: Mapping[str, Any]) -> str | None:
     return str(inputs[0]["filename"]) if len(inputs) == 1 else None
 
 
-def _complete_job(
-    conn: Connection, job_id: str, state: JobState, now: int, expire_after_s: Mapping[str, int]
-) -> None:
+def _complete_job(conn: Connection, job_id: str, now: int, expire_after_s: Mapping[str, int]) -> None:
     pipeline, expiration = conn.execute(
         select(jobs.c.pipeline, jobs.c.expiration).where(jobs.c.id == job_id)
     ).one()
