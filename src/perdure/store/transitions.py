@@ -36,6 +36,7 @@ from perdure.states import (
     ClientState,
     IllegalTransition,
     JobState,
+    ReportStatus,
     TaskState,
     WorkunitState,
     _Machine,
@@ -124,7 +125,7 @@ FINISH = (
         computetime=bindparam("ct"),
         updatetime=bindparam("now"),
         reported_by=bindparam("client"),
-        reported_status=bindparam("status"),
+        reported_status=ReportStatus.DONE.value,
         reported_attempt=bindparam("att"),
     )
 )

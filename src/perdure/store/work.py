@@ -851,14 +851,7 @@ class WorkStore:
             conn.execute(
                 _DONE_WORKUNIT,
                 [
-                    {
-                        "wu": wu.id,
-                        "client": r.client_id,
-                        "ct": r.computetime,
-                        "att": wu.attempt,
-                        "now": now,
-                        "status": ReportStatus.DONE.value,
-                    }
+                    {"wu": wu.id, "client": r.client_id, "ct": r.computetime, "att": wu.attempt, "now": now}
                     for _, wu, r in accepted
                 ],
             )
