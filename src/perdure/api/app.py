@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from perdure import __version__, metrics
 from perdure.api import cgroups, clients, data, jobs, management, nodes, queue, root, scripts, spot, work
 from perdure.api import metrics as metrics_api
+from perdure.api import shock as shock_api
 from perdure.api.accesslog import AccessLogMiddleware
 from perdure.api.auth import AuthMiddleware
 from perdure.api.context import ServerContext
@@ -90,6 +91,7 @@ def create_app(
     app.state.ctx = context
     for module in (root, jobs, work, spot, data, clients, cgroups, queue, nodes, scripts, management):
         app.include_router(module.router)
+    app.include_router(shock_api.router)  # /node: the Shock-compatible data plane (issue 19)
     app.include_router(management.log_files)  # last: /{name} would shadow the routes above
     app.add_middleware(WorkerFastPath)  # innermost: after authentication, instead of FastAPI's routing
     app.add_middleware(AuthMiddleware)

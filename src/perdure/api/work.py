@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 
 from perdure.api import params
 from perdure.api.auth import check_job_access, require_admin
+from perdure.api.awe_io import absolute_io, external_base
 from perdure.api.context import ServerContext, ctx
 from perdure.api.envelope import ok, page
 from perdure.api.workerauth import check_worker, check_worker_async
@@ -60,7 +61,7 @@ async def checkout_or_list(request: Request) -> JSONResponse:
     if isinstance(workunit, PerdureError):
         raise workunit
     assert workunit is not None
-    return ok(_with_ckpt(context, workunit))
+    return ok(absolute_io(_with_ckpt(context, workunit), external_base(request)))
 
 
 async def _wait_for_work(
@@ -114,7 +115,7 @@ async def get_work(work_id: str, request: Request) -> JSONResponse:
     await run_in_threadpool(check_job_access, request, decode_workunit_id(work_id)[:36])
     if params.flag(qp, "report"):
         return ok(await run_in_threadpool(context.work.log, work_id, qp.get("report", "")))
-    return ok(await run_in_threadpool(context.work.get, work_id))
+    return ok(absolute_io(await run_in_threadpool(context.work.get, work_id), external_base(request)))
 
 
 @router.put("/work/{work_id}")
@@ -159,7 +160,11 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
             "status": 200,
             "data": "ok",
             "error": None,
-            "next": _with_ckpt(context, workunit) if isinstance(workunit, dict) else None,
+            "next": (
+                absolute_io(_with_ckpt(context, workunit), external_base(request))
+                if isinstance(workunit, dict)
+                else None
+            ),
             "next_error": (
                 {"status": workunit.status, "error": [workunit.message]}
                 if isinstance(workunit, PerdureError)
