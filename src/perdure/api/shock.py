@@ -79,11 +79,7 @@ def _header_safe(name: str) -> str:
 
 def _credential(request: Request) -> str | None:
     """The data token AWE's worker sends: ``Authorization: OAuth <token>`` (or ``<type> <token>``)."""
-    header = request.headers.get("authorization", "").strip()
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    return token.strip() if token.strip() else scheme
+    return request.headers.get("authorization", "").strip() or None
 
 
 @router.put("/node/{node_id}")

@@ -126,6 +126,8 @@ def prepare_task(
     the node of the producing task's output for every input with an ``origin``, and, for a split
     task, AWE's ``PartInfo`` in each workunit's part with the split stored as an index of the input
     node. Writes the node ids into the task's spec; returns the plan with its parts rewritten."""
+    if not spec.get("outputs") and not any(io.get("origin") for io in spec.get("inputs", [])):
+        return plan  # no node to make or to find: spare the task's submit two statements
     totalwork = len(plan)
     conn.execute(delete(shock_nodes).where(shock_nodes.c.task_id == task_id))
     new_spec = dict(spec)
@@ -207,8 +209,8 @@ def check_upload_lease(
     AWE's worker names no client on a Shock call, so the upload is bound to the lease of the
     workunit the node and rank name (the task's workunit of that rank must be checked out; given
     ``?client=``, by that client), and, when the job has a data token, to that token (AWE's worker
-    sends it as ``Authorization: OAuth <token>``). Kept apart so that lease-bound data tokens can
-    replace it in one place."""
+    sends it as ``Authorization: OAuth <token>``: ``credential`` is that header). Kept apart so
+    that lease-bound data tokens can replace it in one place."""
     if node.parts == 0 and rank != 0:
         raise BadRequest(f"node {node.id} is a basic node: upload the file in the field 'upload'")
     if node.parts > 0 and not 1 <= rank <= node.parts:
@@ -224,10 +226,15 @@ def check_upload_lease(
         raise Forbidden(f"workunit {wu_id} is not checked out: node {node.id} takes no upload for it")
     if client_id is not None and row.client_id != client_id:
         raise Forbidden(f"workunit {wu_id} is not checked out by client {client_id}")
-    if row.datatoken and (credential or "") != row.datatoken:
+    if row.datatoken and not _is_token(credential or "", row.datatoken):
         raise Forbidden(f"node {node.id} needs the job's data token")
     key = outputs.blob_key(node.job_id, row.taskid, rank, node.filename)
     return UploadTarget(node=node, rank=rank, workunit_id=wu_id, blob_key=key)
+
+
+def _is_token(authorization: str, token: str) -> bool:
+    """``<type> <token>`` (AWE's worker: ``OAuth <token>``), or the token alone."""
+    return authorization == token or authorization.partition(" ")[2].strip() == token
 
 
 def record_upload(
