@@ -309,8 +309,10 @@ def test_an_upload_from_a_client_without_the_lease_is_refused(server: ServerProc
     assert httpx.get(node_url).json()["data"]["parts"]["length"] == 0
     assert worker.upload(first, out, b"1\n").status_code == 200
     worker.done(first)
-    # The lease ended with the report: the holder cannot write again either.
-    assert "not checked out" in shock_error(worker.upload(first, out, b"2\n"), 403)
+    # The lease ended with the report: the holder cannot write again either, and with no workunit
+    # of the task leased, a parts node is refused before its body is read.
+    assert "no workunit of task" in shock_error(worker.upload(first, out, b"2\n"), 403)
+    assert httpx.get(f"{server.url}/job/{job_id}/output/square/squares.txt").content == b"1\n"
 
 
 def test_a_job_with_a_data_token_takes_uploads_only_with_it(server: ServerProcess) -> None:

@@ -91,8 +91,12 @@ async def put_node(node_id: str, request: Request) -> JSONResponse:
         raise BadRequest("a node upload must be multipart/form-data")
     client_id = request.query_params.get("client") or None
     credential = _credential(request)
-    if node.parts == 0:  # refuse before the bytes arrive when the rank is known already
+    # Refuse before the bytes arrive: the lease itself when the rank is known already (a basic
+    # node), else that some workunit of the task is leased at all; the rank's lease is checked after.
+    if node.parts == 0:
         await run_in_threadpool(_check_lease, context, node, 0, client_id, credential)
+    else:
+        await run_in_threadpool(_check_any_lease, context, node)
     try:
         form = await request.form(max_files=8, max_fields=16, max_part_size=MAX_ATTRIBUTES_BYTES)
     except Exception as exc:  # python-multipart raises several types for malformed bodies
@@ -152,6 +156,11 @@ def _check_lease(
 ) -> shock.UploadTarget:
     with context.db.read() as conn:
         return shock.check_upload_lease(conn, node, rank, client_id=client_id, credential=credential)
+
+
+def _check_any_lease(context: ServerContext, node: shock.Node) -> None:
+    with context.db.read() as conn:
+        shock.check_any_lease(conn, node)
 
 
 def _store_bytes(context: ServerContext, upload: UploadFile, key: str) -> tuple[int, str]:

@@ -232,6 +232,18 @@ def check_upload_lease(
     return UploadTarget(node=node, rank=rank, workunit_id=wu_id, blob_key=key)
 
 
+def check_any_lease(conn: Connection, node: Node) -> None:
+    """Before the bytes of an upload to a parts node arrive (its rank is in the body): some workunit
+    of the node's task must be checked out, or nobody may upload to it."""
+    leased = conn.execute(
+        select(workunits.c.id)
+        .where(workunits.c.task_id == node.task_id, workunits.c.state == WorkunitState.CHECKOUT.value)
+        .limit(1)
+    ).first()
+    if leased is None:
+        raise Forbidden(f"no workunit of task {node.task_id} is checked out: node {node.id} takes no upload")
+
+
 def _is_token(authorization: str, token: str) -> bool:
     """``<type> <token>`` (AWE's worker: ``OAuth <token>``), or the token alone."""
     return authorization == token or authorization.partition(" ")[2].strip() == token
@@ -372,6 +384,7 @@ __all__ = [
     "SPLIT_INDEX",
     "Node",
     "UploadTarget",
+    "check_any_lease",
     "check_upload_lease",
     "document",
     "get",
