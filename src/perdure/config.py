@@ -156,6 +156,9 @@ class PerdureConfig(_Section):
     globalExpire: str = Field(default="", pattern=r"^(\d+[MHD])?$")
     pipelineExpire: dict[str, str] = Field(default_factory=dict)
     sweepInterval: float = Field(default=5.0, gt=0)
+    # awe-data (issue 19): the server's address as workers reach it, for the absolute input and
+    # output URLs (host + node) in workunit documents; empty means each request's own base URL.
+    externalURL: str = Field(default="", pattern=r"^(https?://[^\s/?#]+(/[^\s?#]*)?)?$")
 
 
 class Config(_Section):

@@ -33,6 +33,7 @@ from perdure.api import (
     work,
 )
 from perdure.api import metrics as metrics_api
+from perdure.api import shock as shock_api
 from perdure.api.accesslog import AccessLogMiddleware
 from perdure.api.auth import AuthMiddleware
 from perdure.api.context import ServerContext
@@ -107,6 +108,7 @@ def create_app(
     for module in (root, jobs, work, spot, data, clients, cgroups, queue, nodes, scripts, management):
         app.include_router(module.router)
     dashboard.install(app)  # /ui/, /docs with local assets, /api/v1/events
+    app.include_router(shock_api.router)  # /node: the Shock-compatible data plane (issue 19)
     app.include_router(management.log_files)  # last: /{name} would shadow the routes above
     app.add_middleware(WorkerFastPath)  # innermost: after authentication, instead of FastAPI's routing
     app.add_middleware(AuthMiddleware)

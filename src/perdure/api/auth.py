@@ -37,6 +37,9 @@ _WORKER_ROUTES = [
     ("DELETE", re.compile(r"^/client/[^/]+$")),
     ("PUT", re.compile(r"^/api/v1/nodes/[^/]+(/files)?$")),
     ("GET", re.compile(r"^/job/[^/]+/output/.+$")),
+    # the Shock-compatible node API AWE's worker moves data through (api/shock.py)
+    ("GET", re.compile(r"^/node/[^/]+$")),
+    ("PUT", re.compile(r"^/node/[^/]+(/index/[^/]+)?$")),
     # spot protection: checkpoint and restore reports, the server's checkpoint store, collection
     ("POST", re.compile(r"^/work/[^/]+/(checkpoints|restores|ckpt)$")),
     ("DELETE", re.compile(r"^/work/[^/]+/ckpt$")),

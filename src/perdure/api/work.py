@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 
 from perdure.api import params
 from perdure.api.auth import check_job_access, require_admin
+from perdure.api.awe_io import absolute_io, external_base
 from perdure.api.context import ServerContext, ctx
 from perdure.api.envelope import ok, page
 from perdure.api.errors import refusal_body
@@ -63,7 +64,7 @@ async def checkout_or_list(request: Request) -> JSONResponse:
     if isinstance(workunit, PerdureError | Refused):
         raise workunit
     assert workunit is not None
-    return ok(_with_ckpt(context, workunit))
+    return ok(absolute_io(_with_ckpt(context, workunit), external_base(request)))
 
 
 async def _wait_for_work(
@@ -117,7 +118,7 @@ async def get_work(work_id: str, request: Request) -> JSONResponse:
     await run_in_threadpool(check_job_access, request, decode_workunit_id(work_id)[:36])
     if params.flag(qp, "report"):
         return ok(await run_in_threadpool(context.work.log, work_id, qp.get("report", "")))
-    return ok(await run_in_threadpool(context.work.get, work_id))
+    return ok(absolute_io(await run_in_threadpool(context.work.get, work_id), external_base(request)))
 
 
 @router.put("/work/{work_id}")
@@ -162,7 +163,11 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
             "status": 200,
             "data": "ok",
             "error": None,
-            "next": _with_ckpt(context, workunit) if isinstance(workunit, dict) else None,
+            "next": (
+                absolute_io(_with_ckpt(context, workunit), external_base(request))
+                if isinstance(workunit, dict)
+                else None
+            ),
             "next_error": refusal_body(workunit) if isinstance(workunit, PerdureError | Refused) else None,
         }
     )

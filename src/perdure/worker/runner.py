@@ -22,9 +22,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 import psutil
 
+from perdure.split import awe_part
 from perdure.spot.engine import Launch
 from perdure.spot.protection import Preemption, Protection
 from perdure.states import ReportStatus
@@ -335,17 +337,21 @@ class Runner:
                 url = f"{io['host'].rstrip('/')}/node/{io['node']}?download"
             if not url:
                 raise StageError(f"input {io['filename']!r} has no source (no url, origin or node)")
+            own = self.api.client.url + "/"
+            if url.startswith(own):  # this server (host + node): with the worker's own credentials
+                url = url[len(own) - 1 :]
+            params = _part_params(wu, part) if part.get("input") == io["filename"] else None
+            if params:  # appended as AWE's worker does: the URL's own query (``?download``) stays
+                url += ("&" if "?" in url else "?") + urlencode(params)
+                params = None
             if url.startswith("file://"):
                 shutil.copyfile(url[7:], target)
             elif url.startswith("/"):
-                params = None
-                if part.get("input") == io["filename"]:
-                    params = {"offset": str(part["offset"]), "length": str(part["length"])}
                 self.api.download(url, target, params=params)
             elif url.startswith(("http://", "https://")):
                 if token_headers is None:
                     token_headers = self._datatoken_headers(wu)
-                self.api.download(url, target, headers=token_headers)
+                self.api.download(url, target, params=params, headers=token_headers)
             else:
                 raise StageError(f"input {io['filename']!r}: unsupported URL {url!r}")
             if io.get("uncompress") == "gzip":
@@ -538,3 +544,16 @@ def tail_bytes(path: Path | None, limit: int = LOG_TAIL) -> bytes:
         size = handle.tell()
         handle.seek(max(0, size - limit))
         return handle.read()
+
+
+def _part_params(wu: dict[str, Any], part: dict[str, Any]) -> dict[str, str] | None:
+    """The query that selects this workunit's part of its split input: AWE's ``index``/``part``
+    (``PartInfo``, as AWE's worker appends them), or a byte range from an older server."""
+    if int(wu.get("rank") or 0) <= 0:
+        return None
+    if part.get("index") and part.get("totalindex"):
+        units = awe_part(int(wu["rank"]), int(wu.get("totalwork") or 1), int(part["totalindex"]))
+        return {"index": str(part["index"]), "part": units}
+    if "offset" in part and "length" in part:
+        return {"offset": str(part["offset"]), "length": str(part["length"])}
+    return None
