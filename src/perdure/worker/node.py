@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from perdure import __version__, nodeinfo
+from perdure.spot.cloud import metadata_endpoint
 from perdure.spot.interruption import DRAIN_FILE, PID_FILE, ImdsWatcher, Notice, take_drain_request
 from perdure.spot.protection import Preemption
 from perdure.worker.api import ApiError, ServerAPI, Stopped
@@ -32,7 +33,14 @@ class Slot:
         self.node = node
         self.index = index
         self.client_id = f"{node.node_id}-{index}"
-        self.runner = Runner(node.api, self.client_id, node.workdir, node.workpath / "predata", node.spot)
+        self.runner = Runner(
+            node.api,
+            self.client_id,
+            node.workdir,
+            node.workpath / "predata",
+            node.spot,
+            file_roots=node.config.allow_file_root,
+        )
         self.registered = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"slot-{index}", daemon=True)
 
@@ -191,7 +199,8 @@ class Node:
         return shutil.disk_usage(self.workpath).free
 
     def run(self) -> None:
-        self.facts = {**nodeinfo.collect(self.config.imds_endpoint or None), **self.spot.facts()}
+        imds = metadata_endpoint(self.config.imds_endpoint)  # "" off EC2: 169.254.169.254 is not ours
+        self.facts = {**nodeinfo.collect(imds or None), **self.spot.facts()}
         (self.workpath / DRAIN_FILE).unlink(missing_ok=True)  # a stale request is not for us
         (self.workpath / PID_FILE).write_text(f"{os.getpid()}\n")
         # The server accepts only absolute, normalised paths: it serves exactly what is advertised.
@@ -216,10 +225,10 @@ class Node:
             threading.Thread(target=self._janitor_loop, name="janitor", daemon=True),
             threading.Thread(target=self._drain_loop, name="drain", daemon=True),
         ]
-        if self.config.imds_endpoint:
+        if imds:
             threads.append(
                 ImdsWatcher(
-                    self.config.imds_endpoint,
+                    imds,
                     self.notice,
                     self._rebalance,
                     self.stop,
