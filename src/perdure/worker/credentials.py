@@ -76,9 +76,33 @@ def resolve_token(configured: str, token_file: str) -> str:
 
 
 def scrub_environment() -> None:
-    """Remove the token variables from this process's environment (and so from every child's)."""
+    """Remove the token variables from this process's environment (and so from every child's), and
+    blank their values in the environment block the process started with, which is what
+    ``/proc/<pid>/environ`` shows for as long as the process lives."""
+    _blank_initial_environment(TOKEN_VARIABLES)
     for name in TOKEN_VARIABLES:
         os.environ.pop(name, None)
+
+
+def _blank_initial_environment(names: tuple[str, ...]) -> None:
+    """Overwrite, in place, the values of ``names`` in the C library's ``environ`` strings (as
+    setproctitle does with argv). Must run before ``os.environ.pop`` unsets them."""
+    if not sys.platform.startswith("linux"):
+        return
+    prefixes = tuple(f"{name}=".encode() for name in names)
+    try:
+        libc = ctypes.CDLL(None)
+        environ = ctypes.POINTER(ctypes.c_void_p).in_dll(libc, "environ")
+    except (OSError, ValueError):  # pragma: no cover - no C library environ to reach
+        return
+    index = 0
+    while environ[index]:
+        address = environ[index]
+        entry = ctypes.string_at(address)
+        prefix = next((p for p in prefixes if entry.startswith(p)), None)
+        if prefix is not None and address is not None:
+            ctypes.memset(address + len(prefix), 0, len(entry) - len(prefix))
+        index += 1
 
 
 def make_undumpable() -> bool:
