@@ -4,8 +4,7 @@ A path such as ``/job/x%0a2026-12-07T10:00:00 127.0.0.1 admin "DELETE /job/y" 20
 server decoded, newline included; written raw it would add a whole line to the access log. The
 :class:`EscapingFormatter` escapes C0 and C1 control characters, DEL and the Unicode line and paragraph
 separators of the message as ``\\xNN``/``\\uNNNN`` (escaping twice changes nothing). A traceback
-keeps its line breaks but every line after the first is indented, so it cannot pass for a record of
-its own.
+keeps its line breaks but each of its lines is indented, so none can pass for a record of its own.
 """
 
 from __future__ import annotations
@@ -32,6 +31,17 @@ def escape_quoted(text: str) -> str:
 class EscapingFormatter(logging.Formatter):
     """A :class:`logging.Formatter` whose messages (and tracebacks) carry no raw control character."""
 
+    def format(self, record: logging.LogRecord) -> str:
+        # Another handler may have cached the traceback unescaped in ``exc_text``: escape that copy
+        # for this line only, and leave the record as it was.
+        cached = record.exc_text
+        if cached:
+            record.exc_text = _indent(cached)
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         message = record.message
         record.message = escape(message)
@@ -48,7 +58,7 @@ class EscapingFormatter(logging.Formatter):
 
 
 def _indent(text: str) -> str:
-    return text.translate(_TRACEBACK).replace("\n", "\n    ")
+    return "    " + text.translate(_TRACEBACK).replace("\n", "\n    ")
 
 
 __all__ = ["EscapingFormatter", "escape", "escape_quoted"]

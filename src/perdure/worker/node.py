@@ -200,6 +200,7 @@ class Node:
 
     def run(self) -> None:
         imds = metadata_endpoint(self.config.imds_endpoint)  # "" off EC2: 169.254.169.254 is not ours
+        log.info("instance metadata: %s", imds or "not polled (turned off, or not an EC2 instance)")
         self.facts = {**nodeinfo.collect(imds or None), **self.spot.facts()}
         (self.workpath / DRAIN_FILE).unlink(missing_ok=True)  # a stale request is not for us
         (self.workpath / PID_FILE).write_text(f"{os.getpid()}\n")
