@@ -136,9 +136,10 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
     if then_next:
         available = params.integer(qp, "available", -1)
         wait = min(params.number(qp, "wait", 0.0), MAX_WAIT_S)
+    # The token first (issue 17): a report is not read from a caller that may not make it.
+    await check_worker_async(request, client_id=client_id)
     logs, preemption = await _report_files(request)
     context = ctx(request)
-    await check_worker_async(request, client_id=client_id)
     report = ReportRequest(work_id, client_id, status, computetime, logs, preemption)
     # Perdure's extension: with ``next``, the report and then (if it was accepted, in a transaction
     # of its own) a checkout, in one request. A refused report is answered as without ``next``; once
