@@ -452,7 +452,8 @@ def test_any_oidc_provider_with_issuer_and_jwks_url(client: TestClient, oidc_iss
     user = oidc_issuer.token(
         "alice", ("users",), group_claim="groups", token_use=None, aud="perdure-oidc", client_id=None
     )
-    assert client.get("/api/v1/config", headers=bearer(user)).status_code == 200
+    assert client.get("/job", headers=bearer(user)).status_code == 200  # verified, not an admin:
+    mgmt_error(client.get("/api/v1/config", headers=bearer(user)), 403, 2005)  # admin-only (issue 17)
     mgmt_error(
         client.put("/api/v1/configKV", json={"kvMap": {"job.diskType": "st1"}}, headers=bearer(user)),
         403,
