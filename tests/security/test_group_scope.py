@@ -1,7 +1,7 @@
 """Issue 17: a client-group token acts on its own group only (both databases, security on).
 
-A token of group g2 may not rewrite the record of a g1 node, upload a log in its name, heartbeat or
-delete a g1 client, or report on a g1 client's workunit; the g1 token does all of these. Nothing the
+A token of group g2 may not rewrite the record of a g1 node, upload a log in its name, read, heartbeat
+or delete a g1 client, read or report on a g1 client's workunit; the g1 token does all of these. Nothing the
 refused calls sent is stored.
 """
 
@@ -57,6 +57,9 @@ def test_a_g2_token_is_refused_on_g1_nodes_logs_clients_and_work(client: TestCli
         f"/work/{workunit['id']}", params={"status": "done", "client": "g1-node-0"}, files=files, headers=g2
     )
     awe_error(report, 401)
+    # The leased workunit's document (its command, inputs, data) is the holding group's only.
+    awe_error(client.get(f"/work/{workunit['id']}", headers=g2), 404)
+    assert data_of(client.get(f"/work/{workunit['id']}", headers=g1))["id"] == workunit["id"]
 
     # Nothing of it stored: the node, its log and the work are as g1 left them.
     (node,) = client.get("/api/v1/node", headers=admin).json()

@@ -12,8 +12,8 @@ from starlette.requests import Request
 
 from perdure.api.context import ctx
 from perdure.api.workerauth import cg_token
-from perdure.errors import Forbidden
-from perdure.store.scope import node_groups
+from perdure.errors import Forbidden, NotFound
+from perdure.store.scope import node_groups, workunit_group
 
 
 def token_group(request: Request) -> str | None:
@@ -38,4 +38,13 @@ def check_node_scope(request: Request, node_id: str) -> None:
         raise Forbidden(f"node {node_id} belongs to another client group")
 
 
-__all__ = ["check_node_scope", "token_group"]
+def check_work_scope(request: Request, work_id: str) -> None:
+    """A client-group token reads only the workunits its own group's clients hold (others: 404)."""
+    caller = getattr(request.state, "principal", None)
+    if caller is None or caller.kind != "worker" or not caller.groups:
+        return
+    if workunit_group(ctx(request).db, work_id) != caller.groups[0]:
+        raise NotFound("Not Found")
+
+
+__all__ = ["check_node_scope", "check_work_scope", "token_group"]

@@ -24,6 +24,7 @@ from perdure.api import params
 from perdure.api.auth import check_job_access, require_admin
 from perdure.api.context import ServerContext, ctx
 from perdure.api.envelope import ok, page
+from perdure.api.groupscope import check_work_scope
 from perdure.api.workerauth import check_worker, check_worker_async
 from perdure.errors import BadRequest, PerdureError
 from perdure.spot.records import Preemption, parse
@@ -112,6 +113,7 @@ async def get_work(work_id: str, request: Request) -> JSONResponse:
         value = await run_in_threadpool(context.work.secret, work_id, client_id, which)
         return ok(None, headers={"Datatoken" if which == "datatoken" else "Privateenv": value})
     await run_in_threadpool(check_job_access, request, decode_workunit_id(work_id)[:36])
+    await run_in_threadpool(check_work_scope, request, decode_workunit_id(work_id))  # issue 17
     if params.flag(qp, "report"):
         return ok(await run_in_threadpool(context.work.log, work_id, qp.get("report", "")))
     return ok(await run_in_threadpool(context.work.get, work_id))
