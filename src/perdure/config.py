@@ -116,6 +116,8 @@ class SecurityConfig(_Section):
     certFile: str = ""
     keyFile: str = ""
     cognito: CognitoConfig = Field(default_factory=CognitoConfig)
+    # -- issue 17 (security): a token of its own for Prometheus on /metrics; "" = none ------------
+    metricsToken: str = ""
 
 
 class CkptConfig(_Section):
@@ -176,7 +178,9 @@ class Config(_Section):
 #: Keys that hold durations (seconds inside, Go strings outside).
 DURATION_KEYS = frozenset({"ckpt.ckptInterval", "node.heartbeat", "node.ttl", "perdure.sweepInterval"})
 #: Never shown: masked in every response.
-SECRET_KEYS = frozenset({"security.cognito.accessKey", "security.cognito.secretKey"})
+SECRET_KEYS = frozenset(
+    {"security.cognito.accessKey", "security.cognito.secretKey", "security.metricsToken"}  # issue 17
+)
 #: Cannot be changed over the API.
 READ_ONLY_KEYS = frozenset({"id", "perdure.databaseURL", "perdure.dataDir"})
 

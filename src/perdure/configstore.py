@@ -76,7 +76,8 @@ class ConfigStore:
     def refresh(self) -> bool:
         """Pick up a change another server made; True when something changed."""
         stored = self._read_db()
-        if stored is None or stored["version"] == self.version:
+        # "<=": a read that raced a change of ours may see the version before it; never go back to it.
+        if stored is None or stored["version"] <= self.version:
             return False
         self._adopt(stored)
         write_file(self.path, self._persisted)

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from perdure.config import LogConfig
+from perdure.logescape import EscapingFormatter
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LEVELS = {
@@ -66,7 +67,7 @@ class ServerLogs:
                     access_logger, self._access, self.access_path, max_bytes, config.maxBackups
                 )
                 if self._access is not None:
-                    self._access.setFormatter(logging.Formatter("%(message)s"))
+                    self._access.setFormatter(EscapingFormatter("%(message)s"))
             for handler in (self._server, self._access):
                 if handler is not None:
                     handler.maxBytes = max_bytes
@@ -88,7 +89,7 @@ class ServerLogs:
         handler = logging.handlers.RotatingFileHandler(
             path, maxBytes=max_bytes, backupCount=backups, delay=False
         )
-        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler.setFormatter(EscapingFormatter(_FORMAT))
         logger.addHandler(handler)
         if old is not None:
             logger.removeHandler(old)

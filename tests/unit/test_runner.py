@@ -103,6 +103,8 @@ SETTINGS = (
     "workpath",
     "slots",
     "token",
+    "token_file",
+    "allow_file_root",
     "ca_file",
     "heartbeat_s",
     "checkout_wait_s",

@@ -40,6 +40,8 @@ from perdure.api.context import ServerContext
 from perdure.api.envelope import error_for
 from perdure.api.errors import response_for
 from perdure.api.fastpath import WorkerFastPath
+from perdure.api.limits import BodyLimitMiddleware
+from perdure.api.readguard import AdminReadsMiddleware
 from perdure.config import env_overrides
 from perdure.configstore import ConfigStore
 from perdure.errors import PerdureError
@@ -111,6 +113,8 @@ def create_app(
     app.include_router(shock_api.router)  # /node: the Shock-compatible data plane (issue 19)
     app.include_router(management.log_files)  # last: /{name} would shadow the routes above
     app.add_middleware(WorkerFastPath)  # innermost: after authentication, instead of FastAPI's routing
+    app.add_middleware(BodyLimitMiddleware)  # issue 17: body size and time limits, after authentication
+    app.add_middleware(AdminReadsMiddleware)  # issue 17: admin-only reads, inside authentication
     app.add_middleware(AuthMiddleware)
     app.add_middleware(RefuseNulMiddleware)
     app.add_middleware(AccessLogMiddleware)  # logs even requests auth refuses

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from perdure.api.envelope import error_for
+from perdure.api.readguard import METRICS_PATH, SCRAPER, metrics_token_matches
 from perdure.errors import NotFound, NotPrivileged
 from perdure.security import ANONYMOUS, Principal, TokenError, Verifier
 
@@ -67,6 +68,13 @@ class AuthMiddleware:
         context = scope["app"].state.ctx
         cognito = context.config.effective.security.cognito
         state = scope.setdefault("state", {})
+        if scope["path"] == METRICS_PATH and metrics_token_matches(
+            getattr(context.config.effective.security, "metricsToken", ""),
+            dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"),
+        ):
+            state["principal"] = SCRAPER  # Prometheus with its own token (issue 17); /metrics only
+            await self.app(scope, receive, send)
+            return
         if not cognito.enabled:
             state["principal"] = ANONYMOUS
             await self.app(scope, receive, send)

@@ -19,8 +19,14 @@ class WorkerConfig:
     apps: list[str] = field(default_factory=lambda: ["*"])
     workpath: Path = Path("./perdure-work")
     slots: int = 1
-    #: Clientgroup token (``Authorization: CG_TOKEN``).
+    #: Clientgroup token (``Authorization: CG_TOKEN``); from the environment or the TOML file only.
     token: str = ""
+    # -- issue 17 (security): token file, file:// roots, metadata detection ---------------------------
+    #: A file of mode 0600 holding the token (``--token-file``); never the token itself on argv.
+    token_file: str = ""
+    #: Directories ``file://`` inputs may be read from; none by default (file inputs are refused).
+    allow_file_root: list[str] = field(default_factory=list)
+    # -- end issue 17 ----------------------------------------------------------------------------------
     #: A CA bundle to trust for an HTTPS server with a private certificate.
     ca_file: str = ""
     heartbeat_s: float = 10.0
@@ -28,8 +34,9 @@ class WorkerConfig:
     checkout_wait_s: float = 20.0
     #: Work directories of failed workunits are kept this long for inspection.
     keep_failed_s: float = 1800.0
-    #: Cloud instance metadata (AWS IMDSv2); empty to skip.
-    imds_endpoint: str = "http://169.254.169.254"
+    #: Cloud instance metadata (AWS IMDSv2): ``auto`` polls 169.254.169.254 only on a node detected as
+    #: EC2 without a network call (DMI, /sys/hypervisor); a URL polls that; empty or ``off`` never.
+    imds_endpoint: str = "auto"
     #: Extra log files to advertise to the server.
     log_files: list[str] = field(default_factory=list)
     #: How often advertised log files are shipped to the server.

@@ -18,6 +18,7 @@ from typing import Any
 
 from perdure import __version__, nodeinfo
 from perdure.protocol import Refusal
+from perdure.spot.cloud import metadata_endpoint
 from perdure.spot.interruption import DRAIN_FILE, PID_FILE, ImdsWatcher, Notice, take_drain_request
 from perdure.spot.protection import Preemption
 from perdure.states import ReportStatus
@@ -34,7 +35,14 @@ class Slot:
         self.node = node
         self.index = index
         self.client_id = f"{node.node_id}-{index}"
-        self.runner = Runner(node.api, self.client_id, node.workdir, node.workpath / "predata", node.spot)
+        self.runner = Runner(
+            node.api,
+            self.client_id,
+            node.workdir,
+            node.workpath / "predata",
+            node.spot,
+            file_roots=node.config.allow_file_root,
+        )
         self.registered = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"slot-{index}", daemon=True)
 
@@ -193,7 +201,9 @@ class Node:
         return shutil.disk_usage(self.workpath).free
 
     def run(self) -> None:
-        self.facts = {**nodeinfo.collect(self.config.imds_endpoint or None), **self.spot.facts()}
+        imds = metadata_endpoint(self.config.imds_endpoint)  # "" off EC2: 169.254.169.254 is not ours
+        log.info("instance metadata: %s", imds or "not polled (turned off, or not an EC2 instance)")
+        self.facts = {**nodeinfo.collect(imds or None), **self.spot.facts()}
         (self.workpath / DRAIN_FILE).unlink(missing_ok=True)  # a stale request is not for us
         (self.workpath / PID_FILE).write_text(f"{os.getpid()}\n")
         # The server accepts only absolute, normalised paths: it serves exactly what is advertised.
@@ -218,10 +228,10 @@ class Node:
             threading.Thread(target=self._janitor_loop, name="janitor", daemon=True),
             threading.Thread(target=self._drain_loop, name="drain", daemon=True),
         ]
-        if self.config.imds_endpoint:
+        if imds:
             threads.append(
                 ImdsWatcher(
-                    self.config.imds_endpoint,
+                    imds,
                     self.notice,
                     self._rebalance,
                     self.stop,

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,8 @@ from perdure.spot.engine import Launch
 from perdure.spot.protection import Preemption, Protection
 from perdure.states import ReportStatus
 from perdure.worker.api import ApiError, ServerAPI
+from perdure.worker.environment import command_environment
+from perdure.worker.localfiles import LocalFileRefused, local_path
 
 if TYPE_CHECKING:
     from perdure.worker.protect import SpotContext
@@ -112,8 +115,12 @@ class Runner:
         workpath: Path,
         predata: Path,
         spot: SpotContext | None = None,
+        *,
+        file_roots: Sequence[str | Path] = (),
     ) -> None:
         self.api = api
+        #: Directories ``file://`` inputs may be read from (``--allow-file-root``); none by default.
+        self.file_roots = tuple(file_roots)
         self.client_id = client_id
         self.workpath = workpath
         self.predata = predata
@@ -308,21 +315,10 @@ class Runner:
     # ---- staging ------------------------------------------------------------------------------
 
     def _environment(self, wu: dict[str, Any], workdir: Path) -> dict[str, str]:
-        cmd = wu["cmd"]
-        env = dict(os.environ)
-        env.update({k: str(v) for k, v in (cmd.get("environ", {}).get("public") or {}).items()})
-        if cmd.get("has_private_env"):
-            private = self.api.secret(wu["id"], self.client_id, "privateenv")
-            env.update({k: str(v) for k, v in json.loads(private or "{}").items()})
-        env.update(
-            PERDURE_JOB_ID=wu["jobid"],
-            PERDURE_TASK_ID=wu["task_name"],
-            PERDURE_WORKUNIT_ID=wu["id"],
-            PERDURE_RANK=str(wu["rank"]),
-            PERDURE_TOTALWORK=str(wu["totalwork"]),
-            PERDURE_WORKDIR=str(workdir),
-        )
-        return env
+        private: dict[str, Any] = {}
+        if wu["cmd"].get("has_private_env"):
+            private = json.loads(self.api.secret(wu["id"], self.client_id, "privateenv") or "{}")
+        return command_environment(wu, workdir, private)
 
     def _stage(self, wu: dict[str, Any], workdir: Path, env: dict[str, str]) -> tuple[dict[str, Path], int]:
         inputs: dict[str, Path] = {}
@@ -345,7 +341,7 @@ class Runner:
                 url += ("&" if "?" in url else "?") + urlencode(params)
                 params = None
             if url.startswith("file://"):
-                shutil.copyfile(url[7:], target)
+                shutil.copyfile(self._local_file(url), target)
             elif url.startswith("/"):
                 self.api.download(url, target, params=params)
             elif url.startswith(("http://", "https://")):
@@ -361,6 +357,12 @@ class Runner:
         for io in wu.get("predata", []):
             inputs[io["filename"]] = self._predata(io, workdir)
         return inputs, total
+
+    def _local_file(self, url: str) -> Path:
+        try:
+            return local_path(url, self.file_roots)
+        except LocalFileRefused as exc:
+            raise StageError(str(exc)) from None
 
     def _datatoken_headers(self, wu: dict[str, Any]) -> dict[str, str]:
         if not (wu.get("info") or {}).get("auth"):
@@ -381,7 +383,7 @@ class Runner:
             if not cached.exists():
                 partial = cached.with_name(cached.name + f".{os.getpid()}.{threading.get_ident()}.part")
                 if url.startswith("file://"):
-                    shutil.copyfile(url[7:], partial)
+                    shutil.copyfile(self._local_file(url), partial)
                 else:
                     self.api.download(url, partial)
                 os.replace(partial, cached)  # atomic: a reader never sees a half-written file
