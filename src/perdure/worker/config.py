@@ -22,7 +22,11 @@ class ServerTiming:
     ``heartbeat_s`` itself (the environment and the command line win over the database), and never
     longer than a third of the server's ``node.ttl``, so a worker is never taken for lost while it
     beats. A reply whose values are out of the model's bounds is refused with a warning, and the
-    last good values stay in force."""
+    last good values stay in force. The first beat comes within a second of starting, so a worker
+    learns the server's values before its default interval could outlast a short TTL."""
+
+    #: Seconds before the first heartbeat.
+    FIRST_BEAT_S = 1.0
 
     def __init__(self, config: WorkerConfig) -> None:
         self._local = config.heartbeat_s
@@ -30,6 +34,7 @@ class ServerTiming:
         self._lock = threading.Lock()
         #: The server's node section as of the last heartbeat reply; None before the first.
         self.node: NodeConfig | None = None
+        self._asked = False
 
     def adopt(self, instructions: Mapping[str, str]) -> bool:
         """Follow a heartbeat reply's ``heartbeat`` and ``ttl``; False when refused or absent."""
@@ -56,6 +61,7 @@ class ServerTiming:
         """Seconds between two heartbeats."""
         node = self.node
         if node is None:
-            return self._local
+            first, self._asked = not self._asked, True
+            return min(self._local, self.FIRST_BEAT_S) if first else self._local
         beat = self._local if self._explicit else node.heartbeat
         return min(beat, node.ttl / 3)
