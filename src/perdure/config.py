@@ -44,15 +44,15 @@ __all__ = [
     "MASK",
     "CkptConfig",
     "CognitoConfig",
-    "Config",
     "ConfigError",
     "Duration",
     "Flag",
     "JobConfig",
-    "LogConfig",
     "NodeConfig",
     "PerdureConfig",
     "SecurityConfig",
+    "ServerConfig",
+    "ServerLogConfig",
     "WorkerConfig",
     "apply_kv",
     "coerce",
@@ -114,7 +114,7 @@ class _Section(BaseModel):
 # ---- the server's sections --------------------------------------------------------------------------
 
 
-class LogConfig(_Section):
+class ServerLogConfig(_Section):
     #: The server log; served at ``/<base>.log``, so it must be a ``.log`` file (never, say, config.json).
     file: str = Field(default="", pattern=r"^$|^[^\x00]*\.log$")
     #: Least severe level written to the server log.
@@ -233,7 +233,7 @@ class PerdureConfig(_Section):
         return value
 
 
-class Config(_Section):
+class ServerConfig(_Section):
     """The server's configuration, in the management API's shape."""
 
     #: Where the server listens (set by each server process).
@@ -242,7 +242,7 @@ class Config(_Section):
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     #: The web front end's folder.
     staticFolder: str = ""
-    log: LogConfig = Field(default_factory=LogConfig)
+    log: ServerLogConfig = Field(default_factory=ServerLogConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     ckpt: CkptConfig = Field(default_factory=CkptConfig)
     node: NodeConfig = Field(default_factory=NodeConfig)
@@ -371,7 +371,7 @@ def _is_duration(info: FieldInfo) -> bool:
 
 
 #: Every settable key of the server's configuration and its field.
-FIELDS: dict[str, FieldInfo] = _leaf_fields(Config)
+FIELDS: dict[str, FieldInfo] = _leaf_fields(ServerConfig)
 #: Every settable key and its Python type.
 KEY_TYPES: dict[str, Any] = {key: info.annotation for key, info in FIELDS.items()}
 #: Keys that hold durations (seconds inside, Go strings outside).
@@ -381,7 +381,7 @@ SECRET_KEYS = frozenset({"security.cognito.accessKey", "security.cognito.secretK
 #: Cannot be changed over the API.
 READ_ONLY_KEYS = frozenset({"id", "perdure.databaseURL", "perdure.dataDir"})
 #: The defaults, built once (``id`` aside, which each installation draws at its first start).
-DEFAULTS = Config()
+DEFAULTS = ServerConfig()
 
 
 def bounds(info: FieldInfo) -> tuple[float | None, float | None]:
@@ -416,7 +416,9 @@ def describe_bounds(info: FieldInfo) -> str:
 
 
 def _shown(info: FieldInfo, value: float) -> str:
-    return format_duration(value) if _is_duration(info) else f"{value:g}"
+    if _is_duration(info):
+        return format_duration(value)
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def coerce(info: FieldInfo, raw: Any) -> Any:
@@ -453,7 +455,9 @@ def parse_value(key: str, text: str) -> Any:
 _BOUND_ERRORS = ("greater_than_equal", "less_than_equal", "greater_than", "less_than")
 
 
-def _messages(exc: ValidationError, prefix: str = "", model: type[BaseModel] = Config) -> dict[str, str]:
+def _messages(
+    exc: ValidationError, prefix: str = "", model: type[BaseModel] = ServerConfig
+) -> dict[str, str]:
     """``{key: why}`` for each error, with bounds said in the key's own units."""
     out: dict[str, str] = {}
     for error in exc.errors(include_url=False):
@@ -469,14 +473,14 @@ def _messages(exc: ValidationError, prefix: str = "", model: type[BaseModel] = C
     return out
 
 
-def get_key(config: Config, key: str) -> Any:
+def get_key(config: ServerConfig, key: str) -> Any:
     value: Any = config
     for part in key.split("."):
         value = getattr(value, part)
     return value
 
 
-def to_document(config: Config, *, mask: bool = True) -> dict[str, Any]:
+def to_document(config: ServerConfig, *, mask: bool = True) -> dict[str, Any]:
     """The configuration in the API's JSON shape: durations as Go strings, secrets masked."""
     document = config.model_dump(mode="json")
     if mask:
@@ -492,20 +496,20 @@ def to_document(config: Config, *, mask: bool = True) -> dict[str, Any]:
     return document
 
 
-def from_document(document: Mapping[str, Any], *, lenient: bool = False) -> Config:
+def from_document(document: Mapping[str, Any], *, lenient: bool = False) -> ServerConfig:
     """Read a stored document (durations as Go strings or seconds). ``lenient``: a value out of range
     is clamped to its bound and one that cannot be read falls back to its default, each with a
     warning, so a value an older version accepted cannot stop a server."""
     data: dict[str, Any] = json.loads(json.dumps(document))
     for _ in range(len(FIELDS) + 1):
         try:
-            return Config.model_validate(data)
+            return ServerConfig.model_validate(data)
         except ValidationError as exc:
             if not lenient:
                 raise
             for error in exc.errors(include_url=False):
                 _repair(data, error)
-    return Config.model_validate(data)
+    return ServerConfig.model_validate(data)
 
 
 def _repair(data: dict[str, Any], error: Any) -> None:
@@ -544,7 +548,7 @@ def _repair(data: dict[str, Any], error: Any) -> None:
     node[last] = replacement
 
 
-def apply_kv(config: Config, kv: Mapping[str, Any], *, allow_read_only: bool = False) -> Config:
+def apply_kv(config: ServerConfig, kv: Mapping[str, Any], *, allow_read_only: bool = False) -> ServerConfig:
     """A new configuration with every change applied, or ``ConfigError`` naming every bad key."""
     errors: dict[str, str] = {}
     data = config.model_dump()
@@ -573,7 +577,7 @@ def apply_kv(config: Config, kv: Mapping[str, Any], *, allow_read_only: bool = F
             node = node[part]
         node[last] = value
     try:
-        updated = Config.model_validate(data)
+        updated = ServerConfig.model_validate(data)
     except ValidationError as exc:
         errors.update(_messages(exc))
     if errors:
@@ -590,7 +594,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
     return pairs
 
 
-def read_file(path: Path, *, lenient: bool = True) -> Config | None:
+def read_file(path: Path, *, lenient: bool = True) -> ServerConfig | None:
     if not path.exists():
         return None
     try:
@@ -599,7 +603,7 @@ def read_file(path: Path, *, lenient: bool = True) -> Config | None:
         raise ConfigError(f"cannot read {path}: {exc}", {"file": str(path)}) from None
 
 
-def write_file(path: Path, config: Config) -> None:
+def write_file(path: Path, config: ServerConfig) -> None:
     """Atomically: a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config.", suffix=".json")

@@ -15,13 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from perdure.config import Config, ConfigError, apply_kv, from_document, read_file, to_document, write_file
+from perdure.config import (
+    ConfigError,
+    ServerConfig,
+    apply_kv,
+    from_document,
+    read_file,
+    to_document,
+    write_file,
+)
 from perdure.store.configs import create_config, modify_config, read_config, replace_config
 from perdure.store.database import Database
 
 log = logging.getLogger("perdure.config")
 
-Listener = Callable[[Config], None]
+Listener = Callable[[ServerConfig], None]
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,7 @@ class Snapshot:
     """One published configuration: ``version`` is the shared copy's (0 before the first load)."""
 
     version: int
-    config: Config
+    config: ServerConfig
 
 
 class ConfigStore:
@@ -42,14 +50,14 @@ class ConfigStore:
         self.path = path
         self.overrides = dict(overrides)
         self.fixed = dict(fixed)
-        self._persisted = Config()
-        self.snapshot = Snapshot(0, Config())
+        self._persisted = ServerConfig()
+        self.snapshot = Snapshot(0, ServerConfig())
         self.listeners: list[Listener] = []
         self._lock = threading.Lock()
-        self._checkpoint_settings: tuple[Config, dict[str, Any]] | None = None
+        self._checkpoint_settings: tuple[ServerConfig, dict[str, Any]] | None = None
 
     @property
-    def effective(self) -> Config:
+    def effective(self) -> ServerConfig:
         """The configuration in force for this process (the current snapshot's)."""
         return self.snapshot.config
 
@@ -69,13 +77,13 @@ class ConfigStore:
 
     # ---- loading ------------------------------------------------------------------------------
 
-    def load(self) -> Config:
+    def load(self) -> ServerConfig:
         """Reconcile file and database (the newer wins), then apply this process's overrides."""
         from_file = read_file(self.path)
         file_mtime_us = int(self.path.stat().st_mtime * 1_000_000) if from_file is not None else 0
         stored = read_config(self.db)
         if stored is None:
-            create_config(self.db, to_document(from_file or Config(), mask=False))
+            create_config(self.db, to_document(from_file or ServerConfig(), mask=False))
         elif from_file is not None and file_mtime_us > stored["updated"]:
             log.info("configuration file %s is newer than the shared copy; applying it", self.path)
             replace_config(self.db, to_document(from_file, mask=False))
@@ -114,11 +122,11 @@ class ConfigStore:
 
     # ---- changing -----------------------------------------------------------------------------
 
-    def update(self, kv: Mapping[str, Any], *, allow_read_only: bool = False) -> Config:
+    def update(self, kv: Mapping[str, Any], *, allow_read_only: bool = False) -> ServerConfig:
         """Apply configKV pairs all or none; raises ``ConfigError`` naming each bad key."""
         return self.modify(lambda config: apply_kv(config, kv, allow_read_only=allow_read_only))
 
-    def modify(self, change: Callable[[Config], Config]) -> Config:
+    def modify(self, change: Callable[[ServerConfig], ServerConfig]) -> ServerConfig:
         def on_document(document: dict[str, Any]) -> dict[str, Any]:
             return to_document(change(from_document(document, lenient=True)), mask=False)
 

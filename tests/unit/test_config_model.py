@@ -13,7 +13,15 @@ import pytest
 from pydantic import BaseModel
 
 from perdure import config as cfg
-from perdure.config import DEFAULTS, Config, ConfigError, NodeConfig, WorkerConfig, apply_kv, from_document
+from perdure.config import (
+    DEFAULTS,
+    ConfigError,
+    NodeConfig,
+    ServerConfig,
+    WorkerConfig,
+    apply_kv,
+    from_document,
+)
 from perdure.settings import Settings, process_overrides
 from perdure.spot.policy import CheckpointPolicy
 from perdure.worker.config import ServerTiming
@@ -21,7 +29,7 @@ from perdure.worker.config import ServerTiming
 
 def _sections() -> list[type[BaseModel]]:
     found: list[type[BaseModel]] = [WorkerConfig]
-    pending: list[type[BaseModel]] = [Config]
+    pending: list[type[BaseModel]] = [ServerConfig]
     while pending:
         model = pending.pop()
         found.append(model)
