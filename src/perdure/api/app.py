@@ -160,7 +160,7 @@ async def _sweep_forever(context: ServerContext, stop: asyncio.Event) -> None:
             await asyncio.to_thread(sweep_once, context)
             if time.monotonic() - optimized > OPTIMIZE_EVERY_S:
                 optimized = time.monotonic()
-                await asyncio.to_thread(context.db.optimize)
+                await asyncio.to_thread(guarded, "optimize", context.db.optimize)
         except Exception:
             log.exception("background sweep failed; will retry")
 

@@ -4,6 +4,7 @@ next steps run anyway (``perdure_sweep_failures_total{step=...}`` on ``/metrics`
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -16,21 +17,22 @@ log = logging.getLogger("perdure.server")
 T = TypeVar("T")
 
 _failures: Counter | None = None
+_lock = threading.Lock()
 
 
 def failures() -> Counter:
     """The counter, in this process's HTTP metrics registry (or the multiprocess directory), so
     ``/metrics`` shows it beside the request metrics."""
     global _failures
-    if _failures is None:
-        metrics = http_metrics()
-        _failures = Counter(
-            "perdure_sweep_failures",
-            "Housekeeping steps of the background sweep that failed, by step",
-            ["step"],
-            registry=metrics.registry,
-        )
-    return _failures
+    with _lock:
+        if _failures is None:
+            _failures = Counter(
+                "perdure_sweep_failures",
+                "Housekeeping steps of the background sweep that failed, by step",
+                ["step"],
+                registry=http_metrics().registry,
+            )
+        return _failures
 
 
 def guarded(step: str, action: Callable[[], T]) -> T | None:
