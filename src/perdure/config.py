@@ -34,7 +34,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
@@ -384,35 +383,33 @@ READ_ONLY_KEYS = frozenset({"id", "perdure.databaseURL", "perdure.dataDir"})
 DEFAULTS = ServerConfig()
 
 
+#: pydantic keeps a field's bounds in its metadata as ``annotated_types`` ``Ge``/``Gt``/``Le``/``Lt``.
+_BOUND_WORDS = (("ge", "at least"), ("gt", "more than"), ("le", "at most"), ("lt", "less than"))
+
+
+def _limits(info: FieldInfo) -> list[tuple[str, float]]:
+    """``[("ge", 1.0), ("le", 604800.0)]``: a field's bounds, in the order they were declared."""
+    found: list[tuple[str, float]] = []
+    for item in info.metadata:
+        for name, _ in _BOUND_WORDS:
+            value = getattr(item, name, None)
+            if isinstance(value, int | float):
+                found.append((name, float(value)))
+    return found
+
+
 def bounds(info: FieldInfo) -> tuple[float | None, float | None]:
     """A field's (lowest, highest) allowed value; None where unbounded."""
-    low: float | None = None
-    high: float | None = None
-    for item in info.metadata:
-        if isinstance(item, Ge):
-            low = float(item.ge)  # type: ignore[arg-type]
-        elif isinstance(item, Gt):
-            low = float(item.gt)  # type: ignore[arg-type]
-        elif isinstance(item, Le):
-            high = float(item.le)  # type: ignore[arg-type]
-        elif isinstance(item, Lt):
-            high = float(item.lt)  # type: ignore[arg-type]
+    limits = dict(_limits(info))
+    low = limits.get("ge", limits.get("gt"))
+    high = limits.get("le", limits.get("lt"))
     return low, high
 
 
 def describe_bounds(info: FieldInfo) -> str:
     """``at least 1s and at most 168h0m0s``: a field's bounds in its own units."""
-    words = []
-    for item in info.metadata:
-        if isinstance(item, Ge):
-            words.append(f"at least {_shown(info, float(item.ge))}")  # type: ignore[arg-type]
-        elif isinstance(item, Gt):
-            words.append(f"more than {_shown(info, float(item.gt))}")  # type: ignore[arg-type]
-        elif isinstance(item, Le):
-            words.append(f"at most {_shown(info, float(item.le))}")  # type: ignore[arg-type]
-        elif isinstance(item, Lt):
-            words.append(f"less than {_shown(info, float(item.lt))}")  # type: ignore[arg-type]
-    return " and ".join(words)
+    words = dict(_BOUND_WORDS)
+    return " and ".join(f"{words[name]} {_shown(info, value)}" for name, value in _limits(info))
 
 
 def _shown(info: FieldInfo, value: float) -> str:
