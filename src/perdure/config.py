@@ -461,7 +461,8 @@ def _messages(
         key = ".".join(str(p) for p in error["loc"])
         info = _leaf_fields(model).get(key)
         message = error["msg"].removeprefix("Value error, ")
-        if info is not None and error["type"] in _BOUND_ERRORS:
+        beyond_go = info is not None and _is_duration(info) and "out of range" in message
+        if info is not None and (error["type"] in _BOUND_ERRORS or beyond_go):
             given = error["input"]
             if _is_duration(info) and isinstance(given, int | float):
                 given = format_duration(given)

@@ -11,7 +11,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -148,3 +151,22 @@ def test_a_failing_sweep_step_is_counted_and_the_others_still_run(
     assert failure_counts(quiet) == {**before, "requeue_lost": before.get("requeue_lost", 0.0) + 2}
     errors = [r for r in caplog.records if "requeue_lost" in r.getMessage()]
     assert len(errors) == 2 and all(r.exc_info for r in errors)
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        pytest.param(["--set", "node.ttl=99999999999999999999999"], {}, id="--set"),
+        pytest.param([], {"PERDURE_NODE_TTL_S": "8d"}, id="PERDURE_NODE_TTL_S"),
+        pytest.param([], {"PERDURE_CFG_node__ttl": "0.5s"}, id="PERDURE_CFG_"),
+    ],
+)
+def test_a_server_given_an_out_of_range_value_refuses_to_start_naming_the_key(
+    tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    command = [sys.executable, "-m", "perdure", "server", "--data-dir", str(tmp_path / "data"), *args]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PERDURE_")}
+    result = subprocess.run(command, env={**clean, **env}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "node.ttl" in output and "Traceback" not in output, output
