@@ -81,9 +81,9 @@ def server(
     ] = False,
 ) -> None:
     """Start the API server (migrating the database schema first)."""
-    from perdure.config import KEY_TYPES, ConfigError, env_overrides
+    from perdure.config import KEY_TYPES, ConfigError
     from perdure.configstore import ConfigStore
-    from perdure.settings import config_overrides
+    from perdure.settings import process_overrides
 
     settings = _settings(data_dir, db)
     for item in set_ or []:
@@ -104,7 +104,7 @@ def server(
         store = ConfigStore(
             database,
             settings.data_dir / "config.json",
-            overrides={**config_overrides(settings), **env_overrides(os.environ)},
+            overrides=process_overrides(settings, os.environ),
             fixed={},
         )
         effective = store.load()
@@ -203,7 +203,7 @@ def worker(
             allow_file_root=[str(root) for root in allow_file_root] if allow_file_root else None,
             ca_file=ca_file,
         )
-        settings.token = resolve_token(settings.token, settings.token_file)
+        settings = settings.model_copy(update={"token": resolve_token(settings.token, settings.token_file)})
         settings.validate()
     except (ValueError, TypeError, TokenFileError) as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -11,7 +11,7 @@ import re
 import threading
 from pathlib import Path
 
-from perdure.config import LogConfig
+from perdure.config import ServerLogConfig
 from perdure.logescape import EscapingFormatter
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -48,7 +48,7 @@ class ServerLogs:
         """URL file name -> file, e.g. ``perdure.log`` and ``perdure-access.log``."""
         return {self.server_path.stem + ".log": self.server_path, self.access_path.name: self.access_path}
 
-    def apply(self, config: LogConfig) -> None:
+    def apply(self, config: ServerLogConfig) -> None:
         path = Path(config.file) if config.file else self.data_dir / "logs" / "perdure.log"
         if not path.is_absolute():
             path = self.data_dir / path

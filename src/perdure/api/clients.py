@@ -15,7 +15,7 @@ from perdure.api.auth import principal, require_admin
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
 from perdure.api.workerauth import cg_token_given, check_worker
-from perdure.config import format_duration
+from perdure.duration import format_duration
 from perdure.errors import BadRequest, NotImplementedOp
 from perdure.store.clients import parse_profile
 

@@ -23,7 +23,7 @@ from perdure.spot.interruption import DRAIN_FILE, PID_FILE, ImdsWatcher, Notice,
 from perdure.spot.protection import Preemption
 from perdure.states import ReportStatus
 from perdure.worker.api import ApiError, ServerAPI, Stopped
-from perdure.worker.config import WorkerConfig
+from perdure.worker.config import ServerTiming, WorkerConfig
 from perdure.worker.protect import SpotContext
 from perdure.worker.runner import DISCARDED, Outcome, Runner, tail_bytes
 
@@ -191,6 +191,8 @@ class Node:
         self._lock_file = _lock_workpath(self.workpath)
         #: The server's ``ckpt.*`` settings as of the last heartbeat (spot protection reads them).
         self.checkpoint_settings: dict[str, Any] = {}
+        #: ``node.heartbeat``/``node.ttl`` as the server last sent them: how often to heartbeat.
+        self.timing = ServerTiming(config)
 
     def fail(self, reason: str) -> None:
         """Stop the whole node with an error (the process exits non-zero)."""
@@ -339,7 +341,7 @@ class Node:
     # ---- heartbeat ----------------------------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
-        while not self.stop.wait(self.config.heartbeat_s):
+        while not self.stop.wait(self.timing.interval()):
             for slot in self.slots:
                 if not slot.registered.is_set():
                     continue
@@ -356,6 +358,7 @@ class Node:
                 self._follow(slot, instructions)
 
     def _follow(self, slot: Slot, instructions: dict[str, str]) -> None:
+        self.timing.adopt(instructions)
         for wu_id in filter(None, instructions.get("discard", "").split(",")):
             slot.runner.discard(wu_id)
         if instructions.get("stop"):
