@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from perdure.config import LogConfig
+from perdure.config import ServerLogConfig
 from perdure.logs import ServerLogs
 from tests.support import ServerProcess, wait_for
 
@@ -55,7 +55,7 @@ def test_a_newline_in_the_path_cannot_forge_an_access_log_line(server: ServerPro
 
 def test_server_log_messages_and_tracebacks_stay_on_their_record(tmp_path: Path) -> None:
     logs = ServerLogs(tmp_path)
-    logs.apply(LogConfig())
+    logs.apply(ServerLogConfig())
     log = logging.getLogger("perdure.test-injection")
     try:
         log.warning("unknown client %s", "c1\n2026-12-07 10:00:00,000 INFO perdure.server: forged")
