@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from perdure.api import params
@@ -39,6 +40,8 @@ async def _profile_bytes(request: Request) -> bytes:
     elif content_type.startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=2, max_fields=8, max_part_size=MAX_PROFILE_BYTES)
+        except ClientDisconnect:
+            raise  # the client went away: not a malformed body
         except Exception as exc:
             raise BadRequest(f"malformed multipart body: {exc}") from None
         try:

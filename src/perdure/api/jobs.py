@@ -5,16 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
-from perdure.api import params
+from perdure.api import bounds, params
 from perdure.api.auth import check_job_access, job_owner_filter, principal, require_admin
 from perdure.api.context import ctx
 from perdure.api.envelope import ok, page
 from perdure.errors import BadRequest, NotImplementedOp
 from perdure.jobscript import JobScriptError, parse_job_script
 from perdure.states import ACTIVE_JOB_STATES, REGISTERED_JOB_STATES, JobState
-from perdure.store.jobs import JobQuery
+from perdure.store.jobs import INT_FIELDS, JobQuery
 from perdure.timeutil import parse_time
 
 router = APIRouter()
@@ -55,6 +56,8 @@ async def _read_script(request: Request) -> bytes:
         raise BadRequest("No job file is submitted")
     try:
         form = await request.form(max_files=4, max_fields=16, max_part_size=limit)
+    except ClientDisconnect:
+        raise  # the client went away: not a malformed body
     except Exception as exc:  # malformed multipart: python-multipart raises several types
         raise BadRequest(f"malformed multipart body: {exc}") from None
     try:
@@ -107,6 +110,9 @@ def _query_from(request: Request) -> JobQuery:
             values = params.comma_values(qp, name)
             if values:
                 query.fields[name] = values
+                if name in INT_FIELDS:
+                    bounds.int32_values(name, values)
+        bounds.query_fields(query.fields)
         for bound in ("date_start", "date_end"):
             raw = qp.get(bound)
             if raw:
@@ -160,13 +166,15 @@ def update_job(job_id: str, request: Request) -> JSONResponse:
             raise BadRequest("recompute needs a task id: ?recompute=<taskid>")
         return ok(store.recompute(job_id, taskid))
     if params.flag(qp, "clientgroup"):
-        return ok(store.set_clientgroup(job_id, qp.get("clientgroup", "")))
+        groups = bounds.clientgroups("clientgroup", qp.get("clientgroup", ""))
+        return ok(store.set_clientgroup(job_id, groups))
     if params.flag(qp, "priority"):
+        bounds.int32("priority", qp.get("priority", ""), minimum=1)
         return ok(store.set_priority(job_id, qp.get("priority", "")))
     if params.flag(qp, "pipeline"):
-        return ok(store.set_pipeline(job_id, qp.get("pipeline", "")))
+        return ok(store.set_pipeline(job_id, bounds.name("pipeline", qp.get("pipeline", ""))))
     if params.flag(qp, "expiration"):
-        return ok(store.set_expiration(job_id, qp.get("expiration", "")))
+        return ok(store.set_expiration(job_id, bounds.expiration(qp.get("expiration", ""))))
     if params.flag(qp, "settoken"):
         return ok(store.set_token(job_id, request.headers.get("datatoken")))
     raise NotImplementedOp("requested job operation not supported")

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from perdure.api import params
@@ -48,7 +49,7 @@ async def checkout_or_list(request: Request) -> JSONResponse:
     client_id = qp.get("client", "")
     if not client_id:
         raise BadRequest("missing client id")
-    available = params.integer(qp, "available", -1)
+    available = params.integer(qp, "available", -1, minimum=-1)
     wait = min(params.number(qp, "wait", 0.0), MAX_WAIT_S)
     context = ctx(request)
     await check_worker_async(request, client_id=client_id)
@@ -134,7 +135,7 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
     then_next = params.flag(qp, "next")
     available, wait = -1, 0.0
     if then_next:
-        available = params.integer(qp, "available", -1)
+        available = params.integer(qp, "available", -1, minimum=-1)
         wait = min(params.number(qp, "wait", 0.0), MAX_WAIT_S)
     logs, preemption = await _report_files(request)
     context = ctx(request)
@@ -175,6 +176,8 @@ async def _report_files(request: Request) -> tuple[dict[str, str], Preemption | 
         return {}, None
     try:
         form = await request.form(max_files=8, max_fields=16)
+    except ClientDisconnect:
+        raise  # the client went away: not a malformed body
     except Exception as exc:  # python-multipart raises several types for malformed bodies
         raise BadRequest(f"malformed multipart body: {exc}") from None
     try:
