@@ -36,6 +36,7 @@ from perdure.settings import Settings, apply_config, config_overrides
 from perdure.store import migrate
 from perdure.store.database import Database
 from perdure.store.spot import jobs_to_collect
+from perdure.store.stranded import suspend_stranded
 
 log = logging.getLogger("perdure.server")
 
@@ -196,6 +197,9 @@ def sweep_once(context: ServerContext) -> None:
     requeued = context.clients.requeue_lost()
     if requeued:
         log.warning("re-queued %d workunit(s) of lost clients", requeued)
+    stranded = suspend_stranded(context.db, context.clients.ttl_us)
+    if stranded:
+        log.warning("suspended %d job(s) whose failed work no live client can retry", stranded)
     context.jobs.promote_due()
     finished = context.jobs.advance_finished()
     if finished:

@@ -16,6 +16,7 @@ from perdure.errors import BadRequest, NotImplementedOp
 from perdure.jobscript import JobScriptError, parse_job_script
 from perdure.states import ACTIVE_JOB_STATES, REGISTERED_JOB_STATES, JobState
 from perdure.store.jobs import INT_FIELDS, JobQuery
+from perdure.store.stranded import suspend_stranded
 from perdure.timeutil import parse_time
 
 router = APIRouter()
@@ -207,5 +208,10 @@ def delete_jobs(request: Request) -> JSONResponse:
     if params.flag(qp, "suspend"):
         return ok(store.delete_suspended(full=full))
     if params.flag(qp, "zombie"):
-        return ok(store.delete_zombies(full=full))
+        # What the sweep has not caught yet: failed work no live client will retry ends now too.
+        stranded = suspend_stranded(ctx(request).db, ctx(request).clients.ttl_us)
+        reply = store.delete_zombies(full=full)
+        if stranded:
+            reply += f"; suspended {stranded} job(s) whose failed work no live client can retry"
+        return ok(reply)
     raise NotImplementedOp("Not Implemented")

@@ -44,7 +44,7 @@ from perdure.states import (
     TaskState,
     WorkunitState,
 )
-from perdure.store import lifecycle, spot
+from perdure.store import lifecycle, spot, stranded
 from perdure.store import outputs as output_records
 from perdure.store.commalist import comma_list_contains
 from perdure.store.database import Database, retry_on_conflict
@@ -462,6 +462,7 @@ class JobStore:
                 )
                 .values(state=WorkunitState.QUEUED.value, failed=0, client_id=None, updatetime=now)
             )
+            stranded.forget_skips(conn, job_id)  # after a fix, the clients it failed on may run it
             Database.work_queued(conn)
             for task in conn.execute(
                 select(tasks.c.id, tasks.c.state, tasks.c.remainwork, tasks.c.totalwork).where(

@@ -1,0 +1,129 @@
+"""Work that no client will take any more: failed out, so the job ends instead of waiting for ever.
+
+A workunit that fails on a client goes on that client's ``client_skip_work`` list and back to the
+queue, to be retried elsewhere. When every live client that could run it (its group, its app, not
+suspended, heard from within the TTL) has it on that list, nothing will ever check it out again: with
+one worker of 2 slots and ``maxWorkFailure`` 3, a failing task sat ``queued`` for ever. The sweep
+calls ``suspend_stranded``: such a workunit counts as failed out, as if it had reached the failure
+limit, and its job is suspended with an error that says why and what to do next.
+
+Workers that are all offline strand nothing: the work waits for them, as it should. ``forget_skips``
+is the other half: a resumed job's workunits may run on any client again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, delete, select
+
+from perdure.states import JobState, WorkunitState
+from perdure.store import jobs, lifecycle  # jobs imports this module: use its names at call time
+from perdure.store.database import Database, retry_on_conflict
+from perdure.store.schema import client_skip_work, clients, workunit_logs, workunits
+from perdure.timeutil import now_us
+
+#: As much of the last stderr as a job error shows (AWE's ``apperror``).
+APPERROR_CHARS = 5000
+
+
+def serves(client: Any, clientgroups: str, app: str) -> bool:
+    """Whether ``client`` (a row with ``group_name`` and ``apps``) may check out such a workunit."""
+    groups = [g for g in clientgroups.split(",") if g]
+    if groups and client.group_name not in groups:
+        return False
+    apps = list(client.apps or [])
+    return "*" in apps or app in apps
+
+
+def find_stranded(conn: Connection, ttl_us: int, now: int) -> list[tuple[Any, list[str]]]:
+    """Queued workunits that some live eligible client failed, and every such client failed; each with
+    the ids of the clients that failed it."""
+    skipped = conn.execute(
+        select(
+            workunits.c.id,
+            workunits.c.job_id,
+            workunits.c.task_id,
+            workunits.c.clientgroups,
+            workunits.c.app,
+            workunits.c.failed,
+            workunits.c.updatetime,
+            client_skip_work.c.client_id,
+        )
+        .join(client_skip_work, client_skip_work.c.workunit_id == workunits.c.id)
+        .where(workunits.c.state == WorkunitState.QUEUED.value)
+    ).all()
+    if not skipped:
+        return []
+    live = conn.execute(
+        select(clients.c.id, clients.c.group_name, clients.c.apps).where(
+            clients.c.deleted_at == 0,
+            clients.c.suspended.is_(False),
+            clients.c.last_heartbeat >= now - ttl_us,
+        )
+    ).all()
+    by_workunit: dict[str, tuple[Any, set[str]]] = {}
+    for row in skipped:
+        by_workunit.setdefault(row.id, (row, set()))[1].add(row.client_id)
+    stranded = []
+    for row, failed_on in by_workunit.values():
+        eligible = {c.id for c in live if serves(c, row.clientgroups, row.app)}
+        if eligible and eligible <= failed_on:
+            stranded.append((row, sorted(failed_on)))
+    return stranded
+
+
+def suspend_stranded(db: Database, ttl_us: int) -> int:
+    """Suspend the job of every stranded workunit (one transaction per job); the number of jobs."""
+    now = now_us()
+    with db.read() as conn:
+        stranded = find_stranded(conn, ttl_us, now)
+    first_per_job: dict[str, tuple[Any, list[str]]] = {}
+    for row, failed_on in stranded:
+        first_per_job.setdefault(row.job_id, (row, failed_on))
+    return sum(_suspend(db, row, failed_on, now) for row, failed_on in first_per_job.values())
+
+
+@retry_on_conflict
+def _suspend(db: Database, wu: Any, failed_on: Sequence[str], now: int) -> int:
+    with db.write() as conn:
+        current = conn.execute(
+            select(workunits.c.state, workunits.c.updatetime).where(workunits.c.id == wu.id).with_for_update()
+        ).one_or_none()
+        if current is None or current.state != WorkunitState.QUEUED or current.updatetime != wu.updatetime:
+            return 0  # it moved while we looked: the next sweep looks again
+        logs = dict(
+            conn.execute(
+                select(workunit_logs.c.kind, workunit_logs.c.content).where(
+                    workunit_logs.c.workunit_id == wu.id, workunit_logs.c.kind.in_(["stderr", "worknotes"])
+                )
+            ).all()
+        )
+        clients_text = ", ".join(failed_on)
+        notes = (
+            f"workunit {wu.id} failed {wu.failed} time(s), on every live client that can run it"
+            f" ({clients_text}); no client is left to retry it."
+            f" Fix the cause, then: perdure job resume {wu.job_id}"
+        )
+        error = {
+            "clientfailed": failed_on[-1] if failed_on else "",
+            "workfailed": wu.id,
+            "taskfailed": wu.task_id,
+            "servernotes": notes,
+            "worknotes": logs.get("worknotes", ""),  # the worker's: "... exited with 3", a missing output
+            "apperror": logs.get("stderr", "")[-APPERROR_CHARS:],
+            "status": JobState.SUSPEND.value,
+        }
+        lifecycle.record_event(conn, wu.job_id, lifecycle.EVENT_WORK_FAILED, notes, now)
+        jobs.suspend_job(conn, wu.job_id, error, now)
+        return 1
+
+
+def forget_skips(conn: Connection, job_id: str) -> None:
+    """A resumed job's workunits may run again on the clients they failed on (after a fix)."""
+    conn.execute(
+        delete(client_skip_work).where(
+            client_skip_work.c.workunit_id.in_(select(workunits.c.id).where(workunits.c.job_id == job_id))
+        )
+    )

@@ -1,0 +1,53 @@
+"""Failures that end and explain themselves (issue 18), with real server and worker processes, on
+both databases: work that no live client will retry suspends its job, saying why and what to do."""
+
+from __future__ import annotations
+
+from tests.integration.cluster import Cluster, sh
+from tests.jobs import script
+from tests.support import wait_for
+
+
+def test_a_failing_task_on_one_two_slot_worker_suspends_instead_of_waiting_for_ever(cluster: Cluster) -> None:
+    # make run's setup: one worker of 2 slots, the default maxWorkFailure of 3. After a failure on each
+    # slot no client will take the workunit again: it counts as failed out.
+    _, api, (worker,) = cluster.start(workers=(("w1", 2),))
+    job_id = api.submit(script(sh("t", "echo boom >&2; exit 3")))
+
+    job = api.wait_job(job_id, "suspend", timeout=60)
+    error = job["error"]
+    work = api.only_workunit(job_id)
+    assert (work["state"], work["failed"]) == ("suspend", 2)
+    assert error["workfailed"] == work["id"]
+    assert "on every live client that can run it" in error["servernotes"]
+    assert f"perdure job resume {job_id}" in error["servernotes"]
+    assert "exited with 3" in error["worknotes"]
+    assert "boom" in error["apperror"]
+    for client_id in worker.client_ids():
+        assert client_id in error["servernotes"]
+
+    # After a fix, resume gives it to the same clients again (their skip lists forget it): it runs
+    # twice more and is suspended again, rather than waiting for ever.
+    api.data("PUT", f"/job/{job_id}?resume")
+    again = api.wait_job(job_id, "suspend", timeout=60)
+    assert again["resumed"] == 1
+    assert api.only_workunit(job_id)["failed"] == 2
+
+
+def test_delete_zombie_catches_failed_work_the_sweep_has_not_yet(cluster: Cluster) -> None:
+    # A sweep far away: only DELETE /job?zombie can end the job.
+    _, api, _ = cluster.start({"PERDURE_SWEEP_INTERVAL_S": "3600"}, workers=(("w1", 2),))
+    job_id = api.submit(script(sh("t", "exit 3")))
+    wait_for(
+        lambda: (w := api.only_workunit(job_id))["failed"] == 2 and w["state"] == "queued",
+        60,
+        "the workunit to fail on both slots",
+        cluster.diagnostics,
+    )
+    assert api.job(job_id)["state"] in ("queued", "in-progress")
+
+    reply = api.data("DELETE", "/job?zombie")
+    assert reply == "deleted 0 zombie jobs; suspended 1 job(s) whose failed work no live client can retry"
+    job = api.job(job_id)
+    assert job["state"] == "suspend"
+    assert f"perdure job resume {job_id}" in job["error"]["servernotes"]
