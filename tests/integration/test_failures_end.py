@@ -3,9 +3,11 @@ both databases: work that no live client will retry suspends its job, saying why
 
 from __future__ import annotations
 
+import time
+
 from tests.integration.cluster import Cluster, sh
 from tests.jobs import script
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 
 
 def test_a_failing_task_on_one_two_slot_worker_suspends_instead_of_waiting_for_ever(cluster: Cluster) -> None:
@@ -46,8 +48,59 @@ def test_delete_zombie_catches_failed_work_the_sweep_has_not_yet(cluster: Cluste
     )
     assert api.job(job_id)["state"] in ("queued", "in-progress")
 
-    reply = api.data("DELETE", "/job?zombie")
+    # Once it has sat queued for the TTL (2 s here) since it failed, it counts as stranded.
+    reply = wait_for(
+        lambda: (r := api.data("DELETE", "/job?zombie")) != "deleted 0 zombie jobs" and r,
+        30,
+        "DELETE /job?zombie to catch the stranded job",
+        cluster.diagnostics,
+    )
     assert reply == "deleted 0 zombie jobs; suspended 1 job(s) whose failed work no live client can retry"
     job = api.job(job_id)
     assert job["state"] == "suspend"
     assert f"perdure job resume {job_id}" in job["error"]["servernotes"]
+
+
+def test_an_input_url_that_refuses_connections_fails_the_workunit_within_its_bound(cluster: Cluster) -> None:
+    server = cluster.server()
+    api = cluster.api(server)
+    bounds = {"PERDURE_WORKER_TRANSFER_TRIES": "3", "PERDURE_WORKER_TRANSFER_TIMEOUT_S": "5"}
+    cluster.worker(server.url, "w1", 1, env=bounds)
+    refused = f"http://127.0.0.1:{free_port()}/reads.fna"  # nothing listens there
+    job_id = api.submit(script(sh("t", "cat reads.fna", inputs=[{"filename": "reads.fna", "url": refused}])))
+
+    # One worker of one slot: its failure leaves no client to retry, so the job ends (no endless retry).
+    started = time.monotonic()
+    job = api.wait_job(job_id, "suspend", timeout=60)
+    assert time.monotonic() - started < 30
+    error = job["error"]
+    assert refused in error["apperror"]
+    assert "3 tries" in error["apperror"]
+    assert "could not fetch" in error["worknotes"]
+
+
+def test_a_deleted_job_stops_its_workunit_retrying_a_download_at_the_next_heartbeat(cluster: Cluster) -> None:
+    server = cluster.server()
+    api = cluster.api(server)
+    patient = {"PERDURE_WORKER_TRANSFER_TRIES": "1000", "PERDURE_WORKER_TRANSFER_TIMEOUT_S": "600"}
+    worker = cluster.worker(server.url, "w1", 1, env=patient)
+    refused = f"http://127.0.0.1:{free_port()}/reads.fna"
+    job_id = api.submit(script(sh("t", "cat reads.fna", inputs=[{"filename": "reads.fna", "url": refused}])))
+    wait_for(
+        lambda: "try 2 of 1000" in worker.log(), 30, "the worker to retry the download", cluster.diagnostics
+    )
+
+    api.data("DELETE", f"/job/{job_id}")
+    wait_for(
+        lambda: "workunit discarded while fetching" in worker.log(),
+        15,
+        "the worker to stop retrying the deleted job's download",
+        cluster.diagnostics,
+    )
+    (client_id,) = worker.client_ids()
+    wait_for(
+        lambda: api.data("GET", f"/client/{client_id}")["current_work"]["data"] == [],
+        15,
+        "the slot to be free again",
+        cluster.diagnostics,
+    )

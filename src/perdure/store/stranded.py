@@ -7,7 +7,9 @@ one worker of 2 slots and ``maxWorkFailure`` 3, a failing task sat ``queued`` fo
 calls ``suspend_stranded``: such a workunit counts as failed out, as if it had reached the failure
 limit, and its job is suspended with an error that says why and what to do next.
 
-Workers that are all offline strand nothing: the work waits for them, as it should. ``forget_skips``
+Workers that are all offline strand nothing: the work waits for them, as it should. Work counts as
+stranded only once it has sat queued for the TTL (at most 30 s) since it last failed, so a client
+that merely looked offline for a moment does not end a job it would have taken. ``forget_skips``
 is the other half: a resumed job's workunits may run on any client again.
 """
 
@@ -24,6 +26,8 @@ from perdure.store.database import Database, retry_on_conflict
 from perdure.store.schema import client_skip_work, clients, workunit_logs, workunits
 from perdure.timeutil import now_us
 
+#: How long failed work must have sat queued before it counts as stranded (or the TTL, if shorter).
+SETTLE_US = 30_000_000
 #: As much of the last stderr as a job error shows (AWE's ``apperror``).
 APPERROR_CHARS = 5000
 
@@ -52,7 +56,12 @@ def find_stranded(conn: Connection, ttl_us: int, now: int) -> list[tuple[Any, li
             client_skip_work.c.client_id,
         )
         .join(client_skip_work, client_skip_work.c.workunit_id == workunits.c.id)
-        .where(workunits.c.state == WorkunitState.QUEUED.value)
+        .where(
+            workunits.c.state == WorkunitState.QUEUED.value,
+            # Queued a while since it last failed: a client whose heartbeat was merely late (and so
+            # looked offline) has had its chance to take it.
+            workunits.c.updatetime <= now - min(ttl_us, SETTLE_US),
+        )
     ).all()
     if not skipped:
         return []

@@ -155,6 +155,11 @@ class ServerAPI:
             f"download {url}", lambda: self.client.download(url, dest, params=params, headers=headers)
         )
 
+    def fetch_once(self, url: str, dest: Path, *, headers: dict[str, str] | None = None) -> int:
+        """One try at an absolute http(s) URL of another host; the caller bounds the retries. Raises
+        ``ApiError`` when the host refused, the SDK's error when it could not be reached."""
+        return _refusal(lambda: self.client.download(url, dest, headers=headers))
+
     def deregister(self, client_id: str) -> None:
         """Leave: the server re-queues whatever this client held at once, instead of after the TTL."""
         _refusal(lambda: self.protocol.deregister(client_id))

@@ -46,6 +46,10 @@ class WorkerConfig:
     checkpoint_path: str = ""
     #: Threads hashing and writing checkpoint chunks.
     checkpoint_threads: int = 4
+    #: Inputs and predata from other hosts (http(s) URLs): at most this many tries, within this many
+    #: seconds in all; then the workunit fails, with the URL and the last error in its stderr.
+    transfer_tries: int = 5
+    transfer_timeout_s: float = 300.0
 
     @classmethod
     def load(cls, config_file: Path | None = None, **flags: Any) -> WorkerConfig:
@@ -77,6 +81,8 @@ class WorkerConfig:
             raise ValueError("apps must name at least one command, or '*'")
         if self.checkpoint_engine not in ("auto", "criu", "workdir"):
             raise ValueError("checkpoint_engine must be auto, criu or workdir")
+        if self.transfer_tries < 1 or self.transfer_timeout_s <= 0:
+            raise ValueError("transfer_tries must be at least 1 and transfer_timeout_s above 0")
         if not 1 <= self.checkpoint_threads <= 64:
             raise ValueError("checkpoint_threads must be between 1 and 64")
         for name in ("heartbeat_s", "log_ship_s", "handover_deadline_s", "imds_poll_s"):

@@ -32,7 +32,15 @@ class Slot:
         self.node = node
         self.index = index
         self.client_id = f"{node.node_id}-{index}"
-        self.runner = Runner(node.api, self.client_id, node.workdir, node.workpath / "predata", node.spot)
+        self.runner = Runner(
+            node.api,
+            self.client_id,
+            node.workdir,
+            node.workpath / "predata",
+            node.spot,
+            transfer_tries=node.config.transfer_tries,
+            transfer_timeout_s=node.config.transfer_timeout_s,
+        )
         self.registered = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"slot-{index}", daemon=True)
 
