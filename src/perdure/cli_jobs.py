@@ -96,6 +96,8 @@ def submit(
     client = connect(server, token, ca_file)
     with api_errors():
         job = client.submit(body, datatoken=datatoken)
+    for warning in job.warnings:
+        err.print(f"warning: {warning}")
     if not wait:
         if json_:
             print_json(job.raw)

@@ -3,11 +3,19 @@ both databases: work that no live client will retry suspends its job, saying why
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
+import httpx
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from perdure.cli import app
 from tests.integration.cluster import Cluster, sh
-from tests.jobs import script
-from tests.support import free_port, wait_for
+from tests.integration.drive import register
+from tests.jobs import script, task, upload
+from tests.support import ServerProcess, free_port, wait_for
 
 
 def test_a_failing_task_on_one_two_slot_worker_suspends_instead_of_waiting_for_ever(cluster: Cluster) -> None:
@@ -104,3 +112,36 @@ def test_a_deleted_job_stops_its_workunit_retrying_a_download_at_the_next_heartb
         "the slot to be free again",
         cluster.diagnostics,
     )
+
+
+# ---- explained at submit -----------------------------------------------------------------------
+
+
+def test_a_clientgroups_typo_is_warned_of_at_submit_and_the_job_is_still_accepted(client: TestClient) -> None:
+    register(client, "c1", group="gpu", apps=["*"])
+    register(client, "c2", group="cpu", apps=["sh", "python3"])
+
+    typo = client.post("/job", files=upload(script(sh("t", "true"), clientgroups="gpux"))).json()
+    assert typo["status"] == 200 and typo["data"]["state"] == "queued"
+    (warning,) = typo["warnings"]
+    assert "no registered client is in clientgroups 'gpux'" in warning
+    assert "registered groups: cpu, gpu" in warning
+    assert "warnings" not in client.get(f"/job/{typo['data']['id']}").json()  # said once, not stored
+
+    no_app = client.post("/job", files=upload(script(task("t", name="blast"), clientgroups="cpu"))).json()
+    (warning,) = no_app["warnings"]
+    assert "runs app 'blast'" in warning
+
+    served = client.post("/job", files=upload(script(sh("t", "true"), clientgroups="cpu"))).json()
+    assert "warnings" not in served
+
+
+def test_perdure_submit_prints_the_warning_on_stderr(server: ServerProcess, tmp_path: Path) -> None:
+    profile = {"id": "c1", "group": "gpu", "apps": ["*"]}
+    httpx.post(f"{server.url}/client", files={"profile": ("p", json.dumps(profile), "application/json")})
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(script(sh("t", "true"), clientgroups="gpux")))
+    result = CliRunner().invoke(app, ["submit", str(path)], env={"PERDURE_SERVER": server.url})
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.strip()) == 36  # the job id, alone on stdout for scripts
+    assert "warning: no registered client is in clientgroups 'gpux'" in result.stderr

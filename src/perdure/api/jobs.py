@@ -16,7 +16,7 @@ from perdure.errors import BadRequest, NotImplementedOp
 from perdure.jobscript import JobScriptError, parse_job_script
 from perdure.states import ACTIVE_JOB_STATES, REGISTERED_JOB_STATES, JobState
 from perdure.store.jobs import INT_FIELDS, JobQuery
-from perdure.store.stranded import suspend_stranded
+from perdure.store.stranded import suspend_stranded, unserved_warnings
 from perdure.timeutil import parse_time
 
 router = APIRouter()
@@ -84,8 +84,16 @@ async def submit_job(request: Request) -> JSONResponse:
         raise BadRequest(str(exc)) from None
     token = request.headers.get("datatoken") or None
     owner = principal(request).user
-    document = await run_in_threadpool(ctx(request).jobs.submit, spec, raw.decode("utf-8"), token, owner)
-    return ok(document)
+    context = ctx(request)
+    document = await run_in_threadpool(context.jobs.submit, spec, raw.decode("utf-8"), token, owner)
+    apps = [task.app for task in spec.tasks]
+    warnings = await run_in_threadpool(unserved_warnings, context.db, spec.clientgroups, apps)
+    reply = ok(document)
+    if warnings:
+        # Beside the envelope's data (the job document stays what GET /job/<id> shows), once, never
+        # stored: ``perdure submit`` and the SDK's ``Job.warnings`` show them.
+        reply = JSONResponse({"status": 200, "data": document, "error": None, "warnings": warnings})
+    return reply
 
 
 def _query_from(request: Request) -> JobQuery:

@@ -136,3 +136,35 @@ def forget_skips(conn: Connection, job_id: str) -> None:
             client_skip_work.c.workunit_id.in_(select(workunits.c.id).where(workunits.c.job_id == job_id))
         )
     )
+
+
+def unserved_warnings(db: Database, clientgroups: str, apps: Sequence[str]) -> list[str]:
+    """At submit: what no registered client (live or not, but not deleted) would take, said plainly.
+
+    A clientgroups typo ("gpux") or an app no worker runs leaves a job queued for ever; the job is
+    still accepted (a worker may register later), but the submitter is told at once.
+    """
+    with db.read() as conn:
+        registered = conn.execute(
+            select(clients.c.group_name, clients.c.apps).where(clients.c.deleted_at == 0)
+        ).all()
+    groups = [g for g in clientgroups.split(",") if g]
+    known_groups = sorted({c.group_name for c in registered})
+    if not registered:
+        return ["no worker is registered yet: the job waits until one starts (perdure worker --server ...)"]
+    in_groups = [c for c in registered if not groups or c.group_name in groups]
+    if not in_groups:
+        return [
+            f"no registered client is in clientgroups {clientgroups!r} (registered groups: "
+            f"{', '.join(known_groups)}); the job waits until one registers. Check info.clientgroups, "
+            f"or start a worker with --group {groups[0]}"
+        ]
+    warnings = []
+    for app in dict.fromkeys(apps):
+        if not any(serves(c, clientgroups, app) for c in in_groups):
+            where = f" in clientgroups {clientgroups!r}" if groups else ""
+            warnings.append(
+                f"no registered client{where} runs app {app!r} (their --apps do not include it);"
+                " the job waits until one registers"
+            )
+    return warnings
