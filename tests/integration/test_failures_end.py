@@ -4,6 +4,7 @@ both databases: work that no live client will retry suspends its job, saying why
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -145,3 +146,30 @@ def test_perdure_submit_prints_the_warning_on_stderr(server: ServerProcess, tmp_
     assert result.exit_code == 0, result.stderr
     assert len(result.stdout.strip()) == 36  # the job id, alone on stdout for scripts
     assert "warning: no registered client is in clientgroups 'gpux'" in result.stderr
+
+
+# ---- the worker ends promptly ---------------------------------------------------------------------
+
+
+def test_a_worker_whose_server_is_unreachable_exits_promptly_on_sigterm(sqlite_cluster: Cluster) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens: registration retries for ever
+    worker = sqlite_cluster.worker(nowhere, "w1", 2)
+    wait_for(lambda: "register failed" in worker.log(), 30, "the worker to retry registering", worker.log)
+
+    started = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    assert worker.wait(15) == 0, worker.log()
+    assert time.monotonic() - started < 10, worker.log()  # not the 120 s hand-over deadline
+
+
+def test_a_worker_whose_server_went_away_exits_promptly_on_sigterm(cluster: Cluster) -> None:
+    server, api, (worker,) = cluster.start()
+    (client_id,) = worker.client_ids()
+    wait_for(lambda: client_id in api.client_ids(), 30, "the worker to register", cluster.diagnostics)
+    server.stop()
+    wait_for(lambda: "checkout failed" in worker.log(), 30, "the worker to retry its checkout", worker.log)
+
+    started = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    assert worker.wait(15) == 0, worker.log()
+    assert time.monotonic() - started < 10, worker.log()

@@ -61,7 +61,7 @@ class Slot:
         }
 
     def register(self) -> None:
-        self.node.api.register(self.profile())
+        self.node.api.register(self.profile(), give_up=self.node.draining.is_set)
         self.registered.set()
         log.info("slot %d registered as client %s", self.index, self.client_id)
 
@@ -81,6 +81,8 @@ class Slot:
                         lambda: api.checkout(
                             self.client_id, self.node.config.checkout_wait_s, self.node.free_bytes()
                         ),
+                        # A failed checkout leased nothing: a draining node need not try again.
+                        give_up=self.node.draining.is_set,
                     )
                 except ApiError as exc:
                     if "Client deleted" in exc.message:
