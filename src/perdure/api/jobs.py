@@ -9,6 +9,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from perdure.api import bounds, params
+from perdure.api import openapi as oa
 from perdure.api.auth import check_job_access, job_owner_filter, principal, require_admin
 from perdure.api.context import ctx
 from perdure.api.envelope import ok, page
@@ -75,7 +76,7 @@ async def _read_script(request: Request) -> bytes:
     return data
 
 
-@router.post("/job")
+@router.post("/job", openapi_extra=oa.query(body=oa.JOB_SCRIPT_BODY), responses=oa.errors(400, 401))
 async def submit_job(request: Request) -> JSONResponse:
     raw = await _read_script(request)
     try:
@@ -132,7 +133,32 @@ def _query_from(request: Request) -> JobQuery:
     return query
 
 
-@router.get("/job")
+@router.get(
+    "/job",
+    openapi_extra=oa.query(
+        oa.integer("limit", "Page size", minimum=1, maximum=1000),
+        oa.integer("offset", "Jobs to skip", minimum=0),
+        oa.flag(
+            "query", "Filter by any job field: ?query&info.project=p&state=queued (values comma-separated)"
+        ),
+        oa.text("order", "A job field path to sort by (default updatetime)"),
+        oa.text("direction", "asc or desc"),
+        oa.flag("active", "Only active jobs"),
+        oa.flag("suspend", "Only suspended jobs"),
+        oa.flag("registered", "Only registered jobs"),
+        oa.text("verbosity", "minimal: per-task state and remaining work only"),
+        oa.text("userattr", "Also show these info.userattr keys"),
+        oa.text("distinct", "The distinct values of one field"),
+        oa.text("date_start", "With ?query: submitted or completed at or after (RFC 3339)"),
+        oa.text("date_end", "With ?query: submitted or completed before (RFC 3339)"),
+        oa.text("state", "With ?query: job states"),
+        oa.text("info.name", "With ?query: job names"),
+        oa.text("info.project", "With ?query: projects"),
+        oa.text("info.clientgroups", "With ?query: client groups"),
+        oa.integer("info.priority", "With ?query: priorities", minimum=-oa.INT32 - 1, maximum=oa.INT32),
+    ),
+    responses=oa.errors(400, 401),
+)
 def list_jobs(request: Request) -> JSONResponse:
     qp = request.query_params
     query = _query_from(request)
@@ -144,7 +170,15 @@ def list_jobs(request: Request) -> JSONResponse:
     return page(documents, limit=query.limit, offset=query.offset, total=total)
 
 
-@router.get("/job/{job_id}")
+@router.get(
+    "/job/{job_id}",
+    openapi_extra=oa.query(
+        oa.flag("report", "The job's report"),
+        oa.flag("position", "The job's position in the queue"),
+        oa.flag("perf", "The job's performance figures"),
+    ),
+    responses=oa.errors(400, 401, 403, 404),
+)
 def get_job(job_id: str, request: Request) -> JSONResponse:
     check_job_access(request, job_id)
     qp = request.query_params
@@ -158,7 +192,21 @@ def get_job(job_id: str, request: Request) -> JSONResponse:
     return ok(store.get(job_id))
 
 
-@router.put("/job/{job_id}")
+@router.put(
+    "/job/{job_id}",
+    openapi_extra=oa.query(
+        oa.flag("suspend", "Suspend the job"),
+        oa.flag("resume", "Resume a suspended job"),
+        oa.flag("resubmit", "Run the job again from the start"),
+        oa.text("recompute", "Rerun this task and everything after it"),
+        oa.text("clientgroup", "New client groups (comma-separated)", max_length=1024),
+        oa.integer("priority", "New priority", minimum=1, maximum=oa.INT32),
+        oa.text("pipeline", "New pipeline name", max_length=255),
+        oa.text("expiration", "Expire the (completed) job after <N>M, <N>H or <N>D"),
+        oa.flag("settoken", "Store the Datatoken header's token"),
+    ),
+    responses=oa.errors(400, 401, 403, 404, 501),
+)
 def update_job(job_id: str, request: Request) -> JSONResponse:
     check_job_access(request, job_id)
     qp = request.query_params
@@ -189,7 +237,13 @@ def update_job(job_id: str, request: Request) -> JSONResponse:
     raise NotImplementedOp("requested job operation not supported")
 
 
-@router.put("/job")
+@router.put(
+    "/job",
+    openapi_extra=oa.query(
+        oa.flag("resumeall", "Resume every suspended job"), oa.flag("recoverall", "Recover every job")
+    ),
+    responses=oa.errors(400, 401, 403, 501),
+)
 def update_jobs(request: Request) -> JSONResponse:
     require_admin(request, "operate on every job")
     qp = request.query_params
@@ -201,13 +255,25 @@ def update_jobs(request: Request) -> JSONResponse:
     raise NotImplementedOp("Not Implemented")
 
 
-@router.delete("/job/{job_id}")
+@router.delete(
+    "/job/{job_id}",
+    openapi_extra=oa.query(oa.flag("full", "Remove the job's rows and files, not only mark it deleted")),
+    responses=oa.errors(400, 401, 403, 404),
+)
 def delete_job(job_id: str, request: Request) -> JSONResponse:
     check_job_access(request, job_id)
     return ok(ctx(request).jobs.delete(job_id, full=params.flag(request.query_params, "full")))
 
 
-@router.delete("/job")
+@router.delete(
+    "/job",
+    openapi_extra=oa.query(
+        oa.flag("suspend", "Delete every suspended job"),
+        oa.flag("zombie", "Delete active jobs that can make no progress"),
+        oa.flag("full", "Remove rows and files too"),
+    ),
+    responses=oa.errors(400, 401, 403, 501),
+)
 def delete_jobs(request: Request) -> JSONResponse:
     require_admin(request, "delete every suspended or zombie job")
     qp = request.query_params

@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
+from perdure.api import openapi as oa
 from perdure.api import params
 from perdure.api.auth import check_job_access, require_admin
 from perdure.api.context import ServerContext, ctx
@@ -41,7 +42,19 @@ MAX_LOG_BYTES = 4 * 1024 * 1024
 MAX_PREEMPTION_BYTES = 256 * 1024
 
 
-@router.get("/work")
+@router.get(
+    "/work",
+    openapi_extra=oa.query(
+        oa.text("client", "Check out a workunit for this client (a worker's call)"),
+        oa.integer("available", "Free bytes on the worker (-1: unknown)", minimum=-1),
+        oa.number("wait", "Seconds to wait for work to appear", maximum=60),
+        oa.flag("query", "List workunits (admins)"),
+        oa.integer("limit", "Page size", minimum=1, maximum=1000),
+        oa.integer("offset", "Workunits to skip", minimum=0),
+        oa.text("state", "Workunit states"),
+    ),
+    responses=oa.errors(400, 401, 403),
+)
 async def checkout_or_list(request: Request) -> JSONResponse:
     qp = request.query_params
     if "client" not in qp:
@@ -98,7 +111,16 @@ def _list(request: Request) -> JSONResponse:
     return page(documents, limit=limit, offset=offset, total=total)
 
 
-@router.get("/work/{work_id}")
+@router.get(
+    "/work/{work_id}",
+    openapi_extra=oa.query(
+        oa.text("report", "stdout, stderr or worknotes of the last report"),
+        oa.flag("privateenv", "The private environment (the leasing client only)"),
+        oa.flag("datatoken", "The job's data token (the leasing client only)"),
+        oa.text("client", "The client asking"),
+    ),
+    responses=oa.errors(400, 401, 403, 404),
+)
 async def get_work(work_id: str, request: Request) -> JSONResponse:
     qp = request.query_params
     context = ctx(request)
@@ -118,7 +140,19 @@ async def get_work(work_id: str, request: Request) -> JSONResponse:
     return ok(await run_in_threadpool(context.work.get, work_id))
 
 
-@router.put("/work/{work_id}")
+@router.put(
+    "/work/{work_id}",
+    openapi_extra=oa.query(
+        oa.text("status", "done, fail, failed-permanent or preempted", required=True),
+        oa.text("client", "The reporting client", required=True),
+        oa.number("computetime", "Seconds of compute", maximum=10.0**12),
+        oa.flag("next", "Then check out the next workunit"),
+        oa.integer("available", "Free bytes on the worker (-1: unknown)", minimum=-1),
+        oa.number("wait", "Seconds to wait for the next workunit", maximum=60),
+        oa.flag("report", "The request carries report files"),
+    ),
+    responses=oa.errors(400, 401, 403, 404),
+)
 async def update_work(work_id: str, request: Request) -> JSONResponse:
     return await _report(work_id, request)
 
