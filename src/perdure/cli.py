@@ -11,6 +11,9 @@ from typing import Annotated
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
+from sqlalchemy import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from perdure import __version__, cli_clients, cli_jobs, cli_manage
 from perdure.cli_common import OneLineErrors
@@ -265,6 +268,11 @@ def db_upgrade(data_dir: DataDir = Path("./perdure-data"), db: DbUrl = None) -> 
     try:
         migrate.upgrade(database)
         console.print(f"database at revision {migrate.current(database)}")
+    except SQLAlchemyError as exc:  # unreachable, refused, no such database: one line, no traceback
+        shown = make_url(settings.database_url).render_as_string(hide_password=True)
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        console.print(f"[red]error:[/red] cannot use database {shown!r}: {escape(reason)}", soft_wrap=True)
+        raise typer.Exit(2) from None
     finally:
         database.dispose()
 

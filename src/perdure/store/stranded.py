@@ -142,7 +142,8 @@ def unserved_warnings(db: Database, clientgroups: str, apps: Sequence[str]) -> l
     """At submit: what no registered client (live or not, but not deleted) would take, said plainly.
 
     A clientgroups typo ("gpux") or an app no worker runs leaves a job queued for ever; the job is
-    still accepted (a worker may register later), but the submitter is told at once.
+    still accepted (a worker may register later), but the submitter is told at once. With no client
+    registered at all (a fresh server; submitting before starting workers is normal), nothing is said.
     """
     with db.read() as conn:
         registered = conn.execute(
@@ -151,7 +152,7 @@ def unserved_warnings(db: Database, clientgroups: str, apps: Sequence[str]) -> l
     groups = [g for g in clientgroups.split(",") if g]
     known_groups = sorted({c.group_name for c in registered})
     if not registered:
-        return ["no worker is registered yet: the job waits until one starts (perdure worker --server ...)"]
+        return []  # a fresh server, workers yet to start: nothing to compare the job with
     in_groups = [c for c in registered if not groups or c.group_name in groups]
     if not in_groups:
         return [
