@@ -203,6 +203,12 @@ def _explain_failure(client: Client, job: Job) -> None:
     err.print(
         f"[red]error:[/red] job {job.id} ended {job.state}{where}" + (f": {escape(notes)}" if notes else "")
     )
+    # The worker's account ("command exited with 3", a missing output), and what to do next.
+    worknotes = str(error.get("worknotes") or "").strip()
+    if worknotes and worknotes not in notes:
+        err.print(f"worker: {worknotes}", markup=False)
+    if job.state == "suspend" and "perdure job resume" not in notes:
+        err.print(f"next: fix the cause, then: perdure job resume {job.id}", markup=False)
     stderr = str(error.get("apperror") or "")
     failed = str(error.get("workfailed") or "")
     if failed:
@@ -213,6 +219,12 @@ def _explain_failure(client: Client, job: Job) -> None:
         err.print(f"--- last {len(lines)} line(s) of stderr of {failed or 'the failed workunit'} ---")
         for line in lines:
             err.print(line, markup=False)
+    # The worker's account ("command exited with 3", a missing output), and what to do next.
+    worknotes = str(error.get("worknotes") or "").strip()
+    if worknotes and worknotes not in notes:
+        err.print(f"worker: {worknotes}", markup=False)
+    if job.state == "suspend" and "perdure job resume" not in notes:
+        err.print(f"next: fix the cause, then: perdure job resume {job.id}", markup=False)
 
 
 # ---- listing ----------------------------------------------------------------------------------------
