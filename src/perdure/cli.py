@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 
 from perdure import __version__, cli_clients, cli_jobs, cli_manage
 from perdure.cli_common import OneLineErrors
@@ -280,8 +281,11 @@ def db_upgrade(data_dir: DataDir = Path("./perdure-data"), db: DbUrl = None) -> 
     settings = _settings(data_dir, db)
     database = _open(settings)
     try:
-        migrate.upgrade(database)
-        console.print(f"database at revision {migrate.current(database)}")
+        revision = migrate.upgrade_to_head(database, settings.database_url)
+        console.print(f"database at revision {revision}")
+    except migrate.DatabaseUnusable as exc:  # one line, no traceback
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
     finally:
         database.dispose()
 

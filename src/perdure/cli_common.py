@@ -115,14 +115,15 @@ def print_outcome(
 @contextmanager
 def api_errors(not_found: str | None = None) -> Iterator[None]:
     """Any SDK error as one line and exit 1; ``not_found`` replaces the API's terse 404 text."""
+    from perdure.cli_hints import hint
     from perdure.sdk import NotFoundError
 
     try:
         yield
     except NotFoundError as exc:
-        fail(not_found or str(exc))
+        fail(not_found or hint(exc))
     except PerdureError as exc:
-        fail(str(exc))
+        fail(hint(exc))
 
 
 def print_json(data: Any) -> None:

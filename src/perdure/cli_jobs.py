@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +36,7 @@ from perdure.cli_common import (
     usage,
 )
 from perdure.sdk import Client, Job, PerdureError, WaitTimeout
+from perdure.sdk.errors import ServerUnavailable
 from perdure.states import JobState, ReportStatus, TaskState, WorkunitState
 
 job_app = typer.Typer(help="Look at and operate on one job.", no_args_is_help=True)
@@ -97,6 +99,8 @@ def submit(
     client = connect(server, token, ca_file)
     with api_errors():
         job = client.submit(body, datatoken=datatoken)
+    for warning in job.warnings:
+        err.print(f"warning: {warning}")
     if not wait:
         if json_:
             print_json(job.raw)
@@ -117,6 +121,32 @@ def submit(
         raise typer.Exit(1)
 
 
+#: How long ``--wait`` keeps trying to reach a server that went away (a restart, an upgrade).
+RECONNECT_S = 300.0
+
+
+def _wait_across_restarts(job: Job, timeout: float | None, show: Callable[[Job], None]) -> Job:
+    """``Job.wait``, but a server that cannot be reached for a while (restarted, upgraded) is tried
+    again for up to ``RECONNECT_S`` instead of ending the wait: the job lives in the database."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    current, lost_since = job, None
+    while True:
+        try:
+            current = current.refresh()
+        except ServerUnavailable:
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > RECONNECT_S:
+                raise
+        else:
+            lost_since = None
+            show(current)
+            if current.finished:
+                return current
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WaitTimeout(current, timeout or 0.0)
+        time.sleep(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
+
+
 def follow(client: Client, job: Job, timeout: float | None) -> Job:
     """Redraw the progress display until the job finishes (or ``timeout``); return its last state."""
     started = time.monotonic()
@@ -130,7 +160,7 @@ def follow(client: Client, job: Job, timeout: float | None) -> Job:
         try:
             try:
                 with live:
-                    return job.wait(remaining, poll=0.5, progress=show)
+                    return _wait_across_restarts(job, remaining, show)
             finally:
                 if not err.is_terminal:
                     err.print()  # on a pipe, Live prints its last frame without ending the line
@@ -173,6 +203,12 @@ def _explain_failure(client: Client, job: Job) -> None:
     err.print(
         f"[red]error:[/red] job {job.id} ended {job.state}{where}" + (f": {escape(notes)}" if notes else "")
     )
+    # The worker's account ("command exited with 3", a missing output), and what to do next.
+    worknotes = str(error.get("worknotes") or "").strip()
+    if worknotes and worknotes not in notes:
+        err.print(f"worker: {worknotes}", markup=False)
+    if job.state == "suspend" and "perdure job resume" not in notes:
+        err.print(f"next: fix the cause, then: perdure job resume {job.id}", markup=False)
     stderr = str(error.get("apperror") or "")
     failed = str(error.get("workfailed") or "")
     if failed:
@@ -183,6 +219,12 @@ def _explain_failure(client: Client, job: Job) -> None:
         err.print(f"--- last {len(lines)} line(s) of stderr of {failed or 'the failed workunit'} ---")
         for line in lines:
             err.print(line, markup=False)
+    # The worker's account ("command exited with 3", a missing output), and what to do next.
+    worknotes = str(error.get("worknotes") or "").strip()
+    if worknotes and worknotes not in notes:
+        err.print(f"worker: {worknotes}", markup=False)
+    if job.state == "suspend" and "perdure job resume" not in notes:
+        err.print(f"next: fix the cause, then: perdure job resume {job.id}", markup=False)
 
 
 # ---- listing ----------------------------------------------------------------------------------------
@@ -206,6 +248,10 @@ def jobs(
     """List jobs, most recently updated first."""
     if active and suspended:
         usage("--active and --suspended exclude each other")
+    known = [s.value for s in JobState]
+    for given in comma_list(state):
+        if given not in known:
+            usage(f"--state {given!r} is no job state: use one of {', '.join(known)}")
     client = connect(server, token, ca_file)
     with api_errors():
         page = client.jobs(

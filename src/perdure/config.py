@@ -309,6 +309,10 @@ class WorkerConfig(_Section):
     checkpoint_path: str = ""
     #: Threads hashing and writing checkpoint chunks.
     checkpoint_threads: int = Field(default=4, ge=1, le=64)
+    #: Tries at fetching an input or predata from another host before the workunit fails.
+    transfer_tries: int = Field(default=5, ge=1, le=100)
+    #: Time allowed for all the tries at one such fetch.
+    transfer_timeout_s: Duration = Field(default=300.0, gt=0, le=DAY)
 
     @field_validator("server")
     @classmethod

@@ -8,13 +8,15 @@ message that names the offending field; nothing is stored for a rejected script.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from perdure.spot import policy
 from perdure.timeutil import parse_time
@@ -24,8 +26,37 @@ TASKID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: One task may be split into at most this many workunits; more is almost always a typo.
 MAX_TOTALWORK = 100_000
 MAX_TASKS = 10_000
-#: Integers are stored in 64-bit columns.
+#: Integers kept only in JSON documents are bounded to 64 bits, the widest integer either database reads.
 MAX_INT = 2**63 - 1
+#: Integers stored in ``Integer`` columns (priority, totalwork, maxworksize) are 32-bit on PostgreSQL;
+#: the same bound holds on SQLite so a script valid on one database is valid on the other.
+MAX_INT32 = 2**31 - 1
+#: Names stored in ``String(255)`` columns (info.name, project, pipeline, user, cmd.name, group names).
+MAX_NAME = 255
+#: ``clientgroups`` is stored in a ``String(1024)`` column.
+MAX_CLIENTGROUPS = 1024
+#: C0 control characters and DEL: never acceptable in names, paths or group names (NUL, newline, ESC...).
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_name(value: str, *, limit: int = MAX_NAME) -> str:
+    """A string that becomes a name in a column or a listing: bounded, no control characters."""
+    if len(value) > limit:
+        raise ValueError(f"must be at most {limit} characters (has {len(value)})")
+    if CONTROL_CHARACTERS.search(value):
+        raise ValueError("must not contain control characters (NUL, newline, ESC, ...)")
+    return value
+
+
+def check_clientgroups(value: str) -> str:
+    """A comma list of client group names: each a name that cannot become a path ('/' or '..')."""
+    check_name(value, limit=MAX_CLIENTGROUPS)
+    for group in value.split(","):
+        group = group.strip()
+        if "/" in group or "\\" in group or ".." in group:
+            raise ValueError(f"group {group!r}: a client group name must not contain '/', '\\' or '..'")
+        check_name(group)
+    return value
 
 
 class JobScriptError(ValueError):
@@ -33,18 +64,60 @@ class JobScriptError(ValueError):
 
 
 class _Model(BaseModel):
-    # Go's encoding/json ignores unknown keys and reads null as "absent": do the same, but keep types strict.
+    # Go's encoding/json ignores unknown keys; Perdure does not, because a typo ("dependson", "ouputs",
+    # "totalWork", "clientgroup") would run the job silently wrong. Each model lists the keys AWE's own
+    # job documents carry that only the server fills (accepted and dropped, so a job document can be
+    # submitted again) and the keys AWE knows that Perdure cannot act on (refused, saying why).
+    # Null still reads as "absent", as in Go, and types stay strict.
     model_config = ConfigDict(extra="ignore", strict=True)
+
+    #: Keys the server fills in a job document: accepted in a script and dropped.
+    server_filled: ClassVar[frozenset[str]] = frozenset()
+    #: Keys AWE knows that Perdure cannot act on, with the reason shown when one is given a value.
+    refused: ClassVar[dict[str, str]] = {}
 
     @model_validator(mode="before")
     @classmethod
-    def _drop_nulls(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
-        return data
+    def _known_keys_only(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        known = set(cls.model_fields)
+        kept: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in known:
+                if value is not None:
+                    kept[key] = value
+            elif key in cls.refused:
+                if value is not None:
+                    raise PydanticCustomError(
+                        "refused_key", "{key}: {reason}", {"key": key, "reason": cls.refused[key]}
+                    )
+            elif key not in cls.server_filled:
+                raise PydanticCustomError(
+                    "unknown_key", "{key}: unknown key{hint}", {"key": key, "hint": _did_you_mean(key, cls)}
+                )
+        return kept
+
+
+def _did_you_mean(key: str, model: type[_Model]) -> str:
+    """A hint naming the closest known key ("ouputs" -> "outputs", "totalWork" -> "totalwork")."""
+    known = [*model.model_fields, *model.server_filled, *model.refused]
+    by_case = {name.lower(): name for name in known}
+    if key.lower() in by_case:
+        return f"; did you mean {by_case[key.lower()]!r}?"
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f" (known keys: {', '.join(sorted(model.model_fields))})"
 
 
 class IO(_Model):
+    refused: ClassVar[dict[str, str]] = {
+        "optional": "AWE never reads 'optional' from a job script; every declared output must be written",
+        "md5": "Perdure does not check downloads against an md5; remove the key",
+        "datatoken": "a data token is sent in the Datatoken header of POST /job, not in the script",
+    }
+
     filename: str = ""
     name: str = ""
     directory: str = ""
@@ -72,6 +145,22 @@ class IO(_Model):
         # These name files inside a worker's work directory: they must not escape it.
         if value and (value.startswith("/") or "\x00" in value or ".." in value.split("/")):
             raise ValueError("must be a relative path without '..'")
+        if CONTROL_CHARACTERS.search(value):
+            raise ValueError("must not contain control characters (newline, ESC, ...)")
+        if len(value) > 4096:
+            raise ValueError("must be at most 4096 characters")
+        return value
+
+    @field_validator("origin")
+    @classmethod
+    def _origin(cls, value: str) -> str:
+        return check_name(value, limit=128)
+
+    @field_validator("uncompress")
+    @classmethod
+    def _uncompress(cls, value: str) -> str:
+        if value not in ("", "gzip"):
+            raise ValueError(f"{value!r} is not supported; the worker decompresses only 'gzip'")
         return value
 
     @field_validator("size")
@@ -88,6 +177,8 @@ class Environ(_Model):
 
 
 class Cmd(_Model):
+    server_filled: ClassVar[frozenset[str]] = frozenset({"has_private_env", "Local"})
+
     name: str
     args: str = ""
     args_array: list[str] = Field(default_factory=list)
@@ -102,7 +193,7 @@ class Cmd(_Model):
     def _non_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
-        return value
+        return check_name(value)
 
 
 class PartInfo(_Model):
@@ -112,6 +203,14 @@ class PartInfo(_Model):
 
 
 class Task(_Model):
+    server_filled: ClassVar[frozenset[str]] = frozenset(
+        {
+            "state", "remainwork", "createddate", "starteddate", "completeddate", "computetime",
+            "task_name", "parent", "jobid", "task_type", "workflowStep", "stepOutput", "scatter_task",
+            "children",
+        }
+    )  # fmt: skip
+
     taskid: str
     cmd: Cmd
     dependsOn: list[str] = Field(default_factory=list)
@@ -120,7 +219,7 @@ class Task(_Model):
     predata: list[IO] = Field(default_factory=list)
     partinfo: PartInfo | None = None
     totalwork: int = 1
-    maxworksize: int = Field(default=0, le=MAX_INT)
+    maxworksize: int = Field(default=0, le=MAX_INT32)
     userattr: dict[str, Any] = Field(default_factory=dict)
     clientgroups: str = ""
     skip: int = 0
@@ -137,6 +236,20 @@ class Task(_Model):
                 items.append({**io, "filename": filename})
             return items
         return value
+
+    @field_validator("skip")
+    @classmethod
+    def _skip(cls, value: int) -> int:
+        if value != 0:
+            raise ValueError(
+                "skipping tasks is AWE v0.9.30's and Perdure does not do it; remove 'skip' or set 0"
+            )
+        return value
+
+    @field_validator("clientgroups")
+    @classmethod
+    def _clientgroups(cls, value: str) -> str:
+        return check_clientgroups(value)
 
     @field_validator("taskid")
     @classmethod
@@ -159,10 +272,17 @@ class Task(_Model):
     def _totalwork(cls, value: int) -> int:
         if value > MAX_TOTALWORK:
             raise ValueError(f"must be at most {MAX_TOTALWORK}")
-        return max(value, 1)  # AWE: <= 0 means one workunit
+        if value < 0:
+            raise ValueError("must be at least 1 (0, as in AWE, also means one workunit)")
+        return max(value, 1)  # AWE: 0 means one workunit
 
 
 class Info(_Model):
+    server_filled: ClassVar[frozenset[str]] = frozenset({"submittime", "startedtime", "completedtime"})
+    refused: ClassVar[dict[str, str]] = {
+        "datatoken": "a data token is sent in the Datatoken header of POST /job, not in the script",
+    }
+
     pipeline: str = ""
     name: str = ""
     project: str = ""
@@ -171,15 +291,34 @@ class Info(_Model):
     service: str = ""
     description: str = ""
     clientgroups: str | list[str] = ""
-    priority: int = Field(default=1, ge=-MAX_INT, le=MAX_INT)
+    priority: int = Field(default=1, ge=-MAX_INT32 - 1, le=MAX_INT32)
     noretry: bool = False
     auth: bool = False
     tracking: bool = False
     userattr: dict[str, Any] = Field(default_factory=dict)
     start_at: str = ""
 
+    @field_validator("pipeline", "name", "project", "user")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("clientgroups")
+    @classmethod
+    def _clientgroups(cls, value: str | list[str]) -> str | list[str]:
+        check_clientgroups(value if isinstance(value, str) else ",".join(value))
+        return value
+
 
 class Script(_Model):
+    server_filled: ClassVar[frozenset[str]] = frozenset(
+        {
+            "id", "state", "registered", "remaintasks", "expiration", "updatetime", "error", "resumed",
+            "shockhost", "IsCWL", "cwl_version", "CWL_objects", "CWL_job_input", "workflow_instances",
+            "entrypoint",
+        }
+    )  # fmt: skip
+
     info: Info = Field(default_factory=Info)
     tasks: list[Task]
 
@@ -250,9 +389,15 @@ def _describe(error: ValidationError) -> str:
     messages = []
     for item in error.errors(include_url=False)[:5]:
         message = item["msg"]
+        loc = tuple(item["loc"])
         if item["type"] == "missing":
             message = "is required"
-        messages.append(f"{_format_loc(tuple(item['loc']))}: {message}")
+        elif item["type"] in ("unknown_key", "refused_key"):
+            # The key is part of the path the user has to fix: "tasks[0].dependson: unknown key ...".
+            context = item.get("ctx") or {}
+            loc = (*loc, str(context["key"]))
+            message = message.removeprefix(f"{context['key']}: ")
+        messages.append(f"{_format_loc(loc)}: {message}")
     return "invalid job script: " + "; ".join(messages)
 
 
@@ -265,16 +410,11 @@ def parse_job_script(raw: bytes) -> JobSpec:
         raise JobScriptError(message) from None
     try:
         document = json.loads(text, parse_constant=_refuse_constant)
-        # A lone surrogate escape ("\ud800") parses but can never be stored or sent back.
-        if "\x00" in json.dumps(document, ensure_ascii=False).encode("utf-8").decode("utf-8"):
-            raise JobScriptError("job script must not contain NUL characters")
     except RecursionError:
         raise JobScriptError("job script is nested too deeply") from None
-    except UnicodeEncodeError:
-        message = "job script contains a lone surrogate escape, which is not valid UTF-8"
-        raise JobScriptError(message) from None
     except ValueError as exc:
         raise JobScriptError(f"job script is not valid JSON: {exc}") from None
+    _check_strings(document)
     if not isinstance(document, dict):
         raise JobScriptError("job script must be a JSON object with 'info' and 'tasks'")
     if not document.get("tasks"):
@@ -286,6 +426,32 @@ def parse_job_script(raw: bytes) -> JobSpec:
     if len(script.tasks) > MAX_TASKS:
         raise JobScriptError(f"job script has {len(script.tasks)} tasks; at most {MAX_TASKS} are allowed")
     return _check(script)
+
+
+def _check_strings(document: Any) -> None:
+    """Refuse what no database can store, anywhere in the parsed document (keys too), naming where.
+
+    NUL: PostgreSQL text and JSONB cannot hold it (``json.dumps`` writes it as ``\\u0000``, so the
+    parsed strings are checked, not the text). A lone surrogate escape (``"\\ud800"``) parses but is
+    not UTF-8, so it can never be stored or sent back.
+    """
+    stack: list[tuple[tuple[int | str, ...], Any]] = [((), document)]
+    while stack:
+        loc, item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                stack.append(((*loc, key), key))
+                stack.append(((*loc, key), value))
+        elif isinstance(item, list):
+            stack.extend(((*loc, index), value) for index, value in enumerate(item))
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise JobScriptError(f"{_format_loc(loc)}: must not contain NUL characters (\\u0000)")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                message = "contains a lone surrogate escape, which is not valid UTF-8"
+                raise JobScriptError(f"{_format_loc(loc)}: {message}") from None
 
 
 def _refuse_constant(name: str) -> Any:

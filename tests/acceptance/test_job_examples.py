@@ -391,7 +391,8 @@ def test_resubmit_recompute_and_clientgroup(curl: Curl, db_url: str) -> None:
 
 
 def test_delete_suspended_and_zombies_and_unsupported_operations(curl: Curl) -> None:
-    """DELETE /job?suspend and ?zombie; unsupported operations answer 501 in the envelope."""
+    """DELETE /job?suspend and ?zombie; unsupported operations answer 501 in the envelope, a wrong
+    method 405."""
     jobs_ = [submit(curl, script(task("0"), name=f"j{i}")) for i in range(4)]
     held, kept = [jobs_[0], jobs_[2]], [jobs_[1], jobs_[3]]
     for job in held:
@@ -415,9 +416,12 @@ def test_delete_suspended_and_zombies_and_unsupported_operations(curl: Curl) -> 
     target = kept[0]["id"]
     error_of(curl("curl -X PUT http://<awe_api_url>/job/<job_id>?frobnicate", job_id=target), 501)
     assert show(curl, target)["state"] == "queued"
+    # A method the path does not serve at all is 405 with Allow (issue 18), not AWE's 501.
+    wrong_method = curl("curl -X PATCH http://<awe_api_url>/job")
+    assert wrong_method.status == 405, wrong_method
+    assert wrong_method.json["error"] == ["Method Not Allowed: PATCH; allowed: GET, POST, PUT, DELETE"]
     not_implemented = {"status": 501, "data": None, "error": ["Not Implemented"]}
     for command in (
-        "curl -X PATCH http://<awe_api_url>/job",
         "curl -X PUT http://<awe_api_url>/job?frobnicate",
         "curl -X DELETE http://<awe_api_url>/job",
     ):

@@ -329,7 +329,6 @@ def test_legacy_map_entry_that_is_not_an_object_is_rejected_naming_the_key() -> 
         ("filename", "/etc/passwd"),
         ("filename", "a/../../b"),
         ("filename", "sub/.."),
-        ("filename", "nul\x00byte"),
         ("directory", "../elsewhere"),
         ("directory", "/tmp"),
         ("attrfile", "../attr.json"),
@@ -506,8 +505,8 @@ def test_priority_defaults_to_one() -> None:
     assert parse({"tasks": [task()]}).priority == 1
 
 
-@pytest.mark.parametrize(("given", "kept"), [(0, 1), (-3, 1), (1, 1), (4, 4)])
-def test_totalwork_zero_or_negative_means_one_workunit(given: int, kept: int) -> None:
+@pytest.mark.parametrize(("given", "kept"), [(0, 1), (1, 1), (4, 4)])
+def test_totalwork_zero_means_one_workunit(given: int, kept: int) -> None:
     assert parse(_set("task.totalwork", given)).tasks[0].totalwork == kept
 
 
@@ -565,16 +564,16 @@ def test_null_inside_an_io_entry_is_treated_as_absent() -> None:
     assert only.outputs[0]["size"] == 0
 
 
-def test_unknown_keys_are_ignored_at_every_level() -> None:
+def test_keys_the_server_fills_in_a_job_document_are_accepted_and_dropped() -> None:
     document = {
-        "info": {"name": "j", "datatoken": "secret", "submittime": "2019-02-27T20:40:49.378Z"},
+        "info": {"name": "j", "submittime": "2019-02-27T20:40:49.378Z"},
         "tasks": [
             {
                 "taskid": "a",
                 "cmd": {"name": "x", "Local": True, "has_private_env": True},
                 "state": "completed",
                 "remainwork": 0,
-                "inputs": [{"filename": "f", "md5": "abc", "optional": True}],
+                "inputs": [{"filename": "f"}],
             }
         ],
         "id": "not-a-job-id",
@@ -582,11 +581,133 @@ def test_unknown_keys_are_ignored_at_every_level() -> None:
     }
     spec = parse(document)
     (only,) = spec.tasks
-    assert "datatoken" not in spec.info
+    assert "submittime" not in spec.info
     assert "Local" not in only.cmd
     assert only.cmd["has_private_env"] is False  # computed, never taken from the script
-    assert "md5" not in only.inputs[0]
-    assert "secret" not in json.dumps(spec.info)
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        (_set("task.dependson", ["b"]), "tasks[0].dependson: unknown key; did you mean 'dependsOn'?"),
+        (_set("task.ouputs", []), "tasks[0].ouputs: unknown key; did you mean 'outputs'?"),
+        (_set("task.totalWork", 4), "tasks[0].totalWork: unknown key; did you mean 'totalwork'?"),
+        (_set("task.clientgroup", "gpu"), "tasks[0].clientgroup: unknown key; did you mean 'clientgroups'?"),
+        (_set("info.projet", "p"), "info.projet: unknown key; did you mean 'project'?"),
+        (_set("cmd.arg", "-x"), "tasks[0].cmd.arg: unknown key; did you mean 'args'?"),
+        ({"tasks": [task()], "infos": {}}, "infos: unknown key; did you mean 'info'?"),
+        (
+            script(task("a", outputs={"o.txt": {"nonzeor": True}})),
+            "tasks[0].outputs[0].nonzeor: unknown key; did you mean 'nonzero'?",
+        ),
+    ],
+    ids=["dependson", "ouputs", "totalWork", "clientgroup", "projet", "arg", "infos", "io-map"],
+)
+def test_an_unknown_key_is_refused_with_its_path_and_the_closest_known_key(
+    document: dict[str, Any], expected: str
+) -> None:
+    assert rejection(document) == f"invalid job script: {expected}"
+
+
+def test_an_unknown_key_with_nothing_close_lists_the_known_keys() -> None:
+    message = rejection(_set("task.frobnicate", 1))
+    assert message.startswith("invalid job script: tasks[0].frobnicate: unknown key (known keys: ")
+    assert "dependsOn" in message
+
+
+@pytest.mark.parametrize(
+    ("document", "where", "reason"),
+    [
+        (_set("info.datatoken", "secret"), "info.datatoken", "Datatoken header"),
+        (script(task("a", inputs=[{"filename": "f", "md5": "abc"}])), "tasks[0].inputs[0].md5", "md5"),
+        (
+            script(task("a", outputs=[{"filename": "f", "optional": True}])),
+            "tasks[0].outputs[0].optional",
+            "every declared output must be written",
+        ),
+        (_set("task.skip", 1), "tasks[0].skip", "Perdure does not do it"),
+        (
+            script(task("a", inputs=[{"filename": "f", "url": "http://x/f", "uncompress": "bzip2"}])),
+            "tasks[0].inputs[0].uncompress",
+            "only 'gzip'",
+        ),
+    ],
+    ids=["datatoken", "md5", "optional", "skip", "uncompress"],
+)
+def test_a_key_perdure_cannot_act_on_is_refused_with_a_reason(
+    document: dict[str, Any], where: str, reason: str
+) -> None:
+    message = rejection(document)
+    assert message.startswith(f"invalid job script: {where}: ")
+    assert reason in message
+    assert "secret" not in message
+
+
+def test_skip_zero_as_in_awe_templates_is_accepted() -> None:
+    assert parse(_set("task.skip", 0)).tasks[0].taskid == "a"
+
+
+@pytest.mark.parametrize(
+    ("document", "where", "problem"),
+    [
+        (_set("info.name", "n" * 256), "info.name", "at most 255 characters"),
+        (_set("info.project", "p" * 256), "info.project", "at most 255 characters"),
+        (_set("info.pipeline", "p" * 256), "info.pipeline", "at most 255 characters"),
+        (_set("info.user", "u" * 256), "info.user", "at most 255 characters"),
+        (_set("cmd.name", "c" * 256), "tasks[0].cmd.name", "at most 255 characters"),
+        (_set("info.name", "a\x1b[31mred"), "info.name", "control characters"),
+        (_set("info.project", "two\nlines"), "info.project", "control characters"),
+        (_set("info.priority", 2**31), "info.priority", "less than or equal to 2147483647"),
+        (_set("info.priority", -(2**31) - 1), "info.priority", "greater than or equal to"),
+        (_set("task.maxworksize", 2**31), "tasks[0].maxworksize", "less than or equal to 2147483647"),
+        (_set("task.totalwork", -5), "tasks[0].totalwork", "at least 1"),
+        (_set("info.clientgroups", "../etc"), "info.clientgroups", "must not contain '/'"),
+        (_set("info.clientgroups", ["a", "b/c"]), "info.clientgroups", "must not contain '/'"),
+        (_set("task.clientgroups", "x..y"), "tasks[0].clientgroups", "must not contain '/'"),
+        (_set("info.clientgroups", "g," * 600), "info.clientgroups", "at most 1024 characters"),
+        (
+            script(task("a", outputs=[{"filename": "out\n.txt"}])),
+            "tasks[0].outputs[0].filename",
+            "control characters",
+        ),
+        (
+            script(task("a", outputs=[{"filename": "out\x1b.txt"}])),
+            "tasks[0].outputs[0].filename",
+            "control characters",
+        ),
+    ],
+)
+def test_values_beyond_what_storage_holds_or_unsafe_as_names_are_refused(
+    document: dict[str, Any], where: str, problem: str
+) -> None:
+    message = rejection(document)
+    assert message.startswith(f"invalid job script: {where}: ")
+    assert problem in message
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        _set("info.name", "a\x00b"),
+        _set("cmd.args", "x\x00"),
+        _set("info.userattr", {"k": "v\x00"}),
+        _set("info.userattr", {"k\x00": "v"}),
+        script(task("a", outputs=[{"filename": "nul\x00byte"}])),
+    ],
+    ids=["name", "args", "userattr-value", "userattr-key", "filename"],
+)
+def test_a_nul_anywhere_is_refused_naming_where_although_json_escapes_it(document: dict[str, Any]) -> None:
+    raw = json.dumps(document).encode()
+    assert b"\\u0000" in raw  # what a client sends: the escape, never a raw NUL byte
+    message = rejection(raw)
+    assert "must not contain NUL characters" in message
+    assert message.split(":")[0] in {
+        "info.name",
+        "tasks[0].cmd.args",
+        "info.userattr.k",
+        "info.userattr.k\x00",
+        "tasks[0].outputs[0].filename",
+    }
 
 
 def test_defaults_fill_a_minimal_task() -> None:

@@ -117,6 +117,8 @@ SETTINGS = (
     "criu_path",
     "checkpoint_path",
     "checkpoint_threads",
+    "transfer_tries",
+    "transfer_timeout_s",
 )
 
 

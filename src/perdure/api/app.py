@@ -14,7 +14,9 @@ from urllib.parse import unquote_plus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from perdure import __version__, metrics
@@ -52,6 +54,7 @@ from perdure.settings import Settings, apply_config, process_overrides
 from perdure.store import migrate
 from perdure.store.database import Database
 from perdure.store.spot import collectable_jobs
+from perdure.store.stranded import suspend_stranded
 
 log = logging.getLogger("perdure.server")
 
@@ -159,17 +162,41 @@ def _install_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error_for(request.url.path, 400, f"{where}: {first['msg']}" if where else str(first["msg"]))
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_went_away(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        return response_for(request, exc)  # here, not below: the 500 handler always logs a traceback
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             return error_for(request.url.path, 404, "Not Found")
         if exc.status_code == 405:
-            return error_for(request.url.path, 501, "Not Implemented")
+            allowed = allowed_methods(app, request)
+            response = error_for(
+                request.url.path, 405, f"Method Not Allowed: {request.method}; allowed: {', '.join(allowed)}"
+            )
+            response.headers["Allow"] = ", ".join(allowed)
+            return response
         return error_for(request.url.path, exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return response_for(request, exc)
+
+
+#: The methods a 405's ``Allow`` header may name.
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route fully serves on this path (Starlette names only the first route's)."""
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in app.router.routes
+        )
+    ]
 
 
 #: Seconds between SQLite planner-statistics refreshes.
@@ -199,6 +226,9 @@ def sweep_once(context: ServerContext) -> None:
     requeued = guarded("requeue_lost", context.clients.requeue_lost)
     if requeued:
         log.warning("re-queued %d workunit(s) of lost clients", requeued)
+    stranded = guarded("suspend_stranded", lambda: suspend_stranded(context.db, context.clients.ttl_us))
+    if stranded:
+        log.warning("suspended %d job(s) whose failed work no live client can retry", stranded)
     guarded("promote_due", context.jobs.promote_due)
     finished = guarded("advance_finished", context.jobs.advance_finished)
     if finished:

@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse
 from perdure.api.auth import require_admin
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
+from perdure.errors import BadRequest
 
 router = APIRouter()
 
@@ -16,6 +17,9 @@ router = APIRouter()
 def create_group(name: str, request: Request) -> JSONResponse:
     """Create a group; the reply carries its token, shown this once (only a hash is kept)."""
     require_admin(request, "manage client groups")
+    if ".." in name:
+        # A group name ends up in paths (worker install scripts, node directories): no "..".
+        raise BadRequest("client group names must not contain '..'")
     return ok(ctx(request).clients.group_create(name))
 
 

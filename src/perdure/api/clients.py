@@ -8,8 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
+from perdure.api import openapi as oa
 from perdure.api import params
 from perdure.api.auth import principal, require_admin
 from perdure.api.context import ctx
@@ -39,6 +41,8 @@ async def _profile_bytes(request: Request) -> bytes:
     elif content_type.startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=2, max_fields=8, max_part_size=MAX_PROFILE_BYTES)
+        except ClientDisconnect:
+            raise  # the client went away: not a malformed body
         except Exception as exc:
             raise BadRequest(f"malformed multipart body: {exc}") from None
         try:
@@ -55,7 +59,16 @@ async def _profile_bytes(request: Request) -> bytes:
     return body
 
 
-@router.get("/client")
+@router.get(
+    "/client",
+    openapi_extra=oa.query(
+        oa.flag("busy", "Only clients running work"),
+        oa.text("group", "Only this client group"),
+        oa.text("status", "Only clients of this status"),
+        oa.text("app", "Only clients that run this app"),
+    ),
+    responses=oa.errors(400, 401),
+)
 def list_clients(request: Request) -> JSONResponse:
     qp = request.query_params
     documents = ctx(request).clients.find(
@@ -78,7 +91,15 @@ def get_client(client_id: str, request: Request) -> JSONResponse:
     return ok(context.clients.get(client_id))
 
 
-@router.put("/client/{client_id}")
+@router.put(
+    "/client/{client_id}",
+    openapi_extra=oa.query(
+        oa.flag("heartbeat", "A worker's heartbeat"),
+        oa.flag("suspend", "Suspend the client"),
+        oa.flag("resume", "Resume the client"),
+    ),
+    responses=oa.errors(400, 401, 403, 404, 501),
+)
 async def update_client(client_id: str, request: Request) -> JSONResponse:
     qp = request.query_params
     context = ctx(request)
@@ -127,7 +148,13 @@ def _current_work(body: bytes) -> list[str] | None:
     return data
 
 
-@router.put("/client")
+@router.put(
+    "/client",
+    openapi_extra=oa.query(
+        oa.flag("suspendall", "Suspend every client"), oa.flag("resumeall", "Resume every client")
+    ),
+    responses=oa.errors(400, 401, 403, 501),
+)
 def update_clients(request: Request) -> JSONResponse:
     require_admin(request, "suspend or resume clients")
     qp = request.query_params

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from perdure.api.envelope import error_for
@@ -37,12 +37,27 @@ def refusal_body(exc: PerdureError | Refused) -> dict[str, Any]:
     return body
 
 
+#: nginx's status for "the client closed the request": what the access log shows for such a request.
+CLIENT_CLOSED_REQUEST = 499
+
+
 def response_for(request: Request, exc: Exception) -> JSONResponse:
     """A ``PerdureError`` with its own status and message, a ``Refused`` with its status and code;
-    anything else is logged and answered 500."""
+    anything else is logged and answered 500.
+
+    A client that went away mid-request is no server error: it is logged at INFO, without a
+    traceback, and answered 499 (which nobody reads, but the access log shows). A 500 closes the
+    connection (``Connection: close``): after an unexpected error the server does not trust the
+    connection's state, and says so instead of dropping a keep-alive connection unannounced.
+    """
     if isinstance(exc, Refused):
         return error_for(request.url.path, status_of(exc), exc.message, code=exc.code.value)
     if isinstance(exc, PerdureError):
         return error_for(request.url.path, exc.status, exc.message, exc.fields, exc.error_code)
+    if isinstance(exc, ClientDisconnect):
+        log.info("client went away during %s %s", request.method, request.url.path)
+        return error_for(request.url.path, CLIENT_CLOSED_REQUEST, "client closed the request")
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_for(request.url.path, 500, f"internal error: {type(exc).__name__}")
+    response = error_for(request.url.path, 500, f"internal error: {type(exc).__name__}")
+    response.headers["Connection"] = "close"
+    return response

@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
-from perdure.api import params
+from perdure.api import bounds, params
+from perdure.api import openapi as oa
 from perdure.api.auth import check_job_access, job_owner_filter, principal, require_admin
 from perdure.api.context import ctx
 from perdure.api.crossjob import check_submitted_references
@@ -15,7 +17,8 @@ from perdure.api.envelope import ok, page
 from perdure.errors import BadRequest, NotImplementedOp
 from perdure.jobscript import JobScriptError, parse_job_script
 from perdure.states import ACTIVE_JOB_STATES, REGISTERED_JOB_STATES, JobState
-from perdure.store.jobs import JobQuery
+from perdure.store.jobs import INT_FIELDS, JobQuery
+from perdure.store.stranded import suspend_stranded, unserved_warnings
 from perdure.timeutil import parse_time
 
 router = APIRouter()
@@ -56,6 +59,8 @@ async def _read_script(request: Request) -> bytes:
         raise BadRequest("No job file is submitted")
     try:
         form = await request.form(max_files=4, max_fields=16, max_part_size=limit)
+    except ClientDisconnect:
+        raise  # the client went away: not a malformed body
     except Exception as exc:  # malformed multipart: python-multipart raises several types
         raise BadRequest(f"malformed multipart body: {exc}") from None
     try:
@@ -72,7 +77,7 @@ async def _read_script(request: Request) -> bytes:
     return data
 
 
-@router.post("/job")
+@router.post("/job", openapi_extra=oa.query(body=oa.JOB_SCRIPT_BODY), responses=oa.errors(400, 401))
 async def submit_job(request: Request) -> JSONResponse:
     raw = await _read_script(request)
     try:
@@ -82,8 +87,16 @@ async def submit_job(request: Request) -> JSONResponse:
     await run_in_threadpool(check_submitted_references, request, spec)  # issue 17: no cross-job inputs
     token = request.headers.get("datatoken") or None
     owner = principal(request).user
-    document = await run_in_threadpool(ctx(request).jobs.submit, spec, raw.decode("utf-8"), token, owner)
-    return ok(document)
+    context = ctx(request)
+    document = await run_in_threadpool(context.jobs.submit, spec, raw.decode("utf-8"), token, owner)
+    apps = [task.app for task in spec.tasks]
+    warnings = await run_in_threadpool(unserved_warnings, context.db, spec.clientgroups, apps)
+    reply = ok(document)
+    if warnings:
+        # Beside the envelope's data (the job document stays what GET /job/<id> shows), once, never
+        # stored: ``perdure submit`` and the SDK's ``Job.warnings`` show them.
+        reply = JSONResponse({"status": 200, "data": document, "error": None, "warnings": warnings})
+    return reply
 
 
 def _query_from(request: Request) -> JobQuery:
@@ -109,6 +122,9 @@ def _query_from(request: Request) -> JobQuery:
             values = params.comma_values(qp, name)
             if values:
                 query.fields[name] = values
+                if name in INT_FIELDS:
+                    bounds.int32_values(name, values)
+        bounds.query_fields(query.fields)
         for bound in ("date_start", "date_end"):
             raw = qp.get(bound)
             if raw:
@@ -119,7 +135,32 @@ def _query_from(request: Request) -> JobQuery:
     return query
 
 
-@router.get("/job")
+@router.get(
+    "/job",
+    openapi_extra=oa.query(
+        oa.integer("limit", "Page size", minimum=1, maximum=1000),
+        oa.integer("offset", "Jobs to skip", minimum=0),
+        oa.flag(
+            "query", "Filter by any job field: ?query&info.project=p&state=queued (values comma-separated)"
+        ),
+        oa.text("order", "A job field path to sort by (default updatetime)"),
+        oa.text("direction", "asc or desc"),
+        oa.flag("active", "Only active jobs"),
+        oa.flag("suspend", "Only suspended jobs"),
+        oa.flag("registered", "Only registered jobs"),
+        oa.text("verbosity", "minimal: per-task state and remaining work only"),
+        oa.text("userattr", "Also show these info.userattr keys"),
+        oa.text("distinct", "The distinct values of one field"),
+        oa.text("date_start", "With ?query: submitted or completed at or after (RFC 3339)"),
+        oa.text("date_end", "With ?query: submitted or completed before (RFC 3339)"),
+        oa.text("state", "With ?query: job states"),
+        oa.text("info.name", "With ?query: job names"),
+        oa.text("info.project", "With ?query: projects"),
+        oa.text("info.clientgroups", "With ?query: client groups"),
+        oa.integer("info.priority", "With ?query: priorities", minimum=-oa.INT32 - 1, maximum=oa.INT32),
+    ),
+    responses=oa.errors(400, 401),
+)
 def list_jobs(request: Request) -> JSONResponse:
     qp = request.query_params
     query = _query_from(request)
@@ -131,7 +172,15 @@ def list_jobs(request: Request) -> JSONResponse:
     return page(documents, limit=query.limit, offset=query.offset, total=total)
 
 
-@router.get("/job/{job_id}")
+@router.get(
+    "/job/{job_id}",
+    openapi_extra=oa.query(
+        oa.flag("report", "The job's report"),
+        oa.flag("position", "The job's position in the queue"),
+        oa.flag("perf", "The job's performance figures"),
+    ),
+    responses=oa.errors(400, 401, 403, 404),
+)
 def get_job(job_id: str, request: Request) -> JSONResponse:
     check_job_access(request, job_id)
     qp = request.query_params
@@ -145,7 +194,21 @@ def get_job(job_id: str, request: Request) -> JSONResponse:
     return ok(store.get(job_id))
 
 
-@router.put("/job/{job_id}")
+@router.put(
+    "/job/{job_id}",
+    openapi_extra=oa.query(
+        oa.flag("suspend", "Suspend the job"),
+        oa.flag("resume", "Resume a suspended job"),
+        oa.flag("resubmit", "Run the job again from the start"),
+        oa.text("recompute", "Rerun this task and everything after it"),
+        oa.text("clientgroup", "New client groups (comma-separated)", max_length=1024),
+        oa.integer("priority", "New priority", minimum=1, maximum=oa.INT32),
+        oa.text("pipeline", "New pipeline name", max_length=255),
+        oa.text("expiration", "Expire the (completed) job after <N>M, <N>H or <N>D"),
+        oa.flag("settoken", "Store the Datatoken header's token"),
+    ),
+    responses=oa.errors(400, 401, 403, 404, 501),
+)
 def update_job(job_id: str, request: Request) -> JSONResponse:
     check_job_access(request, job_id)
     qp = request.query_params
@@ -162,19 +225,27 @@ def update_job(job_id: str, request: Request) -> JSONResponse:
             raise BadRequest("recompute needs a task id: ?recompute=<taskid>")
         return ok(store.recompute(job_id, taskid))
     if params.flag(qp, "clientgroup"):
-        return ok(store.set_clientgroup(job_id, qp.get("clientgroup", "")))
+        groups = bounds.clientgroups("clientgroup", qp.get("clientgroup", ""))
+        return ok(store.set_clientgroup(job_id, groups))
     if params.flag(qp, "priority"):
+        bounds.int32("priority", qp.get("priority", ""), minimum=1)
         return ok(store.set_priority(job_id, qp.get("priority", "")))
     if params.flag(qp, "pipeline"):
-        return ok(store.set_pipeline(job_id, qp.get("pipeline", "")))
+        return ok(store.set_pipeline(job_id, bounds.name("pipeline", qp.get("pipeline", ""))))
     if params.flag(qp, "expiration"):
-        return ok(store.set_expiration(job_id, qp.get("expiration", "")))
+        return ok(store.set_expiration(job_id, bounds.expiration(qp.get("expiration", ""))))
     if params.flag(qp, "settoken"):
         return ok(store.set_token(job_id, request.headers.get("datatoken")))
     raise NotImplementedOp("requested job operation not supported")
 
 
-@router.put("/job")
+@router.put(
+    "/job",
+    openapi_extra=oa.query(
+        oa.flag("resumeall", "Resume every suspended job"), oa.flag("recoverall", "Recover every job")
+    ),
+    responses=oa.errors(400, 401, 403, 501),
+)
 def update_jobs(request: Request) -> JSONResponse:
     require_admin(request, "operate on every job")
     qp = request.query_params
@@ -186,13 +257,25 @@ def update_jobs(request: Request) -> JSONResponse:
     raise NotImplementedOp("Not Implemented")
 
 
-@router.delete("/job/{job_id}")
+@router.delete(
+    "/job/{job_id}",
+    openapi_extra=oa.query(oa.flag("full", "Remove the job's rows and files, not only mark it deleted")),
+    responses=oa.errors(400, 401, 403, 404),
+)
 def delete_job(job_id: str, request: Request) -> JSONResponse:
     check_job_access(request, job_id)
     return ok(ctx(request).jobs.delete(job_id, full=params.flag(request.query_params, "full")))
 
 
-@router.delete("/job")
+@router.delete(
+    "/job",
+    openapi_extra=oa.query(
+        oa.flag("suspend", "Delete every suspended job"),
+        oa.flag("zombie", "Delete active jobs that can make no progress"),
+        oa.flag("full", "Remove rows and files too"),
+    ),
+    responses=oa.errors(400, 401, 403, 501),
+)
 def delete_jobs(request: Request) -> JSONResponse:
     require_admin(request, "delete every suspended or zombie job")
     qp = request.query_params
@@ -201,5 +284,10 @@ def delete_jobs(request: Request) -> JSONResponse:
     if params.flag(qp, "suspend"):
         return ok(store.delete_suspended(full=full))
     if params.flag(qp, "zombie"):
-        return ok(store.delete_zombies(full=full))
+        # What the sweep has not caught yet: failed work no live client will retry ends now too.
+        stranded = suspend_stranded(ctx(request).db, ctx(request).clients.ttl_us)
+        reply = store.delete_zombies(full=full)
+        if stranded:
+            reply += f"; suspended {stranded} job(s) whose failed work no live client can retry"
+        return ok(reply)
     raise NotImplementedOp("Not Implemented")

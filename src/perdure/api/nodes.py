@@ -53,7 +53,8 @@ def list_files(node_id: str, request: Request) -> JSONResponse:
     return JSONResponse(node_store(request).files(node_id))
 
 
-@router.api_route("/nodes/{rest:path}", methods=["GET", "HEAD"])
+@router.get("/nodes/{rest:path}")
+@router.head("/nodes/{rest:path}", include_in_schema=False)  # one operation id per method in the schema
 def read_file(rest: str, request: Request) -> Response:
     """``/nodes/<nodeID>/<path on the node>``: an advertised, shipped file, else 404."""
     node_id, _, path = rest.partition("/")

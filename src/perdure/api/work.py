@@ -19,8 +19,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
+from perdure.api import openapi as oa
 from perdure.api import params
 from perdure.api.auth import check_job_access, require_admin
 from perdure.api.awe_io import absolute_io, external_base
@@ -45,7 +47,19 @@ MAX_LOG_BYTES = 4 * 1024 * 1024
 MAX_PREEMPTION_BYTES = 256 * 1024
 
 
-@router.get("/work")
+@router.get(
+    "/work",
+    openapi_extra=oa.query(
+        oa.text("client", "Check out a workunit for this client (a worker's call)"),
+        oa.integer("available", "Free bytes on the worker (-1: unknown)", minimum=-1),
+        oa.number("wait", "Seconds to wait for work to appear", maximum=60),
+        oa.flag("query", "List workunits (admins)"),
+        oa.integer("limit", "Page size", minimum=1, maximum=1000),
+        oa.integer("offset", "Workunits to skip", minimum=0),
+        oa.text("state", "Workunit states"),
+    ),
+    responses=oa.errors(400, 401, 403),
+)
 async def checkout_or_list(request: Request) -> JSONResponse:
     qp = request.query_params
     if "client" not in qp:
@@ -53,7 +67,7 @@ async def checkout_or_list(request: Request) -> JSONResponse:
     client_id = qp.get("client", "")
     if not client_id:
         raise BadRequest("missing client id")
-    available = params.integer(qp, "available", -1)
+    available = params.integer(qp, "available", -1, minimum=-1)
     wait = min(params.number(qp, "wait", 0.0), MAX_WAIT_S)
     context = ctx(request)
     await check_worker_async(request, client_id=client_id)
@@ -102,7 +116,16 @@ def _list(request: Request) -> JSONResponse:
     return page(documents, limit=limit, offset=offset, total=total)
 
 
-@router.get("/work/{work_id}")
+@router.get(
+    "/work/{work_id}",
+    openapi_extra=oa.query(
+        oa.text("report", "stdout, stderr or worknotes of the last report"),
+        oa.flag("privateenv", "The private environment (the leasing client only)"),
+        oa.flag("datatoken", "The job's data token (the leasing client only)"),
+        oa.text("client", "The client asking"),
+    ),
+    responses=oa.errors(400, 401, 403, 404),
+)
 async def get_work(work_id: str, request: Request) -> JSONResponse:
     qp = request.query_params
     context = ctx(request)
@@ -123,7 +146,19 @@ async def get_work(work_id: str, request: Request) -> JSONResponse:
     return ok(absolute_io(await run_in_threadpool(context.work.get, work_id), external_base(request)))
 
 
-@router.put("/work/{work_id}")
+@router.put(
+    "/work/{work_id}",
+    openapi_extra=oa.query(
+        oa.text("status", "done, fail, failed-permanent or preempted", required=True),
+        oa.text("client", "The reporting client", required=True),
+        oa.number("computetime", "Seconds of compute", maximum=10.0**12),
+        oa.flag("next", "Then check out the next workunit"),
+        oa.integer("available", "Free bytes on the worker (-1: unknown)", minimum=-1),
+        oa.number("wait", "Seconds to wait for the next workunit", maximum=60),
+        oa.flag("report", "The request carries report files"),
+    ),
+    responses=oa.errors(400, 401, 403, 404),
+)
 async def update_work(work_id: str, request: Request) -> JSONResponse:
     return await _report(work_id, request)
 
@@ -140,7 +175,7 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
     then_next = params.flag(qp, "next")
     available, wait = -1, 0.0
     if then_next:
-        available = params.integer(qp, "available", -1)
+        available = params.integer(qp, "available", -1, minimum=-1)
         wait = min(params.number(qp, "wait", 0.0), MAX_WAIT_S)
     # The token first (issue 17): a report is not read from a caller that may not make it.
     await check_worker_async(request, client_id=client_id)
@@ -182,6 +217,8 @@ async def _report_files(request: Request) -> tuple[dict[str, str], Preemption | 
         return {}, None
     try:
         form = await request.form(max_files=8, max_fields=16)
+    except ClientDisconnect:
+        raise  # the client went away: not a malformed body
     except Exception as exc:  # python-multipart raises several types for malformed bodies
         raise BadRequest(f"malformed multipart body: {exc}") from None
     try:

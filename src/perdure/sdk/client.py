@@ -8,6 +8,7 @@ is raised as one of ``perdure.sdk.errors``. GET/PUT/DELETE are retried on transp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Iterable, Mapping
@@ -112,8 +113,9 @@ class Client:
         body = _script_bytes(script)
         headers = {"Datatoken": datatoken} if datatoken else {}
         files = {"upload": ("job.json", body, "application/json")}
-        document = self.transport.awe("POST", "/job", files=files, headers=headers)
-        return Job.from_document(self, document)
+        reply = self.transport.awe_page("POST", "/job", files=files, headers=headers)
+        job = Job.from_document(self, reply.get("data") or {})
+        return dataclasses.replace(job, warnings=[str(w) for w in reply.get("warnings") or []])
 
     def jobs(
         self,

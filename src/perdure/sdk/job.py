@@ -33,6 +33,8 @@ class Job:
     updated: str
     raw: dict[str, Any] = field(repr=False)
     client: Client = field(repr=False, compare=False)
+    #: What the server warned of at submit (e.g. no registered client serves the job's clientgroups).
+    warnings: list[str] = field(default_factory=list, compare=False)
 
     @classmethod
     def from_document(cls, client: Client, document: dict[str, Any]) -> Job:

@@ -46,6 +46,7 @@ from perdure.store import outputs as output_records
 from perdure.store.commalist import comma_list_contains
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.schema import (
+    client_skip_work,
     job_events,
     job_scripts,
     jobs,
@@ -452,6 +453,7 @@ class JobStore:
             # Done workunits keep their results; everything the suspension held runs again. (A job with
             # failed-permanent work is failed-permanent, never suspended: only a reset reruns that.)
             transitions.release_job_work(conn, job_id, now)
+            forget_skips(conn, job_id)  # after a fix, the clients it failed on may run it
             Database.work_queued(conn)
             for task in conn.execute(
                 select(tasks.c.id, tasks.c.state, tasks.c.remainwork, tasks.c.totalwork).where(
@@ -884,3 +886,12 @@ def _share_groups(mine: set[str], other: str) -> bool:
 
 
 __all__ = ["REGISTERED_JOB_STATES", "JobQuery", "JobStore", "field_expression", "soft_delete", "suspend_job"]
+
+
+def forget_skips(conn: Connection, job_id: str) -> None:
+    """A resumed job's workunits may run again on the clients they failed on (after a fix)."""
+    conn.execute(
+        delete(client_skip_work).where(
+            client_skip_work.c.workunit_id.in_(select(workunits.c.id).where(workunits.c.job_id == job_id))
+        )
+    )

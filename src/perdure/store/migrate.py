@@ -6,7 +6,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from perdure.store.database import Database
 
@@ -35,6 +36,22 @@ def upgrade(db: Database, revision: str = "head") -> None:
             if db.dialect == "postgresql":
                 connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _ADVISORY_LOCK_KEY})
                 connection.commit()
+
+
+class DatabaseUnusable(Exception):
+    """The database cannot be reached or used; the message names it with its password hidden."""
+
+
+def upgrade_to_head(db: Database, url: str) -> str:
+    """``perdure db upgrade``: migrate and return the revision, or raise ``DatabaseUnusable`` with one
+    line (unreachable, refused, no such database) rather than a driver's traceback."""
+    try:
+        upgrade(db)
+        return current(db) or ""
+    except SQLAlchemyError as exc:
+        shown = make_url(url).render_as_string(hide_password=True)
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise DatabaseUnusable(f"cannot use database {shown!r}: {reason}") from None
 
 
 def downgrade(db: Database, revision: str) -> None:

@@ -67,14 +67,21 @@ class ServerAPI:
     # ---- retry policy -------------------------------------------------------------------------
 
     def retrying(
-        self, what: str, call: Callable[[], T], *, max_delay: float = 30.0, deadline: float | None = None
+        self,
+        what: str,
+        call: Callable[[], T],
+        *,
+        max_delay: float = 30.0,
+        deadline: float | None = None,
+        give_up: Callable[[], bool] | None = None,
     ) -> T:
         """Retry while the server is unreachable or failing (5xx), with exponential backoff and jitter,
         until stopped (or, given a ``time.monotonic()`` deadline, until then: a node being reclaimed
-        cannot wait forever)."""
+        cannot wait forever), or until ``give_up()`` says the call is no longer wanted (a draining node
+        stops trying to register or check out, so SIGTERM is prompt whatever the server's state)."""
         delay = 0.5
         while True:
-            if self.stop.is_set() and deadline is None:
+            if (self.stop.is_set() and deadline is None) or (give_up is not None and give_up()):
                 raise Stopped(what)
             try:
                 return _refusal(call)
@@ -85,6 +92,12 @@ class ServerAPI:
                 if deadline is not None and time.monotonic() + wait > deadline:
                     raise Stopped(f"{what}: out of time") from exc
                 log.warning("%s failed (%s); retrying in %.1fs", what, exc, wait)
+                if deadline is None and give_up is not None:
+                    wait_until = time.monotonic() + wait
+                    while time.monotonic() < wait_until and not give_up():
+                        if self.stop.wait(min(0.2, max(0.0, wait_until - time.monotonic()))):
+                            raise Stopped(what) from None
+                    continue
                 if deadline is None and self.stop.wait(wait):
                     raise Stopped(what) from None
                 if deadline is not None:
@@ -93,8 +106,10 @@ class ServerAPI:
 
     # ---- the protocol -------------------------------------------------------------------------
 
-    def register(self, profile: dict[str, Any]) -> dict[str, Any]:
-        return self.retrying("register", lambda: self.protocol.register(profile))
+    def register(
+        self, profile: dict[str, Any], *, give_up: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
+        return self.retrying("register", lambda: self.protocol.register(profile), give_up=give_up)
 
     def heartbeat(self, client_id: str, current_work: list[str]) -> dict[str, str]:
         return _refusal(lambda: self.protocol.heartbeat(client_id, current_work))
@@ -157,6 +172,11 @@ class ServerAPI:
         return self.retrying(
             f"download {url}", lambda: self.client.download(url, dest, params=params, headers=headers)
         )
+
+    def fetch_once(self, url: str, dest: Path, *, headers: dict[str, str] | None = None) -> int:
+        """One try at an absolute http(s) URL of another host; the caller bounds the retries. Raises
+        ``ApiError`` when the host refused, the SDK's error when it could not be reached."""
+        return _refusal(lambda: self.client.download(url, dest, headers=headers))
 
     def deregister(self, client_id: str) -> None:
         """Leave: the server re-queues whatever this client held at once, instead of after the TTL."""

@@ -42,6 +42,8 @@ class Slot:
             node.workpath / "predata",
             node.spot,
             file_roots=node.config.allow_file_root,
+            transfer_tries=node.config.transfer_tries,
+            transfer_timeout_s=node.config.transfer_timeout_s,
         )
         self.registered = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"slot-{index}", daemon=True)
@@ -63,7 +65,7 @@ class Slot:
         }
 
     def register(self) -> None:
-        self.node.api.register(self.profile())
+        self.node.api.register(self.profile(), give_up=self.node.draining.is_set)
         self.registered.set()
         log.info("slot %d registered as client %s", self.index, self.client_id)
 
@@ -83,6 +85,8 @@ class Slot:
                         lambda: api.checkout(
                             self.client_id, self.node.config.checkout_wait_s, self.node.free_bytes()
                         ),
+                        # A failed checkout leased nothing: a draining node need not try again.
+                        give_up=self.node.draining.is_set,
                     )
                 except ApiError as exc:
                     if exc.refusal == Refusal.CLIENT_DELETED:

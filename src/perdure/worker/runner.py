@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 
 import psutil
 
+from perdure.sdk import errors as sdk_errors
 from perdure.split import awe_part
 from perdure.spot.engine import Launch
 from perdure.spot.protection import Preemption, Protection
@@ -117,10 +118,17 @@ class Runner:
         spot: SpotContext | None = None,
         *,
         file_roots: Sequence[str | Path] = (),
+        transfer_tries: int = 5,
+        transfer_timeout_s: float = 300.0,
     ) -> None:
         self.api = api
         #: Directories ``file://`` inputs may be read from (``--allow-file-root``); none by default.
         self.file_roots = tuple(file_roots)
+        #: Bounds on fetching from other hosts (WorkerConfig.transfer_tries / transfer_timeout_s).
+        self.transfer_tries = transfer_tries
+        self.transfer_timeout_s = transfer_timeout_s
+        #: Set when the current workunit is discarded: wakes a fetch waiting to try again.
+        self._discard_wake = threading.Event()
         self.client_id = client_id
         self.workpath = workpath
         self.predata = predata
@@ -149,6 +157,7 @@ class Runner:
             if self._current != wu_id:
                 return
             self._discarded.add(wu_id)
+            self._discard_wake.set()
             process = self._process
         # Never poll() here: that could reap the child under the runner's wait4().
         if process is not None:
@@ -187,6 +196,7 @@ class Runner:
         with self._lock:
             self._current = wu_id
             self._discarded.discard(wu_id)
+            self._discard_wake.clear()
             self._reference = wu.get("checkpoint")
             self._preempting.clear()
             self._preempted.clear()
@@ -250,6 +260,9 @@ class Runner:
             if self._preempting.is_set():
                 return self._preempted_outcome(int(time.time() - started), perf)
             log.warning("workunit %s failed: %s", wu_id, exc)
+            if not stderr.exists():  # it failed before its command ran: the job's apperror says why
+                with contextlib.suppress(OSError):
+                    stderr.write_text(f"perdure worker: {exc}\n")
             return Outcome(
                 ReportStatus.FAIL,
                 int(time.time() - started),
@@ -347,7 +360,7 @@ class Runner:
             elif url.startswith(("http://", "https://")):
                 if token_headers is None:
                     token_headers = self._datatoken_headers(wu)
-                self.api.download(url, target, params=params, headers=token_headers)
+                self._fetch(wu["id"], f"input {io['filename']!r}", url, target, token_headers)
             else:
                 raise StageError(f"input {io['filename']!r}: unsupported URL {url!r}")
             if io.get("uncompress") == "gzip":
@@ -363,6 +376,36 @@ class Runner:
             return local_path(url, self.file_roots)
         except LocalFileRefused as exc:
             raise StageError(str(exc)) from None
+
+    def _fetch(self, wu_id: str, what: str, url: str, target: Path, headers: dict[str, str]) -> None:
+        """Fetch from another host, bounded: at most ``transfer_tries`` tries within
+        ``transfer_timeout_s``, with backoff, and none once the workunit is discarded (the heartbeat
+        says so). Then ``StageError`` with the URL and the last error: the workunit fails with them."""
+        started = time.monotonic()
+        deadline = started + self.transfer_timeout_s
+        delay, last, tries = 1.0, "", 0
+        while tries < self.transfer_tries:
+            if wu_id in self._discarded:
+                raise StageError(f"{what}: workunit discarded while fetching {url}")
+            tries += 1
+            try:
+                self.api.fetch_once(url, target, headers=headers)
+                return
+            except ApiError as exc:  # the host answered and refused: retrying cannot help
+                last = str(exc)
+                break
+            except (sdk_errors.PerdureError, OSError) as exc:
+                last = str(exc) or type(exc).__name__
+            wait = min(delay, deadline - time.monotonic())
+            if wait <= 0 or tries >= self.transfer_tries:
+                break
+            log.warning(
+                "%s: fetching %s failed (%s); try %d of %d", what, url, last, tries, self.transfer_tries
+            )
+            self._discard_wake.wait(wait)
+            delay = min(delay * 2, 30.0)
+        elapsed = time.monotonic() - started
+        raise StageError(f"{what}: could not fetch {url} ({tries} tries in {elapsed:.1f}s): {last}")
 
     def _datatoken_headers(self, wu: dict[str, Any]) -> dict[str, str]:
         if not (wu.get("info") or {}).get("auth"):
@@ -384,6 +427,8 @@ class Runner:
                 partial = cached.with_name(cached.name + f".{os.getpid()}.{threading.get_ident()}.part")
                 if url.startswith("file://"):
                     shutil.copyfile(self._local_file(url), partial)
+                elif url.startswith(("http://", "https://")):
+                    self._fetch(self._current or "", f"predata {io['filename']!r}", url, partial, {})
                 else:
                     self.api.download(url, partial)
                 os.replace(partial, cached)  # atomic: a reader never sees a half-written file
