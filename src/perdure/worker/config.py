@@ -46,6 +46,10 @@ class WorkerConfig:
     checkpoint_path: str = ""
     #: Threads hashing and writing checkpoint chunks.
     checkpoint_threads: int = 4
+    #: Task containers (``cmd.Dockerimage``): auto (where podman can run them) or off.
+    containers: str = "auto"
+    #: ``podman run --network`` for task containers (``none``, ``host``...); empty: podman's default.
+    container_network: str = ""
 
     @classmethod
     def load(cls, config_file: Path | None = None, **flags: Any) -> WorkerConfig:
@@ -77,6 +81,8 @@ class WorkerConfig:
             raise ValueError("apps must name at least one command, or '*'")
         if self.checkpoint_engine not in ("auto", "criu", "workdir"):
             raise ValueError("checkpoint_engine must be auto, criu or workdir")
+        if self.containers not in ("auto", "off"):
+            raise ValueError("containers must be auto or off")
         if not 1 <= self.checkpoint_threads <= 64:
             raise ValueError("checkpoint_threads must be between 1 and 64")
         for name in ("heartbeat_s", "log_ship_s", "handover_deadline_s", "imds_poll_s"):

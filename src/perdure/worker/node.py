@@ -21,6 +21,7 @@ from perdure.spot.interruption import DRAIN_FILE, PID_FILE, ImdsWatcher, Notice,
 from perdure.spot.protection import Preemption
 from perdure.worker.api import ApiError, ServerAPI, Stopped
 from perdure.worker.config import WorkerConfig
+from perdure.worker.container import ContainerSupport, Images, podman_status
 from perdure.worker.protect import SpotContext
 from perdure.worker.runner import Outcome, Runner, tail_bytes
 
@@ -32,7 +33,9 @@ class Slot:
         self.node = node
         self.index = index
         self.client_id = f"{node.node_id}-{index}"
-        self.runner = Runner(node.api, self.client_id, node.workdir, node.workpath / "predata", node.spot)
+        self.runner = Runner(
+            node.api, self.client_id, node.workdir, node.workpath / "predata", node.spot, node.containers
+        )
         self.registered = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"slot-{index}", daemon=True)
 
@@ -50,6 +53,8 @@ class Slot:
             "version": __version__,
             "node_id": self.node.node_id,
             "current_work": {"data": current},
+            # Checkout gives container tasks only to clients that say they can run them.
+            "containers": self.node.containers is not None,
         }
 
     def register(self) -> None:
@@ -174,6 +179,7 @@ class Node:
         self._drain_wakeup = threading.Event()
         self.facts: dict[str, Any] = {}
         self.log_files: list[str] = []
+        self.containers, self.container_problem = _containers(config, self.api, self.workpath)
         self.slots = [Slot(self, k) for k in range(config.slots)]
         self.cluster_id: str | None = None
         #: Why the node stopped on an error; None while healthy or after a clean drain.
@@ -191,7 +197,12 @@ class Node:
         return shutil.disk_usage(self.workpath).free
 
     def run(self) -> None:
-        self.facts = {**nodeinfo.collect(self.config.imds_endpoint or None), **self.spot.facts()}
+        self.facts = {
+            **nodeinfo.collect(self.config.imds_endpoint or None),
+            **self.spot.facts(),
+            "containers": self.containers is not None,
+            "containerProblem": self.container_problem,
+        }
         (self.workpath / DRAIN_FILE).unlink(missing_ok=True)  # a stale request is not for us
         (self.workpath / PID_FILE).write_text(f"{os.getpid()}\n")
         # The server accepts only absolute, normalised paths: it serves exactly what is advertised.
@@ -419,6 +430,18 @@ class Node:
         workdir = outcome.perf.get("workdir")
         if outcome.status == "done" and workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _containers(config: WorkerConfig, api: ServerAPI, workpath: Path) -> tuple[ContainerSupport | None, str]:
+    """Task containers on this node, or why not (said in the log and the node record)."""
+    if config.containers == "off":
+        return None, "containers are off in the worker settings"
+    usable, why = podman_status()
+    if not usable:
+        log.warning("task containers cannot run on this node: %s", why)
+        return None, why
+    images = Images(lambda url, dest: api.download(url, dest), workpath / "images", config.criu_path)
+    return ContainerSupport(images, config.criu_path, config.container_network), ""
 
 
 class WorkpathInUse(RuntimeError):
