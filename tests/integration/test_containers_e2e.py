@@ -320,7 +320,8 @@ def test_container_drained_on_one_worker_is_restored_on_another_and_finishes_ide
     assert redone < INTERVAL_S / STEP_S, f"{redone} steps were done twice"
     document = api.data("GET", f"/job/{job_id}?report")
     codes = [e["code"] for e in document["events"]]
-    assert "SP" in codes and "SR" in codes, document["events"]
+    said = "\n".join(f"{e['code']} {e['message']}" for e in document["events"])
+    assert "SP" in codes and "SR" in codes and "SF" not in codes, said
     assert document["spot"]["spotProtection"] == 1, document["spot"]
     assert document["spot"]["timeSaved"] > 0, document["spot"]
     assert containers_of(image) == []

@@ -41,6 +41,11 @@ RUNTIME = "runc"
 #: The prefix of the archive's directory in a snapshot, beside the work directory.
 ARCHIVE_PREFIX = "podman-archive"
 ARCHIVE = "checkpoint.tar.zst"
+#: The podman log of the container's standard streams, in the work directory (conmon writes it).
+LOG_NAME = ".perdure-container.log"
+#: Its copy as of the checkpoint, beside the archive: the live log keeps growing while the snapshot
+#: reads the work directory.
+LOG_COPY = "container.log"
 PRE_ARCHIVE = "pre-checkpoint.tar.zst"
 #: An iterative checkpoint that takes longer than this is stuck.
 CHECKPOINT_TIMEOUT_S = 1800.0
@@ -167,6 +172,7 @@ class PodmanEngine:
             run, name, archive_dir / ARCHIVE, leave_running=True, timeout=CHECKPOINT_TIMEOUT_S
         )
         podman_s = time.monotonic() - started
+        self._copy_log(run, archive_dir)
         if cancel.is_set():
             raise Aborted("cancelled")
         workdir = self._workdir(run)
@@ -197,6 +203,7 @@ class PodmanEngine:
             self._stop(name, run)  # the node is going away: nothing of the work may keep running
             raise
         podman_s = time.monotonic() - started
+        self._copy_log(run, archive_dir)
         if not wait_for_exit(run, min(EXIT_WAIT_S, max(0.0, deadline - time.monotonic()))):
             log.warning("container %s: still waited on after its final checkpoint", name)
         workdir = self._workdir(run)
@@ -226,8 +233,16 @@ class PodmanEngine:
             raise CorruptCheckpoint(f"checkpoint {manifest.name} has no container archive")
         if workdir != run.workdir.resolve():
             _bring_inputs(run, workdir)
+        log_copy = archive_dir / LOG_COPY
+        if log_copy.is_file():
+            os.replace(log_copy, workdir / LOG_NAME)  # the restored container's log goes on from it
         name = _name(run)
-        argv = ["container", "restore", "--import", str(archive), "--name", name, "--print-stats"]
+        argv = ["container", "restore", "--import", str(archive), "--print-stats"]
+        # podman refuses a new name with --tcp-established: then the container is renamed after.
+        original = str(data.get("container") or "")
+        renamed = bool(run.policy.tcp_close and original and original != name)
+        if not renamed:
+            argv += ["--name", name]
         previous = archive_dir / PRE_ARCHIVE
         if previous.is_file():
             argv += ["--import-previous", str(previous)]
@@ -236,6 +251,8 @@ class PodmanEngine:
             argv.append("--tcp-close" if _restore_supports("--tcp-close") else "--tcp-established")
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             podman(["rm", "-f", "--time", "0", name], criu=self.criu, timeout=60)
+            if renamed:
+                podman(["rm", "-f", "--time", "0", original], criu=self.criu, timeout=60)
         podman_started = time.monotonic()
         try:
             result = podman(argv, criu=self.criu, timeout=RESTORE_TIMEOUT_S)
@@ -245,6 +262,15 @@ class PodmanEngine:
             ) from None
         if result.returncode != 0:
             raise CheckpointError(f"podman container restore failed: {last_line(result)}")
+        if renamed:
+            try:
+                moved = podman(["rename", original, name], criu=self.criu, timeout=60)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                moved = subprocess.CompletedProcess([], 1, "", str(exc))
+            if moved.returncode != 0:
+                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                    podman(["rm", "-f", "--time", "0", original], criu=self.criu, timeout=60)
+                raise CheckpointError(f"the restored container could not be renamed: {last_line(moved)}")
         with self._lock:
             self._workdirs[_key(run)] = workdir
             self._stats = {
@@ -335,7 +361,7 @@ class PodmanEngine:
             kind=kind,
             progress_s=progress,
             include=run.policy.files,
-            exclude=run.exclude,
+            exclude=run.exclude | {LOG_NAME},
             engine_data={"restorable": True, "archive": ARCHIVE, "workdir": str(workdir), "container": name},
             deadline=deadline,
             cancel=cancel,
@@ -355,6 +381,14 @@ class PodmanEngine:
                 "duration_s": round(taken.duration_s, 3),
             }
 
+    def _copy_log(self, run: Run, archive_dir: Path) -> None:
+        """The container's log as of the checkpoint (a few lines more at most: conmon writes on)."""
+        target = archive_dir / LOG_COPY
+        with target.open("wb") as out:
+            for source in log_files(_name(run), self._workdir(run), self.criu):
+                with contextlib.suppress(FileNotFoundError), source.open("rb") as handle:
+                    shutil.copyfileobj(handle, out)
+
     def _workdir(self, run: Run) -> Path:
         with self._lock:
             known = self._workdirs.get(_key(run))
@@ -364,6 +398,21 @@ class PodmanEngine:
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             podman(["kill", name], criu=self.criu, timeout=30)
         wait_for_exit(run, 5.0)
+
+
+def log_files(name: str, workdir: Path, criu: str = "criu") -> list[Path]:
+    """The container's log, oldest part first: the one in the work directory, then the one podman
+    writes now if it is elsewhere (a container restored under a new name logs to podman's own
+    directory)."""
+    files = [workdir / LOG_NAME]
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        result = podman(
+            ["inspect", "--format", "{{.HostConfig.LogConfig.Path}}", name], criu=criu, timeout=60
+        )
+        current = result.stdout.strip()
+        if result.returncode == 0 and current.startswith("/") and Path(current) != files[0]:
+            files.append(Path(current))
+    return files
 
 
 def _stats_json(text: str) -> dict[str, int | float | str]:

@@ -29,12 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from perdure.spot.podman import RUNTIME, container_name, last_line, podman, podman_env
+from perdure.spot.podman import LOG_NAME, RUNTIME, container_name, last_line, log_files, podman, podman_env
 
 log = logging.getLogger("perdure.worker")
 
-#: The podman log of the container's standard streams, in the work directory.
-LOG_NAME = ".perdure-container.log"
 PULL_TIMEOUT_S = 1800.0
 #: ``podman run -d``: creating and starting a container.
 START_TIMEOUT_S = 300.0
@@ -262,6 +260,9 @@ class Container:
                     self._cgroup = result.stdout.strip()
         return self._cgroup
 
+    def logs(self, workdir: Path) -> list[Path]:
+        return log_files(self.name, workdir, self.criu)
+
     def kill(self) -> None:
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             podman(["kill", self.name], criu=self.criu, timeout=60)
@@ -286,20 +287,25 @@ def command_environment(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if os.environ.get(k) != v}
 
 
-def split_log(log_file: Path, stdout: Path, stderr: Path) -> None:
-    """podman's k8s-file log of the container into its two streams, byte for byte."""
+def split_log(log_files: list[Path], stdout: Path, stderr: Path) -> None:
+    """podman's k8s-file logs of the container (in order) into its two streams, byte for byte."""
     out, err = bytearray(), bytearray()
-    with contextlib.suppress(FileNotFoundError), log_file.open("rb") as handle:
-        for raw in handle:
-            match = _LOG_LINE.match(raw.rstrip(b"\n"))
-            if match is None:
-                continue
-            target = out if match.group(1) == b"stdout" else err
-            target += match.group(3) or b""
-            if match.group(2) == b"F":
-                target += b"\n"
+    for log_file in log_files:
+        with contextlib.suppress(FileNotFoundError), log_file.open("rb") as handle:
+            _split(handle, out, err)
     stdout.write_bytes(bytes(out))
     stderr.write_bytes(bytes(err))
+
+
+def _split(handle: Any, out: bytearray, err: bytearray) -> None:
+    for raw in handle:
+        match = _LOG_LINE.match(raw.rstrip(b"\n"))
+        if match is None:
+            continue
+        target = out if match.group(1) == b"stdout" else err
+        target += match.group(3) or b""
+        if match.group(2) == b"F":
+            target += b"\n"
 
 
 class Usage(threading.Thread):

@@ -28,7 +28,6 @@ import psutil
 from perdure.spot.engine import Launch
 from perdure.spot.protection import Preemption, Protection
 from perdure.worker.api import ApiError, ServerAPI
-from perdure.worker.container import LOG_NAME as CONTAINER_LOG
 from perdure.worker.container import (
     Container,
     ContainerSupport,
@@ -526,7 +525,7 @@ class Runner:
             protection.run.exited.set()
         figures = usage.stop()
         code = container.exit_code(printed.decode(errors="replace"))
-        split_log(workdir / CONTAINER_LOG, stdout, stderr)
+        split_log(container.logs(workdir), stdout, stderr)
         return code, figures
 
     # ---- delivering ---------------------------------------------------------------------------
