@@ -36,7 +36,7 @@ def test_container_names_differ_by_attempt_and_workunit() -> None:
 def test_the_run_command_mounts_the_work_directory_at_its_path_with_runc_limits_and_network(
     tmp_path: Path,
 ) -> None:
-    container = Container("img:1", "job_t_0", 3, network="none")
+    container = Container("img:1", "job_t_0", 3, network="none", node_id="n1")
     env_file = tmp_path / "env"
     command = container.run_command(["sh", "-c", "echo hi"], tmp_path / "w", env_file, (tmp_path / "pre",))
     assert command[:2] == ["run", "--detach"]
@@ -48,6 +48,7 @@ def test_the_run_command_mounts_the_work_directory_at_its_path_with_runc_limits_
     assert command[command.index("--env-file") + 1] == str(env_file)
     assert command[command.index("--entrypoint") + 1] == "sh"
     assert command[-3:] == ["img:1", "-c", "echo hi"]
+    assert command[command.index("--label") + 1] == "io.perdure.node=n1"  # a restarted node removes it
     limits = [command[i + 1] for i, word in enumerate(command) if word == "--ulimit"]
     assert [limit.split("=")[0] for limit in limits] == ["nofile", "nproc"]
 

@@ -40,6 +40,26 @@ START_TIMEOUT_S = 300.0
 _LOG_LINE = re.compile(rb"^\S+ (stdout|stderr) ([FP])(?: (.*))?$", re.DOTALL)
 
 
+#: The label of the node that started a container.
+NODE_LABEL = "io.perdure.node"
+
+
+def remove_leftovers(node_id: str, criu: str = "criu") -> int:
+    """Remove the containers an earlier run of this node left (it crashed, or was killed): their work
+    was handed back to the server, which gives it out again. How many there were."""
+    try:
+        found = podman(
+            ["ps", "--all", "--quiet", "--filter", f"label={NODE_LABEL}={node_id}"], criu=criu, timeout=60
+        )
+        ids = found.stdout.split() if found.returncode == 0 else []
+        if ids:
+            podman(["rm", "--force", "--time", "0", *ids], criu=criu, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not remove containers left by an earlier run: %s", exc)
+        return 0
+    return len(ids)
+
+
 class ImageError(Exception):
     """The task's image cannot be obtained on this node; the message names it."""
 
@@ -151,6 +171,9 @@ class ContainerSupport:
     criu: str = "criu"
     #: ``podman run --network``; empty: podman's default.
     network: str = ""
+    #: This node's id: its containers carry it as a label, so a restarted worker removes what a
+    #: crashed one left running.
+    node_id: str = ""
 
 
 class Container:
@@ -164,8 +187,10 @@ class Container:
         *,
         criu: str = "criu",
         network: str = "",
+        node_id: str = "",
     ) -> None:
         self.image = image
+        self.node_id = node_id
         self.name = container_name(wu_id, attempt)
         self.criu = criu
         self.network = network
@@ -196,6 +221,8 @@ class Container:
             args += ["--volume", f"{mount}:{mount}:ro"]
         if self.network:
             args += ["--network", self.network]
+        if self.node_id:
+            args += ["--label", f"{NODE_LABEL}={self.node_id}"]
         if env_file is not None:
             args += ["--env-file", str(env_file)]
         return [*args, self.image, *argv[1:]]

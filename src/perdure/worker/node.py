@@ -21,7 +21,7 @@ from perdure.spot.interruption import DRAIN_FILE, PID_FILE, ImdsWatcher, Notice,
 from perdure.spot.protection import Preemption
 from perdure.worker.api import ApiError, ServerAPI, Stopped
 from perdure.worker.config import WorkerConfig
-from perdure.worker.container import ContainerSupport, Images, podman_status
+from perdure.worker.container import ContainerSupport, Images, podman_status, remove_leftovers
 from perdure.worker.protect import SpotContext
 from perdure.worker.runner import Outcome, Runner, tail_bytes
 
@@ -179,7 +179,7 @@ class Node:
         self._drain_wakeup = threading.Event()
         self.facts: dict[str, Any] = {}
         self.log_files: list[str] = []
-        self.containers, self.container_problem = _containers(config, self.api, self.workpath)
+        self.containers, self.container_problem = _containers(config, self.api, self.workpath, self.node_id)
         self.slots = [Slot(self, k) for k in range(config.slots)]
         self.cluster_id: str | None = None
         #: Why the node stopped on an error; None while healthy or after a clean drain.
@@ -432,7 +432,9 @@ class Node:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _containers(config: WorkerConfig, api: ServerAPI, workpath: Path) -> tuple[ContainerSupport | None, str]:
+def _containers(
+    config: WorkerConfig, api: ServerAPI, workpath: Path, node_id: str
+) -> tuple[ContainerSupport | None, str]:
     """Task containers on this node, or why not (said in the log and the node record)."""
     if config.containers == "off":
         return None, "containers are off in the worker settings"
@@ -440,8 +442,11 @@ def _containers(config: WorkerConfig, api: ServerAPI, workpath: Path) -> tuple[C
     if not usable:
         log.warning("task containers cannot run on this node: %s", why)
         return None, why
+    left = remove_leftovers(node_id, config.criu_path)
+    if left:
+        log.warning("removed %d container(s) an earlier run of this node left running", left)
     images = Images(lambda url, dest: api.download(url, dest), workpath / "images", config.criu_path)
-    return ContainerSupport(images, config.criu_path, config.container_network), ""
+    return ContainerSupport(images, config.criu_path, config.container_network, node_id), ""
 
 
 class WorkpathInUse(RuntimeError):

@@ -483,6 +483,7 @@ class Runner:
             int(wu.get("attempt", 0)),
             criu=self.containers.criu,
             network=self.containers.network,
+            node_id=self.containers.node_id,
         )
         perf["container"] = container.name
         return container
