@@ -132,3 +132,15 @@ def test_a_node_that_cannot_checkpoint_containers_says_why(tmp_path: Path) -> No
     engine = PodmanEngine(available=(False, "criu is not installed"))
     with pytest.raises(CheckpointError, match="criu is not installed"):
         engine.checkpoint(_run(tmp_path), threading.Event())
+
+
+def test_the_containers_setting_is_auto_or_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from perdure.worker.config import WorkerConfig
+
+    monkeypatch.setenv("PERDURE_WORKER_CONTAINERS", "off")
+    monkeypatch.setenv("PERDURE_WORKER_CONTAINER_NETWORK", "none")
+    config = WorkerConfig.load()
+    assert (config.containers, config.container_network) == ("off", "none")
+    config.validate()
+    with pytest.raises(ValueError, match="containers must be auto or off"):
+        WorkerConfig.load(containers="sometimes").validate()

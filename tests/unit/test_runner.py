@@ -115,6 +115,8 @@ SETTINGS = (
     "criu_path",
     "checkpoint_path",
     "checkpoint_threads",
+    "containers",
+    "container_network",
 )
 
 
