@@ -325,3 +325,53 @@ def test_container_drained_on_one_worker_is_restored_on_another_and_finishes_ide
     assert document["spot"]["spotProtection"] == 1, document["spot"]
     assert document["spot"]["timeSaved"] > 0, document["spot"]
     assert containers_of(image) == []
+
+
+@pytest.mark.timeout(300)
+def test_a_corrupt_container_checkpoint_is_refused_and_the_work_starts_from_zero(
+    sqlite_cluster: Cluster, image: str
+) -> None:
+    """Worker 1 hands the container over with a final checkpoint; its chunks in the server's store are
+    then damaged: worker 2 refuses it (an SF event naming the checkpoint), starts the program from the
+    beginning, and the job still completes with the right output."""
+    cluster = sqlite_cluster
+    steps = 150
+    api, (w1,) = start(cluster, ("w1", {}))
+    job_id = api.submit(
+        script(
+            in_container(image, "count", memory_only_program(steps), outputs=[{"filename": "result.txt"}]),
+            userattr={"ckptInterval": f"{INTERVAL_S:g}s"},
+        )
+    )
+    work = wait_for(lambda: api.workunits(job_id), WAIT_S, "the workunit", cluster.diagnostics)
+    wu_id = work[0]["id"]
+    wait_for(
+        lambda: (c := api.workunit(wu_id)["checkpoint"]) and c.get("kind") == "iterative",
+        WAIT_S,
+        "an iterative checkpoint",
+        cluster.diagnostics,
+    )
+    command = [sys.executable, "-m", "perdure", "worker", "drain", "--workpath", str(w1.workpath)]
+    drained = subprocess.run(
+        [*command, "--deadline", "60"], capture_output=True, text=True, timeout=90, check=False
+    )
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    wait_for(lambda: not w1.alive(), WAIT_S, "worker 1 to leave", cluster.diagnostics)
+    assert api.workunit(wu_id)["state"] == "preempted"
+    chunks = [p for p in (cluster.base / "server-data").rglob("*") if p.is_file() and "chunks" in p.parts]
+    assert chunks, "no checkpoint chunks in the server's store"
+    for chunk in chunks:
+        chunk.write_bytes(b"damaged")
+    w2 = cluster.worker(w1.server_url, "w2", env=WORKER_ENV)
+    api.wait_job(job_id, "completed", timeout=120)
+    assert api.download(job_id, "count", "result.txt").content == expected(steps)
+    assert api.only_workunit(job_id)["client"] in w2.client_ids()
+    document = api.data("GET", f"/job/{job_id}?report")
+    said = "\n".join(f"{e['code']} {e['message']}" for e in document["events"])
+    codes = [e["code"] for e in document["events"]]
+    assert "SF" in codes and "SR" not in codes, said
+    assert document["spot"]["spotProtection"] == 0, document["spot"]
+    # Started from the beginning: every step once, from step 1, in one run on worker 2.
+    logged = [int(line.split()[1]) for line in api.data("GET", f"/work/{wu_id}?report=stderr").splitlines()]
+    assert logged == list(range(1, steps + 1))
+    assert containers_of(image) == []
