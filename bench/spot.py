@@ -16,6 +16,7 @@
    median of 3 each, page cache dropped before each run when running as root.
 
     .venv/bin/python bench/spot.py [--scale 0.1] [--size 1G] [--threads 4] [--db sqlite|postgresql]
+    .venv/bin/python bench/spot.py --sections podman [--podman-sizes 64,256,1024]   # bench/spot_podman.py
 
 Processes are stopped and every file it made (gigabytes) removed even on error or Ctrl-C.
 """
@@ -45,6 +46,7 @@ from common import Server, load_average, postgres_database, postgres_problem
 from perdure.spot.manifest import Identity
 from perdure.spot.snapshot import Snapshotter
 from perdure.spot.store import DirectoryStore
+from spot_podman import section_podman
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -563,9 +565,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scratch", type=Path, default=Path(tempfile.gettempdir()), help="where data is made (default /tmp)"
     )
     parser.add_argument("--no-drop-caches", dest="drop_caches", action="store_false")
+    parser.add_argument(
+        "--podman-sizes", default="64,256,1024", help="section podman: resident sizes in MiB (64,256,1024)"
+    )
     args = parser.parse_args(argv)
     args.sections = {s.strip() for s in args.sections.split(",") if s.strip()}
-    unknown = args.sections - {"job", "incremental", "throughput"}
+    unknown = args.sections - {"job", "incremental", "throughput", "podman"}
     if unknown or not args.sections:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown)) or '(none)'}")
     if args.scale <= 0 or not 1 <= args.threads <= 64:
@@ -609,6 +614,9 @@ def main(argv: list[str] | None = None) -> int:
                 failed += section_incremental(args, tree, size, base)
             if "throughput" in args.sections:
                 failed += section_throughput(args, tree, size, base)
+        if "podman" in args.sections:
+            sizes = [int(s) * MiB for s in args.podman_sizes.split(",") if s.strip()]
+            failed += section_podman(base / "podman", sizes, {"sizes", "handover", "interrupted"})
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print("\n=== summary ===")

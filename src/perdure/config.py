@@ -313,6 +313,10 @@ class WorkerConfig(_Section):
     transfer_tries: int = Field(default=5, ge=1, le=100)
     #: Time allowed for all the tries at one such fetch.
     transfer_timeout_s: Duration = Field(default=300.0, gt=0, le=DAY)
+    #: Task containers (``cmd.Dockerimage``): auto (where podman can run them) or off.
+    containers: Literal["auto", "off"] = "auto"
+    #: ``podman run --network`` for task containers (``none``, ``host``...); empty: podman's default.
+    container_network: str = ""
 
     @field_validator("server")
     @classmethod

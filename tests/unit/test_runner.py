@@ -119,6 +119,8 @@ SETTINGS = (
     "checkpoint_threads",
     "transfer_tries",
     "transfer_timeout_s",
+    "containers",
+    "container_network",
 )
 
 

@@ -181,6 +181,7 @@ _CLIENTS = select(
     clients.c.node_id,
     clients.c.deleted_at,
     clients.c.suspended,
+    clients.c.profile,
     select(workunits.c.id)
     .where(workunits.c.client_id == clients.c.id, workunits.c.state == WorkunitState.CHECKOUT.value)
     .limit(1)
@@ -190,7 +191,7 @@ _CLIENTS = select(
 ).where(clients.c.id.in_(bindparam("clients", expanding=True)))
 #: The same on PostgreSQL (run on psycopg directly) for every client of a batch.
 _CLIENTS_PG = f"""
-SELECT c.id, c.group_name, c.apps, c.node_id, c.deleted_at, c.suspended,
+SELECT c.id, c.group_name, c.apps, c.node_id, c.deleted_at, c.suspended, c.profile,
     (SELECT w.id FROM workunits w WHERE w.client_id = c.id AND w.state = '{WorkunitState.CHECKOUT.value}'
      LIMIT 1) AS held,
     EXISTS (SELECT 1 FROM client_skip_work s WHERE s.client_id = c.id) AS skips
@@ -231,20 +232,34 @@ _ELIGIBLE = """
      OR w.clientgroups LIKE :grp_tail ESCAPE '\\' OR w.clientgroups LIKE :grp_mid ESCAPE '\\')"""
 _NOT_SKIPPED = """
     AND NOT EXISTS (SELECT 1 FROM client_skip_work s WHERE s.client_id = :client AND s.workunit_id = w.id)"""
+#: For a client that cannot run task containers: no workunit of a task with an image.
+_NO_CONTAINERS = {
+    "sqlite": """
+    AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = w.task_id
+        AND (COALESCE(json_extract(t.spec, '$.cmd.Dockerimage'), '') <> ''
+             OR COALESCE(json_extract(t.spec, '$.cmd.dockerPull'), '') <> ''))""",
+    "postgresql": """
+    AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = w.task_id
+        AND (COALESCE(t.spec->'cmd'->>'Dockerimage', '') <> ''
+             OR COALESCE(t.spec->'cmd'->>'dockerPull', '') <> ''))""",
+}
 _QUEUE_ORDER = "ORDER BY w.priority DESC, w.submittime, w.id"
 #: The states a claim picks from, each with its own partial index: preempted work, then queued work.
 _FROM_PREEMPTED, _FROM_QUEUED = transitions.CLAIM_FROM
 
 
 @functools.cache
-def _claim_statement(dialect: str, filter_apps: bool, sized: bool, skips: bool) -> Any:
+def _claim_statement(
+    dialect: str, filter_apps: bool, sized: bool, skips: bool, containers: bool = True
+) -> Any:
     """The claim: the first eligible workunits, preempted work ahead of queued work (the state literals
     let the planner use each state's partial index).
 
     PostgreSQL: one statement claims up to ``:k`` workunits for the clients in ``:clients`` (who are
     alike: one group, the same apps and size limit; ``skips`` when the one client has workunits to
-    skip), in the clients' order, and also moves their tasks and jobs to in-progress, counts the
-    checkouts on the clients and returns the workunits' document columns (and ``client_id``).
+    skip; ``containers`` False when they cannot run task containers), in the clients' order, and
+    also moves their tasks and jobs to in-progress, counts the checkouts on the clients and returns
+    the workunits' document columns (and ``client_id``).
     SQLite (one writer at a time: no row is another claim's): the pick of up to ``:k`` workunits,
     in the order the clients get them; the caller leases them (``_lease_sqlite``).
     """
@@ -255,6 +270,8 @@ def _claim_statement(dialect: str, filter_apps: bool, sized: bool, skips: bool) 
         eligible += " AND w.app = ANY(:apps)" if dialect == "postgresql" else " AND w.app IN :apps"
     if sized:
         eligible += " AND w.input_size <= :available"
+    if not containers:
+        eligible += _NO_CONTAINERS["postgresql" if dialect == "postgresql" else "sqlite"]
     if dialect != "postgresql":
         pick = (
             "SELECT w.id, w.updatetime, w.priority, w.submittime, w.task_id, w.job_id, {} AS src"
@@ -637,10 +654,11 @@ class WorkStore:
                         None if "*" in apps else apps,
                         request.available if sized else None,
                         alone,
+                        (client.profile or {}).get("containers") is True,
                     )
                     alike.setdefault(key, []).append((n, client))
             samples = hooks.Samples()
-            for (group, apps, available, alone), members in alike.items():
+            for (group, apps, available, alone, containers), members in alike.items():
                 clients_ids = [client.id for _, client in members]
                 params = {
                     "now": now,
@@ -651,7 +669,7 @@ class WorkStore:
                     "client": alone,
                 }
                 claim = _claim_statement(
-                    self.db.dialect, apps is not None, available is not None, alone is not None
+                    self.db.dialect, apps is not None, available is not None, alone is not None, containers
                 )
                 if postgres:
                     leased = {

@@ -24,6 +24,7 @@ from perdure.spot.protection import Preemption
 from perdure.states import ReportStatus
 from perdure.worker.api import ApiError, ServerAPI, Stopped
 from perdure.worker.config import ServerTiming, WorkerConfig
+from perdure.worker.container import ContainerSupport, Images, podman_status, remove_leftovers
 from perdure.worker.protect import SpotContext
 from perdure.worker.runner import DISCARDED, Outcome, Runner, tail_bytes
 
@@ -44,6 +45,7 @@ class Slot:
             file_roots=node.config.allow_file_root,
             transfer_tries=node.config.transfer_tries,
             transfer_timeout_s=node.config.transfer_timeout_s,
+            containers=node.containers,
         )
         self.registered = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"slot-{index}", daemon=True)
@@ -62,6 +64,8 @@ class Slot:
             "version": __version__,
             "node_id": self.node.node_id,
             "current_work": {"data": current},
+            # Checkout gives container tasks only to clients that say they can run them.
+            "containers": self.node.containers is not None,
         }
 
     def register(self) -> None:
@@ -188,6 +192,7 @@ class Node:
         self._drain_wakeup = threading.Event()
         self.facts: dict[str, Any] = {}
         self.log_files: list[str] = []
+        self.containers, self.container_problem = _containers(config, self.api, self.workpath, self.node_id)
         self.slots = [Slot(self, k) for k in range(config.slots)]
         self.cluster_id: str | None = None
         #: Why the node stopped on an error; None while healthy or after a clean drain.
@@ -209,7 +214,12 @@ class Node:
     def run(self) -> None:
         imds = metadata_endpoint(self.config.imds_endpoint)  # "" off EC2: 169.254.169.254 is not ours
         log.info("instance metadata: %s", imds or "not polled (turned off, or not an EC2 instance)")
-        self.facts = {**nodeinfo.collect(imds or None), **self.spot.facts()}
+        self.facts = {
+            **nodeinfo.collect(imds or None),
+            **self.spot.facts(),
+            "containers": self.containers is not None,
+            "containerProblem": self.container_problem,
+        }
         (self.workpath / DRAIN_FILE).unlink(missing_ok=True)  # a stale request is not for us
         (self.workpath / PID_FILE).write_text(f"{os.getpid()}\n")
         # The server accepts only absolute, normalised paths: it serves exactly what is advertised.
@@ -442,6 +452,23 @@ class Node:
         workdir = outcome.perf.get("workdir")
         if outcome.status == ReportStatus.DONE and workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _containers(
+    config: WorkerConfig, api: ServerAPI, workpath: Path, node_id: str
+) -> tuple[ContainerSupport | None, str]:
+    """Task containers on this node, or why not (said in the log and the node record)."""
+    if config.containers == "off":
+        return None, "containers are off in the worker settings"
+    usable, why = podman_status()
+    if not usable:
+        log.warning("task containers cannot run on this node: %s", why)
+        return None, why
+    left = remove_leftovers(node_id, config.criu_path)
+    if left:
+        log.warning("removed %d container(s) an earlier run of this node left running", left)
+    images = Images(lambda url, dest: api.download(url, dest), workpath / "images", config.criu_path)
+    return ContainerSupport(images, config.criu_path, config.container_network, node_id), ""
 
 
 class WorkpathInUse(RuntimeError):

@@ -18,6 +18,7 @@ from perdure.spot.snapshot import Snapshotter
 from perdure.spot.store import CheckpointStore, DirectoryStore
 from perdure.spot.workdir import WorkdirEngine
 from perdure.worker.api import ServerAPI
+from perdure.worker.container import container_image
 from perdure.worker.httpstore import HttpStore
 
 log = logging.getLogger("perdure.worker")
@@ -66,6 +67,13 @@ class SpotContext:
             return CriuEngine(self._criu)
         return WorkdirEngine()
 
+    def container_engine(self) -> Engine:
+        """Task containers are checkpointed by podman (which runs this node's CRIU), whatever engine
+        the node uses for bare processes."""
+        from perdure.spot.podman import PodmanEngine, container_checkpoint_status
+
+        return PodmanEngine(self._criu, available=container_checkpoint_status(self._criu))
+
     def policy(self, wu: dict[str, Any]) -> CheckpointPolicy:
         """The workunit's policy; an override no worker can honour was refused at submit, so a bad one
         here (an old job) falls back to the system's settings."""
@@ -96,7 +104,7 @@ class SpotContext:
             workunit=wu["id"],
             attempt=int(wu.get("attempt", 0)),
         )
-        engine = self.new_engine()
+        engine = self.container_engine() if container_image(wu) else self.new_engine()
         snapshotter = Snapshotter(self.store(policy, client_id), identity, engine.name, threads=self.threads)
         scratch = self.scratch / re.sub(r"[^\w.-]", "_", wu["id"])
         run = Run(identity, workdir, policy, snapshotter, exclude=exclude, scratch=scratch)

@@ -33,6 +33,14 @@ from perdure.spot.engine import Launch
 from perdure.spot.protection import Preemption, Protection
 from perdure.states import ReportStatus
 from perdure.worker.api import ApiError, ServerAPI
+from perdure.worker.container import (
+    Container,
+    ContainerSupport,
+    ImageError,
+    container_image,
+    split_log,
+)
+from perdure.worker.container import Usage as ContainerUsage
 from perdure.worker.environment import command_environment
 from perdure.worker.localfiles import LocalFileRefused, local_path
 
@@ -120,6 +128,7 @@ class Runner:
         file_roots: Sequence[str | Path] = (),
         transfer_tries: int = 5,
         transfer_timeout_s: float = 300.0,
+        containers: ContainerSupport | None = None,
     ) -> None:
         self.api = api
         #: Directories ``file://`` inputs may be read from (``--allow-file-root``); none by default.
@@ -129,6 +138,8 @@ class Runner:
         self.transfer_timeout_s = transfer_timeout_s
         #: Set when the current workunit is discarded: wakes a fetch waiting to try again.
         self._discard_wake = threading.Event()
+        #: None where this node cannot run task containers (checkout never gives it one).
+        self.containers = containers
         self.client_id = client_id
         self.workpath = workpath
         self.predata = predata
@@ -208,11 +219,14 @@ class Runner:
         perf: dict[str, Any] = {"client_id": self.client_id, "checkout": started, "workdir": str(workdir)}
         stdout, stderr = workdir / "awe_stdout.txt", workdir / "awe_stderr.txt"
         protection: Protection | None = None
+        container: Container | None = None
         try:
             env = self._environment(wu, workdir)
             inputs, size_in = self._stage(wu, workdir, env)
             perf.update(time_data_in=round(time.time() - started, 3), size_infile=size_in)
             argv = self._argv(wu, inputs, env)
+            if container_image(wu):
+                container = self._container(wu, perf)
             (workdir / "userattr.json").write_text(json.dumps(wu.get("userattr") or {}))
             protection, launch = self._protect_and_restore(wu, workdir, inputs)
             if launch is not None:
@@ -226,17 +240,30 @@ class Runner:
             if self._preempting.is_set():
                 return self._preempted_outcome(0, perf)
             run_start = time.time()
-            code, usage = self._execute(
-                wu_id,
-                argv,
-                workdir,
-                env,
-                stdout,
-                stderr,
-                append=launch is not None,
-                protection=protection,
-                pidfile=launch.pidfile if launch is not None else None,
-            )
+            if container is not None:
+                code, usage = self._execute_container(
+                    wu_id,
+                    container,
+                    argv,
+                    workdir,
+                    env,
+                    stdout,
+                    stderr,
+                    restored=launch is not None,
+                    protection=protection,
+                )
+            else:
+                code, usage = self._execute(
+                    wu_id,
+                    argv,
+                    workdir,
+                    env,
+                    stdout,
+                    stderr,
+                    append=launch is not None,
+                    protection=protection,
+                    pidfile=launch.pidfile if launch is not None else None,
+                )
             runtime = time.time() - run_start
             perf.update(runtime=round(runtime, 3), exit_code=code, **usage)
             if self._preempting.is_set():
@@ -256,6 +283,9 @@ class Runner:
             perf["size_outfile"] = self._deliver(wu, workdir)
             perf["time_data_out"] = round(time.time() - out_start, 3)
             return Outcome(ReportStatus.DONE, int(runtime), perf=perf, stdout=stdout, stderr=stderr)
+        except ImageError as exc:
+            log.warning("workunit %s failed: %s", wu_id, exc)
+            return Outcome(ReportStatus.FAILED_PERMANENT, int(time.time() - started), [str(exc)], perf)
         except (StageError, ApiError, OSError) as exc:
             if self._preempting.is_set():
                 return self._preempted_outcome(int(time.time() - started), perf)
@@ -275,6 +305,8 @@ class Runner:
             perf["total_time"] = round(time.time() - started, 3)
             if protection is not None:
                 protection.stop()
+            if container is not None:
+                container.remove()
             if self.spot is not None:
                 self.spot.clear_scratch(wu_id)
             with self._lock:
@@ -494,6 +526,69 @@ class Runner:
             "cpu_time": round(rusage.ru_utime + rusage.ru_stime, 3),
             "max_memory_total_rss": max(peak.value, rusage.ru_maxrss * 1024),
         }
+
+    # ---- containers ---------------------------------------------------------------------------
+
+    def _container(self, wu: dict[str, Any], perf: dict[str, Any]) -> Container:
+        """The workunit's container, its image obtained; never run a container task on the host."""
+        image = container_image(wu)
+        if self.containers is None:
+            raise StageError(f"this node cannot run containers (image {image!r}); another node must run it")
+        started = time.time()
+        local = self.containers.images.obtain(image)
+        perf["dockerprep"] = round(time.time() - started, 3)
+        perf["image"] = image
+        container = Container(
+            local,
+            wu["id"],
+            int(wu.get("attempt", 0)),
+            criu=self.containers.criu,
+            network=self.containers.network,
+            node_id=self.containers.node_id,
+        )
+        perf["container"] = container.name
+        return container
+
+    def _execute_container(
+        self,
+        wu_id: str,
+        container: Container,
+        argv: list[str],
+        workdir: Path,
+        env: dict[str, str],
+        stdout: Path,
+        stderr: Path,
+        *,
+        restored: bool,
+        protection: Protection | None,
+    ) -> tuple[int, dict[str, Any]]:
+        """Like ``_execute``, in the container; ``restored``: the container runs already (podman
+        restored it from a checkpoint). The process waited on is ``podman wait``: killing it (discard)
+        ends the wait, and the container is removed after the run whatever happened."""
+        if not restored:
+            try:
+                self.predata.mkdir(parents=True, exist_ok=True)
+                container.start(argv, workdir, env, (self.predata.resolve(),))
+            except Exception as exc:
+                stderr.write_text(f"perdure: {exc}\n")
+                return 125, {}
+        process = container.wait_process()
+        with self._lock:
+            self._process = process
+            stopped = wu_id in self._discarded or self._preempting.is_set()
+        if stopped:
+            _kill_group(process)
+        elif protection is not None:
+            protection.started(process.pid)
+        usage = ContainerUsage(container)
+        usage.start()
+        printed, _ = process.communicate()
+        if protection is not None:
+            protection.run.exited.set()
+        figures = usage.stop()
+        code = container.exit_code(printed.decode(errors="replace"))
+        split_log(container.logs(workdir), stdout, stderr)
+        return code, figures
 
     # ---- delivering ---------------------------------------------------------------------------
 
