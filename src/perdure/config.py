@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from perdure.s3config import StoreConfig
+
 #: Shown instead of a secret in every response.
 MASK = "****"
 
@@ -168,6 +170,8 @@ class Config(_Section):
     node: NodeConfig = Field(default_factory=NodeConfig)
     job: JobConfig = Field(default_factory=JobConfig)
     perdure: PerdureConfig = Field(default_factory=PerdureConfig)
+    #: Where data and checkpoints live (``store.s3.*``: an S3 bucket; see ``s3config.py``).
+    store: StoreConfig = Field(default_factory=StoreConfig)
 
 
 #: Keys that hold durations (seconds inside, Go strings outside).

@@ -24,6 +24,7 @@ from perdure.api import params
 from perdure.api.auth import check_job_access, require_admin
 from perdure.api.context import ServerContext, ctx
 from perdure.api.envelope import ok, page
+from perdure.api.s3 import with_presigned
 from perdure.api.workerauth import check_worker, check_worker_async
 from perdure.errors import BadRequest, PerdureError
 from perdure.spot.records import Preemption, parse
@@ -60,7 +61,7 @@ async def checkout_or_list(request: Request) -> JSONResponse:
     if isinstance(workunit, PerdureError):
         raise workunit
     assert workunit is not None
-    return ok(_with_ckpt(context, workunit))
+    return ok(await with_presigned(context, _with_ckpt(context, workunit)))
 
 
 async def _wait_for_work(
@@ -159,7 +160,11 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
             "status": 200,
             "data": "ok",
             "error": None,
-            "next": _with_ckpt(context, workunit) if isinstance(workunit, dict) else None,
+            "next": (
+                await with_presigned(context, _with_ckpt(context, workunit))
+                if isinstance(workunit, dict)
+                else None
+            ),
             "next_error": (
                 {"status": workunit.status, "error": [workunit.message]}
                 if isinstance(workunit, PerdureError)

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ import psutil
 from perdure.spot.engine import Launch
 from perdure.spot.protection import Preemption, Protection
 from perdure.worker.api import ApiError, ServerAPI
+from perdure.worker.direct import DirectData, DirectError, stage_s3
 
 if TYPE_CHECKING:
     from perdure.worker.protect import SpotContext
@@ -120,6 +122,8 @@ class Runner:
         self._preempting = threading.Event()
         self._preempted = threading.Event()
         self._preemption: Preemption | None = None
+        #: The current workunit's presigned URLs to the object store, if the server gave any.
+        self._direct: DirectData | None = None
 
     @property
     def current(self) -> str | None:
@@ -319,6 +323,7 @@ class Runner:
         total = 0
         token_headers: dict[str, str] | None = None
         part = wu.get("part") or {}
+        direct = self._direct = DirectData(self.api, wu, self.client_id)
         for io in wu.get("inputs", []):
             target = workdir / io["filename"]
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -327,7 +332,11 @@ class Runner:
                 url = f"{io['host'].rstrip('/')}/node/{io['node']}?download"
             if not url:
                 raise StageError(f"input {io['filename']!r} has no source (no url, origin or node)")
-            if url.startswith("file://"):
+            if direct.has_input(io["filename"]):
+                _direct_transfer(direct.stage, io["filename"], target)
+            elif url.startswith("s3://"):
+                _direct_transfer(stage_s3, url, target)
+            elif url.startswith("file://"):
                 shutil.copyfile(url[7:], target)
             elif url.startswith("/"):
                 params = None
@@ -447,7 +456,12 @@ class Runner:
                 raise StageError(f"output {io['filename']!r} is empty but marked nonzero")
             files.append((io["filename"], path))
         total = 0
+        direct = self._direct if self._direct is not None and self._direct.wu_id == wu["id"] else None
         for filename, path in files:
+            if direct is not None and direct.has_output(filename):
+                _direct_transfer(direct.deliver, filename, path, sha256_of(path))
+                total += path.stat().st_size
+                continue
             self.api.upload_output(wu["id"], self.client_id, filename, path, sha256_of(path))
             total += path.stat().st_size
         return total
@@ -513,6 +527,14 @@ def _clear_except(workdir: Path, keep: set[str]) -> None:
                 path.rmdir()
         else:
             path.unlink(missing_ok=True)
+
+
+def _direct_transfer(transfer: Callable[..., object], *args: Any) -> None:
+    """A transfer to or from the object store (``worker/direct.py``); its failure fails the work."""
+    try:
+        transfer(*args)
+    except DirectError as exc:
+        raise StageError(str(exc)) from None
 
 
 def _gunzip_in_place(path: Path) -> None:
