@@ -10,6 +10,8 @@ to cut an input on record boundaries.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -68,10 +70,8 @@ def moto_endpoint() -> Iterator[str]:
 def s3(moto_endpoint: str) -> Any:
     client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     for bucket in (BUCKET, "user-inputs"):
-        try:
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             client.create_bucket(Bucket=bucket)
-        except client.exceptions.BucketAlreadyOwnedByYou:
-            pass
     return client
 
 
@@ -249,8 +249,6 @@ def test_presigned_urls_are_bound_to_the_lease(cluster: Cluster, moto_endpoint: 
 
     # The bytes go to the bucket, not the server.
     data = b"hello\n"
-    import hashlib
-
     digest = hashlib.sha256(data).hexdigest()
     assert httpx.put(target["url"], content=data).status_code == 200
     path = f"/work/{wu['id']}/output/out.txt"
