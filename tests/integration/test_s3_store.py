@@ -26,6 +26,7 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tests.integration import test_spot_e2e as spot
 from tests.integration.cluster import Cluster, sh
 from tests.jobs import script
 from tests.support import wait_for
@@ -304,3 +305,37 @@ def test_s3_settings_are_validated(cluster: Cluster, moto_endpoint: str, s3: Any
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-x"]))
+
+
+@pytest.mark.timeout(240)
+def test_a_hand_over_checkpoint_goes_through_the_bucket(
+    cluster: Cluster, moto_endpoint: str, s3: Any
+) -> None:
+    """Worker 1 is drained: its final checkpoint goes into the bucket (the server's checkpoint store is
+    the bucket), and worker 2 restores it from there and finishes; the server keeps no checkpoint on disk."""
+    steps = 100
+    step_log = cluster.base / "steps.log"
+    server = cluster.server({**spot.SERVER_ENV, **server_env(moto_endpoint)}, start=False)
+    w1 = cluster.worker(server.url, "w1", env={**spot.WORKER_ENV, **worker_env(moto_endpoint)})
+    server.start()
+    api = cluster.api(server)
+    job_id = api.submit(spot.counter_job(steps, step_log))
+    wu_id = spot.the_workunit(api, job_id, cluster)
+    spot.running_on(api, wu_id, w1, cluster)
+    spot.checkpointed(api, wu_id, cluster)
+    manifests = [k for k in objects(s3, f"{PREFIX}/checkpoints/{job_id}/") if "/manifests/" in k]
+    assert manifests, "the iterative checkpoint is not in the bucket"
+    w2 = cluster.worker(server.url, "w2", env={**spot.WORKER_ENV, **worker_env(moto_endpoint)})
+    spot.registered(api, w2, cluster)
+
+    spot.drain(w1)
+    spot.left(w1, cluster)
+    api.wait_job(job_id, timeout=spot.WAIT_S)
+    _first, second = spot.check_steps(step_log, steps, program_runs=2)
+    assert second[0] > 1, "worker 2 started from zero instead of restoring"
+    (out,) = objects(s3, f"{PREFIX}/jobs/{job_id}/count/").values()
+    assert out == spot.expected_output(steps)
+    assert not (server.data_dir / "checkpoints").exists()
+    document = spot.report(api, job_id)
+    (restored,) = spot.messages(document, "SR")
+    assert "restored from checkpoint" in restored
