@@ -313,7 +313,7 @@ def test_a_hand_over_checkpoint_goes_through_the_bucket(
 ) -> None:
     """Worker 1 is drained: its final checkpoint goes into the bucket (the server's checkpoint store is
     the bucket), and worker 2 restores it from there and finishes; the server keeps no checkpoint on disk."""
-    steps = 100
+    steps = 300  # 30 s: the drain comes well before the program could finish on a loaded machine
     step_log = cluster.base / "steps.log"
     server = cluster.server({**spot.SERVER_ENV, **server_env(moto_endpoint)}, start=False)
     w1 = cluster.worker(server.url, "w1", env={**spot.WORKER_ENV, **worker_env(moto_endpoint)})
