@@ -308,14 +308,18 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("through", ["server", "worker"])
 def test_a_hand_over_checkpoint_goes_through_the_bucket(
-    cluster: Cluster, moto_endpoint: str, s3: Any
+    cluster: Cluster, moto_endpoint: str, s3: Any, through: str
 ) -> None:
-    """Worker 1 is drained: its final checkpoint goes into the bucket (the server's checkpoint store is
-    the bucket), and worker 2 restores it from there and finishes; the server keeps no checkpoint on disk."""
+    """Worker 1 is drained: its final checkpoint goes into the bucket, and worker 2 restores it from
+    there and finishes; the server keeps no checkpoint on disk. ``server``: the workers send checkpoints
+    to the server, whose checkpoint store is the bucket; ``worker``: ``ckpt.ckptImagePath`` is
+    ``s3://bucket/prefix`` and the workers write the bucket themselves (the server sees no chunk)."""
     steps = 300  # 30 s: the drain comes well before the program could finish on a loaded machine
     step_log = cluster.base / "steps.log"
-    server = cluster.server({**spot.SERVER_ENV, **server_env(moto_endpoint)}, start=False)
+    extra = {"PERDURE_CFG_ckpt__ckptImagePath": f"s3://{BUCKET}/{PREFIX}"} if through == "worker" else {}
+    server = cluster.server({**spot.SERVER_ENV, **server_env(moto_endpoint, **extra)}, start=False)
     w1 = cluster.worker(server.url, "w1", env={**spot.WORKER_ENV, **worker_env(moto_endpoint)})
     server.start()
     api = cluster.api(server)
@@ -339,3 +343,7 @@ def test_a_hand_over_checkpoint_goes_through_the_bucket(
     document = spot.report(api, job_id)
     (restored,) = spot.messages(document, "SR")
     assert "restored from checkpoint" in restored
+    chunk_routes = re.findall(
+        r'"\w+ /work/[^"]*/ckpt/chunks/', (server.data_dir / "logs" / "perdure-access.log").read_text()
+    )
+    assert bool(chunk_routes) == (through == "server"), chunk_routes

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
+from perdure.spot.store import CheckpointStore
 from perdure.worker.api import ServerAPI
 
 log = logging.getLogger("perdure.worker")
@@ -149,4 +150,16 @@ def stage_s3(url: str, target: Path) -> int:
     return target.stat().st_size
 
 
-__all__ = ["DirectData", "DirectError", "stage_s3"]
+def checkpoint_bucket(url: str) -> CheckpointStore:
+    """``ckpt.ckptImagePath = s3://bucket/prefix``: checkpoints go to the bucket with this worker's own
+    credentials (same layout as the server's store under that prefix, so the server's sweep collects them)."""
+    from perdure.spot.s3store import S3CheckpointStore
+
+    return S3CheckpointStore.from_url(
+        url,
+        region=os.environ.get("PERDURE_WORKER_S3_REGION", ""),
+        endpoint=os.environ.get("PERDURE_WORKER_S3_ENDPOINT", ""),
+    )
+
+
+__all__ = ["DirectData", "DirectError", "checkpoint_bucket", "stage_s3"]
