@@ -179,7 +179,9 @@ def test_a_split_dag_runs_with_its_data_only_in_the_bucket(
 def test_s3_inputs_are_staged_by_the_worker_with_its_own_credentials(
     cluster: Cluster, moto_endpoint: str, s3: Any
 ) -> None:
+    """An input and a predata file (reference data, fetched once per node) named by s3:// URLs."""
     s3.put_object(Bucket="user-inputs", Key="reads/sample.txt", Body=b"alpha\nbeta\ngamma\n")
+    s3.put_object(Bucket="user-inputs", Key="ref/ref.txt", Body=b"ref\n")
     server = cluster.server(server_env(moto_endpoint), start=False)
     cluster.worker(server.url, "w1", env=worker_env(moto_endpoint))
     server.start()
@@ -188,15 +190,16 @@ def test_s3_inputs_are_staged_by_the_worker_with_its_own_credentials(
         script(
             sh(
                 "count",
-                "wc -l < sample.txt > lines.txt",
+                "cat ref.txt sample.txt | wc -l > lines.txt",
                 inputs=[{"filename": "sample.txt", "url": "s3://user-inputs/reads/sample.txt"}],
+                predata=[{"filename": "ref.txt", "url": "s3://user-inputs/ref/ref.txt"}],
                 outputs=[{"filename": "lines.txt"}],
             )
         )
     )
     api.wait_job(job_id, timeout=WAIT_S)
     (lines,) = objects(s3, f"{PREFIX}/jobs/{job_id}/count/").values()
-    assert lines.strip() == b"3"
+    assert lines.strip() == b"4"
 
 
 def test_a_missing_s3_input_fails_the_work_with_a_clear_message(

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
+from perdure.s3config import MAX_SINGLE_PUT
 from perdure.spot.store import CheckpointStore
 from perdure.worker.api import ServerAPI
 
@@ -59,8 +60,10 @@ class DirectData:
     def has_input(self, filename: str) -> bool:
         return filename in (self.presigned.get("inputs") or {})
 
-    def has_output(self, filename: str) -> bool:
-        return filename in (self.presigned.get("outputs") or {})
+    def has_output(self, filename: str, size: int = 0) -> bool:
+        """Whether this output goes to the bucket directly: a single PUT holds at most 5 GiB; a larger
+        file goes through the server, which sends it on to the bucket in parts."""
+        return filename in (self.presigned.get("outputs") or {}) and size <= MAX_SINGLE_PUT
 
     def _fresh(self) -> dict[str, Any]:
         if time.monotonic() + RENEW_MARGIN_S >= self.valid_until:

@@ -377,6 +377,8 @@ class Runner:
                 partial = cached.with_name(cached.name + f".{os.getpid()}.{threading.get_ident()}.part")
                 if url.startswith("file://"):
                     shutil.copyfile(url[7:], partial)
+                elif url.startswith("s3://"):
+                    _direct_transfer(stage_s3, url, partial)
                 else:
                     self.api.download(url, partial)
                 os.replace(partial, cached)  # atomic: a reader never sees a half-written file
@@ -458,7 +460,7 @@ class Runner:
         total = 0
         direct = self._direct if self._direct is not None and self._direct.wu_id == wu["id"] else None
         for filename, path in files:
-            if direct is not None and direct.has_output(filename):
+            if direct is not None and direct.has_output(filename, path.stat().st_size):
                 _direct_transfer(direct.deliver, filename, path, sha256_of(path))
                 total += path.stat().st_size
                 continue
