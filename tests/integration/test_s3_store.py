@@ -237,7 +237,7 @@ def register(url: str, client_id: str) -> None:
 def test_presigned_urls_are_bound_to_the_lease(cluster: Cluster, moto_endpoint: str, s3: Any) -> None:
     """A checkout carries URLs to the bucket; what is put there is part of the job only if the server
     records it while the lease holds. After the lease ends, recording and renewing are refused (409)."""
-    server = cluster.server(server_env(moto_endpoint))
+    server = cluster.server(server_env(moto_endpoint, PERDURE_CFG_store__s3__presignExpiry="60"))
     api = cluster.api(server)
     job_id = api.submit(script(sh("make", "true", outputs=[{"filename": "out.txt"}])))
     register(server.url, "c1")
@@ -246,10 +246,10 @@ def test_presigned_urls_are_bound_to_the_lease(cluster: Cluster, moto_endpoint: 
     assert reply.status_code == 200, reply.text
     wu = reply.json()["data"]
     presigned = wu["presigned"]
-    assert 30 <= presigned["expires_in"] <= 3600
+    assert presigned["expires_in"] == 60  # store.s3.presignExpiry: S3 refuses the URL after that
     target = presigned["outputs"]["out.txt"]
     assert target["key"].startswith(f"jobs/{job_id}/make/0/@")
-    assert target["url"].startswith(moto_endpoint) and "X-Amz-Expires=" in target["url"]
+    assert target["url"].startswith(moto_endpoint) and "X-Amz-Expires=60&" in target["url"]
 
     # The bytes go to the bucket, not the server.
     data = b"hello\n"
