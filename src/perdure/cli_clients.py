@@ -22,12 +22,18 @@ from perdure.cli_common import (
     short_time,
     table,
 )
+from perdure.states import ClientStatus
 
 client_app = typer.Typer(help="Suspend or resume one client (a worker slot).", no_args_is_help=True)
 node_app = typer.Typer(help="One worker machine.", no_args_is_help=True)
 
 ClientId = Annotated[str, typer.Argument(help="The client's id (see perdure clients).", show_default=False)]
-STATUS_STYLE = {"busy": "cyan", "online": "green", "suspended": "yellow", "offline": "dim"}
+STATUS_STYLE: dict[str, str] = {
+    ClientStatus.BUSY: "cyan",
+    ClientStatus.ONLINE: "green",
+    ClientStatus.SUSPENDED: "yellow",
+    ClientStatus.OFFLINE: "dim",
+}
 
 
 def clients(

@@ -35,6 +35,7 @@ from perdure.cli_common import (
     usage,
 )
 from perdure.sdk import Client, Job, PerdureError, WaitTimeout
+from perdure.states import JobState, ReportStatus, TaskState, WorkunitState
 
 job_app = typer.Typer(help="Look at and operate on one job.", no_args_is_help=True)
 
@@ -42,24 +43,24 @@ JobId = Annotated[str, typer.Argument(help="The job's id.", show_default=False)]
 #: How many lines of the failing task's stderr ``submit --wait`` shows.
 STDERR_TAIL_LINES = 15
 #: State colours in tables and the progress display.
-STATE_STYLE = {
-    "completed": "green",
-    "in-progress": "cyan",
-    "queued": "cyan",
-    "checkout": "cyan",
-    "suspend": "red",
-    "failed-permanent": "red",
-    "fail": "red",
-    "deleted": "dim",
-    "pending": "dim",
-    "init": "dim",
+STATE_STYLE: dict[str, str] = {
+    JobState.COMPLETED: "green",
+    JobState.IN_PROGRESS: "cyan",
+    JobState.QUEUED: "cyan",
+    WorkunitState.CHECKOUT: "cyan",
+    JobState.SUSPEND: "red",
+    JobState.FAILED_PERMANENT: "red",
+    ReportStatus.FAIL: "red",
+    JobState.DELETED: "dim",
+    TaskState.PENDING: "dim",
+    JobState.INIT: "dim",
 }
 
 
 def _state(state: str, *, short: bool = False) -> Text:
     """A coloured state; ``short`` names ``failed-permanent`` just ``failed`` (no job state is called
     that), which keeps the job list inside 80 columns."""
-    label = "failed" if short and state == "failed-permanent" else state
+    label = "failed" if short and state == JobState.FAILED_PERMANENT else state
     return Text(label, style=STATE_STYLE.get(state, ""))
 
 

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from perdure.sdk.client import Client
 from perdure.sdk.errors import ApiError, PerdureError
+from perdure.sdk.models import FINAL_JOB_STATES
 
 console = Console()
 
@@ -105,7 +106,7 @@ def follow(client: Client, job_id: str, timeout: float = 600.0) -> dict[str, Any
         while True:
             job = client.job(job_id).raw
             live.update(_progress(job, time.monotonic() - started))
-            if job["state"] in ("completed", "suspend", "failed-permanent", "deleted"):
+            if job["state"] in FINAL_JOB_STATES:
                 return job
             if time.monotonic() - started > timeout:
                 return job

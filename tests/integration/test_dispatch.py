@@ -373,7 +373,7 @@ def test_report_with_next_checks_out_the_next_workunit_in_the_same_request(
     c = envelope(report_next(worker, b["id"]))["next"]["id"]
     last = envelope(report_next(worker, c))
     assert (last["data"], last["next"]) == ("ok", None)
-    assert last["next_error"] == {"status": 400, "error": [NO_WORK]}
+    assert last["next_error"] == {"status": 400, "error": [NO_WORK], "code": "no-work"}
     job = get_job(server.url, job_id)
     assert job["state"] == "completed"
     assert task_of(job, "0")["remainwork"] == 0
@@ -384,7 +384,7 @@ def test_report_with_next_checks_out_the_next_workunit_in_the_same_request(
     assert waited.startswith(d)
     started = time.monotonic()
     empty = envelope(report_next(worker, waited, wait="1"))
-    assert empty["next_error"] == {"status": 400, "error": [NO_WORK]}
+    assert empty["next_error"] == {"status": 400, "error": [NO_WORK], "code": "no-work"}
     assert 0.9 <= time.monotonic() - started < 3.0
 
 
@@ -562,6 +562,7 @@ def test_a_client_failing_max_client_failure_times_in_a_row_is_suspended_until_r
     refused = flaky.checkout()
     assert refused.status_code == 400
     assert error_text(refused) == "Client suspended"
+    assert envelope(refused)["code"] == "client-suspended"  # what perdure worker acts on
     wu = get_work(url, second)
     assert (wu["state"], wu["failed"], wu["client"]) == ("queued", failed_before + 1, "")
     assert get_job(url, job_id)["state"] == "in-progress"
@@ -684,7 +685,9 @@ def test_deleting_a_client_requeues_its_work_and_tells_it_to_stop(
     refused = doomed.checkout()
     # Distinct from "Client not found" (which makes a worker re-register): this one makes it stop.
     assert (refused.status_code, error_text(refused)) == (400, "Client deleted: the worker should stop")
-    assert doomed.report(wu_id, "done").status_code == 409
+    assert envelope(refused)["code"] == "client-deleted"
+    lost = doomed.report(wu_id, "done")
+    assert (lost.status_code, envelope(lost)["code"]) == (409, "lease-lost")
     assert doomed.id not in client_ids(url)
 
     assert other.checkout_id() == wu_id

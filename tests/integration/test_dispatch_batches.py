@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from perdure.api.app import create_app
 from perdure.errors import BadRequest, NotFound
+from perdure.protocol import ClientNotFound, Refusal
 from perdure.settings import Settings
 from perdure.store.work import (
     CheckoutRequest,
@@ -83,7 +84,8 @@ def test_each_operation_of_a_batch_gets_its_own_outcome(client: TestClient) -> N
     assert isinstance(outcomes[2].report, LeaseLost) and outcomes[2].checkout is None  # nothing leased
     assert isinstance(outcomes[3].report, BadRequest) and isinstance(outcomes[4].report, NotFound)
     assert isinstance(outcomes[5].checkout, dict)
-    assert isinstance(outcomes[6].checkout, BadRequest) and "Client not found" in outcomes[6].checkout.message
+    assert isinstance(outcomes[6].checkout, ClientNotFound)
+    assert outcomes[6].checkout.code == Refusal.CLIENT_NOT_FOUND
     given = {outcomes[0].checkout["id"], outcomes[5].checkout["id"]}
     assert len(given) == 2 and not given & set(wu.values())
     assert outcomes[0].checkout["client"] == "c1" and outcomes[5].checkout["client"] == "c5"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -242,9 +243,14 @@ def test_validate_refuses(overrides: dict[str, object], message: str) -> None:
         config.validate()
 
 
-def test_validate_accepts_http_and_https() -> None:
-    WorkerConfig.load(server="http://a:1").validate()
-    WorkerConfig.load(server="https://a").validate()
+@pytest.mark.parametrize("server", ["http://a:1", "https://a", "https://a:8443/prefix"])
+def test_validate_accepts_http_and_https_and_only_the_scheme_decides(server: str) -> None:
+    config = WorkerConfig.load(server=server)
+    config.validate()  # raises ValueError if refused
+    assert config.server == server
+    _, rest = server.split(":", 1)
+    with pytest.raises(ValueError, match="server must be an http"):
+        dataclasses.replace(config, server=f"ftp:{rest}").validate()
 
 
 @pytest.mark.parametrize("heartbeat", ["0", "-1"])

@@ -1,4 +1,6 @@
-"""The job, task and workunit state machines: the moves users depend on, and a complete table."""
+"""The job, task, workunit and client state machines: the moves users depend on, a complete table, and
+(against a SQLite store, every write watched by triggers) the store's domain rules obeying it. The
+conformance test over every store operation on both databases is tests/integration/test_transitions.py."""
 
 from __future__ import annotations
 
@@ -8,22 +10,28 @@ import pytest
 
 from perdure.states import (
     ACTIVE_JOB_STATES,
+    INITIAL_STATES,
     LIVE_TASK_STATES,
     LIVE_WORKUNIT_STATES,
     REGISTERED_JOB_STATES,
     RERUNNABLE_JOB_STATES,
+    TRANSITIONS,
+    ClientState,
+    ClientStatus,
     IllegalTransition,
     JobState,
+    ReportStatus,
     TaskState,
     WorkunitState,
+    may_become,
 )
 
-J, T, W = JobState, TaskState, WorkunitState
-MACHINES = [JobState, TaskState, WorkunitState]
+J, T, W, C = JobState, TaskState, WorkunitState, ClientState
+MACHINES = [JobState, TaskState, WorkunitState, ClientState]
 ALL_STATES = [state for machine in MACHINES for state in machine]
 
 
-def reachable(start: J | T | W) -> set[J | T | W]:
+def reachable(start: J | T | W | C) -> set[J | T | W | C]:
     seen = {start}
     todo = deque([start])
     while todo:
@@ -45,9 +53,11 @@ def test_every_state_has_an_entry_in_the_table_within_its_own_machine(state: J |
 
 
 @pytest.mark.parametrize(
-    ("machine", "start"), [(JobState, J.INIT), (TaskState, T.PENDING), (WorkunitState, W.QUEUED)]
+    ("machine", "start"),
+    [(JobState, J.INIT), (TaskState, T.PENDING), (WorkunitState, W.QUEUED), (ClientState, C.ACTIVE)],
 )
 def test_every_state_is_reachable_from_the_initial_state(machine: type[J | T | W], start: J | T | W) -> None:
+    assert INITIAL_STATES[machine] is start
     assert reachable(start) == set(machine)
 
 
@@ -89,7 +99,6 @@ def test_state_values_are_awes_wire_strings() -> None:
     ]
     assert [s.value for s in TaskState] == [
         "pending",
-        "ready",
         "queued",
         "in-progress",
         "completed",
@@ -104,21 +113,33 @@ def test_state_values_are_awes_wire_strings() -> None:
         "failed-permanent",
         "preempted",
     ]
+    assert [s.value for s in ReportStatus] == ["done", "fail", "failed-permanent", "preempted"]
+    assert [s.value for s in ClientStatus] == ["suspended", "offline", "busy", "online"]
     assert J.IN_PROGRESS == "in-progress"
     assert JobState("failed-permanent") is J.FAILED_PERMANENT
+
+
+def test_transitions_lists_every_move_of_every_machine() -> None:
+    assert (JobState, J.SUSPEND, J.QUEUED) in TRANSITIONS
+    assert (JobState, J.COMPLETED, J.SUSPEND) not in TRANSITIONS
+    assert len(TRANSITIONS) == sum(len(s.successors) for m in MACHINES for s in m)
+
+
+def test_may_become_is_the_guard_of_set_based_writes() -> None:
+    assert may_become(W.CHECKOUT) == {W.QUEUED, W.PREEMPTED}
+    assert may_become(J.IN_PROGRESS) == {J.QUEUED}
+    assert may_become(C.ACTIVE) == {C.SUSPENDED, C.DELETED}
+    assert may_become(J.INIT) == frozenset()
 
 
 # --- jobs ------------------------------------------------------------------------------------------
 
 
-def test_submitted_job_goes_from_init_to_queued() -> None:
-    assert J.INIT.successors == {J.QUEUED, J.DELETED}
+def test_submitted_job_goes_from_init_to_queued_only() -> None:
+    assert J.INIT.successors == {J.QUEUED}
 
 
 def test_completed_job_can_be_requeued_or_deleted_but_not_suspended() -> None:
-    assert J.COMPLETED.can_become(J.QUEUED)  # resubmit / recompute
-    assert J.COMPLETED.can_become(J.DELETED)
-    assert not J.COMPLETED.can_become(J.SUSPEND)
     assert J.COMPLETED.successors == {J.QUEUED, J.DELETED}
 
 
@@ -126,43 +147,32 @@ def test_failed_permanent_job_cannot_be_suspended_so_it_can_never_be_resumed() -
     assert not J.FAILED_PERMANENT.can_become(J.SUSPEND)
     with pytest.raises(IllegalTransition, match="'failed-permanent' to 'suspend'"):
         J.FAILED_PERMANENT.check(J.SUSPEND)
+    assert J.FAILED_PERMANENT.successors == {J.QUEUED, J.DELETED}  # resubmit, recompute
 
 
-def test_failed_permanent_job_can_still_be_resubmitted_or_deleted() -> None:
-    assert J.FAILED_PERMANENT.successors == {J.QUEUED, J.DELETED}
-
-
-def test_suspended_job_can_be_resumed_marked_failed_permanent_or_deleted() -> None:
-    assert J.SUSPEND.successors == {J.QUEUED, J.FAILED_PERMANENT, J.DELETED}
+def test_suspended_job_can_be_resumed_or_deleted() -> None:
+    assert J.SUSPEND.successors == {J.QUEUED, J.DELETED}
 
 
 def test_only_queued_or_running_jobs_can_be_suspended() -> None:
-    assert {s for s in JobState if s.can_become(J.SUSPEND)} == {J.QUEUED, J.IN_PROGRESS}
+    assert may_become(J.SUSPEND) == {J.QUEUED, J.IN_PROGRESS}
 
 
-def test_resume_target_queued_is_reachable_from_suspend_but_not_from_a_deleted_job() -> None:
-    assert J.SUSPEND.can_become(J.QUEUED)
-    assert not J.DELETED.can_become(J.QUEUED)
+def test_only_a_running_job_fails_permanently() -> None:
+    assert may_become(J.FAILED_PERMANENT) == {J.IN_PROGRESS}
 
 
-def test_every_job_state_can_be_deleted() -> None:
-    assert all(s.can_become(J.DELETED) for s in JobState)
-
-
-def test_deleted_is_terminal_except_deleting_again() -> None:
-    assert J.DELETED.successors == {J.DELETED}
-    for target in JobState:
-        if target is not J.DELETED:
-            with pytest.raises(IllegalTransition, match="'deleted' to"):
-                J.DELETED.check(target)
+def test_every_job_that_was_queued_can_be_deleted_and_deleted_is_terminal() -> None:
+    assert may_become(J.DELETED) == set(JobState) - {J.INIT, J.DELETED}
+    assert J.DELETED.successors == frozenset()
 
 
 def test_no_job_goes_back_to_init() -> None:
-    assert not any(s.can_become(J.INIT) for s in JobState)
+    assert may_become(J.INIT) == frozenset()
 
 
-def test_running_job_can_complete_suspend_fail_or_be_requeued() -> None:
-    assert J.IN_PROGRESS.successors == {J.COMPLETED, J.SUSPEND, J.FAILED_PERMANENT, J.QUEUED, J.DELETED}
+def test_running_job_can_complete_suspend_fail_or_be_deleted_but_not_requeued() -> None:
+    assert J.IN_PROGRESS.successors == {J.COMPLETED, J.SUSPEND, J.FAILED_PERMANENT, J.DELETED}
 
 
 def test_job_state_groups_match_awe() -> None:
@@ -183,14 +193,12 @@ def test_finished_task_can_only_be_reset_to_pending(state: T) -> None:
     assert state.successors == {T.PENDING}
 
 
-def test_pending_task_must_become_ready_before_it_is_queued() -> None:
-    assert not T.PENDING.can_become(T.QUEUED)
-    assert T.PENDING.can_become(T.READY)
-    assert T.READY.can_become(T.QUEUED)
+def test_pending_task_is_enqueued_straight_to_queued() -> None:
+    assert T.PENDING.successors == {T.QUEUED, T.SUSPEND}
 
 
-def test_task_completes_only_from_queued_or_in_progress() -> None:
-    assert {s for s in TaskState if s.can_become(T.COMPLETED)} == {T.QUEUED, T.IN_PROGRESS}
+def test_task_completes_only_once_a_workunit_was_checked_out() -> None:
+    assert may_become(T.COMPLETED) == {T.IN_PROGRESS}
 
 
 def test_every_unfinished_task_can_be_suspended() -> None:
@@ -198,17 +206,17 @@ def test_every_unfinished_task_can_be_suspended() -> None:
     assert not T.COMPLETED.can_become(T.SUSPEND)
 
 
-def test_every_task_state_can_be_reset_to_pending() -> None:
-    assert all(s.can_become(T.PENDING) for s in TaskState)
+def test_every_task_state_but_pending_can_be_reset_to_pending() -> None:
+    assert may_become(T.PENDING) == set(TaskState) - {T.PENDING}
 
 
-def test_suspended_task_can_resume_where_it_was() -> None:
-    assert {T.PENDING, T.READY, T.QUEUED, T.IN_PROGRESS} <= T.SUSPEND.successors
-    assert not T.SUSPEND.can_become(T.COMPLETED)
+def test_suspended_task_resumes_where_it_was_but_failed_permanent_is_not_revived() -> None:
+    assert T.SUSPEND.successors == {T.PENDING, T.QUEUED, T.IN_PROGRESS}
+    assert may_become(T.QUEUED) == {T.PENDING, T.SUSPEND}  # not failed-permanent
 
 
 def test_live_task_states_are_the_unfinished_ones() -> None:
-    assert {T.PENDING, T.READY, T.QUEUED, T.IN_PROGRESS} == LIVE_TASK_STATES
+    assert {T.PENDING, T.QUEUED, T.IN_PROGRESS} == LIVE_TASK_STATES
 
 
 # --- workunits -------------------------------------------------------------------------------------
@@ -223,30 +231,48 @@ def test_finished_workunit_is_terminal(state: W) -> None:
 
 
 def test_workunit_is_done_only_after_checkout() -> None:
-    assert {s for s in WorkunitState if s.can_become(W.DONE)} == {W.CHECKOUT}
+    assert may_become(W.DONE) == {W.CHECKOUT}
 
 
 def test_checked_out_workunit_can_finish_fail_be_requeued_held_or_preempted() -> None:
     assert W.CHECKOUT.successors == {W.DONE, W.QUEUED, W.SUSPEND, W.FAILED_PERMANENT, W.PREEMPTED}
 
 
-def test_preempted_workunit_can_be_requeued() -> None:
-    assert W.CHECKOUT.can_become(W.PREEMPTED)
-    assert W.PREEMPTED.can_become(W.QUEUED)
-
-
-def test_preempted_workunit_is_not_a_failure() -> None:
+def test_preempted_workunit_is_restored_by_a_checkout_and_is_not_a_failure() -> None:
+    assert W.PREEMPTED.successors == {W.CHECKOUT, W.SUSPEND}
     assert W.PREEMPTED in LIVE_WORKUNIT_STATES
-    assert not W.PREEMPTED.can_become(W.FAILED_PERMANENT)
-    assert not W.PREEMPTED.can_become(W.DONE)
 
 
 def test_suspended_workunit_is_resumed_to_queued() -> None:
-    assert W.SUSPEND.can_become(W.QUEUED)
-    assert not W.SUSPEND.can_become(W.CHECKOUT)
-    assert not W.SUSPEND.can_become(W.DONE)
+    assert W.SUSPEND.successors == {W.QUEUED}
 
 
 def test_live_workunit_states_are_those_that_still_want_a_worker() -> None:
     assert {W.QUEUED, W.CHECKOUT, W.PREEMPTED} == LIVE_WORKUNIT_STATES
     assert all(s.successors for s in LIVE_WORKUNIT_STATES)
+    assert may_become(W.SUSPEND) == LIVE_WORKUNIT_STATES
+
+
+# --- clients and reports ---------------------------------------------------------------------------
+
+
+def test_client_states() -> None:
+    assert C.ACTIVE.successors == {C.SUSPENDED, C.DELETED}
+    assert C.SUSPENDED.successors == {C.ACTIVE, C.DELETED}
+    assert C.DELETED.successors == {C.ACTIVE}  # registering again with the same id
+
+
+@pytest.mark.parametrize(
+    ("status", "outcomes"),
+    [
+        (ReportStatus.DONE, {W.DONE}),
+        (ReportStatus.FAIL, {W.QUEUED, W.SUSPEND}),
+        (ReportStatus.FAILED_PERMANENT, {W.FAILED_PERMANENT}),
+        (ReportStatus.PREEMPTED, {W.PREEMPTED}),
+    ],
+)
+def test_each_report_status_says_where_the_workunit_goes_and_the_table_allows_it(
+    status: ReportStatus, outcomes: set[W]
+) -> None:
+    assert status.outcomes == outcomes
+    assert all(W.CHECKOUT.can_become(target) for target in status.outcomes)

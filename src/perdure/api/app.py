@@ -45,6 +45,7 @@ from perdure.configstore import ConfigStore
 from perdure.errors import PerdureError
 from perdure.logs import ServerLogs
 from perdure.metrics import recording
+from perdure.protocol import Refused
 from perdure.settings import Settings, apply_config, config_overrides
 from perdure.store import migrate
 from perdure.store.database import Database
@@ -141,6 +142,10 @@ class RefuseNulMiddleware:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PerdureError)
     async def _perdure_error(request: Request, exc: PerdureError) -> JSONResponse:
+        return response_for(request, exc)
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
         return response_for(request, exc)
 
     @app.exception_handler(RequestValidationError)

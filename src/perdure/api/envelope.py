@@ -21,8 +21,13 @@ def page(data: list[Any], *, limit: int, offset: int, total: int) -> JSONRespons
     )
 
 
-def awe_error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"status": status, "data": None, "error": [message]}, status_code=status)
+def awe_error(status: int, message: str, code: str | None = None) -> JSONResponse:
+    """AWE's error envelope; a refusal of the worker protocol adds its ``code`` (``perdure.protocol``),
+    which AWE workers ignore."""
+    body: dict[str, Any] = {"status": status, "data": None, "error": [message]}
+    if code is not None:
+        body["code"] = code
+    return JSONResponse(body, status_code=status)
 
 
 def mgmt_error(status: int, message: str, fields: Any = None, error_code: int | None = None) -> JSONResponse:
@@ -41,9 +46,15 @@ def is_management(path: str) -> bool:
 
 
 def error_for(
-    path: str, status: int, message: str, fields: Any = None, error_code: int | None = None
+    path: str,
+    status: int,
+    message: str,
+    fields: Any = None,
+    error_code: int | None = None,
+    *,
+    code: str | None = None,
 ) -> JSONResponse:
     """Each API keeps its own error shape (spec/README.md)."""
     if is_management(path):
         return mgmt_error(status, message, fields, error_code)
-    return awe_error(status, message)
+    return awe_error(status, message, code)

@@ -35,9 +35,9 @@ from perdure.api.envelope import ok
 from perdure.api.workerauth import check_worker
 from perdure.errors import BadRequest
 from perdure.objectstore import S3BlobStore
+from perdure.protocol import LeaseLost
 from perdure.states import WorkunitState
 from perdure.store.blobrefs import StoredPart, stored_parts
-from perdure.store.leases import LeaseLost
 from perdure.store.outputs import blob_key
 from perdure.store.work import decode_workunit_id
 

@@ -6,8 +6,9 @@ request, as ``GET /work?client=<id>[&available=N][&wait=S]`` would right after i
 transaction, after the report's). A refused report is answered exactly as without ``next``, and nothing
 is checked out. An accepted one answers ``{"status": 200, "data": "ok", "error": null, "next": <the
 workunit, as a checkout answers it> | null, "next_error": null | {"status": 400, "error": ["No eligible
-workunit found"]}}``: ``next_error`` holds what the checkout would have answered instead (no work,
-client suspended or deleted, ...). AWE workers, which never send ``next``, see no difference.
+workunit found"], "code": "no-work"}}``: ``next_error`` holds what the checkout would have answered
+instead (no work, client suspended or deleted, ...; ``code`` is a ``perdure.protocol.Refusal``). AWE
+workers, which never send ``next``, see no difference.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from perdure.api import params
 from perdure.api.auth import check_job_access, require_admin
 from perdure.api.context import ServerContext, ctx
 from perdure.api.envelope import ok, page
+from perdure.api.errors import refusal_body
 from perdure.api.s3 import with_presigned
 from perdure.api.workerauth import check_worker, check_worker_async
 from perdure.errors import BadRequest, PerdureError
+from perdure.protocol import NoWork, Refused
 from perdure.spot.records import Preemption, parse
-from perdure.store.work import CheckoutRequest, NoWork, Operation, ReportRequest, decode_workunit_id
+from perdure.store.work import CheckoutRequest, Operation, ReportRequest, decode_workunit_id
 
 router = APIRouter()
 
@@ -58,7 +61,7 @@ async def checkout_or_list(request: Request) -> JSONResponse:
     workunit = (await context.batcher.submit(Operation(checkout=checkout))).checkout
     if isinstance(workunit, NoWork) and wait > 0:
         workunit = await _wait_for_work(context, checkout, deadline)
-    if isinstance(workunit, PerdureError):
+    if isinstance(workunit, PerdureError | Refused):
         raise workunit
     assert workunit is not None
     return ok(await with_presigned(context, _with_ckpt(context, workunit)))
@@ -66,7 +69,7 @@ async def checkout_or_list(request: Request) -> JSONResponse:
 
 async def _wait_for_work(
     context: ServerContext, checkout: CheckoutRequest, deadline: float
-) -> dict[str, Any] | PerdureError:
+) -> dict[str, Any] | PerdureError | Refused:
     """Claim again whenever work may have appeared, until ``deadline``; ``NoWork`` after it."""
     while True:
         remaining = deadline - time.monotonic()
@@ -148,7 +151,7 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
     checkout = CheckoutRequest(client_id, available) if then_next else None
     deadline = time.monotonic() + wait
     outcome = await context.batcher.submit(Operation(report=report, checkout=checkout))
-    if isinstance(outcome.report, PerdureError):
+    if isinstance(outcome.report, PerdureError | Refused):
         raise outcome.report
     if checkout is None:
         return ok(outcome.report)
@@ -165,11 +168,7 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
                 if isinstance(workunit, dict)
                 else None
             ),
-            "next_error": (
-                {"status": workunit.status, "error": [workunit.message]}
-                if isinstance(workunit, PerdureError)
-                else None
-            ),
+            "next_error": refusal_body(workunit) if isinstance(workunit, PerdureError | Refused) else None,
         }
     )
 

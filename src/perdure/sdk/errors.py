@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from perdure.protocol import Refusal, refusal_code
+
 
 class PerdureError(Exception):
     """Base of every SDK error; ``str()`` is one line fit to show a user."""
@@ -17,7 +19,9 @@ class PerdureError(Exception):
 
 class ApiError(PerdureError):
     """The server answered with an error. ``message`` is the API's own text; ``payload`` the body as sent
-    (AWE's ``{"status","data","error"}`` or the management API's ``{"statusCode","errorCode",...}``)."""
+    (AWE's ``{"status","data","error"}`` or the management API's ``{"statusCode","errorCode",...}``).
+    ``refusal`` is the worker protocol's code for a refusal (``perdure.protocol``), None for any other
+    error (or a server too old to send one)."""
 
     def __init__(
         self,
@@ -27,8 +31,10 @@ class ApiError(PerdureError):
         *,
         error_code: int | None = None,
         fields: dict[str, Any] | None = None,
+        refusal: Refusal | None = None,
     ) -> None:
         self.status = status
+        self.refusal = refusal
         self.message = message
         self.payload = payload
         self.error_code = error_code
@@ -75,6 +81,7 @@ class WaitTimeout(PerdureError):
 def error_for(status: int, payload: Any, text: str) -> ApiError:
     """The right subclass for a status, with the message taken from either API's error shape."""
     message, code, fields = text[:300] or f"HTTP {status}", None, None
+    refusal = None
     if isinstance(payload, dict):
         if isinstance(payload.get("message"), str):  # management API
             message = payload["message"]
@@ -83,6 +90,7 @@ def error_for(status: int, payload: Any, text: str) -> ApiError:
         elif payload.get("error"):  # AWE envelope
             error = payload["error"]
             message = "; ".join(map(str, error)) if isinstance(error, list) else str(error)
+            refusal = refusal_code(payload.get("code"))
     cls: type[ApiError] = ApiError
     if status in (400, 422):
         cls = BadRequestError
@@ -90,7 +98,7 @@ def error_for(status: int, payload: Any, text: str) -> ApiError:
         cls = AuthError
     elif status == 404:
         cls = NotFoundError
-    return cls(status, message, payload, error_code=code, fields=fields)
+    return cls(status, message, payload, error_code=code, fields=fields, refusal=refusal)
 
 
 __all__ = [

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from perdure.sdk.errors import PerdureError, WaitTimeout
 from perdure.sdk.models import FINAL_JOB_STATES, JobReport, OutputFile, TaskStatus, tasks_of
+from perdure.states import TaskState
 
 if TYPE_CHECKING:
     from perdure.sdk.client import Client
@@ -105,7 +106,9 @@ class Job:
             for task in self.tasks:
                 if taskid in (task.id, task.name):
                     return task
-        return next((t for t in self.tasks if t.state in ("suspend", "failed-permanent")), None)
+        return next(
+            (t for t in self.tasks if t.state in (TaskState.SUSPEND, TaskState.FAILED_PERMANENT)), None
+        )
 
     def refresh(self) -> Job:
         return self.client.job(self.id)

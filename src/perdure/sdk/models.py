@@ -7,10 +7,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from perdure.states import JobState
+
 T = TypeVar("T")
 
 #: Job states from which a job will not move on by itself.
-FINAL_JOB_STATES = frozenset({"completed", "suspend", "failed-permanent", "deleted"})
+FINAL_JOB_STATES = frozenset(
+    {JobState.COMPLETED, JobState.SUSPEND, JobState.FAILED_PERMANENT, JobState.DELETED}
+)
 
 
 def _str(document: dict[str, Any], key: str, default: str = "") -> str:

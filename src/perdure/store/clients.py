@@ -18,10 +18,12 @@ from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from perdure.errors import BadRequest, Conflict, NotFound, Unauthorized
-from perdure.states import WorkunitState
+from perdure.protocol import ClientNotFound
+from perdure.states import ClientStatus, WorkunitState
+from perdure.store import transitions
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.schema import client_skip_work, clientgroups, clients, meta, workunits
-from perdure.store.work import requeue_client_work, requeued_state
+from perdure.store.work import requeue_client_work
 from perdure.timeutil import format_us, now_us
 
 GROUP_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -73,12 +75,12 @@ def parse_profile(raw: bytes | str) -> Profile:
         raise BadRequest(f"invalid client profile: {where}: {first['msg']}") from None
 
 
-def client_status(row: Any, now: int, ttl_us: int, busy: bool) -> str:
+def client_status(row: Any, now: int, ttl_us: int, busy: bool) -> ClientStatus:
     if row.suspended:
-        return "suspended"
+        return ClientStatus.SUSPENDED
     if row.last_heartbeat < now - ttl_us:
-        return "offline"
-    return "busy" if busy else "online"
+        return ClientStatus.OFFLINE
+    return ClientStatus.BUSY if busy else ClientStatus.ONLINE
 
 
 def _hash_token(token: str) -> str:
@@ -119,16 +121,17 @@ class ClientStore:
             "apps": profile.apps,
             "profile": {k: v for k, v in extra.items() if not isinstance(v, bytes)},
             "last_heartbeat": now,
-            "deleted_at": 0,
         }
         with self.db.write() as conn:
             existing = conn.execute(
-                select(clients.c.id).where(clients.c.id == client_id).with_for_update()
+                select(clients.c.id, clients.c.deleted_at).where(clients.c.id == client_id).with_for_update()
             ).one_or_none()
             if existing is None:
                 conn.execute(insert(clients).values(id=client_id, regtime=now, **values))
             else:
                 conn.execute(update(clients).where(clients.c.id == client_id).values(**values))
+                if existing.deleted_at:
+                    transitions.revive_client(conn, client_id)
                 kept = set(profile.current_work_ids())
                 lost = (
                     conn.execute(
@@ -141,10 +144,8 @@ class ClientStore:
                     .all()
                 )
                 if any(w not in kept for w in lost):
-                    conn.execute(
-                        update(workunits)
-                        .where(workunits.c.id.in_([w for w in lost if w not in kept]))
-                        .values(state=requeued_state(), client_id=None, updatetime=now)
+                    transitions.requeue_leases(
+                        conn, [workunits.c.id.in_([w for w in lost if w not in kept])], now
                     )
                     Database.work_queued(conn)
             return self._document(conn, client_id, now)
@@ -162,7 +163,7 @@ class ClientStore:
         with self.db.write() as conn:
             client = conn.execute(select(clients).where(clients.c.id == client_id)).one_or_none()
             if client is None:
-                raise BadRequest("Client not found")
+                raise ClientNotFound("Client not found")
             instructions = {"server-uuid": self.cluster_id}
             if client.deleted_at:
                 instructions["stop"] = client_id
@@ -273,10 +274,10 @@ class ClientStore:
             "last_checkout": format_us(row.last_checkout),
             "last_report": format_us(row.last_report),
             "busy": bool(held),
-            "online": status in ("online", "busy"),
+            "online": status in (ClientStatus.ONLINE, ClientStatus.BUSY),
             "suspended": bool(row.suspended),
             "suspend_reason": row.suspend_reason,
-            "Status": status,
+            "Status": status.value,
             "current_work": {"data": held},
             "total_checkout": row.total_checkout,
             "total_completed": row.total_completed,
@@ -294,25 +295,17 @@ class ClientStore:
         now = now_us()
         with self.db.write() as conn:
             row = self._locked(conn, client_id)
-            if row.suspended:
+            if row.suspended or not transitions.suspend_client(conn, client_id, reason):
                 raise Conflict("Client already suspended")
-            conn.execute(
-                update(clients).where(clients.c.id == client_id).values(suspended=True, suspend_reason=reason)
-            )
             requeue_client_work(conn, client_id, now, reason=f"client {client_id} suspended")
         return "client suspended"
 
     @retry_on_conflict
     def resume(self, client_id: str) -> str:
         with self.db.write() as conn:
-            row = self._locked(conn, client_id)
-            if not row.suspended:
+            self._locked(conn, client_id)
+            if not transitions.resume_client(conn, client_id):
                 raise Conflict("Client not suspended")
-            conn.execute(
-                update(clients)
-                .where(clients.c.id == client_id)
-                .values(suspended=False, suspend_reason="", last_failed=0)
-            )
         return "client resumed"
 
     def suspend_all(self) -> str:
@@ -358,7 +351,7 @@ class ClientStore:
         with self.db.write() as conn:
             self._locked(conn, client_id)
             requeue_client_work(conn, client_id, now, reason=f"client {client_id} deleted")
-            conn.execute(update(clients).where(clients.c.id == client_id).values(deleted_at=now))
+            transitions.delete_client(conn, client_id, now)
         return f"client deleted: {client_id}"
 
     def _locked(self, conn: Connection, client_id: str) -> Any:
@@ -409,7 +402,7 @@ class ClientStore:
         with self.db.read() as conn:
             rows = conn.execute(select(clients).where(clients.c.deleted_at == 0)).all()
             held = self._held(conn, [r.id for r in rows])
-        tally = {"total": len(rows), "online": 0, "busy": 0, "suspended": 0, "offline": 0}
+        tally = {"total": len(rows), **{status.value: 0 for status in ClientStatus}}
         for row in rows:
             tally[client_status(row, now, self.ttl_us, bool(held.get(row.id)))] += 1
         tally["idle"] = tally["online"]

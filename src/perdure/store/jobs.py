@@ -35,15 +35,13 @@ from perdure.errors import BadRequest, Conflict, NotFound
 from perdure.jobscript import JobSpec, normalize_clientgroups
 from perdure.states import (
     ACTIVE_JOB_STATES,
-    LIVE_TASK_STATES,
     LIVE_WORKUNIT_STATES,
     REGISTERED_JOB_STATES,
     RERUNNABLE_JOB_STATES,
     JobState,
     TaskState,
-    WorkunitState,
 )
-from perdure.store import hooks, lifecycle, spot
+from perdure.store import hooks, lifecycle, spot, transitions
 from perdure.store import outputs as output_records
 from perdure.store.commalist import comma_list_contains
 from perdure.store.database import Database, retry_on_conflict
@@ -450,22 +448,13 @@ class JobStore:
             job = self._job_row(conn, job_id, lock=True)
             if job.state != JobState.SUSPEND:
                 raise Conflict(f"job {job_id} is not in 'suspend' status")
-            # Done workunits keep their results; everything else held by the suspension runs again.
-            conn.execute(
-                update(workunits)
-                .where(
-                    workunits.c.job_id == job_id,
-                    workunits.c.state.in_(
-                        [WorkunitState.SUSPEND.value, WorkunitState.FAILED_PERMANENT.value]
-                    ),
-                )
-                .values(state=WorkunitState.QUEUED.value, failed=0, client_id=None, updatetime=now)
-            )
+            # Done workunits keep their results; everything the suspension held runs again. (A job with
+            # failed-permanent work is failed-permanent, never suspended: only a reset reruns that.)
+            transitions.release_job_work(conn, job_id, now)
             Database.work_queued(conn)
             for task in conn.execute(
                 select(tasks.c.id, tasks.c.state, tasks.c.remainwork, tasks.c.totalwork).where(
-                    tasks.c.job_id == job_id,
-                    tasks.c.state.in_([TaskState.SUSPEND.value, TaskState.FAILED_PERMANENT.value]),
+                    tasks.c.job_id == job_id, tasks.c.state == TaskState.SUSPEND.value
                 )
             ).all():
                 has_work = conn.execute(select(exists().where(workunits.c.task_id == task.id))).scalar_one()
@@ -475,12 +464,8 @@ class JobStore:
                     target = TaskState.IN_PROGRESS
                 else:
                     target = TaskState.QUEUED
-                conn.execute(update(tasks).where(tasks.c.id == task.id).values(state=target.value))
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(state=JobState.QUEUED.value, error=None, resumed=jobs.c.resumed + 1, updatetime=now)
-            )
+                transitions.resume_task(conn, task.id, target)
+            transitions.requeue_job(conn, job_id, {"updatetime": now})
             lifecycle.record_event(conn, job_id, lifecycle.EVENT_RESUMED, "job resumed", now)
             lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
         return f"job resumed: {job_id}"
@@ -532,18 +517,15 @@ class JobStore:
 
     def _rerun(self, conn: Connection, job_id: str, task_ids: list[str], now: int, note: str) -> None:
         lifecycle.reset_tasks(conn, job_id, task_ids, now)
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id)
-            .values(
-                state=JobState.QUEUED.value,
-                error=None,
-                resumed=jobs.c.resumed + 1,
-                remaintasks=lifecycle.remaining_task_count(conn, job_id),
-                completedtime=0,
-                expiration=0,
-                updatetime=now,
-            )
+        transitions.requeue_job(
+            conn,
+            job_id,
+            {
+                "remaintasks": lifecycle.remaining_task_count(conn, job_id),
+                "completedtime": 0,
+                "expiration": 0,
+                "updatetime": now,
+            },
         )
         lifecycle.record_event(conn, job_id, lifecycle.EVENT_RESET, note, now)
         lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
@@ -695,7 +677,7 @@ class JobStore:
         )
         waiting = exists().where(
             tasks.c.job_id == jobs.c.id,
-            tasks.c.state.in_([TaskState.PENDING.value, TaskState.READY.value]),
+            tasks.c.state == TaskState.PENDING.value,
             jobs.c.start_at > now_us(),
         )
         return list(
@@ -710,7 +692,7 @@ class JobStore:
         """Active jobs that can make no progress: no pending, ready, queued or leased work at all."""
         live_tasks = exists().where(
             tasks.c.job_id == jobs.c.id,
-            tasks.c.state.in_([TaskState.PENDING.value, TaskState.READY.value]),
+            tasks.c.state == TaskState.PENDING.value,
         )
         live_work = exists().where(
             workunits.c.job_id == jobs.c.id,
@@ -772,7 +754,7 @@ class JobStore:
                         jobs.c.start_at <= now,
                         exists().where(
                             tasks.c.job_id == jobs.c.id,
-                            tasks.c.state.in_([TaskState.PENDING.value, TaskState.READY.value]),
+                            tasks.c.state == TaskState.PENDING.value,
                         ),
                     )
                 )
@@ -879,49 +861,20 @@ class JobStore:
         return {state: int(n) for state, n in rows}
 
 
-def suspend_job(conn: Connection, job_id: str, error: dict[str, Any], now: int) -> None:
-    """Hold a job and its live work. Workers running its workunits are told to discard them."""
-    conn.execute(
-        update(tasks)
-        .where(
-            tasks.c.job_id == job_id,
-            tasks.c.state.in_([TaskState.QUEUED.value, TaskState.READY.value, TaskState.IN_PROGRESS.value]),
-        )
-        .values(state=TaskState.SUSPEND.value)
-    )
-    conn.execute(
-        update(workunits)
-        .where(
-            workunits.c.job_id == job_id,
-            workunits.c.state.in_([s.value for s in LIVE_WORKUNIT_STATES]),
-        )
-        .values(state=WorkunitState.SUSPEND.value, updatetime=now)
-    )
-    conn.execute(
-        update(jobs)
-        .where(jobs.c.id == job_id)
-        .values(state=JobState.SUSPEND.value, error=error, updatetime=now)
-    )
+def suspend_job(
+    conn: Connection, job_id: str, error: dict[str, Any], now: int, *, state: JobState = JobState.SUSPEND
+) -> None:
+    """Hold a job and its live work (``state``: suspended, or failed permanently). Workers running its
+    workunits are told to discard them."""
+    transitions.hold_job(conn, job_id, state, error, now)
     lifecycle.record_event(conn, job_id, lifecycle.EVENT_SUSPENDED, str(error.get("servernotes", "")), now)
 
 
 def soft_delete(conn: Connection, job_id: str, now: int) -> None:
-    """Mark a job deleted; its live work is held so running workers are told to discard it."""
-    conn.execute(
-        update(workunits)
-        .where(
-            workunits.c.job_id == job_id,
-            workunits.c.state.in_([s.value for s in LIVE_WORKUNIT_STATES]),
-        )
-        .values(state=WorkunitState.SUSPEND.value, updatetime=now)
-    )
-    conn.execute(
-        update(tasks)
-        .where(tasks.c.job_id == job_id, tasks.c.state.in_([s.value for s in LIVE_TASK_STATES]))
-        .values(state=TaskState.SUSPEND.value)
-    )
-    conn.execute(update(jobs).where(jobs.c.id == job_id).values(state=JobState.DELETED.value, updatetime=now))
-    lifecycle.record_event(conn, job_id, lifecycle.EVENT_DELETED, "job deleted", now)
+    """Mark a job deleted; its live work is held so running workers are told to discard it. Deleting a
+    deleted job changes nothing."""
+    if transitions.delete_job(conn, job_id, now):
+        lifecycle.record_event(conn, job_id, lifecycle.EVENT_DELETED, "job deleted", now)
 
 
 def _share_groups(mine: set[str], other: str) -> bool:

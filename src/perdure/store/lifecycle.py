@@ -16,7 +16,7 @@ from sqlalchemy import Connection, delete, func, insert, select, text, update
 from perdure.datastore import BlobStore, ConcatReader
 from perdure.split import split_ranges
 from perdure.states import ACTIVE_JOB_STATES, JobState, TaskState, WorkunitState
-from perdure.store import hooks, outputs
+from perdure.store import hooks, outputs, transitions
 from perdure.store.database import Database
 from perdure.store.schema import job_events, jobs, tasks, workunit_logs, workunits
 
@@ -97,26 +97,20 @@ def advance_job(
     completed = {r.taskid for r in rows if r.state == TaskState.COMPLETED} | {r.taskid for r in finished}
     start_due = job.start_at <= now
     for task in rows:
-        if task.state not in (TaskState.PENDING, TaskState.READY):
+        if task.state != TaskState.PENDING:
             continue
         if not start_due or not all(dep in completed for dep in task.depends_on):
             continue
         _enqueue_task(conn, job, job_id, task, now, blobs)
     if state == JobState.INIT:
-        _set_job_state(conn, job_id, JobState.INIT, JobState.QUEUED, now)
-        state = JobState.QUEUED
+        transitions.queue_job(conn, job_id, now)
     if rows and len(completed) == len(rows):
-        _complete_job(conn, job_id, state, now, expire_after_s or {})
+        _complete_job(conn, job_id, now, expire_after_s or {})
 
 
 def _complete_tasks(conn: Connection, job_id: str, finished: Sequence[Any], now: int) -> None:
     for task in finished:
-        TaskState(task.state).check(TaskState.COMPLETED)
-        conn.execute(
-            update(tasks)
-            .where(tasks.c.id == task.id)
-            .values(state=TaskState.COMPLETED.value, completeddate=now)
-        )
+        transitions.complete_task(conn, task.id, {"completeddate": now})
         record_event(conn, job_id, EVENT_TASK_DONE, f"task {task.taskid} completed", now)
     conn.execute(
         update(jobs)
@@ -155,10 +149,8 @@ def _enqueue_task(
     totalwork = len(plan)
     _insert_workunits(conn, job, job_id, task, plan, now)
     Database.work_queued(conn)
-    conn.execute(
-        update(tasks)
-        .where(tasks.c.id == task.id)
-        .values(state=TaskState.QUEUED.value, starteddate=now, totalwork=totalwork, remainwork=totalwork)
+    transitions.enqueue_task(
+        conn, task.id, {"starteddate": now, "totalwork": totalwork, "remainwork": totalwork}
     )
     split = f", split into {totalwork} parts" if plan[0][1] else ""
     record_event(conn, job_id, EVENT_TASK_QUEUED, f"task {task.taskid} queued{split}", now)
@@ -280,35 +272,18 @@ def _split_input(spec: Mapping[str, Any]) -> str | None:
     return str(inputs[0]["filename"]) if len(inputs) == 1 else None
 
 
-def _complete_job(
-    conn: Connection, job_id: str, state: JobState, now: int, expire_after_s: Mapping[str, int]
-) -> None:
-    state.check(JobState.COMPLETED)
+def _complete_job(conn: Connection, job_id: str, now: int, expire_after_s: Mapping[str, int]) -> None:
     pipeline, expiration = conn.execute(
         select(jobs.c.pipeline, jobs.c.expiration).where(jobs.c.id == job_id)
     ).one()
     if not expiration:
         ttl = expire_after_s.get(pipeline) or expire_after_s.get("", 0)
         expiration = now + ttl * 1_000_000 if ttl else 0
-    conn.execute(
-        update(jobs)
-        .where(jobs.c.id == job_id)
-        .values(
-            state=JobState.COMPLETED.value,
-            completedtime=now,
-            updatetime=now,
-            remaintasks=0,
-            error=None,
-            expiration=expiration,
-        )
+    transitions.complete_job(
+        conn, job_id, {"completedtime": now, "updatetime": now, "remaintasks": 0, "expiration": expiration}
     )
     record_event(conn, job_id, EVENT_JOB_DONE, "job completed", now)
     hooks.job_completed(conn, job_id)
-
-
-def _set_job_state(conn: Connection, job_id: str, old: JobState, new: JobState, now: int) -> None:
-    old.check(new)
-    conn.execute(update(jobs).where(jobs.c.id == job_id).values(state=new.value, updatetime=now))
 
 
 def reset_tasks(conn: Connection, job_id: str, task_ids: Iterable[str], now: int) -> int:
@@ -320,17 +295,7 @@ def reset_tasks(conn: Connection, job_id: str, task_ids: Iterable[str], now: int
     conn.execute(delete(workunit_logs).where(workunit_logs.c.workunit_id.in_(wu_ids)))
     outputs.forget_tasks(conn, ids)
     conn.execute(delete(workunits).where(workunits.c.task_id.in_(ids)))
-    conn.execute(
-        update(tasks)
-        .where(tasks.c.id.in_(ids))
-        .values(
-            state=TaskState.PENDING.value,
-            remainwork=tasks.c.totalwork,
-            computetime=0,
-            starteddate=0,
-            completeddate=0,
-        )
-    )
+    transitions.reset_tasks(conn, ids)
     return len(ids)
 
 

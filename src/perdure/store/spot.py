@@ -15,12 +15,12 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, null, select, update
 
 from perdure.errors import NotFound
+from perdure.protocol import LeaseLost
 from perdure.spot import policy
 from perdure.spot.records import CheckpointTaken, Preemption, RestoreResult
-from perdure.states import WorkunitState
-from perdure.store import hooks, lifecycle
+from perdure.states import JobState, WorkunitState
+from perdure.store import hooks, lifecycle, transitions
 from perdure.store.database import Database, retry_on_conflict
-from perdure.store.leases import LeaseLost
 from perdure.store.schema import jobs, spot_events, tasks, workunits
 from perdure.timeutil import now_us
 
@@ -111,19 +111,27 @@ class SpotStore:
             )
 
 
-def preempt(conn: Connection, wu: Any, client_id: str, preemption: Preemption, now: int) -> None:
+def preempt(
+    conn: Connection,
+    wu: Any,
+    client_id: str,
+    preemption: Preemption,
+    now: int,
+    fenced: Mapping[str, Any] | None = None,
+) -> None:
     """The lease holder's node is being reclaimed: the workunit goes back, ahead of new work, to be
-    restored from the checkpoint the report names (or from zero). Not a failure."""
+    restored from the checkpoint the report names (or from zero). Not a failure. ``fenced``: the
+    report's columns, written with it."""
     reference = preemption.checkpoint.model_dump() if preemption.checkpoint else None
-    conn.execute(
-        update(workunits)
-        .where(workunits.c.id == wu.id)
-        .values(
-            state=WorkunitState.PREEMPTED.value,
-            client_id=None,
-            updatetime=now,
-            checkpoint=reference if reference is not None else null(),
-        )
+    transitions.preempt(
+        conn,
+        wu.id,
+        {
+            "client_id": None,
+            "updatetime": now,
+            "checkpoint": reference if reference is not None else null(),
+            **(fenced or {}),
+        },
     )
     node_id = hooks.node_of(conn, client_id) or ""
     final = preemption.final
@@ -286,8 +294,8 @@ def jobs_to_collect(conn: Connection, job_ids: list[str], system: Mapping[str, A
     collect = []
     for job_id in job_ids:
         row = found.get(job_id)
-        useless = row is None or row.state == "deleted"
-        if not useless and row is not None and row.state == "completed":
+        useless = row is None or row.state == JobState.DELETED
+        if not useless and row is not None and row.state == JobState.COMPLETED:
             useless = not _diagnosis(conn, row, system)
         if useless:
             collect.append(job_id)

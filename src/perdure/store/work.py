@@ -28,7 +28,6 @@ from sqlalchemy import (
     Connection,
     Select,
     bindparam,
-    case,
     delete,
     exists,
     func,
@@ -44,13 +43,22 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from perdure.datastore import BlobStore
 from perdure.documents import job_info
 from perdure.errors import BadRequest, NotFound, PerdureError
+from perdure.protocol import (
+    ClientDeleted,
+    ClientNotFound,
+    ClientSuspended,
+    LeaseLost,
+    NoWork,
+    OutputsMissing,
+    Refused,
+)
 from perdure.spot.records import Preemption
-from perdure.states import JobState, TaskState, WorkunitState
-from perdure.store import hooks, lifecycle, outputs, spot
+from perdure.states import JobState, ReportStatus, WorkunitState
+from perdure.store import hooks, lifecycle, outputs, spot, transitions
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.jobs import suspend_job
-from perdure.store.leases import LeaseLost
 from perdure.store.schema import client_skip_work, clients, jobs, tasks, workunit_logs, workunits
+from perdure.store.transitions import requeued_state
 from perdure.timeutil import format_us, now_us
 
 log = logging.getLogger("perdure.work")
@@ -59,13 +67,9 @@ T = TypeVar("T")
 #: AWE keeps the last 5,000 characters of stderr in the job's ``error.apperror``.
 APPERROR_CHARS = 5000
 LOG_KINDS = ("stdout", "stderr", "worknotes", "perf")
-REPORT_STATUSES = frozenset({"done", "fail", "failed-permanent", "preempted"})
-
-
-class NoWork(PerdureError):
-    """Nothing eligible for this client right now (AWE answers 400)."""
-
-    status = 400
+REPORT_STATUSES = frozenset(s.value for s in ReportStatus)
+#: Why a part of an operation was refused: a bad request, or a refusal of the worker protocol.
+Failure = PerdureError | Refused
 
 
 @dataclass(frozen=True)
@@ -114,8 +118,8 @@ class Outcome:
     workunit's document or why there is none. A part not asked for, or a checkout after a refused
     report, stays None."""
 
-    report: str | PerdureError | None = None
-    checkout: dict[str, Any] | PerdureError | None = None
+    report: str | Failure | None = None
+    checkout: dict[str, Any] | Failure | None = None
 
 
 def decode_workunit_id(raw: str) -> str:
@@ -161,15 +165,6 @@ def _joined() -> Select[Any]:
 #: A workunit's document columns (``:wu``), and those of several (``:ids``, SQLite's claims).
 _DOCUMENT = _joined().where(workunits.c.id == bindparam("wu"))
 _DOCUMENTS = _joined().where(workunits.c.id.in_(bindparam("ids", expanding=True)))
-
-
-def requeued_state() -> Any:
-    """Where work taken from a lost or leaving client goes: ahead of new work if it has a checkpoint to
-    be restored from (it was preempted without notice), else back in the queue."""
-    return case(
-        (workunits.c.checkpoint.is_not(None), WorkunitState.PREEMPTED.value),
-        else_=WorkunitState.QUEUED.value,
-    )
 
 
 def _psycopg_placeholders(sql: str) -> str:
@@ -237,6 +232,8 @@ _ELIGIBLE = """
 _NOT_SKIPPED = """
     AND NOT EXISTS (SELECT 1 FROM client_skip_work s WHERE s.client_id = :client AND s.workunit_id = w.id)"""
 _QUEUE_ORDER = "ORDER BY w.priority DESC, w.submittime, w.id"
+#: The states a claim picks from, each with its own partial index: preempted work, then queued work.
+_FROM_PREEMPTED, _FROM_QUEUED = transitions.CLAIM_FROM
 
 
 @functools.cache
@@ -261,10 +258,10 @@ def _claim_statement(dialect: str, filter_apps: bool, sized: bool, skips: bool) 
     if dialect != "postgresql":
         pick = (
             "SELECT w.id, w.updatetime, w.priority, w.submittime, w.task_id, w.job_id, {} AS src"
-            " FROM workunits w WHERE w.state = '{}' AND {} {} LIMIT :k"
+            " FROM workunits w WHERE w.state = {} AND {} {} LIMIT :k"
         )
-        preempted = pick.format(0, WorkunitState.PREEMPTED.value, eligible, _QUEUE_ORDER)
-        queued = pick.format(1, WorkunitState.QUEUED.value, eligible, _QUEUE_ORDER)
+        preempted = pick.format(0, _FROM_PREEMPTED, eligible, _QUEUE_ORDER)
+        queued = pick.format(1, _FROM_QUEUED, eligible, _QUEUE_ORDER)
         sql = (
             f"SELECT * FROM ({preempted}) UNION ALL SELECT * FROM ({queued})"
             " ORDER BY src, priority DESC, submittime, id LIMIT :k"
@@ -275,10 +272,10 @@ def _claim_statement(dialect: str, filter_apps: bool, sized: bool, skips: bool) 
     columns = "w.id, w.updatetime, w.priority, w.submittime"
     sql = f"""
 WITH p AS (
-    SELECT {columns} FROM workunits w WHERE w.state = '{WorkunitState.PREEMPTED.value}' AND {eligible}
+    SELECT {columns} FROM workunits w WHERE w.state = {_FROM_PREEMPTED} AND {eligible}
     {_QUEUE_ORDER} LIMIT :k FOR UPDATE SKIP LOCKED
 ), q AS (
-    SELECT {columns} FROM workunits w WHERE w.state = '{WorkunitState.QUEUED.value}' AND {eligible}
+    SELECT {columns} FROM workunits w WHERE w.state = {_FROM_QUEUED} AND {eligible}
     {_QUEUE_ORDER} LIMIT (SELECT :k - count(*) FROM p) FOR UPDATE SKIP LOCKED
 ), numbered AS (
     SELECT id, updatetime, row_number() OVER (ORDER BY src, priority DESC, submittime, id) AS n
@@ -287,19 +284,19 @@ WITH p AS (
     SELECT numbered.id, numbered.updatetime, v.client
     FROM numbered JOIN unnest(CAST(:clients AS text[])) WITH ORDINALITY AS v(client, n) ON v.n = numbered.n
 ), claimed AS (
-    UPDATE workunits SET state = '{WorkunitState.CHECKOUT.value}', client_id = pairs.client,
+    UPDATE workunits SET {transitions.LEASE_SET_SQL}, client_id = pairs.client,
         checkout_time = :now, attempt = workunits.attempt + 1, updatetime = :now
-    FROM pairs WHERE workunits.id = pairs.id
+    FROM pairs WHERE workunits.id = pairs.id AND {transitions.LEASE_GUARD_SQL}
     RETURNING workunits.id, workunits.job_id, workunits.task_id, workunits.rank, workunits.state,
         workunits.failed, workunits.attempt, workunits.client_id, workunits.checkout_time,
         workunits.computetime, workunits.part, workunits.checkpoint, pairs.updatetime AS queued_since
 ), t AS (
-    UPDATE tasks SET state = '{TaskState.IN_PROGRESS.value}'
-    WHERE tasks.id IN (SELECT task_id FROM claimed) AND tasks.state = '{TaskState.QUEUED.value}'
+    UPDATE tasks SET {transitions.START_TASKS_SET_SQL}
+    WHERE tasks.id IN (SELECT task_id FROM claimed) AND {transitions.START_TASKS_GUARD_SQL}
 ), j AS (
-    UPDATE jobs SET state = '{JobState.IN_PROGRESS.value}',
+    UPDATE jobs SET {transitions.START_JOBS_SET_SQL},
         startedtime = COALESCE(NULLIF(jobs.startedtime, 0), :now), updatetime = :now
-    WHERE jobs.id IN (SELECT job_id FROM claimed) AND jobs.state = '{JobState.QUEUED.value}'
+    WHERE jobs.id IN (SELECT job_id FROM claimed) AND {transitions.START_JOBS_GUARD_SQL}
     RETURNING jobs.id, jobs.startedtime
 ), c AS (
     UPDATE clients SET total_checkout = clients.total_checkout + 1, last_checkout = :now,
@@ -313,33 +310,10 @@ FROM claimed JOIN tasks ON tasks.id = claimed.task_id JOIN jobs ON jobs.id = cla
     return _psycopg_placeholders(sql)
 
 
-#: SQLite: lease a picked workunit (``:wu``, one per row of parameters) to its client.
-_LEASE = (
-    update(workunits)
-    .where(workunits.c.id == bindparam("wu"))
-    .values(
-        state=WorkunitState.CHECKOUT.value,
-        client_id=bindparam("client"),
-        checkout_time=bindparam("now"),
-        attempt=workunits.c.attempt + 1,
-        updatetime=bindparam("now"),
-    )
-)
-#: SQLite: after the leases, their tasks and jobs are in progress and the clients count the checkout.
-_TASKS_IN_PROGRESS = (
-    update(tasks)
-    .where(tasks.c.id.in_(bindparam("tasks", expanding=True)), tasks.c.state == TaskState.QUEUED.value)
-    .values(state=TaskState.IN_PROGRESS.value)
-)
-_JOBS_IN_PROGRESS = (
-    update(jobs)
-    .where(jobs.c.id.in_(bindparam("jobs", expanding=True)), jobs.c.state == JobState.QUEUED.value)
-    .values(
-        state=JobState.IN_PROGRESS.value,
-        startedtime=func.coalesce(func.nullif(jobs.c.startedtime, 0), bindparam("now")),
-        updatetime=bindparam("now"),
-    )
-)
+#: SQLite: lease a picked workunit, then move its task and job to in-progress (``store.transitions``).
+_LEASE = transitions.LEASE
+_TASKS_IN_PROGRESS = transitions.START_TASKS
+_JOBS_IN_PROGRESS = transitions.START_JOBS
 _CLIENT_CHECKED_OUT = (
     update(clients)
     .where(clients.c.id == bindparam("client"))
@@ -376,18 +350,7 @@ FROM unnest(%(wus)s::text[], %(clients)s::text[]) AS r(wu, client)
 ORDER BY w.id
 FOR UPDATE OF w"""
 #: ``done`` reports (SQLite, one per row of parameters): the workunit is done, the client counts it.
-_DONE_WORKUNIT = (
-    update(workunits)
-    .where(workunits.c.id == bindparam("wu"))
-    .values(
-        state=WorkunitState.DONE.value,
-        computetime=bindparam("ct"),
-        updatetime=bindparam("now"),
-        reported_by=bindparam("client"),
-        reported_status="done",
-        reported_attempt=bindparam("att"),
-    )
-)
+_DONE_WORKUNIT = transitions.FINISH
 _DONE_CLIENT = (
     update(clients)
     .where(clients.c.id == bindparam("client"))
@@ -413,9 +376,9 @@ WITH v AS (
     SELECT * FROM unnest(%(wus)s::text[], %(clients)s::text[], %(cts)s::bigint[], %(atts)s::int[])
         AS v(wu, client, ct, att)
 ), w AS (
-    UPDATE workunits SET state = '{WorkunitState.DONE.value}', computetime = v.ct, updatetime = %(now)s,
-        reported_by = v.client, reported_status = 'done', reported_attempt = v.att
-    FROM v WHERE workunits.id = v.wu
+    UPDATE workunits SET {transitions.FINISH_SET_SQL}, computetime = v.ct, updatetime = %(now)s,
+        reported_by = v.client, reported_status = '{ReportStatus.DONE.value}', reported_attempt = v.att
+    FROM v WHERE workunits.id = v.wu AND {transitions.FINISH_GUARD_SQL}
 ), c AS (
     UPDATE clients SET total_completed = total_completed + 1, last_failed = 0, last_report = %(now)s,
         last_heartbeat = %(now)s
@@ -505,12 +468,12 @@ def _repeat(wu: Any, request: ReportRequest) -> bool:
     if wu.state != WorkunitState.CHECKOUT or wu.client_id != request.client_id:
         raise LeaseLost(f"workunit {request.wu_id} is not checked out by client {request.client_id}")
     if wu.client_known is None:
-        raise BadRequest("Client not found")
+        raise ClientNotFound("Client not found")
     return False
 
 
-def _value(result: T | PerdureError | None) -> T:
-    if isinstance(result, PerdureError):
+def _value(result: T | Failure | None) -> T:
+    if isinstance(result, PerdureError | Refused):
         raise result
     assert result is not None
     return result
@@ -635,12 +598,10 @@ class WorkStore:
                 lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
 
     @retry_on_conflict
-    def _checkout_batch(self, requests: Sequence[CheckoutRequest]) -> list[dict[str, Any] | PerdureError]:
+    def _checkout_batch(self, requests: Sequence[CheckoutRequest]) -> list[dict[str, Any] | Failure]:
         # Unless a claim below leases one, or the client is refused: one exception per request, as each
         # is raised in its own request.
-        results: list[dict[str, Any] | PerdureError] = [
-            NoWork("No eligible workunit found") for _ in requests
-        ]
+        results: list[dict[str, Any] | Failure] = [NoWork("No eligible workunit found") for _ in requests]
         postgres = self.db.dialect == "postgresql"
         with self.db.write() as conn:
             now = now_us()  # after BEGIN IMMEDIATE: times follow commit order
@@ -660,11 +621,11 @@ class WorkStore:
             for n, request in enumerate(requests):
                 client = found.get(request.client_id)
                 if client is None:
-                    results[n] = BadRequest("Client not found")
+                    results[n] = ClientNotFound("Client not found")
                 elif client.deleted_at:
-                    results[n] = BadRequest("Client deleted: the worker should stop")
+                    results[n] = ClientDeleted("Client deleted: the worker should stop")
                 elif client.suspended:
-                    results[n] = BadRequest("Client suspended")
+                    results[n] = ClientSuspended("Client suspended")
                 elif client.held is not None:
                     results[n] = self._document(conn, client.held)
                 else:
@@ -793,27 +754,27 @@ class WorkStore:
     @retry_on_conflict
     def _report_batch(
         self, requests: Sequence[ReportRequest]
-    ) -> tuple[list[str | PerdureError], dict[str, list[int]]]:
+    ) -> tuple[list[str | Failure], dict[str, list[int]]]:
         """Each report's result, and the jobs with a task these reports finished (no workunit left
         to do), each with the positions of the reports of that task."""
-        results: list[str | PerdureError] = ["ok"] * len(requests)
+        results: list[str | Failure] = ["ok"] * len(requests)
         finished: dict[str, list[int]] = {}
         checked: list[tuple[int, ReportRequest]] = []
         for n, request in enumerate(requests):
             try:
                 checked.append((n, _checked(request)))
-            except PerdureError as exc:
+            except (PerdureError, Refused) as exc:
                 results[n] = exc
         with self.db.write() as conn:
             samples = hooks.Samples()
-            done = [(n, r) for n, r in checked if r.status == "done"]
+            done = [(n, r) for n, r in checked if r.status == ReportStatus.DONE]
             if done:
                 finished = self._report_done(conn, done, results, samples)
             for n, request in checked:
-                if request.status != "done":
+                if request.status != ReportStatus.DONE:
                     try:
                         self._report_other(conn, request)
-                    except PerdureError as exc:  # refused before anything was written
+                    except (PerdureError, Refused) as exc:  # refused before anything was written
                         results[n] = exc
             self._finish(conn, samples)
         return results, finished
@@ -822,7 +783,7 @@ class WorkStore:
         self,
         conn: Connection,
         requests: Sequence[tuple[int, ReportRequest]],
-        results: list[str | PerdureError],
+        results: list[str | Failure],
         samples: hooks.Samples,
     ) -> dict[str, list[int]]:
         """``done`` reports: the workunits, their clients and their tasks in a few statements for the
@@ -853,10 +814,10 @@ class WorkStore:
                 )
                 if missing:
                     # Downstream tasks would find nothing: refuse, so the worker reports a failure instead.
-                    raise BadRequest(
+                    raise OutputsMissing(
                         f"workunit {wu.id} reported done without uploading outputs: {', '.join(missing)}"
                     )
-            except PerdureError as exc:
+            except (PerdureError, Refused) as exc:
                 results[n] = exc
                 continue
             log.debug("report: %s done by client %s", wu.id, request.client_id)
@@ -915,12 +876,11 @@ class WorkStore:
         self._store_logs(conn, [(wu, request.logs)], now)
         log.debug("report: %s %s by client %s", wu.id, request.status, client.id)
         fenced = {"reported_by": client.id, "reported_status": request.status, "reported_attempt": wu.attempt}
-        if request.status == "fail":
+        if request.status == ReportStatus.FAIL:
             self._fail(conn, wu, client, request.logs, fenced, now)
-        elif request.status == "preempted":
+        elif request.status == ReportStatus.PREEMPTED:
             given = request.preemption or Preemption(outcome="none", detail="the worker gave no details")
-            spot.preempt(conn, wu, client.id, given, now)
-            conn.execute(update(workunits).where(workunits.c.id == wu.id).values(**fenced))
+            spot.preempt(conn, wu, client.id, given, now, fenced)
         else:
             self._failed_permanent(conn, wu, client, request.logs, fenced, now)
 
@@ -959,21 +919,22 @@ class WorkStore:
         limit = 1 if noretry else self.limits.max_work_failure
         hooks.workunit_failed(conn, wu, job_failed=failed >= limit)
         conn.execute(insert(client_skip_work).values(client_id=client.id, workunit_id=wu.id))
-        self._count_client_failure(conn, client, now)
+        # The failing workunit moves first: a client suspended for this failure gives back only the
+        # rest of what it holds.
         if failed < limit:
-            conn.execute(
-                update(workunits)
-                .where(workunits.c.id == wu.id)
-                .values(
-                    state=WorkunitState.QUEUED.value,
-                    failed=failed,
-                    client_id=None,
-                    updatetime=now,
+            transitions.requeue_failed(
+                conn,
+                wu.id,
+                {
+                    "failed": failed,
+                    "client_id": None,
+                    "updatetime": now,
                     # A retry after a failure starts clean: the checkpoint may hold what made it fail.
-                    checkpoint=null(),
+                    "checkpoint": null(),
                     **fenced,
-                )
+                },
             )
+            self._count_client_failure(conn, client, now)
             Database.work_queued(conn)
             lifecycle.record_event(
                 conn,
@@ -983,11 +944,8 @@ class WorkStore:
                 now,
             )
             return
-        conn.execute(
-            update(workunits)
-            .where(workunits.c.id == wu.id)
-            .values(state=WorkunitState.SUSPEND.value, failed=failed, updatetime=now, **fenced)
-        )
+        transitions.hold_failed(conn, wu.id, {"failed": failed, "updatetime": now, **fenced})
+        self._count_client_failure(conn, client, now)
         lifecycle.record_event(
             conn, wu.job_id, lifecycle.EVENT_WORK_FAILED, f"workunit {wu.id} failed {failed} time(s)", now
         )
@@ -1003,21 +961,13 @@ class WorkStore:
         fenced: dict[str, Any],
         now: int,
     ) -> None:
-        conn.execute(
-            update(workunits)
-            .where(workunits.c.id == wu.id)
-            .values(
-                state=WorkunitState.FAILED_PERMANENT.value, failed=wu.failed + 1, updatetime=now, **fenced
-            )
-        )
+        transitions.fail_permanently(conn, wu.id, {"failed": wu.failed + 1, "updatetime": now, **fenced})
         hooks.workunit_failed(conn, wu, job_failed=True)
         self._count_client_failure(conn, client, now)
         error = _job_error(wu, client.id, logs, "exit code 42 encountered", JobState.FAILED_PERMANENT.value)
-        suspend_job(conn, wu.job_id, error, now)  # holds the rest of the job's work
-        conn.execute(
-            update(tasks).where(tasks.c.id == wu.task_id).values(state=TaskState.FAILED_PERMANENT.value)
-        )
-        conn.execute(update(jobs).where(jobs.c.id == wu.job_id).values(state=JobState.FAILED_PERMANENT.value))
+        transitions.fail_task_permanently(conn, wu.task_id)
+        # The job fails with it, and the rest of its work is held.
+        suspend_job(conn, wu.job_id, error, now, state=JobState.FAILED_PERMANENT)
         lifecycle.record_event(
             conn,
             wu.job_id,
@@ -1036,9 +986,10 @@ class WorkStore:
         }
         limit = self.limits.max_client_failure
         if limit > 0 and consecutive >= limit and not client.suspended:
-            values.update(suspended=True, suspend_reason="MAX_CLIENT_FAILURE on client reached")
             # The failing workunit is handled by the caller; anything else it holds goes back.
             requeue_client_work(conn, client.id, now, reason="client suspended after repeated failures")
+            if transitions.suspend_client(conn, client.id, "MAX_CLIENT_FAILURE on client reached", values):
+                return
         conn.execute(update(clients).where(clients.c.id == client.id).values(**values))
 
     def output_target(self, wu_id: str, client_id: str, filename: str) -> tuple[str, str]:
@@ -1105,12 +1056,7 @@ class WorkStore:
 def requeue_client_work(conn: Connection, client_id: str, now: int, *, reason: str) -> int:
     """Put every workunit leased to a client back in the queue: a lost or suspended worker is not a
     workunit failure, so ``failed`` is left alone."""
-    held = conn.execute(
-        update(workunits)
-        .where(workunits.c.client_id == client_id, workunits.c.state == WorkunitState.CHECKOUT.value)
-        .values(state=requeued_state(), client_id=None, updatetime=now)
-        .returning(workunits.c.id, workunits.c.job_id)
-    ).all()
+    held = transitions.requeue_leases(conn, [workunits.c.client_id == client_id], now)
     for row in held:
         lifecycle.record_event(
             conn, row.job_id, lifecycle.EVENT_WORK_REQUEUED, f"workunit {row.id} re-queued: {reason}", now

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from perdure.protocol import Refusal
 from perdure.sdk import errors as sdk_errors
 from perdure.sdk.client import Client
 
@@ -23,12 +24,14 @@ T = TypeVar("T")
 
 
 class ApiError(Exception):
-    """The server answered, and refused: retrying the same request cannot help."""
+    """The server answered, and refused: retrying the same request cannot help. ``refusal`` says why,
+    for the refusals of the worker protocol the worker acts on (``perdure.protocol``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, refusal: Refusal | None = None) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+        self.refusal = refusal
 
 
 class Stopped(Exception):
@@ -46,7 +49,7 @@ def _refusal(call: Callable[[], T]) -> T:
     except sdk_errors.ApiError as exc:
         if _retryable(exc):
             raise
-        raise ApiError(exc.status, exc.message) from None
+        raise ApiError(exc.status, exc.message, exc.refusal) from None
 
 
 class ServerAPI:

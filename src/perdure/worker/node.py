@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from perdure import __version__, nodeinfo
+from perdure.protocol import Refusal
 from perdure.spot.interruption import DRAIN_FILE, PID_FILE, ImdsWatcher, Notice, take_drain_request
 from perdure.spot.protection import Preemption
+from perdure.states import ReportStatus
 from perdure.worker.api import ApiError, ServerAPI, Stopped
 from perdure.worker.config import WorkerConfig
 from perdure.worker.protect import SpotContext
-from perdure.worker.runner import Outcome, Runner, tail_bytes
+from perdure.worker.runner import DISCARDED, Outcome, Runner, tail_bytes
 
 log = logging.getLogger("perdure.worker")
 
@@ -75,12 +77,12 @@ class Slot:
                         ),
                     )
                 except ApiError as exc:
-                    if "Client deleted" in exc.message:
+                    if exc.refusal == Refusal.CLIENT_DELETED:
                         log.warning("client %s was deleted on the server; stopping", self.client_id)
                         self.node.draining.set()
-                    elif "Client not found" in exc.message:
+                    elif exc.refusal == Refusal.CLIENT_NOT_FOUND:
                         self.register()
-                    elif "suspended" in exc.message.lower():
+                    elif exc.refusal == Refusal.CLIENT_SUSPENDED:
                         log.warning("client %s is suspended; checking again in 30s", self.client_id)
                         stop.wait(30)
                     else:
@@ -98,7 +100,7 @@ class Slot:
 
     def _hand_back(self, workunit: dict[str, Any]) -> None:
         preemption = Preemption("returned", workunit.get("checkpoint"), "handed back before it started")
-        outcome = Outcome("preempted", 0, [preemption.detail], preemption=preemption)
+        outcome = Outcome(ReportStatus.PREEMPTED, 0, [preemption.detail], preemption=preemption)
         self._report(workunit["id"], outcome)
 
     def _run(self, workunit: dict[str, Any]) -> dict[str, Any] | None:
@@ -106,7 +108,7 @@ class Slot:
         wu_id = workunit["id"]
         log.info("slot %d running %s (%s)", self.index, wu_id, workunit["cmd"]["name"])
         outcome = self.runner.run(workunit)
-        if outcome.status == "discarded":
+        if outcome.status == DISCARDED:
             log.warning("slot %d: %s was discarded by the server; not reporting it", self.index, wu_id)
             return None
         following = self._report(wu_id, outcome)
@@ -143,8 +145,8 @@ class Slot:
         except Stopped as exc:
             log.error("report for %s not delivered: %s", wu_id, exc)
         except ApiError as exc:
-            if exc.status == 400 and "without uploading outputs" in exc.message:
-                self.node.api.report(wu_id, self.client_id, "fail", outcome.computetime, files)
+            if exc.refusal == Refusal.OUTPUTS_MISSING:
+                self.node.api.report(wu_id, self.client_id, ReportStatus.FAIL, outcome.computetime, files)
             else:
                 log.warning("report for %s refused (%s): the server no longer wants it", wu_id, exc)
         return None
@@ -335,7 +337,7 @@ class Node:
                 try:
                     instructions = self.api.heartbeat(slot.client_id, current)
                 except ApiError as exc:
-                    if "Client not found" in exc.message:
+                    if exc.refusal == Refusal.CLIENT_NOT_FOUND:
                         self._safe(slot.register)
                     continue
                 except Exception as exc:  # the server is down: keep running, leases outlive short outages
@@ -421,7 +423,7 @@ class Node:
     def tidy(self, outcome: Outcome) -> None:
         """Clean the work directory after success; keep it a while after failure."""
         workdir = outcome.perf.get("workdir")
-        if outcome.status == "done" and workdir:
+        if outcome.status == ReportStatus.DONE and workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
 

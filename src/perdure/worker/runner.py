@@ -28,6 +28,7 @@ import psutil
 
 from perdure.spot.engine import Launch
 from perdure.spot.protection import Preemption, Protection
+from perdure.states import ReportStatus
 from perdure.worker.api import ApiError, ServerAPI
 from perdure.worker.direct import DirectData, DirectError, stage_s3
 
@@ -48,9 +49,14 @@ class StageError(Exception):
     """An input could not be fetched or an output is missing: the workunit fails."""
 
 
+#: The outcome of a workunit the server told us to drop: not reported.
+DISCARDED = "discarded"
+
+
 @dataclass
 class Outcome:
-    status: str  # done | fail | failed-permanent | discarded | preempted
+    #: A ``ReportStatus`` (done, fail, failed-permanent, preempted), or ``DISCARDED`` (never reported).
+    status: str
     computetime: int
     notes: list[str] = field(default_factory=list)
     perf: dict[str, Any] = field(default_factory=dict)
@@ -221,24 +227,26 @@ class Runner:
             if self._preempting.is_set():
                 return self._preempted_outcome(int(runtime), perf)
             if wu_id in self._discarded:
-                return Outcome("discarded", int(runtime), perf=perf)
+                return Outcome(DISCARDED, int(runtime), perf=perf)
             if protection is not None:
                 # Done or failed, the checkpoints are of no more use (a failed retry starts clean).
                 protection.finished(keep=protection.run.policy.diagnosis)
             if code == EXIT_PERMANENT:
-                return Outcome("failed-permanent", int(runtime), [f"exit code {code}"], perf, stdout, stderr)
+                notes = [f"exit code {code}"]
+                return Outcome(ReportStatus.FAILED_PERMANENT, int(runtime), notes, perf, stdout, stderr)
             if code != 0:
-                return Outcome("fail", int(runtime), [f"command exited with {code}"], perf, stdout, stderr)
+                notes = [f"command exited with {code}"]
+                return Outcome(ReportStatus.FAIL, int(runtime), notes, perf, stdout, stderr)
             out_start = time.time()
             perf["size_outfile"] = self._deliver(wu, workdir)
             perf["time_data_out"] = round(time.time() - out_start, 3)
-            return Outcome("done", int(runtime), perf=perf, stdout=stdout, stderr=stderr)
+            return Outcome(ReportStatus.DONE, int(runtime), perf=perf, stdout=stdout, stderr=stderr)
         except (StageError, ApiError, OSError) as exc:
             if self._preempting.is_set():
                 return self._preempted_outcome(int(time.time() - started), perf)
             log.warning("workunit %s failed: %s", wu_id, exc)
             return Outcome(
-                "fail",
+                ReportStatus.FAIL,
                 int(time.time() - started),
                 [str(exc)],
                 perf,
@@ -260,7 +268,7 @@ class Runner:
         self._preempted.wait()  # the hand-over thread is taking the final checkpoint
         preemption = self._preemption or Preemption("none", None, "no checkpoint was taken")
         perf["preemption"] = preemption.outcome
-        return Outcome("preempted", runtime, [preemption.detail], perf, preemption=preemption)
+        return Outcome(ReportStatus.PREEMPTED, runtime, [preemption.detail], perf, preemption=preemption)
 
     # ---- spot protection ----------------------------------------------------------------------
 
