@@ -156,3 +156,18 @@ def _manifest(name: str, chunks: set[str]) -> Manifest:
     identity = Identity(job="job-1", task="t", rank=0, workunit="job-1_t_0", attempt=1)
     entries = (Entry("data.bin", "file", size=9, chunks=tuple(sorted(chunks))),)
     return Manifest(identity, name, "workdir", "iterative", 0, 0, entries, {})
+
+
+def test_a_split_part_is_a_ranged_read_of_each_stored_part_it_covers(store: S3BlobStore) -> None:
+    """The byte range of a workunit's part, over an input stored in several parts (an earlier split
+    task's output), becomes one ranged GET per stored part it touches."""
+    from perdure.api.s3 import _segments
+    from perdure.store.blobrefs import StoredPart
+
+    parts = [StoredPart("jobs/j/t/1/a", 10, "1" * 64), StoredPart("jobs/j/t/2/b", 10, "2" * 64)]
+    spans = [(s["offset"], s["length"], s["size"]) for s in _segments(store, parts, (5, 10), 60)]
+    assert spans == [(5, 5, 10), (0, 5, 10)]
+    whole = _segments(store, parts, (0, 20), 60)
+    assert [(s["offset"], s["length"], s["sha256"]) for s in whole] == [(0, 10, "1" * 64), (0, 10, "2" * 64)]
+    assert _segments(store, parts, (10, 10), 60)[0]["url"].split("?")[0].endswith("jobs/j/t/2/b")
+    assert _segments(store, parts, (20, 0), 60) == []
