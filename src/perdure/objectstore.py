@@ -18,7 +18,7 @@ import io
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from perdure.datastore import BlobInfo, _check_key
-from perdure.errors import BadRequest, NotFound
+from perdure.errors import BadRequest, NotFound, PerdureError
 from perdure.s3config import S3StoreConfig
 
 if TYPE_CHECKING:
@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ObjectIdentifierTypeDef
 
 MiB = 1024 * 1024
+
+
+class StoreUnavailable(PerdureError):
+    """The object store did not answer (or refused the server's own credentials): retry later."""
+
+    status = 503
 
 
 def make_client(
@@ -107,7 +113,7 @@ class S3BlobStore:
         except Exception as exc:
             if _is_missing(exc):
                 raise NotFound(f"no data stored under {key}") from None
-            raise
+            raise StoreUnavailable(f"the object store could not be asked about {key}: {exc}") from None
         checksum = answer.get("ChecksumSHA256")
         digest = None
         if checksum and "-" not in checksum:  # "<b64>-<parts>" is a checksum of checksums
@@ -280,4 +286,4 @@ class S3PendingBlob:
                     raise
 
 
-__all__ = ["S3BlobStore", "S3PendingBlob", "S3Reader", "make_client", "parse_s3_url"]
+__all__ = ["S3BlobStore", "S3PendingBlob", "S3Reader", "StoreUnavailable", "make_client", "parse_s3_url"]
