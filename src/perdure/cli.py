@@ -81,9 +81,9 @@ def server(
     ] = False,
 ) -> None:
     """Start the API server (migrating the database schema first)."""
-    from perdure.config import KEY_TYPES, ConfigError, env_overrides
+    from perdure.config import KEY_TYPES, ConfigError
     from perdure.configstore import ConfigStore
-    from perdure.settings import config_overrides
+    from perdure.settings import process_overrides
 
     settings = _settings(data_dir, db)
     for item in set_ or []:
@@ -104,7 +104,7 @@ def server(
         store = ConfigStore(
             database,
             settings.data_dir / "config.json",
-            overrides={**config_overrides(settings), **env_overrides(os.environ)},
+            overrides=process_overrides(settings, os.environ),
             fixed={},
         )
         effective = store.load()
@@ -159,7 +159,17 @@ def worker(
     ] = None,
     workpath: Annotated[Path | None, typer.Option(help="Directory for work, caches and logs.")] = None,
     slots: Annotated[int | None, typer.Option(min=1, help="Workunits run at once.")] = None,
-    token: Annotated[str | None, typer.Option(help="Clientgroup token.", envvar="PERDURE_TOKEN")] = None,
+    token: Annotated[
+        str | None, typer.Option(hidden=True, help="Refused: the token would show in ps; see --token-file.")
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="File (mode 0600) holding the clientgroup token; or set PERDURE_WORKER_TOKEN."),
+    ] = None,
+    allow_file_root: Annotated[
+        list[Path] | None,
+        typer.Option(help="A directory file:// inputs may be read from (repeat for more); none by default."),
+    ] = None,
     ca_file: Annotated[str | None, typer.Option(help="CA bundle to trust for HTTPS.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with worker settings.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
@@ -173,8 +183,13 @@ def worker(
         return
 
     from perdure.worker.config import WorkerConfig
+    from perdure.worker.credentials import ARGV_REFUSED, TokenFileError, make_undumpable, resolve_token
     from perdure.worker.node import Node, WorkpathInUse, configure_logging
 
+    if token is not None:
+        console.print(f"[red]error:[/red] {ARGV_REFUSED}")
+        raise typer.Exit(2)
+    make_undumpable()
     try:
         settings = WorkerConfig.load(
             config,
@@ -184,11 +199,13 @@ def worker(
             apps=apps,
             workpath=workpath,
             slots=slots,
-            token=token,
+            token_file=str(token_file) if token_file is not None else None,
+            allow_file_root=[str(root) for root in allow_file_root] if allow_file_root else None,
             ca_file=ca_file,
         )
+        settings = settings.model_copy(update={"token": resolve_token(settings.token, settings.token_file)})
         settings.validate()
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, TokenFileError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     settings.workpath.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,8 @@ def job_document(job: Any, job_tasks: Iterable[Any]) -> dict[str, Any]:
         "error": job.error,
         "resumed": job.resumed,
         "shockhost": "",
+        # issue 17: who submitted it, from the verified token; ``info.user`` is only a label.
+        "owner": job.owner,
     }
 
 

@@ -11,7 +11,8 @@ import re
 import threading
 from pathlib import Path
 
-from perdure.config import LogConfig
+from perdure.config import ServerLogConfig
+from perdure.logescape import EscapingFormatter
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LEVELS = {
@@ -47,7 +48,7 @@ class ServerLogs:
         """URL file name -> file, e.g. ``perdure.log`` and ``perdure-access.log``."""
         return {self.server_path.stem + ".log": self.server_path, self.access_path.name: self.access_path}
 
-    def apply(self, config: LogConfig) -> None:
+    def apply(self, config: ServerLogConfig) -> None:
         path = Path(config.file) if config.file else self.data_dir / "logs" / "perdure.log"
         if not path.is_absolute():
             path = self.data_dir / path
@@ -66,7 +67,7 @@ class ServerLogs:
                     access_logger, self._access, self.access_path, max_bytes, config.maxBackups
                 )
                 if self._access is not None:
-                    self._access.setFormatter(logging.Formatter("%(message)s"))
+                    self._access.setFormatter(EscapingFormatter("%(message)s"))
             for handler in (self._server, self._access):
                 if handler is not None:
                     handler.maxBytes = max_bytes
@@ -88,7 +89,7 @@ class ServerLogs:
         handler = logging.handlers.RotatingFileHandler(
             path, maxBytes=max_bytes, backupCount=backups, delay=False
         )
-        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler.setFormatter(EscapingFormatter(_FORMAT))
         logger.addHandler(handler)
         if old is not None:
             logger.removeHandler(old)

@@ -28,12 +28,15 @@ _TOKEN_HEADER = "X-aws-ec2-metadata-token"
 
 
 def collect(
-    imds_endpoint: str | None = DEFAULT_IMDS_ENDPOINT,
+    imds_endpoint: str | None = None,
     timeout: float = 1.0,
     *,
     cpuinfo_path: Path = Path("/proc/cpuinfo"),
 ) -> dict[str, Any]:
-    """The node document without ``id`` (the caller knows its node id) and ``lastHeartbeat``."""
+    """The node document without ``id`` (the caller knows its node id) and ``lastHeartbeat``.
+
+    Instance facts are asked of ``imds_endpoint`` only: the caller decides whether this node is on
+    EC2 (:func:`perdure.spot.cloud.metadata_endpoint`); None asks nothing."""
     instance = aws_instance(imds_endpoint, timeout) if imds_endpoint else {}
     model, vendor = _cpu(cpuinfo_path)
     return {

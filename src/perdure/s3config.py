@@ -23,7 +23,7 @@ _BUCKET = re.compile(r"^$|^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
 class S3StoreConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     #: The bucket; empty: the data store and checkpoints stay in the server's data directory.
     bucket: str = Field(default="", pattern=_BUCKET.pattern)
@@ -52,7 +52,7 @@ class S3StoreConfig(BaseModel):
 
 
 class StoreConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     s3: S3StoreConfig = Field(default_factory=S3StoreConfig)
 

@@ -1,19 +1,20 @@
 """Server settings: what the server needs to start and what the job rules read.
 
-Defaults are AWE's. Each can be set with an environment variable ``PERDURE_<NAME>`` (upper case);
-the management plane adds a configuration file and live changes on top of this.
+A view of the configuration model (``perdure.config``) for this process: the defaults are the
+model's, and the live values follow the effective configuration (``apply_config``). Each can be set
+with an environment variable ``PERDURE_<NAME>`` (upper case), parsed and bounded by the model.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from perdure.config import DEFAULTS, ConfigError, apply_kv, env_overrides, get_key
 from perdure.store.database import sqlite_url
-
-MIB = 1024 * 1024
 
 
 @dataclass
@@ -22,25 +23,25 @@ class Settings:
     #: SQLAlchemy URL; empty means SQLite in the data directory.
     db_url: str = ""
     #: Largest job script ``POST /job`` accepts.
-    max_upload_bytes: int = 16 * MIB
+    max_upload_bytes: int = DEFAULTS.perdure.maxUploadBytes
     #: Largest single output file a worker may upload to the data store.
-    max_output_bytes: int = 64 * 1024 * MIB
+    max_output_bytes: int = DEFAULTS.perdure.maxOutputBytes
     #: A workunit failing this many times suspends its job (``info.noretry`` makes it 1).
-    max_work_failure: int = 3
+    max_work_failure: int = DEFAULTS.perdure.maxWorkFailure
     #: A client failing this many workunits in a row is suspended.
-    max_client_failure: int = 5
+    max_client_failure: int = DEFAULTS.perdure.maxClientFailure
     #: Expiration given to completed jobs that have none, e.g. ``30D``; empty means never.
-    global_expire: str = ""
+    global_expire: str = DEFAULTS.perdure.globalExpire
     #: Per-pipeline expiration, ``{"pipeline": "12H"}``; wins over ``global_expire``.
-    pipeline_expire: dict[str, str] = field(default_factory=dict)
+    pipeline_expire: dict[str, str] = field(default_factory=lambda: dict(DEFAULTS.perdure.pipelineExpire))
     #: How often the background sweep runs (start_at, expirations, lost clients).
-    sweep_interval_s: float = 5.0
+    sweep_interval_s: float = DEFAULTS.perdure.sweepInterval
     #: Clients are told to heartbeat this often.
-    node_heartbeat_s: float = 30.0
+    node_heartbeat_s: float = DEFAULTS.node.heartbeat
     #: A client silent this long is offline and its work goes back to the queue.
-    node_ttl_s: float = 300.0
+    node_ttl_s: float = DEFAULTS.node.ttl
     #: Refuse worker calls without a valid clientgroup token.
-    client_auth_required: bool = False
+    client_auth_required: bool = DEFAULTS.perdure.clientAuthRequired
     #: Any configuration key, as configKV strings (``perdure server --set key=value``).
     config_overrides: dict[str, str] = field(default_factory=dict)
 
@@ -78,6 +79,12 @@ CONFIG_KEYS = {
 }
 
 
+def process_overrides(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """What this process puts over the shared configuration, lowest first: the environment
+    (``PERDURE_<NAME>`` settings, then ``PERDURE_CFG_<key>``), then the command line (``--set``)."""
+    return {**config_overrides(settings), **env_overrides(environ), **settings.config_overrides}
+
+
 def config_overrides(settings: Settings) -> dict[str, str]:
     """The configuration keys this process overrides, as configKV strings."""
     defaults = Settings()
@@ -110,20 +117,14 @@ def apply_config(settings: Settings, config: Any) -> None:
 
 
 def _coerce(name: str, kind: Any, raw: str) -> Any:
-    kind = str(kind)
+    """``PERDURE_<NAME>`` as the setting takes it: the model's coercer and bounds for the settings
+    that mirror configuration keys (so ``PERDURE_NODE_TTL_S=5m`` works and an out-of-range value is
+    refused at start); a path or a plain string otherwise."""
+    key = CONFIG_KEYS.get(name)
+    if key is None:
+        return Path(raw) if str(kind) == "Path" else raw
     try:
-        if kind == "bool":
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes")
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind.startswith("dict"):
-            return dict(pair.split(":", 1) for pair in raw.split(",") if pair)
-        if kind == "Path":
-            return Path(raw)
-    except ValueError:
-        raise ValueError(f"PERDURE_{name.upper()}={raw!r} is not a valid {kind}") from None
-    return raw
+        return get_key(apply_kv(DEFAULTS, {key: raw}, allow_read_only=True), key)
+    except ConfigError as exc:
+        reason = next(iter(exc.fields.values()), str(exc))
+        raise ValueError(f"PERDURE_{name.upper()}={raw!r} is not valid for {key}: {reason}") from None

@@ -131,3 +131,26 @@ def split_ranges(
             cuts = [starts[len(starts) * i // parts] for i in range(parts)] + [size]
             ranges = [(a, b - a) for a, b in itertools.pairwise(cuts) if b > a]
     return ranges
+
+
+def record_offsets(read_at: ReadAt, size: int, kind: str) -> list[int]:
+    """The offset of every record of ``kind`` ("line", "fasta" or "fastq"), as ``split_ranges`` sees
+    records: what a Shock-compatible ``line`` or ``record`` index counts (api/shock.py)."""
+    if size <= 0:
+        return []
+    return _record_starts(read_at, size, kind)
+
+
+def awe_part(rank: int, totalwork: int, totalindex: int) -> str:
+    """The index units rank ``rank`` of ``totalwork`` downloads, as AWE's ``Workunit.Part()``: the
+    first ``totalindex % totalwork`` ranks get one unit more; ``"a-b"``, or ``"a"`` for one unit."""
+    if rank <= 0 or totalwork <= 0:
+        return ""
+    size, remainder = divmod(totalindex, totalwork)
+    if rank <= remainder:
+        start = (size + 1) * (rank - 1) + 1
+        end = start + size
+    else:
+        start = (size + 1) * remainder + size * (rank - remainder - 1) + 1
+        end = start + size - 1
+    return str(start) if start == end else f"{start}-{end}"

@@ -186,7 +186,7 @@ BAD_PAIRS: list[tuple[Any, str]] = [
     # bad durations
     ({"node.ttl": "five minutes"}, "node.ttl"),
     ({"node.ttl": "5 m"}, "node.ttl"),
-    ({"node.ttl": "5d"}, "node.ttl"),
+    ({"node.ttl": "8d"}, "node.ttl"),  # days are read (7d), but a TTL is at most 7 days
     ({"node.ttl": ""}, "node.ttl"),
     ({"node.ttl": "0"}, "node.ttl"),
     ({"node.ttl": "-5m"}, "node.ttl"),

@@ -187,16 +187,26 @@ def test_without_systemd_the_worker_starts_with_exact_arguments(
     result = _run(text, sandbox, PERDURE_INIT="nohup")
     assert result.returncode == 0, result.stderr
     args = _wait_for(sandbox["calls"] / "perdure.args").splitlines()
-    assert args == ["worker", "--server", "http://10.0.0.5:8001", "--group", "g1", "--token", TOKEN]
+    token_file = sandbox["root"] / "etc" / "worker.token"
+    assert args == [
+        "worker",
+        "--server",
+        "http://10.0.0.5:8001",
+        "--group",
+        "g1",
+        "--token-file",
+        str(token_file),
+    ]
     assert _wait_for(sandbox["calls"] / "pip.args").splitlines() == [
         "install",
         "--quiet",
         "--upgrade",
         f"perdure=={__version__}",
     ]
-    env_file = sandbox["root"] / "etc" / "worker.env"
-    assert env_file.read_text() == f"PERDURE_TOKEN={TOKEN}\n"
-    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    # The token is in a file of mode 0600, never on the worker's command line (ps shows that).
+    assert token_file.read_text() == f"{TOKEN}\n"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert TOKEN not in " ".join(args)
 
 
 def test_environment_overrides_token_and_pip_spec(client: TestClient, sandbox: dict[str, Path]) -> None:
@@ -206,7 +216,17 @@ def test_environment_overrides_token_and_pip_spec(client: TestClient, sandbox: d
     )
     assert result.returncode == 0, result.stderr
     args = _wait_for(sandbox["calls"] / "perdure.args").splitlines()
-    assert args == ["worker", "--server", "http://testserver", "--group", "g1", "--token", "from-env"]
+    token_file = sandbox["root"] / "etc" / "worker.token"
+    assert args == [
+        "worker",
+        "--server",
+        "http://testserver",
+        "--group",
+        "g1",
+        "--token-file",
+        str(token_file),
+    ]
+    assert token_file.read_text() == "from-env\n"
     assert _wait_for(sandbox["calls"] / "pip.args").splitlines()[-1] == "perdure[x]"
 
 
@@ -218,10 +238,11 @@ def test_with_systemd_a_unit_is_written_and_started(client: TestClient, sandbox:
     unit = (root / "units" / "perdure-worker.service").read_text()
     assert (
         f"ExecStart={root}/opt/bin/perdure worker --server https://mgmt.example.com --group gpu.nodes "
-        "--token ${PERDURE_TOKEN}\n"
+        f"--token-file {root}/etc/worker.token\n"
     ) in unit
-    assert f"EnvironmentFile=-{root}/etc/worker.env\n" in unit
-    assert TOKEN not in unit  # the secret stays in the 0600 environment file
+    assert "EnvironmentFile" not in unit  # the worker's environment carries no token
+    assert TOKEN not in unit  # the secret stays in the 0600 token file
+    assert (root / "etc" / "worker.token").read_text() == f"{TOKEN}\n"
     assert "[Install]\nWantedBy=multi-user.target\n" in unit
     # systemd stops the worker alone, and gives it longer than its hand-over deadline to checkpoint.
     assert "KillMode=mixed\nTimeoutStopSec=150\n" in unit

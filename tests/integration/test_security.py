@@ -394,13 +394,13 @@ def test_token_matrix_on_reads_and_changes(secured: TestClient, issuer: Issuer) 
     assert config_of(secured, admin)["node"]["ttl"] == "5m0s"
     assert data_of(secured.get(f"/job/{job_id}", headers=admin))["state"] == "queued"
 
-    # A valid non-admin reads (its own jobs only) but may not change: 403 errorCode 2005 with the groups.
+    # A valid non-admin reads its own jobs only; the configuration is an admin's to read (issue 17)
+    # and to change: 403 errorCode 2005 with the groups.
     user = bearer(issuer.token("alice", ("users", "lab")))
     replies = four_requests(secured, user, job_id)
-    assert replies["GET /api/v1/config"].status_code == 200, replies["GET /api/v1/config"].text
-    assert replies["GET /api/v1/config"].json()["node"]["ttl"] == "5m0s"
-    refused = mgmt_error(replies["PUT /api/v1/configKV"], 403, 2005)
-    assert refused["fields"] == {"adminGroups": ["admin"], "groupsInToken": ["users", "lab"]}
+    for what in ("GET /api/v1/config", "PUT /api/v1/configKV"):
+        refused = mgmt_error(replies[what], 403, 2005)
+        assert refused["fields"] == {"adminGroups": ["admin"], "groupsInToken": ["users", "lab"]}
     assert data_of(replies["GET /job"]) == []
     assert awe_error(replies["PUT /job/<id>?suspend"], 404) == "Not Found"
     assert config_of(secured, admin)["node"]["ttl"] == "5m0s"
@@ -452,7 +452,8 @@ def test_any_oidc_provider_with_issuer_and_jwks_url(client: TestClient, oidc_iss
     user = oidc_issuer.token(
         "alice", ("users",), group_claim="groups", token_use=None, aud="perdure-oidc", client_id=None
     )
-    assert client.get("/api/v1/config", headers=bearer(user)).status_code == 200
+    assert client.get("/job", headers=bearer(user)).status_code == 200  # verified, not an admin:
+    mgmt_error(client.get("/api/v1/config", headers=bearer(user)), 403, 2005)  # admin-only (issue 17)
     mgmt_error(
         client.put("/api/v1/configKV", json={"kvMap": {"job.diskType": "st1"}}, headers=bearer(user)),
         403,

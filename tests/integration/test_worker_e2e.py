@@ -543,7 +543,11 @@ def test_inputs_args_environment_and_predata(cluster: Cluster) -> None:
         "/private.txt": b"for token holders\n",
     }
     with file_server(files, tokens={"/private.txt": f"OAuth {datatoken}"}) as http:
-        _, api, (worker,) = cluster.start()
+        # file:// inputs are read only below the roots the worker was given (issue 17).
+        server = cluster.server(start=False)
+        worker = cluster.worker(server.url, env={"PERDURE_WORKER_ALLOW_FILE_ROOT": str(cluster.base)})
+        server.start()
+        api = cluster.api(server)
         predata = [{"filename": "ref.db", "url": f"{http.url}/ref.db"}]
         staged = {
             "taskid": "stage",

@@ -59,13 +59,15 @@ class WorkerProcess:
             if not k.startswith("PERDURE_WORKER_") and k != "PERDURE_TOKEN"
         }
         self.env = {**inherited, **TEST_ENV, **(env or {})}
+        if token is not None:  # never on the command line: the worker refuses --token (issue 17)
+            self.env["PERDURE_WORKER_TOKEN"] = token
         self.log_path = base / f"{label}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
         command = [sys.executable, "-m", "perdure", "worker", "--server", self.server_url]
         command += ["--name", self.label, "--workpath", str(self.workpath), "--slots", str(self.slots)]
-        for flag, value in (("--group", self.group), ("--apps", self.apps), ("--token", self.token)):
+        for flag, value in (("--group", self.group), ("--apps", self.apps)):
             if value is not None:
                 command += [flag, value]
         if self.config is not None:

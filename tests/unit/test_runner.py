@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -103,6 +102,8 @@ SETTINGS = (
     "workpath",
     "slots",
     "token",
+    "token_file",
+    "allow_file_root",
     "ca_file",
     "heartbeat_s",
     "checkout_wait_s",
@@ -132,9 +133,7 @@ def toml(tmp_path: Path, text: str) -> Path:
 
 
 def test_settings_cover_every_field() -> None:
-    from dataclasses import fields
-
-    assert {f.name for f in fields(WorkerConfig)} == set(SETTINGS)
+    assert set(WorkerConfig.model_fields) == set(SETTINGS)
 
 
 def test_defaults_without_file_environment_or_flags() -> None:
@@ -238,9 +237,9 @@ def test_missing_or_malformed_file_is_refused(tmp_path: Path) -> None:
     ],
 )
 def test_validate_refuses(overrides: dict[str, object], message: str) -> None:
-    config = WorkerConfig.load(**overrides)
+    # The worker section's bounds are checked as the settings are read, before the worker starts.
     with pytest.raises(ValueError, match=message):
-        config.validate()
+        WorkerConfig.load(**overrides).validate()
 
 
 @pytest.mark.parametrize("server", ["http://a:1", "https://a", "https://a:8443/prefix"])
@@ -250,7 +249,7 @@ def test_validate_accepts_http_and_https_and_only_the_scheme_decides(server: str
     assert config.server == server
     _, rest = server.split(":", 1)
     with pytest.raises(ValueError, match="server must be an http"):
-        dataclasses.replace(config, server=f"ftp:{rest}").validate()
+        WorkerConfig.load(server=f"ftp:{rest}")
 
 
 @pytest.mark.parametrize("heartbeat", ["0", "-1"])

@@ -7,6 +7,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from perdure.logescape import escape_quoted
 from perdure.logs import ACCESS_LOGGER, redact_query
 
 log = logging.getLogger(ACCESS_LOGGER)
@@ -43,9 +44,9 @@ class AccessLogMiddleware:
                 '%s %s %s "%s %s" %d %d %.1fms',
                 time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 client[0] if client else "-",
-                getattr(principal, "user", "-"),
-                scope["method"],
-                path,
+                escape_quoted(str(getattr(principal, "user", "-"))),
+                escape_quoted(scope["method"]),
+                escape_quoted(path),
                 status,
                 sent,
                 (time.perf_counter() - started) * 1000,

@@ -34,19 +34,22 @@ from perdure.api import (
     work,
 )
 from perdure.api import metrics as metrics_api
+from perdure.api import shock as shock_api
 from perdure.api.accesslog import AccessLogMiddleware
 from perdure.api.auth import AuthMiddleware
 from perdure.api.context import ServerContext
 from perdure.api.envelope import error_for
 from perdure.api.errors import response_for
 from perdure.api.fastpath import WorkerFastPath
-from perdure.config import env_overrides
+from perdure.api.housekeeping import guarded
+from perdure.api.limits import BodyLimitMiddleware
+from perdure.api.readguard import AdminReadsMiddleware
 from perdure.configstore import ConfigStore
 from perdure.errors import PerdureError
 from perdure.logs import ServerLogs
 from perdure.metrics import recording
 from perdure.protocol import Refused
-from perdure.settings import Settings, apply_config, config_overrides
+from perdure.settings import Settings, apply_config, process_overrides
 from perdure.store import migrate
 from perdure.store.database import Database
 from perdure.store.spot import collectable_jobs
@@ -72,7 +75,7 @@ def create_app(
     config = ConfigStore(
         database,
         settings.data_dir / "config.json",
-        overrides={**config_overrides(settings), **env_overrides(os.environ)},
+        overrides=process_overrides(settings, os.environ),
         fixed={
             "perdure.databaseURL": settings.database_url,
             "perdure.dataDir": str(settings.data_dir.resolve()),
@@ -108,8 +111,11 @@ def create_app(
     for module in (root, jobs, work, s3, spot, data, clients, cgroups, queue, nodes, scripts, management):
         app.include_router(module.router)
     dashboard.install(app)  # /ui/, /docs with local assets, /api/v1/events
+    app.include_router(shock_api.router)  # /node: the Shock-compatible data plane (issue 19)
     app.include_router(management.log_files)  # last: /{name} would shadow the routes above
     app.add_middleware(WorkerFastPath)  # innermost: after authentication, instead of FastAPI's routing
+    app.add_middleware(BodyLimitMiddleware)  # issue 17: body size and time limits, after authentication
+    app.add_middleware(AdminReadsMiddleware)  # issue 17: admin-only reads, inside authentication
     app.add_middleware(AuthMiddleware)
     app.add_middleware(RefuseNulMiddleware)
     app.add_middleware(AccessLogMiddleware)  # logs even requests auth refuses
@@ -182,26 +188,28 @@ async def _sweep_forever(context: ServerContext, stop: asyncio.Event) -> None:
             await asyncio.to_thread(sweep_once, context)
             if time.monotonic() - optimized > OPTIMIZE_EVERY_S:
                 optimized = time.monotonic()
-                await asyncio.to_thread(context.db.optimize)
+                await asyncio.to_thread(guarded, "optimize", context.db.optimize)
         except Exception:
             log.exception("background sweep failed; will retry")
 
 
 def sweep_once(context: ServerContext) -> None:
-    context.config.refresh()
-    requeued = context.clients.requeue_lost()
+    """Each step in its own guard: one that fails is logged and counted
+    (``perdure_sweep_failures_total{step=...}``) and never keeps the others from running."""
+    guarded("config", context.config.refresh)
+    requeued = guarded("requeue_lost", context.clients.requeue_lost)
     if requeued:
         log.warning("re-queued %d workunit(s) of lost clients", requeued)
-    context.jobs.promote_due()
-    finished = context.jobs.advance_finished()
+    guarded("promote_due", context.jobs.promote_due)
+    finished = guarded("advance_finished", context.jobs.advance_finished)
     if finished:
         # A server stopped mid-batch leaves such tasks (or this sweep met a live batch in between).
         log.info("completed the finished tasks of %d job(s)", finished)
-    metrics.sweep(context.db, node_ttl_s=context.settings.node_ttl_s)
-    reaped = context.jobs.reap_expired()
+    guarded("metrics", lambda: metrics.sweep(context.db, node_ttl_s=context.settings.node_ttl_s))
+    reaped = guarded("reap_expired", context.jobs.reap_expired)
     if reaped:
         log.info("removed %d expired job(s)", reaped)
-    collected = collect_checkpoints(context)
+    collected = guarded("collect_checkpoints", lambda: collect_checkpoints(context))
     if collected:
         log.info("deleted the checkpoints of %d finished or deleted job(s)", collected)
 

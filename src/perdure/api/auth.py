@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from perdure.api.envelope import error_for
+from perdure.api.readguard import METRICS_PATH, SCRAPER, metrics_token_matches
 from perdure.errors import NotFound, NotPrivileged
 from perdure.security import ANONYMOUS, Principal, TokenError, Verifier
 
@@ -37,6 +38,9 @@ _WORKER_ROUTES = [
     ("DELETE", re.compile(r"^/client/[^/]+$")),
     ("PUT", re.compile(r"^/api/v1/nodes/[^/]+(/files)?$")),
     ("GET", re.compile(r"^/job/[^/]+/output/.+$")),
+    # the Shock-compatible node API AWE's worker moves data through (api/shock.py)
+    ("GET", re.compile(r"^/node/[^/]+$")),
+    ("PUT", re.compile(r"^/node/[^/]+(/index/[^/]+)?$")),
     # spot protection: checkpoint and restore reports, the server's checkpoint store, collection
     ("POST", re.compile(r"^/work/[^/]+/(checkpoints|restores|ckpt)$")),
     ("DELETE", re.compile(r"^/work/[^/]+/ckpt$")),
@@ -64,6 +68,13 @@ class AuthMiddleware:
         context = scope["app"].state.ctx
         cognito = context.config.effective.security.cognito
         state = scope.setdefault("state", {})
+        if scope["path"] == METRICS_PATH and metrics_token_matches(
+            getattr(context.config.effective.security, "metricsToken", ""),
+            dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"),
+        ):
+            state["principal"] = SCRAPER  # Prometheus with its own token (issue 17); /metrics only
+            await self.app(scope, receive, send)
+            return
         if not cognito.enabled:
             state["principal"] = ANONYMOUS
             await self.app(scope, receive, send)

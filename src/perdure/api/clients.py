@@ -15,7 +15,7 @@ from perdure.api.auth import principal, require_admin
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
 from perdure.api.workerauth import cg_token_given, check_worker
-from perdure.config import format_duration
+from perdure.duration import format_duration
 from perdure.errors import BadRequest, NotImplementedOp
 from perdure.store.clients import parse_profile
 
@@ -73,6 +73,8 @@ def get_client(client_id: str, request: Request) -> JSONResponse:
     if params.flag(request.query_params, "heartbeat"):
         check_worker(request, client_id=client_id)
         return ok({**context.clients.heartbeat(client_id, None), **_settings_for_workers(request)})
+    if cg_token_given(request):
+        check_worker(request, client_id=client_id)  # issue 17: a group's token reads its own clients only
     return ok(context.clients.get(client_id))
 
 

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 from perdure.api import params
 from perdure.api.auth import check_job_access, job_owner_filter, principal, require_admin
 from perdure.api.context import ctx
+from perdure.api.crossjob import check_submitted_references
 from perdure.api.envelope import ok, page
 from perdure.errors import BadRequest, NotImplementedOp
 from perdure.jobscript import JobScriptError, parse_job_script
@@ -78,6 +79,7 @@ async def submit_job(request: Request) -> JSONResponse:
         spec = parse_job_script(raw)
     except JobScriptError as exc:
         raise BadRequest(str(exc)) from None
+    await run_in_threadpool(check_submitted_references, request, spec)  # issue 17: no cross-job inputs
     token = request.headers.get("datatoken") or None
     owner = principal(request).user
     document = await run_in_threadpool(ctx(request).jobs.submit, spec, raw.decode("utf-8"), token, owner)

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 
 from perdure.api.auth import require_admin
 from perdure.api.context import ctx
-from perdure.config import MASK, Config, ConfigError, apply_kv, to_document
+from perdure.config import MASK, ConfigError, ServerConfig, apply_kv, to_document
 from perdure.errors import BadRequest, Invalid, NotFound
 from perdure.security import TokenError, Verifier
 
@@ -76,7 +76,7 @@ async def put_config_kv(request: Request) -> JSONResponse:
         raise Invalid("Invalid argument", blocked)
     context = ctx(request)
 
-    def change(config: Config) -> Config:
+    def change(config: ServerConfig) -> ServerConfig:
         updated = apply_kv(config, kv)
         _refuse_lockout(updated, caller)
         return updated
@@ -88,7 +88,7 @@ async def put_config_kv(request: Request) -> JSONResponse:
     return JSONResponse(to_document(effective))
 
 
-def _refuse_lockout(config: Config, caller: Any) -> None:
+def _refuse_lockout(config: ServerConfig, caller: Any) -> None:
     """An admin may not take away the last admin group they are in while security is on."""
     cognito = config.security.cognito
     if cognito.enabled and caller.kind == "user" and not set(caller.groups) & set(cognito.adminGroups):
@@ -101,7 +101,7 @@ def _refuse_lockout(config: Config, caller: Any) -> None:
 # ---- security ---------------------------------------------------------------------------------
 
 
-def _cognito_view(config: Config) -> dict[str, Any]:
+def _cognito_view(config: ServerConfig) -> dict[str, Any]:
     cognito = config.security.cognito
     view = {
         "enabled": cognito.enabled,
@@ -168,7 +168,7 @@ async def enable_cognito(request: Request) -> JSONResponse:
     if not caller.admin:
         raise Invalid("Invalid argument", {"token": "carries no admin group; enabling would lock you out"})
 
-    def change(config: Config) -> Config:
+    def change(config: ServerConfig) -> ServerConfig:
         cognito = config.security.cognito.model_copy(update={**values, "enabled": True})
         return config.model_copy(update={"security": config.security.model_copy(update={"cognito": cognito})})
 
@@ -191,7 +191,7 @@ async def disable_cognito(request: Request) -> JSONResponse:
     require_admin(request, "disable cognito")
     context = ctx(request)
 
-    def change(config: Config) -> Config:
+    def change(config: ServerConfig) -> ServerConfig:
         cognito = config.security.cognito.model_copy(update={"enabled": False})
         return config.model_copy(update={"security": config.security.model_copy(update={"cognito": cognito})})
 
@@ -202,7 +202,7 @@ async def disable_cognito(request: Request) -> JSONResponse:
 # ---- logging ----------------------------------------------------------------------------------
 
 
-def _log_view(config: Config) -> dict[str, Any]:
+def _log_view(config: ServerConfig) -> dict[str, Any]:
     return {"level": config.log.level, "maxSizeMB": config.log.maxSizeMB, "maxBackups": config.log.maxBackups}
 
 

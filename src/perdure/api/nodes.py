@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from perdure.api.context import ctx
 from perdure.api.envelope import mgmt_error
+from perdure.api.groupscope import check_node_scope
 from perdure.api.workerauth import check_worker
 from perdure.errors import BadRequest, PerdureError
 from perdure.store.clients import GROUP_PATTERN
@@ -75,6 +76,7 @@ async def report_node(node_id: str, request: Request) -> JSONResponse:
     if group is not None and not (isinstance(group, str) and _is_group(group)):
         raise BadRequest("group must be a client group name")
     await run_in_threadpool(check_worker, request, group=group)
+    await run_in_threadpool(check_node_scope, request, node_id)
     info = body.get("info", {})
     files = body.get("files", [])
     return JSONResponse(await run_in_threadpool(node_store(request).upsert, node_id, info, files))
@@ -88,6 +90,7 @@ async def upload_file(node_id: str, request: Request) -> JSONResponse:
     if not path:
         raise BadRequest("path is required")
     await run_in_threadpool(check_worker, request, group=None)
+    await run_in_threadpool(check_node_scope, request, node_id)
     data = await _body(request, MAX_UPLOAD_BYTES)
     return JSONResponse(await run_in_threadpool(node_store(request).save_file, node_id, path, data))
 

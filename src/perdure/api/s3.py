@@ -67,6 +67,8 @@ def presigned(store: S3BlobStore, db: Any, workunit: dict[str, Any]) -> dict[str
         if not parts:
             continue  # not stored (yet): the worker asks the server, which answers why
         if part.get("input") == filename:
+            if "offset" not in part or "length" not in part:
+                continue  # AWE's index/part form: the worker asks the server's node API for it
             window = (int(part["offset"]), int(part["length"]))
         else:
             window = (0, sum(p.size for p in parts))

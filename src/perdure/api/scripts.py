@@ -55,8 +55,6 @@ def install_script(server: str, group: str, token: str = "") -> str:
         token=shlex.quote(token),
         pip_spec=pip_spec,
         unit_arguments=shlex.quote(arguments),
-        # systemd expands ${PERDURE_TOKEN} from the EnvironmentFile, so the unit holds no secret.
-        unit_token=shlex.quote(" --token ${PERDURE_TOKEN}"),
     )
 
 
@@ -73,6 +71,7 @@ main() {{
     group={group}
     token={token}
     if [ -n "${{PERDURE_TOKEN:-}}" ]; then token=$PERDURE_TOKEN; fi
+    unset PERDURE_TOKEN  # nothing this script starts inherits it
     pip_spec="${{PERDURE_PIP_SPEC:-{pip_spec}}}"
     prefix="${{PERDURE_PREFIX:-/opt/perdure}}"
     etc_dir="${{PERDURE_ETC_DIR:-/etc/perdure}}"
@@ -100,7 +99,14 @@ main() {{
     "$prefix/bin/pip" install --quiet --upgrade "$pip_spec"
 
     mkdir -p "$etc_dir" "$log_dir"
-    (umask 077 && printf 'PERDURE_TOKEN=%s\n' "$token" > "$etc_dir/worker.env")
+    # The token goes to a file of mode 0600 the worker reads (--token-file): never on a command line,
+    # where ps and /proc/<pid>/cmdline would show it, nor in the worker's environment.
+    token_file="$etc_dir/worker.token"
+    rm -f "$etc_dir/worker.env"
+    if [ -n "$token" ]; then
+        (umask 077 && printf '%s\n' "$token" > "$token_file.tmp")
+        mv "$token_file.tmp" "$token_file"
+    fi
 
     init="${{PERDURE_INIT:-}}"
     if [ -z "$init" ]; then
@@ -113,12 +119,11 @@ main() {{
 
     if [ "$init" = systemd ]; then
         arguments={unit_arguments}
-        if [ -n "$token" ]; then arguments="$arguments"{unit_token}; fi
+        if [ -n "$token" ]; then arguments="$arguments --token-file $token_file"; fi
         mkdir -p "$unit_dir"
         {{
             printf '%s\n' '[Unit]' 'Description=Perdure worker' 'Wants=network-online.target' \
                 'After=network-online.target' '' '[Service]' 'Type=simple'
-            printf 'EnvironmentFile=-%s/worker.env\n' "$etc_dir"
             printf 'ExecStart=%s/bin/perdure %s\n' "$prefix" "$arguments"
             # SIGTERM to the worker alone (KillMode=mixed): it hands running work over, checkpointing
             # it, within its 120 s deadline; the workunits must not get the signal from systemd first.
@@ -133,7 +138,7 @@ main() {{
         say "perdure-worker.service started; log: $log_dir/worker.log"
     else
         set -- worker --server "$server" --group "$group"
-        if [ -n "$token" ]; then set -- "$@" --token "$token"; fi
+        if [ -n "$token" ]; then set -- "$@" --token-file "$token_file"; fi
         nohup "$prefix/bin/perdure" "$@" >> "$log_dir/worker.log" 2>&1 < /dev/null &
         printf '%s\n' "$!" > "$etc_dir/worker.pid"
         say "worker started without systemd (pid $!); log: $log_dir/worker.log"

@@ -23,9 +23,11 @@ from starlette.responses import JSONResponse
 
 from perdure.api import params
 from perdure.api.auth import check_job_access, require_admin
+from perdure.api.awe_io import absolute_io, external_base
 from perdure.api.context import ServerContext, ctx
 from perdure.api.envelope import ok, page
 from perdure.api.errors import refusal_body
+from perdure.api.groupscope import check_work_scope
 from perdure.api.s3 import with_presigned
 from perdure.api.workerauth import check_worker, check_worker_async
 from perdure.errors import BadRequest, PerdureError
@@ -64,7 +66,8 @@ async def checkout_or_list(request: Request) -> JSONResponse:
     if isinstance(workunit, PerdureError | Refused):
         raise workunit
     assert workunit is not None
-    return ok(await with_presigned(context, _with_ckpt(context, workunit)))
+    workunit = await with_presigned(context, _with_ckpt(context, workunit))
+    return ok(absolute_io(workunit, external_base(request)))
 
 
 async def _wait_for_work(
@@ -116,9 +119,10 @@ async def get_work(work_id: str, request: Request) -> JSONResponse:
         value = await run_in_threadpool(context.work.secret, work_id, client_id, which)
         return ok(None, headers={"Datatoken" if which == "datatoken" else "Privateenv": value})
     await run_in_threadpool(check_job_access, request, decode_workunit_id(work_id)[:36])
+    await run_in_threadpool(check_work_scope, request, decode_workunit_id(work_id))  # issue 17
     if params.flag(qp, "report"):
         return ok(await run_in_threadpool(context.work.log, work_id, qp.get("report", "")))
-    return ok(await run_in_threadpool(context.work.get, work_id))
+    return ok(absolute_io(await run_in_threadpool(context.work.get, work_id), external_base(request)))
 
 
 @router.put("/work/{work_id}")
@@ -140,9 +144,10 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
     if then_next:
         available = params.integer(qp, "available", -1)
         wait = min(params.number(qp, "wait", 0.0), MAX_WAIT_S)
+    # The token first (issue 17): a report is not read from a caller that may not make it.
+    await check_worker_async(request, client_id=client_id)
     logs, preemption = await _report_files(request)
     context = ctx(request)
-    await check_worker_async(request, client_id=client_id)
     report = ReportRequest(work_id, client_id, status, computetime, logs, preemption)
     # Perdure's extension: with ``next``, the report and then (if it was accepted, in a transaction
     # of its own) a checkout, in one request. A refused report is answered as without ``next``; once
@@ -164,7 +169,9 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
             "data": "ok",
             "error": None,
             "next": (
-                await with_presigned(context, _with_ckpt(context, workunit))
+                absolute_io(
+                    await with_presigned(context, _with_ckpt(context, workunit)), external_base(request)
+                )
                 if isinstance(workunit, dict)
                 else None
             ),

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 from dataclasses import dataclass
+
+from perdure.duration import format_duration
+from perdure.duration import parse_duration as parse_duration
 
 #: Microseconds per second: stored times are microseconds (schema.py), levels are seconds.
 US = 1_000_000
-
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-#: ``d`` is not Go's, but people write ``7d``; accepted on input, never printed.
-_INPUT_UNITS = {**_GO_UNITS, "d": 86400.0}
-_TERM = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
 
 
 @dataclass(frozen=True, order=True)
@@ -58,51 +55,9 @@ DEFAULT_LEVELS: tuple[Level, ...] = (
 )
 
 
-def go_duration(seconds: float) -> str:
-    """Go's ``Duration.String`` for whole and fractional seconds: ``1m0s``, ``168h0m0s``, ``1.5s``."""
-    if seconds == 0:
-        return "0s"
-    sign = "-" if seconds < 0 else ""
-    seconds = abs(seconds)
-    if seconds < 1:
-        for unit, size in (("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
-            if seconds >= size:
-                return sign + _trim(seconds / size) + unit
-        return sign + _trim(seconds / 1e-9) + "ns"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    text = _trim(secs) + "s"
-    if hours or minutes:
-        text = f"{int(minutes)}m" + text
-    if hours:
-        text = f"{int(hours)}h" + text
-    return sign + text
-
-
-def _trim(value: float) -> str:
-    if value == int(value):
-        return str(int(value))
-    return f"{value:.9f}".rstrip("0").rstrip(".")
-
-
-def parse_duration(text: str) -> float:
-    """Go's ``time.ParseDuration`` (plus ``d`` for days) into seconds; ``ValueError`` if malformed."""
-    raw = text.strip()
-    if not raw:
-        raise ValueError("empty duration")
-    if raw == "0":
-        return 0.0
-    sign = -1.0 if raw.startswith("-") else 1.0
-    body = raw[1:] if raw[0] in "+-" else raw
-    position, total = 0, 0.0
-    for match in _TERM.finditer(body):
-        if match.start() != position:
-            break
-        total += float(match.group(1)) * _INPUT_UNITS[match.group(2)]
-        position = match.end()
-    if position != len(body) or not body:
-        raise ValueError(f"not a duration: {text!r} (e.g. 1m, 30m0s, 24h)")
-    return sign * total
+#: Durations are parsed and printed by ``perdure.duration``, the one parser (``7d`` is accepted on
+#: input, never printed); these names stay for the modules that import them from here.
+go_duration = format_duration
 
 
 def parse_levels(text: str) -> tuple[Level, ...]:

@@ -302,7 +302,11 @@ class Client:
 
         return int(
             self.transport.retrying_stream(
-                url, consume, params=dict(params or {}), headers=dict(headers or {})
+                # no params at all rather than none: httpx would drop the URL's own query (?download)
+                url,
+                consume,
+                params=dict(params) if params else None,
+                headers=dict(headers or {}),
             )
         )
 

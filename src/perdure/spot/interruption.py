@@ -2,7 +2,9 @@
 
 * **Instance metadata (IMDSv2):** a session token (PUT ``/latest/api/token``), then every 5 s
   ``/latest/meta-data/spot/instance-action`` (404 until EC2 schedules the stop) and the rebalance
-  recommendation, an earlier and weaker warning. The endpoint is configurable so tests serve their own.
+  recommendation, an earlier and weaker warning. The endpoint is configurable so tests serve their own;
+  by default it is polled only on a node detected as EC2 (:mod:`perdure.spot.cloud`). An error status
+  there (403 from another cloud's metadata server) is logged once and polling goes on.
 * **SIGTERM** (Kubernetes, AWS Batch, systemd): wired by the worker command.
 * **drain:** ``perdure worker drain`` writes a request file into the work path and wakes the worker.
 """
@@ -70,8 +72,10 @@ class ImdsWatcher(threading.Thread):
     def run(self) -> None:
         reached = False
         failures = 0
-        with httpx.Client(timeout=2.0) as http:
+        reported: set[str] = set()  # each kind of error is logged once; polling goes on
+        with httpx.Client(timeout=2.0, trust_env=False, follow_redirects=False) as http:
             while True:
+                notice = None
                 try:
                     notice = self.poll(http)
                     reached, failures = True, 0
@@ -85,7 +89,14 @@ class ImdsWatcher(threading.Thread):
                             exc,
                         )
                         return
-                    notice = None
+                except Exception as exc:  # an HTTP error status or anything odd: never kill the thread
+                    self._token = ""
+                    kind = (
+                        f"{type(exc).__name__}:{getattr(getattr(exc, 'response', None), 'status_code', '')}"
+                    )
+                    if kind not in reported:
+                        reported.add(kind)
+                        log.warning("instance metadata at %s: %s; still polling", self.endpoint, exc)
                 if notice is not None:
                     self.on_notice(notice)
                     return

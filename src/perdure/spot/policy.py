@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from perdure.config import ConfigError, parse_duration
+from perdure.config import FIELDS, CkptConfig, bounds, coerce_bool
+from perdure.duration import to_seconds
 
 #: userattr key -> environment variable, for every setting a job may override.
 OVERRIDES = {
@@ -25,25 +26,27 @@ OVERRIDES = {
     "ckptGrace": "PERDURE_CHECKPOINT_GRACE",
 }
 MODES = ("iterative", "none")
-#: Below this an interval would checkpoint more than it computes.
-MIN_INTERVAL_S = 1.0
+#: Below this an interval would checkpoint more than it computes (the model's bound on ckptInterval).
+MIN_INTERVAL_S = bounds(FIELDS["ckpt.ckptInterval"])[0] or 1.0
+#: The system defaults: the configuration model's ``ckpt`` section.
+_SYSTEM = CkptConfig()
 #: The interruption window is two minutes: a program may not ask for more time than that to save.
 MAX_GRACE_S = 110.0
 
 
 @dataclass(frozen=True)
 class CheckpointPolicy:
-    mode: str = "iterative"
-    interval_s: float = 3600.0
+    mode: str = _SYSTEM.ckptMode
+    interval_s: float = _SYSTEM.ckptInterval
     #: A directory every node mounts (EFS, NFS, Lustre); empty: the server's data store over HTTP.
     image_path: str = ""
     #: Only these paths (relative to the work directory, globs allowed); None: the whole directory.
     files: tuple[str, ...] | None = None
     irmap_scan_paths: tuple[str, ...] = ()
-    rootfs_diff: bool = True
-    tcp_close: bool = True
+    rootfs_diff: bool = _SYSTEM.rootFSDiff
+    tcp_close: bool = _SYSTEM.tcpClose
     #: Keep checkpoints after the work completes, for inspection.
-    diagnosis: bool = False
+    diagnosis: bool = _SYSTEM.diagnosisMode
     #: Sent to a program that saves its own state when the notice comes; it then has ``grace_s``.
     signal: int = int(signal.SIGTERM)
     grace_s: float = 30.0
@@ -64,9 +67,9 @@ def from_system(document: Mapping[str, Any]) -> CheckpointPolicy:
             image_path=str(document.get("ckptImagePath") or ""),
             files=_files(document.get("ckptFiles")),
             irmap_scan_paths=tuple(str(p) for p in document.get("IRMapScanPaths") or ()),
-            rootfs_diff=_bool(document.get("rootFSDiff", True)),
-            tcp_close=_bool(document.get("tcpClose", True)),
-            diagnosis=_bool(document.get("diagnosisMode", False)),
+            rootfs_diff=_bool(document.get("rootFSDiff", base.rootfs_diff)),
+            tcp_close=_bool(document.get("tcpClose", base.tcp_close)),
+            diagnosis=_bool(document.get("diagnosisMode", base.diagnosis)),
         )
     except ValueError:
         return base  # the server validated its configuration; an old server may send odd values
@@ -121,19 +124,7 @@ def _mode(raw: Any) -> str:
 
 
 def _seconds(raw: Any) -> float:
-    if isinstance(raw, bool):
-        raise ValueError(f"expected a duration, not {raw!r}")
-    if isinstance(raw, int | float):
-        return float(raw)
-    text = str(raw).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return parse_duration(text)
-    except ConfigError:
-        raise ValueError(f"expected a duration like 15m or 90s, not {raw!r}") from None
+    return to_seconds(raw)
 
 
 def _interval(raw: Any) -> float:
@@ -151,14 +142,7 @@ def _grace(raw: Any) -> float:
 
 
 def _bool(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off", ""):
-        return False
-    raise ValueError(f"expected true or false, not {raw!r}")
+    return False if isinstance(raw, str) and not raw.strip() else coerce_bool(raw)
 
 
 def _files(raw: Any) -> tuple[str, ...] | None:

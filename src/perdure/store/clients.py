@@ -178,6 +178,8 @@ class ClientStore:
                 ).scalars()
             )
             discard = [w for w in (current_work or []) if w not in held]
+            # AWE builds ``discard`` from the work the worker reports; only a worker that reports
+            # none at all (AWE's old GET heartbeat) is told about its suspended workunits instead.
             discard += (
                 conn.execute(
                     select(workunits.c.id).where(
@@ -190,6 +192,8 @@ class ClientStore:
                 )
                 .scalars()
                 .all()
+                if current_work is None
+                else []
             )
             if discard:
                 instructions["discard"] = ",".join(dict.fromkeys(discard))
@@ -230,9 +234,11 @@ class ClientStore:
                 stmt = stmt.where(clients.c.group_name == group)
             rows = conn.execute(stmt).all()
             held = self._held(conn, [r.id for r in rows])
+            skips = _skip_lists(conn, [r.id for r in rows])
         documents = []
         for row in rows:
-            doc = self._render(row, now, held.get(row.id, []), None)
+            # The skip list is the server's, not the stale one of the profile the worker registered.
+            doc = self._render(row, now, held.get(row.id, []), skips.get(row.id, []))
             if busy and not doc["busy"]:
                 continue
             if status and status not in (doc["Status"], doc["Status"].split("-")[-1]):
@@ -524,6 +530,19 @@ def ensure_cluster_id(db: Database) -> str:
     except IntegrityError:  # another server created it first
         with db.read() as conn:
             return str(conn.execute(select(meta.c.value).where(meta.c.key == "cluster_id")).scalar_one())
+
+
+def _skip_lists(conn: Connection, client_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Each client's workunits to skip (``skip_work``), for a list of clients in one query."""
+    skips: dict[str, list[str]] = {}
+    if client_ids:
+        for row in conn.execute(
+            select(client_skip_work.c.client_id, client_skip_work.c.workunit_id).where(
+                client_skip_work.c.client_id.in_(list(client_ids))
+            )
+        ):
+            skips.setdefault(row.client_id, []).append(row.workunit_id)
+    return skips
 
 
 __all__ = ["ClientStore", "Profile", "client_status", "ensure_cluster_id", "parse_profile"]

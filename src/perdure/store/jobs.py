@@ -74,6 +74,7 @@ FIELD_COLUMNS: dict[str, KeyedColumnElement[Any]] = {
     "info.startedtime": jobs.c.startedtime,
     "info.completedtime": jobs.c.completedtime,
     "info.start_at": jobs.c.start_at,
+    "owner": jobs.c.owner,  # issue 17: the verified submitter (``?query&owner=``), not ``info.user``
 }
 TIME_FIELDS = frozenset(
     {"updatetime", "expiration", "info.submittime", "info.startedtime", "info.completedtime", "info.start_at"}

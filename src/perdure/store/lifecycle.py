@@ -16,7 +16,7 @@ from sqlalchemy import Connection, delete, func, insert, select, text, update
 from perdure.datastore import BlobStore, ConcatReader
 from perdure.split import split_ranges
 from perdure.states import ACTIVE_JOB_STATES, JobState, TaskState, WorkunitState
-from perdure.store import hooks, outputs, transitions
+from perdure.store import hooks, outputs, shock, transitions
 from perdure.store.database import Database
 from perdure.store.schema import job_events, jobs, tasks, workunit_logs, workunits
 
@@ -146,6 +146,8 @@ def _enqueue_task(
     sizes = _input_sizes(conn, job_id, spec)
     requested = int(spec.get("requested_totalwork", task.totalwork))
     plan = _plan_parts(conn, job_id, spec, requested, maxworksize, sizes, blobs)
+    # Shock-compatible nodes for AWE's worker (issue 19): outputs, origin inputs, the split's PartInfo.
+    plan = shock.prepare_task(conn, job_id, task.id, spec, plan, maxworksize, blobs, now)
     totalwork = len(plan)
     _insert_workunits(conn, job, job_id, task, plan, now)
     Database.work_queued(conn)

@@ -360,3 +360,24 @@ metric_rollups = Table(
     ),
     sqlite_with_rowid=False,
 )
+
+#: Shock-compatible nodes (api/shock.py): one per task output, created when the task is queued, so an
+#: AWE worker can upload to ``PUT /node/<id>`` and downstream tasks read ``GET /node/<id>?download``.
+#: The bytes are the ``outputs`` rows of (task_id, filename), concatenated by rank; the id is an
+#: unguessable UUID bound to its job and task.
+shock_nodes = Table(
+    "shock_nodes",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", String(200), ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("filename", String(1024), nullable=False),
+    #: 0 for a basic node (rank 0 uploads field ``upload``), N for a parts node (ranks 1..N).
+    Column("parts", Integer, nullable=False, server_default="0"),
+    #: name -> {total_units, average_unit_size, created_on[, units: [[offset, length], ...]]}
+    Column("indexes", Json, nullable=False),
+    Column("attributes", Json, nullable=True),
+    _time("created"),
+    Index(None, "task_id", "filename"),
+    Index(None, "job_id"),
+)

@@ -18,11 +18,12 @@ from typing import Any
 
 from perdure import __version__, nodeinfo
 from perdure.protocol import Refusal
+from perdure.spot.cloud import metadata_endpoint
 from perdure.spot.interruption import DRAIN_FILE, PID_FILE, ImdsWatcher, Notice, take_drain_request
 from perdure.spot.protection import Preemption
 from perdure.states import ReportStatus
 from perdure.worker.api import ApiError, ServerAPI, Stopped
-from perdure.worker.config import WorkerConfig
+from perdure.worker.config import ServerTiming, WorkerConfig
 from perdure.worker.protect import SpotContext
 from perdure.worker.runner import DISCARDED, Outcome, Runner, tail_bytes
 
@@ -34,7 +35,14 @@ class Slot:
         self.node = node
         self.index = index
         self.client_id = f"{node.node_id}-{index}"
-        self.runner = Runner(node.api, self.client_id, node.workdir, node.workpath / "predata", node.spot)
+        self.runner = Runner(
+            node.api,
+            self.client_id,
+            node.workdir,
+            node.workpath / "predata",
+            node.spot,
+            file_roots=node.config.allow_file_root,
+        )
         self.registered = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"slot-{index}", daemon=True)
 
@@ -183,6 +191,8 @@ class Node:
         self._lock_file = _lock_workpath(self.workpath)
         #: The server's ``ckpt.*`` settings as of the last heartbeat (spot protection reads them).
         self.checkpoint_settings: dict[str, Any] = {}
+        #: ``node.heartbeat``/``node.ttl`` as the server last sent them: how often to heartbeat.
+        self.timing = ServerTiming(config)
 
     def fail(self, reason: str) -> None:
         """Stop the whole node with an error (the process exits non-zero)."""
@@ -193,7 +203,9 @@ class Node:
         return shutil.disk_usage(self.workpath).free
 
     def run(self) -> None:
-        self.facts = {**nodeinfo.collect(self.config.imds_endpoint or None), **self.spot.facts()}
+        imds = metadata_endpoint(self.config.imds_endpoint)  # "" off EC2: 169.254.169.254 is not ours
+        log.info("instance metadata: %s", imds or "not polled (turned off, or not an EC2 instance)")
+        self.facts = {**nodeinfo.collect(imds or None), **self.spot.facts()}
         (self.workpath / DRAIN_FILE).unlink(missing_ok=True)  # a stale request is not for us
         (self.workpath / PID_FILE).write_text(f"{os.getpid()}\n")
         # The server accepts only absolute, normalised paths: it serves exactly what is advertised.
@@ -218,10 +230,10 @@ class Node:
             threading.Thread(target=self._janitor_loop, name="janitor", daemon=True),
             threading.Thread(target=self._drain_loop, name="drain", daemon=True),
         ]
-        if self.config.imds_endpoint:
+        if imds:
             threads.append(
                 ImdsWatcher(
-                    self.config.imds_endpoint,
+                    imds,
                     self.notice,
                     self._rebalance,
                     self.stop,
@@ -329,7 +341,7 @@ class Node:
     # ---- heartbeat ----------------------------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
-        while not self.stop.wait(self.config.heartbeat_s):
+        while not self.stop.wait(self.timing.interval()):
             for slot in self.slots:
                 if not slot.registered.is_set():
                     continue
@@ -346,6 +358,7 @@ class Node:
                 self._follow(slot, instructions)
 
     def _follow(self, slot: Slot, instructions: dict[str, str]) -> None:
+        self.timing.adopt(instructions)
         for wu_id in filter(None, instructions.get("discard", "").split(",")):
             slot.runner.discard(wu_id)
         if instructions.get("stop"):

@@ -19,18 +19,22 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 import psutil
 
+from perdure.split import awe_part
 from perdure.spot.engine import Launch
 from perdure.spot.protection import Preemption, Protection
 from perdure.states import ReportStatus
 from perdure.worker.api import ApiError, ServerAPI
 from perdure.worker.direct import DirectData, DirectError, stage_s3
+from perdure.worker.environment import command_environment
+from perdure.worker.localfiles import LocalFileRefused, local_path
 
 if TYPE_CHECKING:
     from perdure.worker.protect import SpotContext
@@ -112,8 +116,12 @@ class Runner:
         workpath: Path,
         predata: Path,
         spot: SpotContext | None = None,
+        *,
+        file_roots: Sequence[str | Path] = (),
     ) -> None:
         self.api = api
+        #: Directories ``file://`` inputs may be read from (``--allow-file-root``); none by default.
+        self.file_roots = tuple(file_roots)
         self.client_id = client_id
         self.workpath = workpath
         self.predata = predata
@@ -310,21 +318,10 @@ class Runner:
     # ---- staging ------------------------------------------------------------------------------
 
     def _environment(self, wu: dict[str, Any], workdir: Path) -> dict[str, str]:
-        cmd = wu["cmd"]
-        env = dict(os.environ)
-        env.update({k: str(v) for k, v in (cmd.get("environ", {}).get("public") or {}).items()})
-        if cmd.get("has_private_env"):
-            private = self.api.secret(wu["id"], self.client_id, "privateenv")
-            env.update({k: str(v) for k, v in json.loads(private or "{}").items()})
-        env.update(
-            PERDURE_JOB_ID=wu["jobid"],
-            PERDURE_TASK_ID=wu["task_name"],
-            PERDURE_WORKUNIT_ID=wu["id"],
-            PERDURE_RANK=str(wu["rank"]),
-            PERDURE_TOTALWORK=str(wu["totalwork"]),
-            PERDURE_WORKDIR=str(workdir),
-        )
-        return env
+        private: dict[str, Any] = {}
+        if wu["cmd"].get("has_private_env"):
+            private = json.loads(self.api.secret(wu["id"], self.client_id, "privateenv") or "{}")
+        return command_environment(wu, workdir, private)
 
     def _stage(self, wu: dict[str, Any], workdir: Path, env: dict[str, str]) -> tuple[dict[str, Path], int]:
         inputs: dict[str, Path] = {}
@@ -340,21 +337,25 @@ class Runner:
                 url = f"{io['host'].rstrip('/')}/node/{io['node']}?download"
             if not url:
                 raise StageError(f"input {io['filename']!r} has no source (no url, origin or node)")
+            own = self.api.client.url + "/"
+            if url.startswith(own):  # this server (host + node): with the worker's own credentials
+                url = url[len(own) - 1 :]
+            params = _part_params(wu, part) if part.get("input") == io["filename"] else None
+            if params:  # appended as AWE's worker does: the URL's own query (``?download``) stays
+                url += ("&" if "?" in url else "?") + urlencode(params)
+                params = None
             if direct.has_input(io["filename"]):
                 _direct_transfer(direct.stage, io["filename"], target)
             elif url.startswith("s3://"):
                 _direct_transfer(stage_s3, url, target)
             elif url.startswith("file://"):
-                shutil.copyfile(url[7:], target)
+                shutil.copyfile(self._local_file(url), target)
             elif url.startswith("/"):
-                params = None
-                if part.get("input") == io["filename"]:
-                    params = {"offset": str(part["offset"]), "length": str(part["length"])}
                 self.api.download(url, target, params=params)
             elif url.startswith(("http://", "https://")):
                 if token_headers is None:
                     token_headers = self._datatoken_headers(wu)
-                self.api.download(url, target, headers=token_headers)
+                self.api.download(url, target, params=params, headers=token_headers)
             else:
                 raise StageError(f"input {io['filename']!r}: unsupported URL {url!r}")
             if io.get("uncompress") == "gzip":
@@ -364,6 +365,12 @@ class Runner:
         for io in wu.get("predata", []):
             inputs[io["filename"]] = self._predata(io, workdir)
         return inputs, total
+
+    def _local_file(self, url: str) -> Path:
+        try:
+            return local_path(url, self.file_roots)
+        except LocalFileRefused as exc:
+            raise StageError(str(exc)) from None
 
     def _datatoken_headers(self, wu: dict[str, Any]) -> dict[str, str]:
         if not (wu.get("info") or {}).get("auth"):
@@ -384,7 +391,7 @@ class Runner:
             if not cached.exists():
                 partial = cached.with_name(cached.name + f".{os.getpid()}.{threading.get_ident()}.part")
                 if url.startswith("file://"):
-                    shutil.copyfile(url[7:], partial)
+                    shutil.copyfile(self._local_file(url), partial)
                 elif url.startswith("s3://"):
                     _direct_transfer(stage_s3, url, partial)
                 else:
@@ -562,3 +569,16 @@ def tail_bytes(path: Path | None, limit: int = LOG_TAIL) -> bytes:
         size = handle.tell()
         handle.seek(max(0, size - limit))
         return handle.read()
+
+
+def _part_params(wu: dict[str, Any], part: dict[str, Any]) -> dict[str, str] | None:
+    """The query that selects this workunit's part of its split input: AWE's ``index``/``part``
+    (``PartInfo``, as AWE's worker appends them), or a byte range from an older server."""
+    if int(wu.get("rank") or 0) <= 0:
+        return None
+    if part.get("index") and part.get("totalindex"):
+        units = awe_part(int(wu["rank"]), int(wu.get("totalwork") or 1), int(part["totalindex"]))
+        return {"index": str(part["index"]), "part": units}
+    if "offset" in part and "length" in part:
+        return {"offset": str(part["offset"]), "length": str(part["length"])}
+    return None
