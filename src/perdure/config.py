@@ -38,6 +38,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.fields import FieldInfo
 
 from perdure.duration import Duration, format_duration, parse_duration, to_seconds
+from perdure.s3config import StoreConfig
 
 __all__ = [
     "MASK",
@@ -253,6 +254,8 @@ class ServerConfig(_Section):
     node: NodeConfig = Field(default_factory=NodeConfig)
     job: JobConfig = Field(default_factory=JobConfig)
     perdure: PerdureConfig = Field(default_factory=PerdureConfig)
+    #: Where data and checkpoints live (``store.s3.*``: an S3 bucket; see ``s3config.py``).
+    store: StoreConfig = Field(default_factory=StoreConfig)
 
 
 # ---- the worker's section ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from perdure.api import (
     nodes,
     queue,
     root,
+    s3,
     scripts,
     spot,
     work,
@@ -110,7 +111,7 @@ def create_app(
 
     app = FastAPI(title="Perdure", version=__version__, lifespan=lifespan, redoc_url=None, docs_url=None)
     app.state.ctx = context
-    for module in (root, jobs, work, spot, data, clients, cgroups, queue, nodes, scripts, management):
+    for module in (root, jobs, work, s3, spot, data, clients, cgroups, queue, nodes, scripts, management):
         app.include_router(module.router)
     dashboard.install(app)  # /ui/, /docs with local assets, /api/v1/events
     app.include_router(shock_api.router)  # /node: the Shock-compatible data plane (issue 19)

@@ -10,11 +10,13 @@ from starlette.requests import Request
 
 from perdure.api.batcher import Batcher
 from perdure.configstore import ConfigStore
-from perdure.datastore import DirectoryBlobStore
+from perdure.datastore import BlobStore, DirectoryBlobStore
 from perdure.logs import ServerLogs
+from perdure.objectstore import S3BlobStore
 from perdure.settings import Settings
 from perdure.signal import WorkSignal
-from perdure.spot.store import DirectoryStore
+from perdure.spot.s3store import S3CheckpointStore
+from perdure.spot.store import CheckpointStore, DirectoryStore
 from perdure.store.clients import ClientStore, ensure_cluster_id
 from perdure.store.database import Database
 from perdure.store.jobs import JobStore
@@ -29,13 +31,13 @@ class ServerContext:
     db: Database
     config: ConfigStore
     logs: ServerLogs
-    blobs: DirectoryBlobStore
+    blobs: BlobStore
     jobs: JobStore
     work: WorkStore
     clients: ClientStore
     spot: SpotStore
     #: Checkpoints of workers that share no filesystem (``ckpt.ckptImagePath`` empty).
-    checkpoints: DirectoryStore
+    checkpoints: CheckpointStore
     #: Gathers the worker operations (checkouts and reports) that arrive together into one batch.
     batcher: Batcher
     signal: WorkSignal = field(default_factory=WorkSignal)
@@ -54,7 +56,15 @@ class ServerContext:
         def limits() -> FailureLimits:
             return FailureLimits(settings.max_work_failure, settings.max_client_failure)
 
-        blobs = DirectoryBlobStore(settings.data_dir / "blobs")
+        blobs: BlobStore
+        checkpoints: CheckpointStore
+        s3 = config.effective.store.s3
+        if s3.enabled:  # issue 21: data and checkpoints in a bucket, read at start
+            blobs = bucket = S3BlobStore(s3)
+            checkpoints = S3CheckpointStore(bucket.client, s3.bucket, s3.prefix)
+        else:
+            blobs = DirectoryBlobStore(settings.data_dir / "blobs")
+            checkpoints = DirectoryStore(settings.data_dir / "checkpoints")
         work = WorkStore(db, limits, blobs=blobs, expire_after_s=expire_after)
         return cls(
             settings=settings,
@@ -66,7 +76,7 @@ class ServerContext:
             work=work,
             clients=ClientStore(db, lambda: settings.node_ttl_s, ensure_cluster_id(db)),
             spot=SpotStore(db),
-            checkpoints=DirectoryStore(settings.data_dir / "checkpoints"),
+            checkpoints=checkpoints,
             batcher=Batcher(work),
         )
 

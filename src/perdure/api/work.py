@@ -30,6 +30,7 @@ from perdure.api.context import ServerContext, ctx
 from perdure.api.envelope import ok, page
 from perdure.api.errors import refusal_body
 from perdure.api.groupscope import check_work_scope
+from perdure.api.s3 import with_presigned
 from perdure.api.workerauth import check_worker, check_worker_async
 from perdure.errors import BadRequest, PerdureError
 from perdure.protocol import NoWork, Refused
@@ -79,7 +80,8 @@ async def checkout_or_list(request: Request) -> JSONResponse:
     if isinstance(workunit, PerdureError | Refused):
         raise workunit
     assert workunit is not None
-    return ok(absolute_io(_with_ckpt(context, workunit), external_base(request)))
+    workunit = await with_presigned(context, _with_ckpt(context, workunit))
+    return ok(absolute_io(workunit, external_base(request)))
 
 
 async def _wait_for_work(
@@ -202,7 +204,9 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
             "data": "ok",
             "error": None,
             "next": (
-                absolute_io(_with_ckpt(context, workunit), external_base(request))
+                absolute_io(
+                    await with_presigned(context, _with_ckpt(context, workunit)), external_base(request)
+                )
                 if isinstance(workunit, dict)
                 else None
             ),

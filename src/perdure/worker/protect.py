@@ -19,6 +19,7 @@ from perdure.spot.store import CheckpointStore, DirectoryStore
 from perdure.spot.workdir import WorkdirEngine
 from perdure.worker.api import ServerAPI
 from perdure.worker.container import container_image
+from perdure.worker.direct import checkpoint_bucket
 from perdure.worker.httpstore import HttpStore
 
 log = logging.getLogger("perdure.worker")
@@ -87,6 +88,8 @@ class SpotContext:
 
     def store(self, policy: CheckpointPolicy, client_id: str) -> CheckpointStore:
         path = self.store_path or policy.image_path
+        if path.startswith("s3://"):
+            return checkpoint_bucket(path)  # issue 21: the bucket, with this worker's own credentials
         if path:
             root = Path(path)
             if root.is_dir():

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ from perdure.worker.container import (
     split_log,
 )
 from perdure.worker.container import Usage as ContainerUsage
+from perdure.worker.direct import DirectData, DirectError, stage_s3
 from perdure.worker.environment import command_environment
 from perdure.worker.localfiles import LocalFileRefused, local_path
 
@@ -154,6 +155,8 @@ class Runner:
         self._preempting = threading.Event()
         self._preempted = threading.Event()
         self._preemption: Preemption | None = None
+        #: The current workunit's presigned URLs to the object store, if the server gave any.
+        self._direct: DirectData | None = None
 
     @property
     def current(self) -> str | None:
@@ -370,6 +373,7 @@ class Runner:
         total = 0
         token_headers: dict[str, str] | None = None
         part = wu.get("part") or {}
+        direct = self._direct = DirectData(self.api, wu, self.client_id)
         for io in wu.get("inputs", []):
             target = workdir / io["filename"]
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -385,7 +389,11 @@ class Runner:
             if params:  # appended as AWE's worker does: the URL's own query (``?download``) stays
                 url += ("&" if "?" in url else "?") + urlencode(params)
                 params = None
-            if url.startswith("file://"):
+            if direct.has_input(io["filename"]):
+                _direct_transfer(direct.stage, io["filename"], target)
+            elif url.startswith("s3://"):
+                _direct_transfer(stage_s3, url, target)
+            elif url.startswith("file://"):
                 shutil.copyfile(self._local_file(url), target)
             elif url.startswith("/"):
                 self.api.download(url, target, params=params)
@@ -461,6 +469,8 @@ class Runner:
                     shutil.copyfile(self._local_file(url), partial)
                 elif url.startswith(("http://", "https://")):
                     self._fetch(self._current or "", f"predata {io['filename']!r}", url, partial, {})
+                elif url.startswith("s3://"):
+                    _direct_transfer(stage_s3, url, partial)
                 else:
                     self.api.download(url, partial)
                 os.replace(partial, cached)  # atomic: a reader never sees a half-written file
@@ -603,7 +613,12 @@ class Runner:
                 raise StageError(f"output {io['filename']!r} is empty but marked nonzero")
             files.append((io["filename"], path))
         total = 0
+        direct = self._direct if self._direct is not None and self._direct.wu_id == wu["id"] else None
         for filename, path in files:
+            if direct is not None and direct.has_output(filename, path.stat().st_size):
+                _direct_transfer(direct.deliver, filename, path, sha256_of(path))
+                total += path.stat().st_size
+                continue
             self.api.upload_output(wu["id"], self.client_id, filename, path, sha256_of(path))
             total += path.stat().st_size
         return total
@@ -669,6 +684,14 @@ def _clear_except(workdir: Path, keep: set[str]) -> None:
                 path.rmdir()
         else:
             path.unlink(missing_ok=True)
+
+
+def _direct_transfer(transfer: Callable[..., object], *args: Any) -> None:
+    """A transfer to or from the object store (``worker/direct.py``); its failure fails the work."""
+    try:
+        transfer(*args)
+    except DirectError as exc:
+        raise StageError(str(exc)) from None
 
 
 def _gunzip_in_place(path: Path) -> None:
