@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perdure.cli_hints import hint
+from perdure.cli.hints import hint
 from perdure.sdk.errors import ApiError, ServerUnavailable, error_for
 
 

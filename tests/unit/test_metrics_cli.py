@@ -8,7 +8,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from perdure.metrics import cli
+from perdure.cli import metrics as cli
 from perdure.sdk.client import Client
 
 runner = CliRunner()

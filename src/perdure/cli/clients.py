@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from perdure.cli_common import (
+from perdure.cli.common import (
     CaFile,
     Json,
     Server,

@@ -13,9 +13,12 @@ import uvicorn
 from rich.console import Console
 from rich.markup import escape
 
-from perdure import __version__, cli_clients, cli_jobs, cli_manage
-from perdure.cli_common import OneLineErrors
-from perdure.metrics import cli as metrics_cli
+from perdure import __version__
+from perdure.cli import clients as cli_clients
+from perdure.cli import jobs as cli_jobs
+from perdure.cli import manage as cli_manage
+from perdure.cli import metrics as metrics_cli
+from perdure.cli.common import OneLineErrors
 from perdure.settings import Settings
 from perdure.store import migrate
 from perdure.store.database import Database

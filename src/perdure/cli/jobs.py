@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.text import Text
 
-from perdure.cli_common import (
+from perdure.cli.common import (
     CaFile,
     Json,
     Server,

@@ -115,7 +115,7 @@ def print_outcome(
 @contextmanager
 def api_errors(not_found: str | None = None) -> Iterator[None]:
     """Any SDK error as one line and exit 1; ``not_found`` replaces the API's terse 404 text."""
-    from perdure.cli_hints import hint
+    from perdure.cli.hints import hint
     from perdure.sdk import NotFoundError
 
     try:

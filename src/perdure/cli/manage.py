@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from perdure.cli_common import CaFile, Server, Token, connect
+from perdure.cli.common import CaFile, Server, Token, connect
 from perdure.sdk import Client, PerdureError
 from perdure.sdk.connection import save_login
 
