@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-class PerdureError(Exception):
+class DomainError(Exception):
     status = 400
     #: The management API's errorCode for this error, where it has a specific one.
     error_code: int | None = None
@@ -17,15 +17,15 @@ class PerdureError(Exception):
         self.fields = fields
 
 
-class BadRequest(PerdureError):
+class BadRequest(DomainError):
     status = 400
 
 
-class Unauthorized(PerdureError):
+class Unauthorized(DomainError):
     status = 401
 
 
-class Forbidden(PerdureError):
+class Forbidden(DomainError):
     status = 403
 
 
@@ -35,22 +35,22 @@ class NotPrivileged(Forbidden):
     error_code = 2005
 
 
-class Invalid(PerdureError):
+class Invalid(DomainError):
     """A management request whose values cannot be applied (422, errorCode 1003)."""
 
     status = 422
     error_code = 1003
 
 
-class NotFound(PerdureError):
+class NotFound(DomainError):
     status = 404
 
 
-class Conflict(PerdureError):
+class Conflict(DomainError):
     """The request is well-formed but the object's state does not allow it (AWE answers 400)."""
 
     status = 400
 
 
-class NotImplementedOp(PerdureError):
+class NotImplementedOp(DomainError):
     status = 501

@@ -202,7 +202,7 @@ class PartInfo(_Model):
     output: str = ""
 
 
-class Task(_Model):
+class ScriptTask(_Model):
     server_filled: ClassVar[frozenset[str]] = frozenset(
         {
             "state", "remainwork", "createddate", "starteddate", "completeddate", "computetime",
@@ -320,7 +320,7 @@ class Script(_Model):
     )  # fmt: skip
 
     info: Info = Field(default_factory=Info)
-    tasks: list[Task]
+    tasks: list[ScriptTask]
 
 
 @dataclass
@@ -467,7 +467,7 @@ def _check(script: Script) -> JobSpec:
         except ValueError as exc:
             raise JobScriptError(f"info.start_at: {exc}") from None
 
-    tasks_by_id: dict[str, Task] = {}
+    tasks_by_id: dict[str, ScriptTask] = {}
     for task in script.tasks:
         if task.taskid in tasks_by_id:
             raise JobScriptError(f"duplicate taskid {task.taskid!r}")

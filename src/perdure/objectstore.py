@@ -18,7 +18,7 @@ import io
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from perdure.datastore import BlobInfo, _check_key
-from perdure.errors import BadRequest, NotFound, PerdureError
+from perdure.errors import BadRequest, DomainError, NotFound
 from perdure.s3config import S3StoreConfig
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 
 
-class StoreUnavailable(PerdureError):
+class StoreUnavailable(DomainError):
     """The object store did not answer (or refused the server's own credentials): retry later."""
 
     status = 503

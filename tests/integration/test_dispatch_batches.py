@@ -18,10 +18,10 @@ from perdure.protocol import ClientNotFound, Refusal
 from perdure.settings import Settings
 from perdure.store.work import (
     CheckoutRequest,
+    DispatchOutcome,
     LeaseLost,
     NoWork,
     Operation,
-    Outcome,
     ReportRequest,
     WorkStore,
 )
@@ -196,7 +196,7 @@ def test_only_the_reports_that_finish_a_task_wait_for_its_completion(client: Tes
     assert x is not None and x["task_name"] == "x" and y is not None and y["task_name"] == "x"
     answered: list[int] = []
 
-    def answer(index: int, outcome: Outcome) -> None:
+    def answer(index: int, outcome: DispatchOutcome) -> None:
         answered.append(index)
 
     outcomes = store(client).dispatch(

@@ -37,8 +37,8 @@ def test_part_range_covers_units_a_to_b_and_refuses_what_is_not_there() -> None:
             shock.part_range(units, bad, "line")
 
 
-def _node(indexes: dict[str, object] | None = None) -> shock.Node:
-    return shock.Node(
+def _node(indexes: dict[str, object] | None = None) -> shock.ShockNode:
+    return shock.ShockNode(
         id="00000000-0000-4000-8000-000000000000",
         job_id="j",
         task_id="j_t",

@@ -13,12 +13,12 @@ import pytest
 
 from perdure.protocol import Refusal
 from perdure.sdk import errors as sdk_errors
-from perdure.worker.api import ApiError, Stopped, _refusal
+from perdure.worker.api import ServerRefused, Stopped, _refusal
 from perdure.worker.node import Slot
 from perdure.worker.runner import Outcome
 
 
-def awe_refusal(message: str, code: str | None) -> sdk_errors.ApiError:
+def awe_refusal(message: str, code: str | None) -> sdk_errors.ServerRefused:
     body: dict[str, Any] = {"status": 400, "data": None, "error": [message]}
     if code is not None:
         body["code"] = code
@@ -35,7 +35,7 @@ def test_the_workers_api_keeps_the_code() -> None:
     def refused() -> None:
         raise awe_refusal("whatever the text", "lease-lost")
 
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ServerRefused) as caught:
         _refusal(refused)
     assert (caught.value.status, caught.value.refusal) == (400, Refusal.LEASE_LOST)
 
@@ -54,7 +54,7 @@ class Waits(threading.Event):
 
 
 class FakeApi:
-    def __init__(self, checkouts: list[ApiError]) -> None:
+    def __init__(self, checkouts: list[ServerRefused]) -> None:
         self.checkouts = checkouts
         self.registered = 0
         self.reports: list[str] = []
@@ -75,7 +75,7 @@ class FakeApi:
     def report(self, wu_id: str, client_id: str, status: str, *args: Any, **kwargs: Any) -> None:
         self.reports.append(status)
         if len(self.reports) == 1:
-            raise ApiError(400, "the server says no", Refusal.OUTPUTS_MISSING)
+            raise ServerRefused(400, "the server says no", Refusal.OUTPUTS_MISSING)
 
 
 def slot(tmp_path: Path, api: FakeApi) -> tuple[Slot, SimpleNamespace]:
@@ -99,7 +99,7 @@ def slot(tmp_path: Path, api: FakeApi) -> tuple[Slot, SimpleNamespace]:
 
 @pytest.mark.parametrize("message", ["Client deleted: the worker should stop", "gone"])
 def test_a_deleted_client_stops_whatever_the_message(tmp_path: Path, message: str) -> None:
-    api = FakeApi([ApiError(400, message, Refusal.CLIENT_DELETED)])
+    api = FakeApi([ServerRefused(400, message, Refusal.CLIENT_DELETED)])
     s, node = slot(tmp_path, api)
     s._loop()
     assert node.draining.is_set()
@@ -107,7 +107,7 @@ def test_a_deleted_client_stops_whatever_the_message(tmp_path: Path, message: st
 
 
 def test_an_unknown_client_registers_again(tmp_path: Path) -> None:
-    api = FakeApi([ApiError(400, "no such thing", Refusal.CLIENT_NOT_FOUND)])
+    api = FakeApi([ServerRefused(400, "no such thing", Refusal.CLIENT_NOT_FOUND)])
     s, node = slot(tmp_path, api)
     s._loop()
     assert api.registered == 2  # at start, and again after the refusal
@@ -115,7 +115,7 @@ def test_an_unknown_client_registers_again(tmp_path: Path) -> None:
 
 
 def test_a_suspended_client_waits_and_asks_again(tmp_path: Path) -> None:
-    api = FakeApi([ApiError(400, "on hold", Refusal.CLIENT_SUSPENDED)])
+    api = FakeApi([ServerRefused(400, "on hold", Refusal.CLIENT_SUSPENDED)])
     s, node = slot(tmp_path, api)
     s._loop()
     assert node.stop.waited == [30]
@@ -124,7 +124,7 @@ def test_a_suspended_client_waits_and_asks_again(tmp_path: Path) -> None:
 
 def test_message_text_alone_decides_nothing(tmp_path: Path) -> None:
     """An AWE server's refusal has no code: the text that once meant "stop" is just a refusal."""
-    api = FakeApi([ApiError(400, "Client deleted: the worker should stop", None)])
+    api = FakeApi([ServerRefused(400, "Client deleted: the worker should stop", None)])
     s, node = slot(tmp_path, api)
     s._loop()
     assert not node.draining.is_set()

@@ -47,7 +47,7 @@ from perdure.api.housekeeping import guarded
 from perdure.api.limits import BodyLimitMiddleware
 from perdure.api.readguard import AdminReadsMiddleware
 from perdure.configstore import ConfigStore
-from perdure.errors import PerdureError
+from perdure.errors import DomainError
 from perdure.logs import ServerLogs
 from perdure.metrics import recording
 from perdure.protocol import Refused
@@ -149,8 +149,8 @@ class RefuseNulMiddleware:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(PerdureError)
-    async def _perdure_error(request: Request, exc: PerdureError) -> JSONResponse:
+    @app.exception_handler(DomainError)
+    async def _perdure_error(request: Request, exc: DomainError) -> JSONResponse:
         return response_for(request, exc)
 
     @app.exception_handler(Refused)

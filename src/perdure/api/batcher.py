@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 
-from perdure.store.work import Operation, Outcome, WorkStore
+from perdure.store.work import DispatchOutcome, Operation, WorkStore
 
 log = logging.getLogger("perdure.work")
 
@@ -51,15 +51,15 @@ class Batcher:
         self.linger_s = linger_s
         self._linger: asyncio.TimerHandle | None = None
         self._lingered = False
-        self._pending: deque[tuple[Operation, asyncio.Future[Outcome]]] = deque()
+        self._pending: deque[tuple[Operation, asyncio.Future[DispatchOutcome]]] = deque()
         self._running: set[asyncio.Task[None]] = set()
         #: Clients with an operation in a running batch.
         self._busy: set[str] = set()
 
-    async def submit(self, operation: Operation) -> Outcome:
+    async def submit(self, operation: Operation) -> DispatchOutcome:
         """The operation's outcome. A database error raises for this operation alone: a batch that
         fails is sent again one operation at a time."""
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[DispatchOutcome] = asyncio.get_running_loop().create_future()
         self._pending.append((operation, future))
         self._start()
         return await future
@@ -92,11 +92,11 @@ class Batcher:
         self._running.discard(task)
         self._start()
 
-    def _take(self) -> list[tuple[Operation, asyncio.Future[Outcome]]]:
+    def _take(self) -> list[tuple[Operation, asyncio.Future[DispatchOutcome]]]:
         """The oldest pending operations, one per client: a client's next operation (a retry sent
         while the first is still running) waits until that one is done."""
-        batch: list[tuple[Operation, asyncio.Future[Outcome]]] = []
-        later: list[tuple[Operation, asyncio.Future[Outcome]]] = []
+        batch: list[tuple[Operation, asyncio.Future[DispatchOutcome]]] = []
+        later: list[tuple[Operation, asyncio.Future[DispatchOutcome]]] = []
         while self._pending and len(batch) < self.max_batch:
             item = self._pending.popleft()
             if item[1].done():
@@ -109,28 +109,28 @@ class Batcher:
         self._pending.extendleft(reversed(later))
         return batch
 
-    async def _run(self, batch: list[tuple[Operation, asyncio.Future[Outcome]]]) -> None:
+    async def _run(self, batch: list[tuple[Operation, asyncio.Future[DispatchOutcome]]]) -> None:
         loop = asyncio.get_running_loop()
         futures = [future for _, future in batch]
 
-        def settle(index: int, result: Outcome | BaseException) -> None:
+        def settle(index: int, result: DispatchOutcome | BaseException) -> None:
             future = futures[index]
             if not future.done():  # else its request is gone
-                if isinstance(result, Outcome):
+                if isinstance(result, DispatchOutcome):
                     future.set_result(result)
                 else:
                     future.set_exception(result)
 
         early: set[int] = set()
 
-        def answer_early(index: int, outcome: Outcome) -> None:
+        def answer_early(index: int, outcome: DispatchOutcome) -> None:
             early.add(index)
             settle(index, outcome)
             # The client's next operation need not wait for the rest of this batch.
             self._busy.discard(batch[index][0].client_id)
             self._start()
 
-        def answer(index: int, outcome: Outcome) -> None:  # in the batch's thread
+        def answer(index: int, outcome: DispatchOutcome) -> None:  # in the batch's thread
             loop.call_soon_threadsafe(answer_early, index, outcome)
 
         try:
@@ -150,14 +150,14 @@ class Batcher:
                 settle(index, result)
 
     def _dispatch(
-        self, operations: list[Operation], answer: Callable[[int, Outcome], None]
-    ) -> list[Outcome | Exception | None]:
+        self, operations: list[Operation], answer: Callable[[int, DispatchOutcome], None]
+    ) -> list[DispatchOutcome | Exception | None]:
         """In a thread: the batch, or after a database error each operation not yet answered alone,
         so that one operation that cannot be applied does not fail the others. An operation answered
         already (``answer``) is None here."""
         answered: set[int] = set()
 
-        def note(index: int, outcome: Outcome) -> None:
+        def note(index: int, outcome: DispatchOutcome) -> None:
             answered.add(index)
             answer(index, outcome)
 
@@ -172,7 +172,7 @@ class Batcher:
                 len(operations),
                 exc,
             )
-        results: list[Outcome | Exception | None] = []
+        results: list[DispatchOutcome | Exception | None] = []
         for index, operation in enumerate(operations):
             if index in answered:
                 results.append(None)

@@ -9,7 +9,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from perdure.api.envelope import error_for
-from perdure.errors import PerdureError
+from perdure.errors import DomainError
 from perdure.protocol import Refusal, Refused
 
 log = logging.getLogger("perdure.server")
@@ -25,11 +25,11 @@ REFUSAL_STATUS: dict[Refusal, int] = {
 }
 
 
-def status_of(exc: PerdureError | Refused) -> int:
+def status_of(exc: DomainError | Refused) -> int:
     return REFUSAL_STATUS[exc.code] if isinstance(exc, Refused) else exc.status
 
 
-def refusal_body(exc: PerdureError | Refused) -> dict[str, Any]:
+def refusal_body(exc: DomainError | Refused) -> dict[str, Any]:
     """An error as a report's ``next_error`` shows it: AWE's status and error, and the refusal's code."""
     body: dict[str, Any] = {"status": status_of(exc), "error": [exc.message]}
     if isinstance(exc, Refused):
@@ -42,7 +42,7 @@ CLIENT_CLOSED_REQUEST = 499
 
 
 def response_for(request: Request, exc: Exception) -> JSONResponse:
-    """A ``PerdureError`` with its own status and message, a ``Refused`` with its status and code;
+    """A ``DomainError`` with its own status and message, a ``Refused`` with its status and code;
     anything else is logged and answered 500.
 
     A client that went away mid-request is no server error: it is logged at INFO, without a
@@ -52,7 +52,7 @@ def response_for(request: Request, exc: Exception) -> JSONResponse:
     """
     if isinstance(exc, Refused):
         return error_for(request.url.path, status_of(exc), exc.message, code=exc.code.value)
-    if isinstance(exc, PerdureError):
+    if isinstance(exc, DomainError):
         return error_for(request.url.path, exc.status, exc.message, exc.fields, exc.error_code)
     if isinstance(exc, ClientDisconnect):
         log.info("client went away during %s %s", request.method, request.url.path)

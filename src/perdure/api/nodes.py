@@ -19,7 +19,7 @@ from perdure.api.context import ctx
 from perdure.api.envelope import mgmt_error
 from perdure.api.groupscope import check_node_scope
 from perdure.api.workerauth import check_worker
-from perdure.errors import BadRequest, PerdureError
+from perdure.errors import BadRequest, DomainError
 from perdure.store.clients import GROUP_PATTERN
 from perdure.store.nodes import MAX_FILE_BYTES, NodeStore, check_node_id
 
@@ -60,7 +60,7 @@ def read_file(rest: str, request: Request) -> Response:
     node_id, _, path = rest.partition("/")
     try:
         data = node_store(request).read_file(node_id, "/" + path)
-    except PerdureError:
+    except DomainError:
         return mgmt_error(404, "Not Found")
     return PlainTextResponse(data.decode("utf-8", errors="replace"))
 

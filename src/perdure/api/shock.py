@@ -33,13 +33,13 @@ MAX_ATTRIBUTES_BYTES = 1024 * 1024
 _NO_FILE = "Node has no file"  # Shock's words; AWE's worker retries a download on them
 
 
-def _node(context: ServerContext, node_id: str) -> tuple[shock.Node, list[Any]]:
+def _node(context: ServerContext, node_id: str) -> tuple[shock.ShockNode, list[Any]]:
     with context.db.read() as conn:
         node = shock.get(conn, node_id)
         return node, shock.stored_parts(conn, node)
 
 
-def _readable(request: Request, node_id: str) -> tuple[shock.Node, list[Any]]:
+def _readable(request: Request, node_id: str) -> tuple[shock.ShockNode, list[Any]]:
     node, parts = _node(ctx(request), node_id)
     check_job_access(request, node.job_id)
     return node, parts
@@ -116,7 +116,7 @@ async def put_node(node_id: str, request: Request) -> JSONResponse:
     return ok(shock.document(node, parts))
 
 
-def _upload_fields(form: Any, node: shock.Node) -> tuple[UploadFile | None, int, Any]:
+def _upload_fields(form: Any, node: shock.ShockNode) -> tuple[UploadFile | None, int, Any]:
     upload: UploadFile | None = None
     rank = 0
     attributes: Any = None
@@ -152,13 +152,13 @@ def _attributes(raw: bytes) -> Any:
 
 
 def _check_lease(
-    context: ServerContext, node: shock.Node, rank: int, client_id: str | None, credential: str | None
+    context: ServerContext, node: shock.ShockNode, rank: int, client_id: str | None, credential: str | None
 ) -> shock.UploadTarget:
     with context.db.read() as conn:
         return shock.check_upload_lease(conn, node, rank, client_id=client_id, credential=credential)
 
 
-def _check_any_lease(context: ServerContext, node: shock.Node) -> None:
+def _check_any_lease(context: ServerContext, node: shock.ShockNode) -> None:
     with context.db.read() as conn:
         shock.check_any_lease(conn, node)
 

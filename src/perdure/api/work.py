@@ -32,7 +32,7 @@ from perdure.api.errors import refusal_body
 from perdure.api.groupscope import check_work_scope
 from perdure.api.s3 import with_presigned
 from perdure.api.workerauth import check_worker, check_worker_async
-from perdure.errors import BadRequest, PerdureError
+from perdure.errors import BadRequest, DomainError
 from perdure.protocol import NoWork, Refused
 from perdure.spot.records import Preemption, parse
 from perdure.store.work import CheckoutRequest, Operation, ReportRequest, decode_workunit_id
@@ -77,7 +77,7 @@ async def checkout_or_list(request: Request) -> JSONResponse:
     workunit = (await context.batcher.submit(Operation(checkout=checkout))).checkout
     if isinstance(workunit, NoWork) and wait > 0:
         workunit = await _wait_for_work(context, checkout, deadline)
-    if isinstance(workunit, PerdureError | Refused):
+    if isinstance(workunit, DomainError | Refused):
         raise workunit
     assert workunit is not None
     workunit = await with_presigned(context, _with_ckpt(context, workunit))
@@ -86,7 +86,7 @@ async def checkout_or_list(request: Request) -> JSONResponse:
 
 async def _wait_for_work(
     context: ServerContext, checkout: CheckoutRequest, deadline: float
-) -> dict[str, Any] | PerdureError | Refused:
+) -> dict[str, Any] | DomainError | Refused:
     """Claim again whenever work may have appeared, until ``deadline``; ``NoWork`` after it."""
     while True:
         remaining = deadline - time.monotonic()
@@ -191,7 +191,7 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
     checkout = CheckoutRequest(client_id, available) if then_next else None
     deadline = time.monotonic() + wait
     outcome = await context.batcher.submit(Operation(report=report, checkout=checkout))
-    if isinstance(outcome.report, PerdureError | Refused):
+    if isinstance(outcome.report, DomainError | Refused):
         raise outcome.report
     if checkout is None:
         return ok(outcome.report)
@@ -210,7 +210,7 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
                 if isinstance(workunit, dict)
                 else None
             ),
-            "next_error": refusal_body(workunit) if isinstance(workunit, PerdureError | Refused) else None,
+            "next_error": refusal_body(workunit) if isinstance(workunit, DomainError | Refused) else None,
         }
     )
 

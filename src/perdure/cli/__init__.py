@@ -157,7 +157,7 @@ def worker(
     context: typer.Context,
     server: Annotated[str | None, typer.Option(help="Server URL.")] = None,
     group: Annotated[str | None, typer.Option(help="Client group.")] = None,
-    name: Annotated[str | None, typer.Option(help="Node name (default: host name).")] = None,
+    name: Annotated[str | None, typer.Option(help="WorkerNode name (default: host name).")] = None,
     apps: Annotated[
         str | None, typer.Option(help="Commands this node runs, comma-separated, or '*'.")
     ] = None,
@@ -188,7 +188,7 @@ def worker(
 
     from perdure.worker.config import WorkerConfig
     from perdure.worker.credentials import ARGV_REFUSED, TokenFileError, make_undumpable, resolve_token
-    from perdure.worker.node import Node, WorkpathInUse, configure_logging
+    from perdure.worker.node import WorkerNode, WorkpathInUse, configure_logging
 
     if token is not None:
         console.print(f"[red]error:[/red] {ARGV_REFUSED}")
@@ -215,7 +215,7 @@ def worker(
     settings.workpath.mkdir(parents=True, exist_ok=True)
     configure_logging(settings.workpath, log_level)
     try:
-        node = Node(settings)
+        node = WorkerNode(settings)
     except WorkpathInUse as exc:
         console.print(f"[red]error:[/red] {exc}; give each worker its own --workpath")
         raise typer.Exit(2) from None

@@ -116,6 +116,24 @@ def mem_dirty_track(criu: str = "criu") -> bool:
     return result.returncode == 0
 
 
+def podman_status(podman_binary: str = "podman") -> tuple[bool, str]:
+    """Whether this node can run task containers, or why not (one line): podman installed, the runc
+    runtime installed, and podman able to answer with it."""
+    if shutil.which(podman_binary) is None:
+        return False, "podman is not installed"
+    if shutil.which(RUNTIME) is None:
+        return False, f"podman's runtime {RUNTIME} is not installed"
+    try:
+        result = podman(
+            ["info", "--format", "{{.Host.OCIRuntime.Name}}"], timeout=60, podman_binary=podman_binary
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"`podman info` could not run: {exc}"
+    if result.returncode != 0:
+        return False, f"`podman info` failed: {last_line(result)}"
+    return True, ""
+
+
 @functools.cache
 def container_checkpoint_status(criu: str = "criu") -> tuple[bool, str]:
     """Whether podman can checkpoint containers on this node, or why not (one line).
@@ -123,7 +141,6 @@ def container_checkpoint_status(criu: str = "criu") -> tuple[bool, str]:
     Needs a usable podman and runc, and a CRIU that ``criu check`` accepts (podman needs CRIU 3.11 or
     newer; it runs the one first on its PATH, which is where the worker puts its own)."""
     from perdure.spot.engine import detect
-    from perdure.worker.container import podman_status
 
     usable, why = podman_status()
     if not usable:

@@ -33,7 +33,7 @@ class SpotReporter(Protocol):
 
 
 @dataclass(frozen=True)
-class Preemption:
+class HandOver:
     """What became of the work when the node was reclaimed; sent with the ``preempted`` report."""
 
     #: final (a checkpoint taken on the notice), iterative (the last one before it), none (from zero),
@@ -195,7 +195,7 @@ class Protection:
 
     # ---- the notice ---------------------------------------------------------------------------
 
-    def final(self, deadline: float) -> Preemption:
+    def final(self, deadline: float) -> HandOver:
         """Stop the work with a last checkpoint; what the server should restore from."""
         self._stop.set()
         self._cancel.set()  # an iterative checkpoint in progress gives way
@@ -206,7 +206,7 @@ class Protection:
         try:
             if not self.run.policy.enabled:
                 self.engine_stop()
-                return Preemption("none", None, "checkpointing is off for this job (ckptMode none)")
+                return HandOver("none", None, "checkpointing is off for this job (ckptMode none)")
             try:
                 taken = self.engine.final(self.run, deadline)
             except (CheckpointError, OSError) as exc:
@@ -222,7 +222,7 @@ class Protection:
                 "stats": self.engine.stats(),
             }
             self.committed = taken.manifest
-            return Preemption(
+            return HandOver(
                 "final",
                 taken.manifest.reference(),
                 f"final checkpoint {taken.manifest.name} taken in {taken.duration_s:.1f}s",
@@ -238,17 +238,17 @@ class Protection:
                 os.killpg(self.run.pid, signal.SIGKILL)
             self.run.exited.wait(5.0)
 
-    def _fallback(self, why: str, failure: dict[str, Any] | None) -> Preemption:
+    def _fallback(self, why: str, failure: dict[str, Any] | None) -> HandOver:
         if restorable(self.committed):
             assert self.committed is not None
-            return Preemption(
+            return HandOver(
                 "iterative",
                 self.committed.reference(),
                 f"{why}; using checkpoint {self.committed.name} "
                 f"({self.committed.progress_s:.0f}s of run time)",
                 failure,
             )
-        return Preemption("none", None, f"{why}; there is no earlier checkpoint", failure)
+        return HandOver("none", None, f"{why}; there is no earlier checkpoint", failure)
 
     # ---- the end ------------------------------------------------------------------------------
 

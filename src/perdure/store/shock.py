@@ -41,7 +41,7 @@ Plan = list[tuple[int, Part | None, int]]
 
 
 @dataclass(frozen=True)
-class Node:
+class ShockNode:
     id: str
     job_id: str
     task_id: str
@@ -52,8 +52,8 @@ class Node:
     created: int
 
 
-def _node(row: Any) -> Node:
-    return Node(
+def _node(row: Any) -> ShockNode:
+    return ShockNode(
         id=row.id,
         job_id=row.job_id,
         task_id=row.task_id,
@@ -72,16 +72,16 @@ def is_node_id(value: str) -> bool:
         return False
 
 
-def get(conn: Connection, node_id: str) -> Node:
+def get(conn: Connection, node_id: str) -> ShockNode:
     if not is_node_id(node_id):
-        raise NotFound("Node not found")
+        raise NotFound("ShockNode not found")
     row = conn.execute(select(shock_nodes).where(shock_nodes.c.id == node_id.lower())).one_or_none()
     if row is None:
-        raise NotFound("Node not found")
+        raise NotFound("ShockNode not found")
     return _node(row)
 
 
-def _of_output(conn: Connection, task_id: str, filename: str) -> Node | None:
+def _of_output(conn: Connection, task_id: str, filename: str) -> ShockNode | None:
     row = conn.execute(
         select(shock_nodes)
         .where(shock_nodes.c.task_id == task_id, shock_nodes.c.filename == filename)
@@ -167,7 +167,7 @@ def _with_part_info(
     return [(rank, None if part is None else {**part, **info}, size) for rank, part, size in plan]
 
 
-def _store_split_index(conn: Connection, node: Node, units: list[list[int]], now: int) -> str:
+def _store_split_index(conn: Connection, node: ShockNode, units: list[list[int]], now: int) -> str:
     """Under ``chunkrecord`` unless another split of the node took that name: then ``chunkrecord-2``…"""
     name, n = SPLIT_INDEX, 1
     while name in node.indexes and node.indexes[name].get("units") != units:
@@ -195,14 +195,14 @@ def _index_info(units: Sequence[Sequence[int]], now: int, *, keep_units: bool = 
 
 @dataclass(frozen=True)
 class UploadTarget:
-    node: Node
+    node: ShockNode
     rank: int
     workunit_id: str
     blob_key: str
 
 
 def check_upload_lease(
-    conn: Connection, node: Node, rank: int, *, client_id: str | None, credential: str | None
+    conn: Connection, node: ShockNode, rank: int, *, client_id: str | None, credential: str | None
 ) -> UploadTarget:
     """Accept an upload to ``node`` only for a workunit that is checked out right now.
 
@@ -232,7 +232,7 @@ def check_upload_lease(
     return UploadTarget(node=node, rank=rank, workunit_id=wu_id, blob_key=key)
 
 
-def check_any_lease(conn: Connection, node: Node) -> None:
+def check_any_lease(conn: Connection, node: ShockNode) -> None:
     """Before the bytes of an upload to a parts node arrive (its rank is in the body): some workunit
     of the node's task must be checked out, or nobody may upload to it."""
     leased = conn.execute(
@@ -266,7 +266,7 @@ def record_upload(
     record_attributes(conn, target.node, attributes)
 
 
-def record_attributes(conn: Connection, node: Node, attributes: Any) -> None:
+def record_attributes(conn: Connection, node: ShockNode, attributes: Any) -> None:
     if attributes is not None:
         conn.execute(update(shock_nodes).where(shock_nodes.c.id == node.id).values(attributes=attributes))
 
@@ -274,17 +274,17 @@ def record_attributes(conn: Connection, node: Node, attributes: Any) -> None:
 # ---- reading --------------------------------------------------------------------------------------
 
 
-def stored_parts(conn: Connection, node: Node) -> list[Any]:
+def stored_parts(conn: Connection, node: ShockNode) -> list[Any]:
     return outputs.parts(conn, node.task_id, node.filename)
 
 
-def is_complete(node: Node, parts: Sequence[Any]) -> bool:
+def is_complete(node: ShockNode, parts: Sequence[Any]) -> bool:
     if node.parts == 0:
         return bool(parts)
     return {p.rank for p in parts} >= set(range(1, node.parts + 1))
 
 
-def document(node: Node, parts: Sequence[Any]) -> dict[str, Any]:
+def document(node: ShockNode, parts: Sequence[Any]) -> dict[str, Any]:
     """Shock's node JSON, every field in the type go-shock-client decodes it into."""
     complete = is_complete(node, parts)
     size = sum(p.size for p in parts) if complete else 0
@@ -330,7 +330,7 @@ def document(node: Node, parts: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def index_units(node: Node, index: str, reader: ConcatReader) -> list[tuple[int, int]]:
+def index_units(node: ShockNode, index: str, reader: ConcatReader) -> list[tuple[int, int]]:
     """(offset, length) of every unit of one of the node's indexes: a stored split, else computed
     from the bytes with the record rules of ``split.py``."""
     stored = node.indexes.get(index)
@@ -350,7 +350,7 @@ def index_units(node: Node, index: str, reader: ConcatReader) -> list[tuple[int,
 
 
 def set_index(
-    conn: Connection, node: Node, name: str, units: Sequence[tuple[int, int]], now: int
+    conn: Connection, node: ShockNode, name: str, units: Sequence[tuple[int, int]], now: int
 ) -> dict[str, Any]:
     """Record an index built on request (its units are computed again when read)."""
     info = _index_info(units, now, keep_units=False)
@@ -382,7 +382,7 @@ def part_range(units: Sequence[tuple[int, int]], part: str, index: str) -> tuple
 __all__ = [
     "INDEX_TYPES",
     "SPLIT_INDEX",
-    "Node",
+    "ShockNode",
     "UploadTarget",
     "check_any_lease",
     "check_upload_lease",

@@ -42,7 +42,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from perdure.datastore import BlobStore
 from perdure.documents import job_info
-from perdure.errors import BadRequest, NotFound, PerdureError
+from perdure.errors import BadRequest, DomainError, NotFound
 from perdure.protocol import (
     ClientDeleted,
     ClientNotFound,
@@ -69,7 +69,7 @@ APPERROR_CHARS = 5000
 LOG_KINDS = ("stdout", "stderr", "worknotes", "perf")
 REPORT_STATUSES = frozenset(s.value for s in ReportStatus)
 #: Why a part of an operation was refused: a bad request, or a refusal of the worker protocol.
-Failure = PerdureError | Refused
+Failure = DomainError | Refused
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class Operation:
 
 
 @dataclass
-class Outcome:
+class DispatchOutcome:
     """What each part of an operation came to: the report's "ok" or its refusal, the leased
     workunit's document or why there is none. A part not asked for, or a checkout after a refused
     report, stays None."""
@@ -452,7 +452,7 @@ def _rounds(operations: Sequence[Operation]) -> list[list[int]]:
     return rounds
 
 
-def _checks_out(operation: Operation, outcome: Outcome) -> bool:
+def _checks_out(operation: Operation, outcome: DispatchOutcome) -> bool:
     """Whether the operation asks for a checkout that its report, if any, allows."""
     return operation.checkout is not None and outcome.report in (None, "ok")
 
@@ -490,7 +490,7 @@ def _repeat(wu: Any, request: ReportRequest) -> bool:
 
 
 def _value(result: T | Failure | None) -> T:
-    if isinstance(result, PerdureError | Refused):
+    if isinstance(result, DomainError | Refused):
         raise result
     assert result is not None
     return result
@@ -537,8 +537,8 @@ class WorkStore:
         return _value(self.dispatch([Operation(report=request)])[0].report)
 
     def dispatch(
-        self, operations: Sequence[Operation], answer: Callable[[int, Outcome], None] | None = None
-    ) -> list[Outcome]:
+        self, operations: Sequence[Operation], answer: Callable[[int, DispatchOutcome], None] | None = None
+    ) -> list[DispatchOutcome]:
         """Several workers' requests at once (a server takes together those that arrive while it is
         busy): every report in one transaction, then the checkouts, of operations without a report or
         whose report was accepted, in another. Each operation's refusal is its own; a database error
@@ -553,7 +553,7 @@ class WorkStore:
         check out afterwards, so that a worker which reported a task's last workunit finds the work of
         the tasks that waited for it.
         """
-        outcomes = [Outcome() for _ in operations]
+        outcomes = [DispatchOutcome() for _ in operations]
         for indexes in _rounds(operations):
             reports = [(i, r) for i in indexes if (r := operations[i].report) is not None]
             finishing: dict[str, list[int]] = {}
@@ -586,7 +586,7 @@ class WorkStore:
         return outcomes
 
     def _checkouts(
-        self, operations: Sequence[Operation], outcomes: list[Outcome], indexes: list[int]
+        self, operations: Sequence[Operation], outcomes: list[DispatchOutcome], indexes: list[int]
     ) -> None:
         """The checkouts of these operations, unless their report was refused."""
         checkouts = [
@@ -781,7 +781,7 @@ class WorkStore:
         for n, request in enumerate(requests):
             try:
                 checked.append((n, _checked(request)))
-            except (PerdureError, Refused) as exc:
+            except (DomainError, Refused) as exc:
                 results[n] = exc
         with self.db.write() as conn:
             samples = hooks.Samples()
@@ -792,7 +792,7 @@ class WorkStore:
                 if request.status != ReportStatus.DONE:
                     try:
                         self._report_other(conn, request)
-                    except (PerdureError, Refused) as exc:  # refused before anything was written
+                    except (DomainError, Refused) as exc:  # refused before anything was written
                         results[n] = exc
             self._finish(conn, samples)
         return results, finished
@@ -835,7 +835,7 @@ class WorkStore:
                     raise OutputsMissing(
                         f"workunit {wu.id} reported done without uploading outputs: {', '.join(missing)}"
                     )
-            except (PerdureError, Refused) as exc:
+            except (DomainError, Refused) as exc:
                 results[n] = exc
                 continue
             log.debug("report: %s done by client %s", wu.id, request.client_id)
@@ -1153,11 +1153,11 @@ def workunit_document(row: Any) -> dict[str, Any]:
 
 __all__ = [
     "CheckoutRequest",
+    "DispatchOutcome",
     "FailureLimits",
     "LeaseLost",
     "NoWork",
     "Operation",
-    "Outcome",
     "ReportRequest",
     "WorkStore",
     "requeue_client_work",

@@ -2,7 +2,7 @@
 the worker's retry policy (keep trying until the node stops, or until a deadline) on top.
 
 The SDK is created with no retries of its own: a worker must outlast any outage, so this module's
-``retrying`` decides, and ``ApiError`` means the server answered and refused, so retrying cannot help.
+``retrying`` decides, and ``ServerRefused`` means the server answered and refused, so retrying cannot help.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ log = logging.getLogger("perdure.worker")
 T = TypeVar("T")
 
 
-class ApiError(Exception):
+class ServerRefused(Exception):
     """The server answered, and refused: retrying the same request cannot help. ``refusal`` says why,
     for the refusals of the worker protocol the worker acts on (``perdure.protocol``)."""
 
@@ -43,13 +43,13 @@ def _retryable(exc: sdk_errors.PerdureError) -> bool:
 
 
 def _refusal(call: Callable[[], T]) -> T:
-    """Run an SDK call; a refusal becomes this module's ``ApiError``, anything retryable propagates."""
+    """Run an SDK call; a refusal becomes this module's ``ServerRefused``, anything retryable propagates."""
     try:
         return call()
     except sdk_errors.ApiError as exc:
         if _retryable(exc):
             raise
-        raise ApiError(exc.status, exc.message, exc.refusal) from None
+        raise ServerRefused(exc.status, exc.message, exc.refusal) from None
 
 
 class ServerAPI:
@@ -175,7 +175,7 @@ class ServerAPI:
 
     def fetch_once(self, url: str, dest: Path, *, headers: dict[str, str] | None = None) -> int:
         """One try at an absolute http(s) URL of another host; the caller bounds the retries. Raises
-        ``ApiError`` when the host refused, the SDK's error when it could not be reached."""
+        ``ServerRefused`` when the host refused, the SDK's error when it could not be reached."""
         return _refusal(lambda: self.client.download(url, dest, headers=headers))
 
     def deregister(self, client_id: str) -> None:
@@ -201,4 +201,4 @@ class ServerAPI:
         return _refusal(lambda: self.spot.collectable(job_ids))
 
 
-__all__ = ["ApiError", "ServerAPI", "Stopped"]
+__all__ = ["ServerAPI", "ServerRefused", "Stopped"]

@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import resource
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -29,7 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from perdure.spot.podman import LOG_NAME, RUNTIME, container_name, last_line, log_files, podman, podman_env
+from perdure.spot.podman import (
+    LOG_NAME,
+    RUNTIME,
+    container_name,
+    last_line,
+    log_files,
+    podman,
+    podman_env,
+)
 
 log = logging.getLogger("perdure.worker")
 
@@ -75,24 +82,6 @@ def container_image(wu: dict[str, Any]) -> str:
 
 
 @functools.cache
-def podman_status(podman_binary: str = "podman") -> tuple[bool, str]:
-    """Whether this node can run task containers, or why not (one line): podman installed, the runc
-    runtime installed, and podman able to answer with it."""
-    if shutil.which(podman_binary) is None:
-        return False, "podman is not installed"
-    if shutil.which(RUNTIME) is None:
-        return False, f"podman's runtime {RUNTIME} is not installed"
-    try:
-        result = podman(
-            ["info", "--format", "{{.Host.OCIRuntime.Name}}"], timeout=60, podman_binary=podman_binary
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"`podman info` could not run: {exc}"
-    if result.returncode != 0:
-        return False, f"`podman info` failed: {last_line(result)}"
-    return True, ""
-
-
 def _ulimits() -> list[str]:
     """podman's default limits cannot be set without CAP_SYS_RESOURCE: ask for the worker's own."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

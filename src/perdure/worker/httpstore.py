@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from perdure.spot.manifest import CheckpointError, CorruptCheckpoint, Manifest
 from perdure.spot.store import CheckpointMissing
-from perdure.worker.api import ApiError, ServerAPI, Stopped
+from perdure.worker.api import ServerAPI, ServerRefused, Stopped
 
 #: How long one store request is retried while the server is unreachable.
 RETRY_FOR_S = 30.0
@@ -33,7 +33,7 @@ class HttpStore:
             return self.api.retrying(what, call, max_delay=5.0, deadline=time.monotonic() + RETRY_FOR_S)
         except Stopped as exc:
             raise CheckpointError(f"the server's checkpoint store could not be reached: {exc}") from None
-        except ApiError as exc:
+        except ServerRefused as exc:
             if exc.status == 404:
                 raise CheckpointMissing(f"{what} is not in the server's checkpoint store") from None
             if exc.status == 400 and what.startswith("checkpoint "):

@@ -20,11 +20,12 @@ from perdure import __version__, nodeinfo
 from perdure.protocol import Refusal
 from perdure.spot.cloud import metadata_endpoint
 from perdure.spot.interruption import DRAIN_FILE, PID_FILE, ImdsWatcher, Notice, take_drain_request
-from perdure.spot.protection import Preemption
+from perdure.spot.podman import podman_status
+from perdure.spot.protection import HandOver
 from perdure.states import ReportStatus
-from perdure.worker.api import ApiError, ServerAPI, Stopped
+from perdure.worker.api import ServerAPI, ServerRefused, Stopped
 from perdure.worker.config import ServerTiming, WorkerConfig
-from perdure.worker.container import ContainerSupport, Images, podman_status, remove_leftovers
+from perdure.worker.container import ContainerSupport, Images, remove_leftovers
 from perdure.worker.protect import SpotContext
 from perdure.worker.runner import DISCARDED, Outcome, Runner, tail_bytes
 
@@ -32,7 +33,7 @@ log = logging.getLogger("perdure.worker")
 
 
 class Slot:
-    def __init__(self, node: Node, index: int) -> None:
+    def __init__(self, node: WorkerNode, index: int) -> None:
         self.node = node
         self.index = index
         self.client_id = f"{node.node_id}-{index}"
@@ -78,7 +79,7 @@ class Slot:
         try:
             try:
                 self.register()
-            except ApiError as exc:
+            except ServerRefused as exc:
                 log.error("the server refused to register client %s: %s", self.client_id, exc)
                 self.node.fail(f"registration refused: {exc.message}")
                 return
@@ -92,7 +93,7 @@ class Slot:
                         # A failed checkout leased nothing: a draining node need not try again.
                         give_up=self.node.draining.is_set,
                     )
-                except ApiError as exc:
+                except ServerRefused as exc:
                     if exc.refusal == Refusal.CLIENT_DELETED:
                         log.warning("client %s was deleted on the server; stopping", self.client_id)
                         self.node.draining.set()
@@ -115,7 +116,7 @@ class Slot:
             pass
 
     def _hand_back(self, workunit: dict[str, Any]) -> None:
-        preemption = Preemption("returned", workunit.get("checkpoint"), "handed back before it started")
+        preemption = HandOver("returned", workunit.get("checkpoint"), "handed back before it started")
         outcome = Outcome(ReportStatus.PREEMPTED, 0, [preemption.detail], preemption=preemption)
         self._report(workunit["id"], outcome)
 
@@ -160,7 +161,7 @@ class Slot:
             return following
         except Stopped as exc:
             log.error("report for %s not delivered: %s", wu_id, exc)
-        except ApiError as exc:
+        except ServerRefused as exc:
             if exc.refusal == Refusal.OUTPUTS_MISSING:
                 self.node.api.report(wu_id, self.client_id, ReportStatus.FAIL, outcome.computetime, files)
             else:
@@ -168,7 +169,7 @@ class Slot:
         return None
 
 
-class Node:
+class WorkerNode:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.workpath = config.workpath.resolve()
@@ -362,7 +363,7 @@ class Node:
                 current = [slot.runner.current] if slot.runner.current else []
                 try:
                     instructions = self.api.heartbeat(slot.client_id, current)
-                except ApiError as exc:
+                except ServerRefused as exc:
                     if exc.refusal == Refusal.CLIENT_NOT_FOUND:
                         self._safe(slot.register)
                     continue
@@ -399,7 +400,7 @@ class Node:
     def _safe(self, action: Any) -> None:
         try:
             action()
-        except (ApiError, Stopped) as exc:
+        except (ServerRefused, Stopped) as exc:
             log.warning("%s failed: %s", getattr(action, "__name__", action), exc)
 
     # ---- node inventory and logs --------------------------------------------------------------

@@ -30,9 +30,9 @@ import psutil
 from perdure.sdk import errors as sdk_errors
 from perdure.split import awe_part
 from perdure.spot.engine import Launch
-from perdure.spot.protection import Preemption, Protection
+from perdure.spot.protection import HandOver, Protection
 from perdure.states import ReportStatus
-from perdure.worker.api import ApiError, ServerAPI
+from perdure.worker.api import ServerAPI, ServerRefused
 from perdure.worker.container import (
     Container,
     ContainerSupport,
@@ -76,7 +76,7 @@ class Outcome:
     stdout: Path | None = None
     stderr: Path | None = None
     #: For ``preempted``: how the work left this node, and what to restore it from.
-    preemption: Preemption | None = None
+    preemption: HandOver | None = None
 
 
 def split_args(args: str) -> list[str]:
@@ -154,7 +154,7 @@ class Runner:
         self._reference: dict[str, Any] | None = None
         self._preempting = threading.Event()
         self._preempted = threading.Event()
-        self._preemption: Preemption | None = None
+        self._preemption: HandOver | None = None
         #: The current workunit's presigned URLs to the object store, if the server gave any.
         self._direct: DirectData | None = None
 
@@ -193,15 +193,15 @@ class Runner:
         try:
             if process is None:
                 # Still staging: it never ran here, so whatever it came with still holds.
-                result = Preemption("returned", self._reference, "handed back before it started")
+                result = HandOver("returned", self._reference, "handed back before it started")
             elif protection is None:
                 _kill_group(process)
-                result = Preemption("none", None, "checkpointing is off for this work (ckptMode none)")
+                result = HandOver("none", None, "checkpointing is off for this work (ckptMode none)")
             else:
                 result = protection.final(deadline)
         except Exception as exc:  # whatever happens, the work must be handed back
             log.exception("final checkpoint of %s failed unexpectedly", self._current)
-            result = Preemption("none", None, f"the hand-over failed: {exc}")
+            result = HandOver("none", None, f"the hand-over failed: {exc}")
         self._preemption = result
         self._preempted.set()
 
@@ -289,7 +289,7 @@ class Runner:
         except ImageError as exc:
             log.warning("workunit %s failed: %s", wu_id, exc)
             return Outcome(ReportStatus.FAILED_PERMANENT, int(time.time() - started), [str(exc)], perf)
-        except (StageError, ApiError, OSError) as exc:
+        except (StageError, ServerRefused, OSError) as exc:
             if self._preempting.is_set():
                 return self._preempted_outcome(int(time.time() - started), perf)
             log.warning("workunit %s failed: %s", wu_id, exc)
@@ -319,7 +319,7 @@ class Runner:
 
     def _preempted_outcome(self, runtime: int, perf: dict[str, Any]) -> Outcome:
         self._preempted.wait()  # the hand-over thread is taking the final checkpoint
-        preemption = self._preemption or Preemption("none", None, "no checkpoint was taken")
+        preemption = self._preemption or HandOver("none", None, "no checkpoint was taken")
         perf["preemption"] = preemption.outcome
         return Outcome(ReportStatus.PREEMPTED, runtime, [preemption.detail], perf, preemption=preemption)
 
@@ -431,7 +431,7 @@ class Runner:
             try:
                 self.api.fetch_once(url, target, headers=headers)
                 return
-            except ApiError as exc:  # the host answered and refused: retrying cannot help
+            except ServerRefused as exc:  # the host answered and refused: retrying cannot help
                 last = str(exc)
                 break
             except (sdk_errors.PerdureError, OSError) as exc:
