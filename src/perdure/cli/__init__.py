@@ -157,7 +157,7 @@ def worker(
     context: typer.Context,
     server: Annotated[str | None, typer.Option(help="Server URL.")] = None,
     group: Annotated[str | None, typer.Option(help="Client group.")] = None,
-    name: Annotated[str | None, typer.Option(help="WorkerNode name (default: host name).")] = None,
+    name: Annotated[str | None, typer.Option(help="Node name (default: host name).")] = None,
     apps: Annotated[
         str | None, typer.Option(help="Commands this node runs, comma-separated, or '*'.")
     ] = None,

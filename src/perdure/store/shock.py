@@ -74,10 +74,10 @@ def is_node_id(value: str) -> bool:
 
 def get(conn: Connection, node_id: str) -> ShockNode:
     if not is_node_id(node_id):
-        raise NotFound("ShockNode not found")
+        raise NotFound("Node not found")
     row = conn.execute(select(shock_nodes).where(shock_nodes.c.id == node_id.lower())).one_or_none()
     if row is None:
-        raise NotFound("ShockNode not found")
+        raise NotFound("Node not found")
     return _node(row)
 
 
