@@ -3,6 +3,7 @@ engine's orchestration (image chain, snapshots, restore placement) against a fak
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,8 @@ from perdure.spot.criu import (
     STATS_MAGIC,
     CriuEngine,
     dump_command,
+    isolated_command,
+    namespace_init,
     parse_stats,
     pre_dump_command,
     restore_command,
@@ -286,9 +289,15 @@ with open(os.path.join(images, "pages-1.img"), "wb") as pages:
     pages.write(os.urandom(4096))
 if value("--prev-images-dir"):
     os.symlink(value("--prev-images-dir"), os.path.join(images, "parent"))
+if os.environ.get("FAKE_CRIU_FILES"):
+    with open(os.environ["FAKE_CRIU_FILES"], "rb") as src:
+        files = src.read()
+    with open(os.path.join(images, "files.img"), "wb") as out:
+        out.write(files)
 if args[0] == "dump":
     open(os.path.join(images, "inventory.img"), "wb").close()
-    os.killpg(int(value("-t")), signal.SIGKILL)
+    if "--leave-running" not in args:
+        os.killpg(int(value("-t")), signal.SIGKILL)
 """
 
 
@@ -336,7 +345,7 @@ def running(tmp_path: Path, store: DirectoryStore) -> Iterator[Run]:
     (run.workdir / "state.txt").write_text("42\n")
     (run.workdir / "input.dat").write_text("staged\n")
     run.exclude = {"input.dat"}
-    proc = subprocess.Popen(["sleep", "60"], start_new_session=True, cwd=run.workdir)
+    proc = isolated(run.workdir)
     run.pid = proc.pid
 
     def reap() -> None:
@@ -349,6 +358,19 @@ def running(tmp_path: Path, store: DirectoryStore) -> Iterator[Run]:
     if not run.exited.is_set():
         os.killpg(proc.pid, signal.SIGKILL)
     reaper.join(10)
+
+
+def isolated(workdir: Path) -> subprocess.Popen[bytes]:
+    """``sleep 60`` as the criu engine starts work: in a PID namespace of its own (root only)."""
+    argv = isolated_command(["sleep", "60"], workdir / "out", workdir / "err", workdir / "exit")
+    proc = subprocess.Popen(argv, start_new_session=True, cwd=workdir)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until unshare has forked the namespace's init
+        with contextlib.suppress(CheckpointError):
+            namespace_init(proc.pid)
+            return proc
+        time.sleep(0.02)
+    raise AssertionError("unshare did not start its namespace")
 
 
 def paths(run: Run, name: str) -> set[str]:
@@ -370,8 +392,12 @@ def test_pre_dumps_chain_and_the_final_dump(
     )
     assert "input.dat" not in paths(running, second.manifest.name)
     stats = engine.stats()
-    assert (stats["criu"], stats["images"], stats["pre_dump"]) == ("pre-dump", "2", DUMP_FIGURES)
+    assert (stats["criu"], stats["images"]) == ("pre-dump", "2")
+    assert {k: stats[f"pre_dump_{k}"] for k in DUMP_FIGURES} == DUMP_FIGURES
 
+    assert running.pid is not None
+    init = namespace_init(running.pid)
+    assert init != running.pid
     taken = engine.final(running, deadline=time.monotonic() + 60)
     assert running.exited.is_set()
     assert taken.manifest.kind == "final"
@@ -379,14 +405,14 @@ def test_pre_dumps_chain_and_the_final_dump(
         "restorable": True,
         "images": "final",
         "workdir": workdir,
-        "pid": running.pid,
+        "pid": init,
     }
     assert {
         "criu-images/1/pages-1.img",
         "criu-images/2/pages-1.img",
         "criu-images/final/inventory.img",
     } <= paths(running, taken.manifest.name)
-    assert engine.stats()["dump"] == DUMP_FIGURES
+    assert {k: engine.stats()[f"dump_{k}"] for k in DUMP_FIGURES} == DUMP_FIGURES
 
     assert running.scratch is not None
     images = running.scratch / "images"
@@ -394,7 +420,7 @@ def test_pre_dumps_chain_and_the_final_dump(
     assert [c[0] for c in made] == ["pre-dump", "pre-dump", "dump"]
     assert "--prev-images-dir" not in made[0]
     assert made[1][made[1].index("--prev-images-dir") + 1] == "../1"
-    assert made[2] == dump_command("x", running.pid or 0, images / "final", "../2", running.policy)[1:]
+    assert made[2] == dump_command("x", init, images / "final", "../2", running.policy)[1:]
     assert os.readlink(images / "final" / "parent") == "../2"
 
 
@@ -429,15 +455,15 @@ def test_restore_puts_the_work_directory_back_at_its_original_path(
     assert launch.pidfile == final / "restore.pid"
     assert launch.argv == restore_command(str(fake_criu), final, final / "restore.pid", other.policy)
     assert engine2.stats()["workdir"] == str(original)
-    assert "restore" not in engine2.stats()
+    assert "restore_restore_time" not in engine2.stats()
 
     # criu restore writes its statistics once it has run; they come with the next report.
     restore_figures = field(1, 5) + field(2, 6) + field(3, 700) + field(4, 800) + field(5, 9)
     (final / "stats-restore").write_bytes(stats_image(field(2, restore_figures)))
-    assert engine2.stats()["restore"]["restore_time"] == 800
+    assert engine2.stats()["restore_restore_time"] == 800
 
     # The restored tree's next checkpoint starts a new chain, in the work directory where it now is.
-    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    proc = isolated(tmp_path)
     other.pid = proc.pid
     try:
         again = engine2.checkpoint(other, threading.Event())
@@ -447,7 +473,7 @@ def test_restore_puts_the_work_directory_back_at_its_original_path(
     assert again.manifest.engine_data == {"restorable": False, "images": "1", "workdir": str(original)}
     assert "--prev-images-dir" not in calls(tmp_path)[-1]
     assert not final.exists()
-    assert engine2.stats()["restore"]["restore_time"] == 800
+    assert engine2.stats()["restore_restore_time"] == 800
 
 
 def test_restore_refuses_a_pre_dump(running: Run, fake_criu: Path) -> None:
