@@ -15,11 +15,13 @@ Where CRIU is missing or ``criu check`` fails, the module is skipped with the re
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from perdure.spot.capabilities import probe_criu
@@ -60,9 +62,20 @@ WORKER_ENV = {"PERDURE_WORKER_CHECKPOINT_ENGINE": "criu", "PERDURE_WORKER_CRIU_P
 
 def uninterrupted(steps: int, tmp: Path) -> bytes:
     """The program's output when nothing stops it (run here, without pauses)."""
+    return reference_run(steps, tmp)[0]
+
+
+def reference_run(steps: int, tmp: Path) -> tuple[bytes, str]:
+    """The program's output file and stdout when nothing stops it."""
     out = tmp / "reference.txt"
-    subprocess.run([sys.executable, str(PROGRAM), str(steps), "0", str(out)], check=True, capture_output=True)
-    return out.read_bytes()
+    ran = subprocess.run(
+        [sys.executable, str(PROGRAM), str(steps), "0", str(out)], check=True, capture_output=True, text=True
+    )
+    return out.read_bytes(), ran.stdout
+
+
+def stdout_of(api: Api, wu_id: str) -> str:
+    return str(api.data("GET", f"/work/{wu_id}?report=stdout"))
 
 
 def job(steps: int, step_log: Path) -> dict[str, Any]:
@@ -136,7 +149,9 @@ def test_a_memory_only_program_drained_on_one_worker_finishes_on_another(cluster
     api.wait_job(job_id, timeout=WAIT_S)
     assert api.workunit(wu_id)["client"] in b.client_ids()
 
-    assert api.download(job_id, "count", "out.txt").content == uninterrupted(steps, cluster.base)
+    output, stdout = reference_run(steps, cluster.base)
+    assert api.download(job_id, "count", "out.txt").content == output
+    assert stdout_of(api, wu_id) == stdout  # its log too: the restored process wrote on where it was
     assert starts(step_log) == 1, "worker B started the program again instead of restoring it"
     assert set(steps_done(step_log)) == set(range(1, steps + 1))
     assert len(steps_done(step_log)) > before
@@ -198,3 +213,55 @@ def test_a_missing_checkpoint_is_refused_and_the_work_restarts_from_zero(sqlite_
     for path in files:
         path.unlink()
     _restarted_from_zero(cluster, server, api, job_id, steps)
+
+
+def kill_orphans(workpath: Path) -> int:
+    """A worker killed with SIGKILL leaves its work running (in a session of its own); a lost machine
+    would not: kill what runs under the worker's work path."""
+    killed = 0
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if Path(process.cwd()).is_relative_to(workpath):
+                os.kill(process.pid, signal.SIGKILL)
+                killed += 1
+        except (psutil.Error, OSError):
+            continue
+    return killed
+
+
+@pytest.mark.timeout(240)
+def test_a_node_lost_without_notice_is_restored_from_its_last_full_dump(sqlite_cluster: Cluster) -> None:
+    """No final checkpoint: the last iterative one, a ``criu dump --leave-running`` taken while the work
+    ran (and wrote its log), is what worker B restores; less than one interval is redone, and the output
+    and the log are those of an uninterrupted run."""
+    cluster = sqlite_cluster
+    steps = 120
+    step_log = cluster.base / "steps.log"
+    server = cluster.server({**SERVER_ENV, "PERDURE_NODE_TTL_S": "4"}, start=False)
+    a = cluster.worker(server.url, "a", env=WORKER_ENV)
+    server.start()
+    api = cluster.api(server)
+    job_id = api.submit(job(steps, step_log))
+    wu_id = the_workunit(api, job_id, cluster)
+    running_on(api, wu_id, a, cluster)
+    wait_for(lambda: len(steps_done(step_log)) >= 30, WAIT_S, "30 steps on worker A", cluster.diagnostics)
+    iterative = checkpointed(api, wu_id, cluster)
+    a.kill()
+    assert kill_orphans(a.workpath) >= 1, "the work was not running under worker A's work path"
+    done_on_a = len(steps_done(step_log))
+
+    b = cluster.worker(server.url, "b", env=WORKER_ENV)
+    registered(api, b, cluster)
+    api.wait_job(job_id, timeout=WAIT_S)
+    assert api.workunit(wu_id)["client"] in b.client_ids()
+    output, stdout = reference_run(steps, cluster.base)
+    assert api.download(job_id, "count", "out.txt").content == output
+    assert stdout_of(api, wu_id) == stdout
+    assert starts(step_log) == 1, "worker B started the program again instead of restoring it"
+    assert set(steps_done(step_log)) == set(range(1, steps + 1))
+    assert 0 < redone(step_log) <= done_on_a
+    assert redone(step_log) < STEPS_PER_INTERVAL + 10  # the interval, and the moments A took to die
+    document = report(api, job_id)
+    restored = messages(document, "SR")
+    assert restored and not messages(document, "SF"), document["events"]
+    assert iterative["engine"] == "criu"

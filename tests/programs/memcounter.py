@@ -1,12 +1,12 @@
 """A long-running program that keeps its state only in memory, as most pipeline software does.
 
 ``memcounter.py STEPS STEP_SECONDS OUTPUT [RESIDENT_MIB]``: each step folds the step number (and a byte
-of its resident ballast, when it has one) into a running SHA-256 held in memory; nothing is written until
-the end, when the checksum goes to OUTPUT and to stdout. Killed part-way, it can only start again from
-zero, unless something restores its memory (the ``criu`` engine). With ``COUNTER_STEP_LOG`` set, it
-appends ``start`` when it starts and the number of every step it executes to that file (outside the work
-directory; opened for each line, so no descriptor stays open), so a test can count redone steps and
-restarts.
+of its resident ballast, when it has one) into a running SHA-256 held in memory and logs ``step N`` to
+stdout; the checksum goes to OUTPUT (and stdout) at the end, and nowhere before. Killed part-way, it can
+only start again from zero, unless something restores its memory (the ``criu`` engine). With
+``COUNTER_STEP_LOG`` set, it appends ``start`` when it starts and the number of every step it executes
+to that file (outside the work directory; opened for each line, so no descriptor stays open), so a test
+can count redone steps and restarts.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main() -> int:
         extra = ballast[(step << 20) % resident] if resident else 0
         digest = hashlib.sha256(f"{digest}:{step}:{extra}".encode()).hexdigest()
         note(str(step))
+        print(f"step {step}", flush=True)  # a log that grows while it runs (CRIU checks its size)
     output.write_text(f"{steps} {digest}\n")
     print(f"{steps} {digest}")
     return 0

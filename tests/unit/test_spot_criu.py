@@ -589,15 +589,18 @@ def test_full_dumps_leave_the_work_running_and_each_restores_on_its_own(
             "pid": init,
             "files": {"awe_stdout.txt": 10},
         }
-    assert not any(p.startswith("criu-images/1/") for p in paths(running, second.manifest.name))
+    saved = paths(running, second.manifest.name)
+    assert not any(p.startswith("criu-images/1/") for p in saved)
+    # The open log is saved as it was at the dump, beside the images, not from the work directory.
+    assert "awe_stdout.txt" not in saved and "criu-images/2/held-files/awe_stdout.txt" in saved
     made = calls(tmp_path)
     assert [c[0] for c in made] == ["dump", "dump"]
     assert all(
         "--leave-running" in c and "--track-mem" not in c and "--prev-images-dir" not in c for c in made
     )
 
-    # The node is lost without notice: the second full dump is restored elsewhere, its log cut back to
-    # the size it had at the dump (what the work wrote after is redone).
+    # The node is lost without notice: the second full dump is restored elsewhere, its log as it was
+    # at the dump (what the work wrote after is redone).
     shutil.rmtree(tmp_path / "node1" / "work")
     other = make_run(tmp_path, store, "node2")
     launch = CriuEngine(str(fake_criu), pre_dump=False).restore(

@@ -51,6 +51,8 @@ PIDFILE = "restore.pid"
 #: In the work directory: the program's exit status, written by the namespace's init when it ends
 #: (``criu restore`` exits 0 whatever its tree did, so the status cannot come from it).
 EXIT_FILE = ".perdure-exit-status"
+#: Beside a full dump's images: the files the tree held open in the work directory, at the dump's size.
+HELD = "held-files"
 # criu/include/magic.h: every image but the service ones starts with IMG_COMMON_MAGIC, then its own.
 IMG_COMMON_MAGIC = 0x54564319
 FILES_MAGIC = 0x56303138
@@ -330,18 +332,36 @@ def _file_sizes(files_img: Path, workdir: Path) -> dict[str, int]:
     return {name[len(root) :]: size for name, size in files.items() if name.startswith(root)}
 
 
-def _trim_files(workdir: Path, sizes: Any) -> None:
-    """Cut each file the dump held open back to the size it had at the dump (what it wrote after is
-    redone by the restored process, as in an append-only log)."""
+def _safe(rel: Any) -> bool:
+    return isinstance(rel, str) and bool(rel) and not rel.startswith("/") and ".." not in Path(rel).parts
+
+
+def _hold(workdir: Path, sizes: dict[str, int], held: Path) -> None:
+    """Copy the first ``size`` bytes of each open file: what it held at the dump, were it appended to
+    since (a log)."""
+    for rel, size in sizes.items():
+        if not _safe(rel):
+            continue
+        target = held / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError), (workdir / rel).open("rb") as src, target.open("wb") as out:
+            remaining = size
+            while remaining > 0 and (chunk := src.read(min(remaining, 1 << 20))):
+                out.write(chunk)
+                remaining -= len(chunk)
+
+
+def _put_back(held: Path, workdir: Path, sizes: Any) -> None:
+    """The open files of a full dump, as they were at the dump, back into the restored work directory."""
     if not isinstance(sizes, dict):
         return
-    for rel, size in sizes.items():
-        if not isinstance(rel, str) or not isinstance(size, int) or rel.startswith("/") or ".." in rel:
+    for rel in sizes:
+        if not _safe(rel) or not (held / rel).is_file():
             continue
-        path = workdir / rel
-        with contextlib.suppress(OSError):
-            if path.is_file() and not path.is_symlink() and path.stat().st_size > size:
-                os.truncate(path, size)
+        target = workdir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        shutil.copy2(held / rel, target)
 
 
 def _read_stats(path: Path) -> dict[str, Any]:
@@ -412,6 +432,11 @@ class CriuEngine:
         if cancel.is_set():
             raise Aborted("cancelled")
         workdir = self._workdir(run)
+        # The files the tree holds open in the work directory (its logs) go on growing: they are
+        # copied at the size CRIU recorded, beside the images, and left out of the work directory's
+        # snapshot (which would find them changing, and CRIU refuses a file of another size).
+        held = _file_sizes(target / "files.img", workdir)
+        _hold(workdir, held, target / HELD)
         taken = self._snapshot(
             run,
             "iterative",
@@ -422,9 +447,10 @@ class CriuEngine:
                 "images": str(number),
                 "workdir": str(workdir),
                 "pid": pid,
-                "files": _file_sizes(target / "files.img", workdir),
+                "files": held,
             },
             cancel=cancel,
+            exclude=set(held),
         )
         self._record("dump", str(number), criu_s, figures, taken)
         return taken
@@ -534,7 +560,7 @@ class CriuEngine:
         final = images / name
         if not (final / "inventory.img").is_file():
             raise CorruptCheckpoint(f"checkpoint {manifest.name} has no CRIU images")
-        _trim_files(workdir, data.get("files"))
+        _put_back(final / HELD, workdir, data.get("files"))
         pidfile = final / PIDFILE
         pidfile.unlink(missing_ok=True)
         if workdir != run.workdir.resolve():
@@ -628,13 +654,14 @@ class CriuEngine:
         *,
         cancel: threading.Event | None = None,
         deadline: float | None = None,
+        exclude: set[str] | None = None,
     ) -> Taken:
         return run.snapshotter.take(
             workdir,
             kind=kind,
             progress_s=progress,
             include=run.policy.files if run.policy.rootfs_diff else (),
-            exclude=run.exclude,
+            exclude=run.exclude | (exclude or set()),
             engine_data=engine_data,
             deadline=deadline,
             cancel=cancel,
