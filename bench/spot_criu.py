@@ -436,7 +436,7 @@ def section_job(args: argparse.Namespace, criu: str, base: Path) -> list[str]:
 
 def section(args: argparse.Namespace, base: Path) -> list[str]:
     """Sections 4 to 6; the failed targets and checks."""
-    found = probe_criu()
+    found = probe_criu(include_repo=True)
     if found.get("criu_problem"):
         print(f"\n=== 4.-6. criu engine: SKIPPED ({found['criu_problem']}) ===")
         return ["criu sections skipped: " + str(found["criu_problem"])]

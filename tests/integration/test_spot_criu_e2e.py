@@ -50,7 +50,7 @@ INTERVAL_S = 2.0
 STEPS_PER_INTERVAL = round(INTERVAL_S / STEP_S)
 SERVER_ENV = {"PERDURE_NODE_TTL_S": "30", "PERDURE_SWEEP_INTERVAL_S": "0.3"}
 
-_criu = probe_criu(os.environ.get("PERDURE_TEST_CRIU", "criu"))
+_criu = probe_criu(os.environ.get("PERDURE_TEST_CRIU", "criu"), include_repo=True)
 if _criu.get("criu_problem"):
     reason = f"CRIU end-to-end tests need a working CRIU: {_criu['criu_problem']}"
     if os.environ.get("CI", "").lower() == "true":

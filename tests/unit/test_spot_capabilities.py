@@ -72,13 +72,17 @@ def test_criu_with_dirty_tracking_chains_pre_dumps(tmp_path: Path) -> None:
 def test_a_broken_criu_on_path_gives_way_to_the_repositorys_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Debian 12's CRIU 3.17 on PATH fails ``criu check``; scripts/install-criu.sh's 4.1 passes."""
+    """Debian 12's CRIU 3.17 on PATH fails ``criu check``; scripts/install-criu.sh's 4.1 passes (the
+    tests and the bench look there too)."""
     fake_criu(tmp_path / "bin" / "criu", check=1, version="3.17.1")
     repo = fake_criu(tmp_path / "repo" / "criu", dirty=1)
     monkeypatch.setattr(capabilities, "REPO_CRIU", repo)
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    caps = probe(podman=False)
+    caps = Capabilities(**probe_criu(include_repo=True))
     assert (caps.criu, caps.criu_version, caps.criu_ok) == (str(repo), "4.1.1", True)
+    # A worker looks only where its setting says (else every `auto` worker of a checkout would use criu).
+    worker = probe(podman=False)
+    assert (worker.criu_version, worker.criu_ok) == ("3.17.1", False)
     # Named explicitly, the setting is the only candidate.
     named = Capabilities(**probe_criu(str(tmp_path / "bin" / "criu")))
     assert named.criu_version == "3.17.1" and not named.criu_ok

@@ -2,8 +2,9 @@
 
 The probes:
 
-* CRIU: where it is (the ``criu_path`` setting, ``PATH``, or the repository's ``.cache/criu/criu`` that
-  ``scripts/install-criu.sh`` writes), its version, and ``criu check``;
+* CRIU: where it is (the ``criu_path`` setting: a path, or a name on ``PATH``; the tests and the bench
+  also try the repository's ``.cache/criu/criu`` that ``scripts/install-criu.sh`` writes), its
+  version, and ``criu check``;
 * ``criu check --feature mem_dirty_track``: whether the kernel tracks dirty pages (soft-dirty), which
   the ``criu`` engine's pre-dump chain needs; without it every checkpoint is a full dump;
 * podman and its runtime, able to run a container, and whether a container checkpoint works (the
@@ -80,14 +81,16 @@ class Capabilities:
         return "; ".join(parts)
 
 
-def criu_candidates(setting: str = "criu") -> list[str]:
-    """The CRIU binaries to try, in order: the setting as a path, or as a name on ``PATH``; for the
-    default setting also the repository's copy (Debian 12's own CRIU 3.17 fails ``criu check`` on
-    recent kernels, and ``scripts/install-criu.sh`` puts CRIU 4.1 there)."""
+def criu_candidates(setting: str = "criu", *, include_repo: bool = False) -> list[str]:
+    """The CRIU binaries to try, in order: the setting as a path, or as a name on ``PATH``; with
+    ``include_repo`` (the tests and the bench) and the default setting, also the repository's copy
+    (Debian 12's own CRIU 3.17 fails ``criu check`` on recent kernels; ``scripts/install-criu.sh`` puts
+    CRIU 4.1 there). A worker looks only where its setting says: finding CRIU by itself would switch
+    every ``auto`` worker of a checkout to the criu engine."""
     if os.sep in setting:
         return [setting] if os.access(setting, os.X_OK) else []
     found = [p for p in (shutil.which(setting),) if p is not None]
-    if setting == "criu" and os.access(REPO_CRIU, os.X_OK) and str(REPO_CRIU) not in found:
+    if include_repo and setting == "criu" and os.access(REPO_CRIU, os.X_OK) and str(REPO_CRIU) not in found:
         found.append(str(REPO_CRIU))
     return found
 
@@ -108,12 +111,18 @@ def _last_line(text: str, fallback: str) -> str:
     return lines[-1] if lines else fallback
 
 
-def probe_criu(setting: str = "criu", timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
+def probe_criu(
+    setting: str = "criu", timeout_s: float = PROBE_TIMEOUT_S, *, include_repo: bool = False
+) -> dict[str, Any]:
     """The CRIU part of the capabilities, as keyword arguments of ``Capabilities``: the first candidate
     whose ``criu check`` passes, else the first one's problem."""
-    candidates = criu_candidates(setting)
+    candidates = criu_candidates(setting, include_repo=include_repo)
     if not candidates:
-        where = setting if os.sep in setting else f"{setting} on PATH or {REPO_CRIU}"
+        where = (
+            setting
+            if os.sep in setting
+            else f"{setting} on PATH" + (f" or {REPO_CRIU}" if include_repo else "")
+        )
         return {"criu_problem": f"criu is not installed (looked for {where})"}
     first: dict[str, Any] | None = None
     for path in candidates:
