@@ -149,6 +149,15 @@ def test_a_memory_only_program_drained_on_one_worker_finishes_on_another(cluster
     api.wait_job(job_id, timeout=WAIT_S)
     assert api.workunit(wu_id)["client"] in b.client_ids()
 
+    # Worker B's node record says what its probe found (it runs on this machine: no dirty-page tracking
+    # is not asserted, as other kernels have it).
+    nodes = {n["id"]: n for n in api.http.get("/api/v1/node").json()}
+    record = nodes[b.node_id()]
+    assert record["checkpointEngine"] == "criu" and record["criuProblem"] == ""
+    assert record["checkpointEngines"]["criu"] == {"available": True}
+    assert record["checkpointEngines"]["workdir"] == {"available": True}
+    assert record["criuVersion"] == _criu["criu_version"]
+
     output, stdout = reference_run(steps, cluster.base)
     assert api.download(job_id, "count", "out.txt").content == output
     assert stdout_of(api, wu_id) == stdout  # its log too: the restored process wrote on where it was
