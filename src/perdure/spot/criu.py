@@ -173,11 +173,13 @@ def restore_command(criu: str, images_dir: Path, pidfile: Path, policy: Checkpoi
 def isolated_command(argv: list[str], stdout: Path, stderr: Path, exit_file: Path) -> list[str]:
     """``argv`` in a PID namespace of its own: ``unshare --pid --fork`` makes a shell the namespace's
     init and, through ``setsid``, a session leader (CRIU dumps a tree from its namespace's init, and
-    restores it as its own session). The shell opens the program's standard streams itself, inside the
-    tree CRIU dumps, runs it, and writes its exit status to ``exit_file``. No ``--mount-proc``: CRIU
-    cannot dump files opened outside a new mount namespace. ``--kill-child``: the tree dies with the
-    ``unshare`` the runner started, so stopping it stops the work."""
-    script = 'o=$1 e=$2 x=$3; shift 3; "$@" </dev/null >"$o" 2>"$e"; echo $? >"$x"'
+    restores it as its own session). The shell first points its own standard streams at /dev/null
+    (whatever it was given, a file another process appends to would fail the restore), opens the
+    program's itself, inside the tree CRIU dumps, runs it, and writes its exit status to
+    ``exit_file``. No ``--mount-proc``: CRIU cannot dump files opened outside a new mount namespace.
+    ``--kill-child``: the tree dies with the ``unshare`` the runner started (and a restored tree with
+    its ``criu restore``, which restores that parent-death signal), so stopping it stops the work."""
+    script = 'o=$1 e=$2 x=$3; shift 3; exec </dev/null >/dev/null 2>&1; "$@" >"$o" 2>"$e"; echo $? >"$x"'
     return [
         shutil.which("unshare") or "/usr/bin/unshare",
         "--pid",
