@@ -110,7 +110,9 @@ def _measure_size(criu: str, pre_dump: bool, mib: int, base: Path) -> dict[str, 
     restored: subprocess.Popen[bytes] | None = None
     try:
         run.pid = proc.pid
-        _wait(lambda: _tree_rss(_init(proc.pid)) >= mib * MiB, 120, f"{mib} MiB resident")
+        out = workdir / "awe_stdout.txt"
+        # Its first step logged: the ballast is built (not half-way, with a transient copy).
+        _wait(lambda: out.exists() and out.read_text().startswith("step"), 120, f"{mib} MiB resident")
         figures: dict[str, float] = {"rss": _tree_rss(_init(proc.pid))}
         engine = CriuEngine(criu, pre_dump=pre_dump)
         t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -28,9 +29,9 @@ def note(line: str) -> None:
 def main() -> int:
     steps, step_s, output = int(sys.argv[1]), float(sys.argv[2]), Path(sys.argv[3])
     resident = int(sys.argv[4]) << 20 if len(sys.argv) > 4 else 0
-    ballast = bytearray(b"\xa5") * resident  # every page touched: resident, and in every dump
-    for offset in range(0, resident, 1 << 20):
-        ballast[offset] = (offset >> 20) & 0xFF
+    # Pseudo-random (so a store cannot deduplicate it away), the same in every run; every page resident.
+    block = random.Random(resident).randbytes(1 << 20)
+    ballast = bytearray(b"".join(block[i:] + block[:i] for i in range(0, resident >> 20)))
     note("start")
     digest = hashlib.sha256(b"start").hexdigest()
     for step in range(1, steps + 1):
