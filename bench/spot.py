@@ -14,6 +14,9 @@
 3. **Checkpoint throughput.** A full snapshot of that directory into a fresh ``DirectoryStore``
    (manifest commit and its ``syncfs`` included) against ``shutil.copytree`` plus ``os.sync()``,
    median of 3 each, page cache dropped before each run when running as root.
+4.-6. **The ``criu`` engine** (``--sections criu``, ``bench/spot_criu.py``): checkpoint and restore of
+   about 64 MiB, 256 MiB and 1 GiB resident, notice to handed over with 1 and 4 running workunits, and a
+   memory-only job interrupted at 80 %.
 
     .venv/bin/python bench/spot.py [--scale 0.1] [--size 1G] [--threads 4] [--db sqlite|postgresql]
     .venv/bin/python bench/spot.py --sections podman [--podman-sizes 64,256,1024]   # bench/spot_podman.py
@@ -42,6 +45,7 @@ from typing import Any
 
 import httpx
 
+import spot_criu
 from common import Server, load_average, postgres_database, postgres_problem
 from perdure.spot.manifest import Identity
 from perdure.spot.snapshot import Snapshotter
@@ -568,9 +572,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--podman-sizes", default="64,256,1024", help="section podman: resident sizes in MiB (64,256,1024)"
     )
+    spot_criu.add_arguments(parser)
     args = parser.parse_args(argv)
     args.sections = {s.strip() for s in args.sections.split(",") if s.strip()}
-    unknown = args.sections - {"job", "incremental", "throughput", "podman"}
+    unknown = args.sections - {"job", "incremental", "throughput", "podman", "criu"}
     if unknown or not args.sections:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown)) or '(none)'}")
     if args.scale <= 0 or not 1 <= args.threads <= 64:
@@ -617,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         if "podman" in args.sections:
             sizes = [int(s) * MiB for s in args.podman_sizes.split(",") if s.strip()]
             failed += section_podman(base / "podman", sizes, {"sizes", "handover", "interrupted"})
+        if "criu" in args.sections:
+            failed += spot_criu.section(args, base / "criu")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print("\n=== summary ===")

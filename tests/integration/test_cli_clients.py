@@ -56,8 +56,16 @@ def test_client_suspend_and_resume(stack: Stack, perdure: Perdure) -> None:
 def test_nodes_and_their_logs(stack: Stack, perdure: Perdure) -> None:
     node_id = stack.worker.node_id()
     lines = fits(ok(perdure("nodes")))
-    assert lines[0].split() == ["id", "host", "cores", "memory", "instance", "last", "seen"]
-    assert [line.split()[0] for line in lines[1:]] == [node_id]
+    assert lines[0].split() == ["id", "host", "cores", "memory", "instance", "checkpoint", "last", "seen"]
+    assert lines[1].split()[0] == node_id
+    # The engines the node can checkpoint with (workdir always), then why not the others, one line each.
+    document = api_get(stack, "/api/v1/node")[0]  # type: ignore[index]
+    engines = document["checkpointEngines"]
+    assert "workdir" in lines[1].split()[6].split(",")  # the memory column is two words
+    why_not = [f"{node_id}: no {name}: {s['reason']}" for name, s in engines.items() if not s["available"]]
+    assert len(lines) == 2 + len(why_not), lines
+    for line, expected in zip(lines[2:], why_not, strict=True):
+        assert expected.startswith(line.rstrip().rstrip("…")), (line, expected)
     assert json.loads(ok(perdure("nodes", "--json"))) == api_get(stack, "/api/v1/node")
 
     log_file = str(stack.worker.workpath / "logs" / "worker.log")

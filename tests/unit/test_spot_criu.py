@@ -3,6 +3,7 @@ engine's orchestration (image chain, snapshots, restore placement) against a fak
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,12 +21,19 @@ from typing import Any
 import pytest
 
 from perdure.spot.criu import (
+    FILES_MAGIC,
+    IMG_COMMON_MAGIC,
     IMG_SERVICE_MAGIC,
     STATS_MAGIC,
     CriuEngine,
     dump_command,
+    isolated_command,
+    lock_rules,
+    namespace_init,
     parse_stats,
     pre_dump_command,
+    regular_files,
+    remove_tcp_locks,
     restore_command,
 )
 from perdure.spot.engine import Availability, Run, detect
@@ -286,9 +294,15 @@ with open(os.path.join(images, "pages-1.img"), "wb") as pages:
     pages.write(os.urandom(4096))
 if value("--prev-images-dir"):
     os.symlink(value("--prev-images-dir"), os.path.join(images, "parent"))
+if os.environ.get("FAKE_CRIU_FILES"):
+    with open(os.environ["FAKE_CRIU_FILES"], "rb") as src:
+        files = src.read()
+    with open(os.path.join(images, "files.img"), "wb") as out:
+        out.write(files)
 if args[0] == "dump":
     open(os.path.join(images, "inventory.img"), "wb").close()
-    os.killpg(int(value("-t")), signal.SIGKILL)
+    if "--leave-running" not in args:
+        os.killpg(int(value("-t")), signal.SIGKILL)
 """
 
 
@@ -336,7 +350,7 @@ def running(tmp_path: Path, store: DirectoryStore) -> Iterator[Run]:
     (run.workdir / "state.txt").write_text("42\n")
     (run.workdir / "input.dat").write_text("staged\n")
     run.exclude = {"input.dat"}
-    proc = subprocess.Popen(["sleep", "60"], start_new_session=True, cwd=run.workdir)
+    proc = isolated(run.workdir)
     run.pid = proc.pid
 
     def reap() -> None:
@@ -349,6 +363,19 @@ def running(tmp_path: Path, store: DirectoryStore) -> Iterator[Run]:
     if not run.exited.is_set():
         os.killpg(proc.pid, signal.SIGKILL)
     reaper.join(10)
+
+
+def isolated(workdir: Path) -> subprocess.Popen[bytes]:
+    """``sleep 60`` as the criu engine starts work: in a PID namespace of its own (root only)."""
+    argv = isolated_command(["sleep", "60"], workdir / "out", workdir / "err", workdir / "exit")
+    proc = subprocess.Popen(argv, start_new_session=True, cwd=workdir)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until unshare has forked the namespace's init
+        with contextlib.suppress(CheckpointError):
+            namespace_init(proc.pid)
+            return proc
+        time.sleep(0.02)
+    raise AssertionError("unshare did not start its namespace")
 
 
 def paths(run: Run, name: str) -> set[str]:
@@ -370,8 +397,12 @@ def test_pre_dumps_chain_and_the_final_dump(
     )
     assert "input.dat" not in paths(running, second.manifest.name)
     stats = engine.stats()
-    assert (stats["criu"], stats["images"], stats["pre_dump"]) == ("pre-dump", "2", DUMP_FIGURES)
+    assert (stats["criu"], stats["images"]) == ("pre-dump", "2")
+    assert {k: stats[f"pre_dump_{k}"] for k in DUMP_FIGURES} == DUMP_FIGURES
 
+    assert running.pid is not None
+    init = namespace_init(running.pid)
+    assert init != running.pid
     taken = engine.final(running, deadline=time.monotonic() + 60)
     assert running.exited.is_set()
     assert taken.manifest.kind == "final"
@@ -379,14 +410,14 @@ def test_pre_dumps_chain_and_the_final_dump(
         "restorable": True,
         "images": "final",
         "workdir": workdir,
-        "pid": running.pid,
+        "pid": init,
     }
     assert {
         "criu-images/1/pages-1.img",
         "criu-images/2/pages-1.img",
         "criu-images/final/inventory.img",
     } <= paths(running, taken.manifest.name)
-    assert engine.stats()["dump"] == DUMP_FIGURES
+    assert {k: engine.stats()[f"dump_{k}"] for k in DUMP_FIGURES} == DUMP_FIGURES
 
     assert running.scratch is not None
     images = running.scratch / "images"
@@ -394,7 +425,7 @@ def test_pre_dumps_chain_and_the_final_dump(
     assert [c[0] for c in made] == ["pre-dump", "pre-dump", "dump"]
     assert "--prev-images-dir" not in made[0]
     assert made[1][made[1].index("--prev-images-dir") + 1] == "../1"
-    assert made[2] == dump_command("x", running.pid or 0, images / "final", "../2", running.policy)[1:]
+    assert made[2] == dump_command("x", init, images / "final", "../2", running.policy)[1:]
     assert os.readlink(images / "final" / "parent") == "../2"
 
 
@@ -429,15 +460,15 @@ def test_restore_puts_the_work_directory_back_at_its_original_path(
     assert launch.pidfile == final / "restore.pid"
     assert launch.argv == restore_command(str(fake_criu), final, final / "restore.pid", other.policy)
     assert engine2.stats()["workdir"] == str(original)
-    assert "restore" not in engine2.stats()
+    assert "restore_restore_time" not in engine2.stats()
 
     # criu restore writes its statistics once it has run; they come with the next report.
     restore_figures = field(1, 5) + field(2, 6) + field(3, 700) + field(4, 800) + field(5, 9)
     (final / "stats-restore").write_bytes(stats_image(field(2, restore_figures)))
-    assert engine2.stats()["restore"]["restore_time"] == 800
+    assert engine2.stats()["restore_restore_time"] == 800
 
     # The restored tree's next checkpoint starts a new chain, in the work directory where it now is.
-    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    proc = isolated(tmp_path)
     other.pid = proc.pid
     try:
         again = engine2.checkpoint(other, threading.Event())
@@ -447,7 +478,7 @@ def test_restore_puts_the_work_directory_back_at_its_original_path(
     assert again.manifest.engine_data == {"restorable": False, "images": "1", "workdir": str(original)}
     assert "--prev-images-dir" not in calls(tmp_path)[-1]
     assert not final.exists()
-    assert engine2.stats()["restore"]["restore_time"] == 800
+    assert engine2.stats()["restore_restore_time"] == 800
 
 
 def test_restore_refuses_a_pre_dump(running: Run, fake_criu: Path) -> None:
@@ -504,3 +535,145 @@ def test_a_cancelled_checkpoint_keeps_its_pre_dump(
 def test_missing_criu_is_a_checkpoint_error(tmp_path: Path, store: DirectoryStore, running: Run) -> None:
     with pytest.raises(CheckpointError, match="could not run"):
         CriuEngine(str(tmp_path / "no-such-criu")).checkpoint(running, threading.Event())
+
+
+# ---- full dumps, where the kernel has no dirty-page tracking ------------------------------------------
+
+
+def files_image(files: dict[str, int | None]) -> bytes:
+    """A ``files.img``: a regular-file entry per name, with its size (None: no size, a device)."""
+    entries = []
+    for number, (name, size) in enumerate(files.items(), start=1):
+        reg = field(1, number) + field(2, 0x8001) + field(3, 0) + field(6, name.encode())
+        if size is not None:
+            reg += field(8, size)
+        entries.append(field(1, 1) + field(2, number) + field(3, reg))
+    return struct.pack("<II", IMG_COMMON_MAGIC, FILES_MAGIC) + b"".join(
+        struct.pack("<I", len(e)) + e for e in entries
+    )
+
+
+def test_the_files_image_gives_the_sizes_crius_restore_checks() -> None:
+    data = files_image({"/w/out.txt": 120, "/dev/null": None, "/usr/lib/libc.so.6": 1_926_232})
+    assert regular_files(data) == {"/w/out.txt": 120, "/usr/lib/libc.so.6": 1_926_232}
+    with pytest.raises(ValueError, match="not a CRIU files image"):
+        regular_files(stats_image(dump_entry()))
+    with pytest.raises(ValueError, match="truncated"):
+        regular_files(data[:-3])
+
+
+def test_full_dumps_leave_the_work_running_and_each_restores_on_its_own(
+    tmp_path: Path, store: DirectoryStore, running: Run, fake_criu: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No pre-dump chain: every interval a ``criu dump --leave-running`` (no ``--track-mem``), restorable
+    by itself; the images of older passes go; the final dump builds on nothing."""
+    workdir = running.workdir.resolve()
+    log = workdir / "awe_stdout.txt"
+    log.write_bytes(b"a" * 10)
+    files = tmp_path / "files.img"
+    files.write_bytes(files_image({str(log): 10, "/usr/lib/libc.so.6": 5}))
+    monkeypatch.setenv("FAKE_CRIU_FILES", str(files))
+    engine = CriuEngine(str(fake_criu), pre_dump=False)
+    first = engine.checkpoint(running, threading.Event())
+    log.write_bytes(b"a" * 10 + b"written after the dump")  # the work goes on and writes
+    second = engine.checkpoint(running, threading.Event())
+    assert not running.exited.is_set()
+    assert running.pid is not None
+    init = namespace_init(running.pid)
+    for number, taken in (("1", first), ("2", second)):
+        assert taken.manifest.kind == "iterative"
+        assert taken.manifest.engine_data == {
+            "restorable": True,
+            "images": number,
+            "workdir": str(workdir),
+            "pid": init,
+            "files": {"awe_stdout.txt": 10},
+        }
+    saved = paths(running, second.manifest.name)
+    assert not any(p.startswith("criu-images/1/") for p in saved)
+    # The open log is saved as it was at the dump, beside the images, not from the work directory.
+    assert "awe_stdout.txt" not in saved and "criu-images/2/held-files/awe_stdout.txt" in saved
+    made = calls(tmp_path)
+    assert [c[0] for c in made] == ["dump", "dump"]
+    assert all(
+        "--leave-running" in c and "--track-mem" not in c and "--prev-images-dir" not in c for c in made
+    )
+
+    # The node is lost without notice: the second full dump is restored elsewhere, its log as it was
+    # at the dump (what the work wrote after is redone).
+    shutil.rmtree(tmp_path / "node1" / "work")
+    other = make_run(tmp_path, store, "node2")
+    launch = CriuEngine(str(fake_criu), pre_dump=False).restore(
+        other, other.snapshotter.load(second.manifest.name)
+    )
+    assert log.read_bytes() == b"a" * 10
+    images = tmp_path / "node2" / "scratch" / "images" / "2"
+    assert launch.argv is not None and launch.argv[:4] == [str(fake_criu), "restore", "-D", str(images)]
+    assert launch.exit_file == workdir / ".perdure-exit-status" and launch.streams is False
+
+    engine.final(running, deadline=time.monotonic() + 60)
+    assert running.exited.is_set()
+    final = calls(tmp_path)[-1]
+    assert final[0] == "dump" and "--leave-running" not in final and "--prev-images-dir" not in final
+    assert "--track-mem" not in final
+
+
+def test_work_not_started_in_a_namespace_of_its_own_is_not_dumped(tmp_path: Path) -> None:
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        with pytest.raises(CheckpointError, match="not started by the criu engine"):
+            namespace_init(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    with pytest.raises(CheckpointError, match="is gone"):
+        namespace_init(proc.pid)
+
+
+def test_the_isolated_command_reports_the_exit_status_and_opens_its_own_streams(tmp_path: Path) -> None:
+    argv = isolated_command(
+        ["sh", "-c", 'echo "pid $$"; echo oops >&2; exit 7'],
+        tmp_path / "out",
+        tmp_path / "err",
+        tmp_path / "status",
+    )
+    subprocess.run(argv, check=False, timeout=30, stdin=subprocess.DEVNULL)
+    assert (tmp_path / "out").read_text() == "pid 2\n"  # the namespace's second process
+    assert (tmp_path / "err").read_text() == "oops\n"
+    assert (tmp_path / "status").read_text() == "7\n"
+
+
+# ---- what --tcp-close restores leave behind -----------------------------------------------------------
+
+LOCK = "-m mark ! --mark 0xc114 -j DROP"
+IPTABLES_S = f"""\
+-P INPUT ACCEPT
+-P OUTPUT ACCEPT
+-N NETAVARK_FORWARD
+-A INPUT -s 10.0.0.5/32 -d 10.0.0.9/32 -p tcp -m tcp --sport 5432 --dport 41000 {LOCK}
+-A OUTPUT -s 10.0.0.9/32 -d 10.0.0.5/32 -p tcp -m tcp --sport 41000 --dport 5432 {LOCK}
+-A INPUT -s 10.0.0.7/32 -p tcp -j DROP
+-A FORWARD -m comment --comment "netavark firewall plugin rules" -j NETAVARK_FORWARD
+"""
+
+
+def test_only_crius_connection_locks_are_picked_for_removal() -> None:
+    rules = lock_rules(IPTABLES_S)
+    assert len(rules) == 2 and all("0xc114" in r and r.endswith("-j DROP") for r in rules)
+
+
+def test_the_locks_are_removed_with_iptables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    listing = tmp_path / "listing"
+    listing.write_text(IPTABLES_S)
+    (bindir / "iptables").write_text(
+        f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\ncase "$*" in *-S*) /bin/cat {listing};; esac\n'
+    )
+    (bindir / "iptables").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    assert remove_tcp_locks() == 2
+    made = (tmp_path / "calls").read_text().splitlines()
+    assert made[0] == "-w -t filter -S"
+    assert made[1].startswith("-w -t filter -D INPUT -s 10.0.0.5/32") and made[1].endswith("0xc114 -j DROP")
+    assert made[2].startswith("-w -t filter -D OUTPUT -s 10.0.0.9/32")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
@@ -114,14 +114,35 @@ def nodes(json_: Json = False, server: Server = None, token: Token = None, ca_fi
                 str(node.cores),
                 f"{node.memory_mb / 1024:.1f} GiB" if node.memory_mb else "-",
                 instance or node.cloud or "-",
+                ",".join(_engines(node.raw)[0]) or "-",
                 short_time(node.last_heartbeat)[11:] or "-",
             ]
         )
-    columns = table("id", "host", "cores", "memory", "instance", "last seen")
-    fitted = fit(columns, rows, [("host", 12), ("instance", 10), ("id", 16), ("host", 4)], out.width)
+    columns = table("id", "host", "cores", "memory", "instance", "checkpoint", "last seen")
+    shrink = [("host", 12), ("instance", 10), ("checkpoint", 10), ("id", 16), ("host", 4)]
+    fitted = fit(columns, rows, shrink, out.width)
     if found:
         out.print(fitted)
+    for node in found:  # why an engine cannot checkpoint there, one line each
+        for engine, reason in _engines(node.raw)[1].items():
+            out.print(f"{node.id}: no {engine}: {reason}", no_wrap=True, overflow="ellipsis", markup=False)
     err.print(f"{len(found)} node(s)", style="dim")
+
+
+def _engines(document: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The checkpoint engines a node can use, and why not the others (``checkpointEngines``, from
+    spot/capabilities.py); a node that does not say has only its chosen ``checkpointEngine``."""
+    engines = document.get("checkpointEngines")
+    if not isinstance(engines, dict):
+        chosen = document.get("checkpointEngine")
+        return ([str(chosen)] if chosen else []), {}
+    available, missing = [], {}
+    for name, state in engines.items():
+        if isinstance(state, dict) and state.get("available"):
+            available.append(str(name))
+        elif isinstance(state, dict):
+            missing[str(name)] = str(state.get("reason") or "not available")
+    return available, missing
 
 
 @node_app.command("logs")

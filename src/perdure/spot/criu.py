@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import shlex
 import shutil
 import signal
 import struct
@@ -46,6 +48,14 @@ IMAGES_PREFIX = "criu-images"
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
 PIDFILE = "restore.pid"
+#: In the work directory: the program's exit status, written by the namespace's init when it ends
+#: (``criu restore`` exits 0 whatever its tree did, so the status cannot come from it).
+EXIT_FILE = ".perdure-exit-status"
+#: Beside a full dump's images: the files the tree held open in the work directory, at the dump's size.
+HELD = "held-files"
+# criu/include/magic.h: every image but the service ones starts with IMG_COMMON_MAGIC, then its own.
+IMG_COMMON_MAGIC = 0x54564319
+FILES_MAGIC = 0x56303138
 #: A pre-dump copies memory while the work runs; one that takes longer than this is stuck.
 PRE_DUMP_TIMEOUT_S = 1800.0
 #: ``criu dump`` kills the tree; the runner reaps it, which should take moments.
@@ -84,9 +94,12 @@ RESTORE_FIELDS = {
 # ---- commands -----------------------------------------------------------------------------------
 
 
-def _dump_options(pid: int, images_dir: Path, prev: str | None, policy: CheckpointPolicy) -> list[str]:
+def _dump_options(
+    pid: int, images_dir: Path, prev: str | None, policy: CheckpointPolicy, *, track_mem: bool = True
+) -> list[str]:
     """Shared by pre-dump and dump. No ``--shell-job``: the work is its own session leader. Cgroups are
-    ignored because their paths differ from one node to the next."""
+    ignored because their paths differ from one node to the next. ``--track-mem`` only where the kernel
+    tracks dirty pages (a pre-dump chain); full dumps go without."""
     argv = [
         "-t",
         str(pid),
@@ -95,7 +108,7 @@ def _dump_options(pid: int, images_dir: Path, prev: str | None, policy: Checkpoi
         "--log-file",
         DUMP_LOG,
         "-v4",
-        "--track-mem",
+        *(["--track-mem"] if track_mem else []),
         "--file-locks",
         "--manage-cgroups=ignore",
     ]
@@ -117,10 +130,20 @@ def pre_dump_command(
 
 
 def dump_command(
-    criu: str, pid: int, images_dir: Path, prev: str | None, policy: CheckpointPolicy
+    criu: str,
+    pid: int,
+    images_dir: Path,
+    prev: str | None,
+    policy: CheckpointPolicy,
+    *,
+    leave_running: bool = False,
+    track_mem: bool = True,
 ) -> list[str]:
-    """The final dump; without ``--leave-running`` CRIU kills the tree once its state is written."""
-    argv = [criu, "dump", *_dump_options(pid, images_dir, prev, policy)]
+    """A dump; without ``--leave-running`` (the final one) CRIU kills the tree once its state is
+    written. With it, a full iterative checkpoint where there is no pre-dump chain."""
+    argv = [criu, "dump", *_dump_options(pid, images_dir, prev, policy, track_mem=track_mem)]
+    if leave_running:
+        argv.append("--leave-running")
     if policy.tcp_close:
         argv.append("--tcp-established")
     return argv
@@ -145,6 +168,57 @@ def restore_command(criu: str, images_dir: Path, pidfile: Path, policy: Checkpoi
     if policy.tcp_close:
         argv.append("--tcp-close")  # the new node has another address: connections come back closed
     return argv
+
+
+def isolated_command(argv: list[str], stdout: Path, stderr: Path, exit_file: Path) -> list[str]:
+    """``argv`` in a PID namespace of its own: ``unshare --pid --fork`` makes a shell the namespace's
+    init and, through ``setsid``, a session leader (CRIU dumps a tree from its namespace's init, and
+    restores it as its own session). The shell first points its own standard streams at /dev/null
+    (whatever it was given, a file another process appends to would fail the restore), opens the
+    program's itself, inside the tree CRIU dumps, runs it, and writes its exit status to
+    ``exit_file``. No ``--mount-proc``: CRIU cannot dump files opened outside a new mount namespace.
+    ``--kill-child``: the tree dies with the ``unshare`` the runner started (and a restored tree with
+    its ``criu restore``, which restores that parent-death signal), so stopping it stops the work."""
+    script = 'o=$1 e=$2 x=$3; shift 3; exec </dev/null >/dev/null 2>&1; "$@" >"$o" 2>"$e"; echo $? >"$x"'
+    return [
+        shutil.which("unshare") or "/usr/bin/unshare",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        shutil.which("setsid") or "/usr/bin/setsid",
+        shutil.which("sh") or "/bin/sh",
+        "-c",
+        script,
+        "perdure-init",
+        str(stdout),
+        str(stderr),
+        str(exit_file),
+        *argv,
+    ]
+
+
+def namespace_init(pid: int) -> int:
+    """The process CRIU must dump: ``pid`` itself when it is a PID namespace's init (a restored tree),
+    else the init ``unshare`` forked (``isolated_command``)."""
+    try:
+        ours = os.readlink("/proc/self/ns/pid")
+        theirs = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError as exc:
+        raise CheckpointError(f"the work (process {pid}) is gone: {exc}") from None
+    if theirs != ours:
+        return pid
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError as exc:
+        raise CheckpointError(f"the work (process {pid}) is gone: {exc}") from None
+    for child in children:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{child}/ns/pid") != ours:
+                return int(child)
+    raise CheckpointError(
+        f"process {pid} runs in this node's PID namespace and has no namespace of its own below it: "
+        "it was not started by the criu engine"
+    )
 
 
 # ---- statistics ---------------------------------------------------------------------------------
@@ -223,6 +297,75 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
     raise ValueError("protobuf varint longer than 10 bytes")
 
 
+def regular_files(data: bytes) -> dict[str, int]:
+    """The regular files a ``files.img`` names, with the size CRIU recorded (CRIU refuses to restore
+    a file whose size differs). Raises ValueError for anything that is not a files image."""
+    if len(data) < 8 or struct.unpack_from("<II", data, 0) != (IMG_COMMON_MAGIC, FILES_MAGIC):
+        raise ValueError("not a CRIU files image")
+    files: dict[str, int] = {}
+    offset = 8
+    while offset < len(data):
+        if offset + 4 > len(data):
+            raise ValueError("truncated CRIU files image: partial entry size")
+        (size,) = struct.unpack_from("<I", data, offset)
+        offset += 4
+        if offset + size > len(data):
+            raise ValueError("truncated CRIU files image")
+        for number, value in _fields(data[offset : offset + size]):
+            if number != 3 or not isinstance(value, bytes):  # file_entry.reg
+                continue
+            found = dict(_fields(value))
+            name, length = found.get(6), found.get(8)  # reg_file_entry.name, .size
+            if isinstance(name, bytes) and isinstance(length, int):
+                files[name.decode(errors="surrogateescape")] = length
+        offset += size
+    return files
+
+
+def _file_sizes(files_img: Path, workdir: Path) -> dict[str, int]:
+    """Of the files the dump holds open, those in the work directory, by relative path: a full dump
+    taken while the work runs is snapshotted a moment later, when its logs may have grown."""
+    try:
+        files = regular_files(files_img.read_bytes())
+    except (OSError, ValueError) as exc:
+        log.warning("CRIU files image %s unreadable: %s", files_img, exc)
+        return {}
+    root = str(workdir).rstrip("/") + "/"
+    return {name[len(root) :]: size for name, size in files.items() if name.startswith(root)}
+
+
+def _safe(rel: Any) -> bool:
+    return isinstance(rel, str) and bool(rel) and not rel.startswith("/") and ".." not in Path(rel).parts
+
+
+def _hold(workdir: Path, sizes: dict[str, int], held: Path) -> None:
+    """Copy the first ``size`` bytes of each open file: what it held at the dump, were it appended to
+    since (a log)."""
+    for rel, size in sizes.items():
+        if not _safe(rel):
+            continue
+        target = held / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError), (workdir / rel).open("rb") as src, target.open("wb") as out:
+            remaining = size
+            while remaining > 0 and (chunk := src.read(min(remaining, 1 << 20))):
+                out.write(chunk)
+                remaining -= len(chunk)
+
+
+def _put_back(held: Path, workdir: Path, sizes: Any) -> None:
+    """The open files of a full dump, as they were at the dump, back into the restored work directory."""
+    if not isinstance(sizes, dict):
+        return
+    for rel in sizes:
+        if not _safe(rel) or not (held / rel).is_file():
+            continue
+        target = workdir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        shutil.copy2(held / rel, target)
+
+
 def _read_stats(path: Path) -> dict[str, Any]:
     """Statistics are for the record: a missing or unreadable file must not fail a checkpoint."""
     try:
@@ -240,8 +383,11 @@ def _read_stats(path: Path) -> dict[str, Any]:
 class CriuEngine:
     name = "criu"
 
-    def __init__(self, criu: str = "criu") -> None:
+    def __init__(self, criu: str = "criu", *, pre_dump: bool = True) -> None:
         self.criu = criu
+        #: Pre-dump chains where the kernel tracks dirty pages (``mem_dirty_track``); otherwise every
+        #: checkpoint is a full ``criu dump --leave-running``.
+        self.pre_dump = pre_dump
         self._lock = threading.Lock()
         self._stats: dict[str, Any] = {}
         #: Where a restored work's directory really is (its first node's path), by (job, workunit).
@@ -250,7 +396,68 @@ class CriuEngine:
         self._restored: Path | None = None
         self._restore_figures: dict[str, Any] | None = None
 
+    def isolate(self, argv: list[str], workdir: Path, stdout: Path, stderr: Path) -> Launch:
+        """How a bare workunit starts under this engine: in its own PID namespace, so that its process
+        ids, restored on another node, cannot collide with ones taken there (``isolated_command``)."""
+        exit_file = workdir / EXIT_FILE
+        exit_file.unlink(missing_ok=True)
+        return Launch(
+            argv=isolated_command(argv, stdout, stderr, exit_file), exit_file=exit_file, streams=False
+        )
+
     def checkpoint(self, run: Run, cancel: threading.Event) -> Taken:
+        if not self.pre_dump:
+            return self._full_checkpoint(run, cancel)
+        return self._pre_dump_checkpoint(run, cancel)
+
+    def _full_checkpoint(self, run: Run, cancel: threading.Event) -> Taken:
+        """Where the kernel cannot track dirty pages: a full ``criu dump --leave-running`` (the work
+        goes on), restorable on its own; the images of older passes are dropped once it is written."""
+        pid = _pid(run)
+        images = _images(run)
+        chain = self._chain(images)
+        number = chain[-1] + 1 if chain else 1
+        target = images / str(number)
+        target.mkdir(parents=True)
+        progress = run.progress_s()
+        started = time.monotonic()
+        argv = dump_command(self.criu, pid, target, None, run.policy, leave_running=True, track_mem=False)
+        try:
+            self._criu(argv, target, PRE_DUMP_TIMEOUT_S)
+        except CheckpointError:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        criu_s = time.monotonic() - started
+        for older in chain:
+            shutil.rmtree(images / str(older), ignore_errors=True)
+        figures = _read_stats(target / "stats-dump")
+        if cancel.is_set():
+            raise Aborted("cancelled")
+        workdir = self._workdir(run)
+        # The files the tree holds open in the work directory (its logs) go on growing: they are
+        # copied at the size CRIU recorded, beside the images, and left out of the work directory's
+        # snapshot (which would find them changing, and CRIU refuses a file of another size).
+        held = _file_sizes(target / "files.img", workdir)
+        _hold(workdir, held, target / HELD)
+        taken = self._snapshot(
+            run,
+            "iterative",
+            workdir,
+            progress,
+            {
+                "restorable": True,
+                "images": str(number),
+                "workdir": str(workdir),
+                "pid": pid,
+                "files": held,
+            },
+            cancel=cancel,
+            exclude=set(held),
+        )
+        self._record("dump", str(number), criu_s, figures, taken)
+        return taken
+
+    def _pre_dump_checkpoint(self, run: Run, cancel: threading.Event) -> Taken:
         """A pre-dump, then a snapshot of the image chain (and work directory) marked not restorable.
 
         The snapshot is what makes the final checkpoint fast: the store already holds the pages of every
@@ -288,13 +495,18 @@ class CriuEngine:
         return taken
 
     def final(self, run: Run, deadline: float) -> Taken:
-        """``criu dump`` on top of the last pre-dump (it kills the tree), then the snapshot of the whole
-        chain and the work directory, taken after the tree is gone so the files match its state."""
+        """``criu dump`` (on top of the last pre-dump where there is a chain; it kills the tree), then
+        the snapshot of the images and the work directory, taken after the tree is gone so the files
+        match its state."""
         pid = _pid(run)
         if run.exited.is_set():
             raise CheckpointError("the work exited before its final checkpoint")
         images = _images(run)
         chain = self._chain(images)
+        if not self.pre_dump:  # full dumps stand alone: older passes are not part of this one
+            for older in chain:
+                shutil.rmtree(images / str(older), ignore_errors=True)
+            chain = []
         target = images / FINAL
         if target.exists():
             shutil.rmtree(target)
@@ -306,8 +518,9 @@ class CriuEngine:
             raise CheckpointError("no time was left before the deadline for criu dump")
         progress = run.progress_s()
         started = time.monotonic()
+        argv = dump_command(self.criu, pid, target, prev, run.policy, track_mem=self.pre_dump)
         try:
-            self._criu(dump_command(self.criu, pid, target, prev, run.policy), target, remaining)
+            self._criu(argv, target, remaining)
         except CheckpointError:
             self._stop(run)  # CRIU resumes the tree after a failed dump; the node is going away
             raise
@@ -335,17 +548,21 @@ class CriuEngine:
         original = data.get("workdir")
         if not isinstance(original, str) or not os.path.isabs(original):
             raise CorruptCheckpoint(f"checkpoint {manifest.name} does not name the work directory")
-        if data.get("images") != FINAL or data.get("restorable") is not True:
+        name = data.get("images")
+        if data.get("restorable") is not True or not isinstance(name, str):
             raise CheckpointError(f"checkpoint {manifest.name} holds a pre-dump, which cannot be restored")
+        if name != FINAL and not name.isdigit():
+            raise CorruptCheckpoint(f"checkpoint {manifest.name} names images {name!r}")
         images = _images(run)
         shutil.rmtree(images, ignore_errors=True)  # images of another attempt must not mix with these
         workdir = Path(original)
         workdir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         size = run.snapshotter.restore(manifest, workdir, extra_roots={IMAGES_PREFIX: images})
-        final = images / FINAL
+        final = images / name
         if not (final / "inventory.img").is_file():
             raise CorruptCheckpoint(f"checkpoint {manifest.name} has no CRIU images")
+        _put_back(final / HELD, workdir, data.get("files"))
         pidfile = final / PIDFILE
         pidfile.unlink(missing_ok=True)
         if workdir != run.workdir.resolve():
@@ -360,8 +577,17 @@ class CriuEngine:
                 "restore_s": round(time.monotonic() - started, 3),
                 "workdir": str(workdir),
             }
+        exit_file = workdir / EXIT_FILE
+        exit_file.unlink(missing_ok=True)
+        after = _TcpLockCleanup(pidfile) if run.policy.tcp_close else None
+        if after is not None:
+            after.start()
         return Launch(
-            argv=restore_command(self.criu, final, pidfile, run.policy), pidfile=pidfile, workdir=workdir
+            argv=restore_command(self.criu, final, pidfile, run.policy),
+            pidfile=pidfile,
+            workdir=workdir,
+            exit_file=exit_file,
+            streams=False,
         )
 
     def discard(self, run: Run) -> None:
@@ -377,17 +603,18 @@ class CriuEngine:
             result = dict(self._stats)
             restore = self._restore_stats()
         if restore:
-            result["restore"] = restore
+            result.update(_flat("restore", restore))
         return result
 
     # ---- helpers ------------------------------------------------------------------------------
 
     def _chain(self, images: Path) -> list[int]:
-        """The pre-dump passes of the current chain, oldest first. Images a restore came from are
-        dropped: dirty-page tracking starts anew in the restored tree."""
-        if (images / FINAL).exists():
-            with self._lock:
-                self._restore_stats()  # read before its directory goes
+        """The passes of the current chain (pre-dumps, or full dumps), oldest first. Images a restore
+        came from are dropped: dirty-page tracking starts anew in the restored tree."""
+        with self._lock:
+            self._restore_stats()  # read before its directory goes
+            restored = self._restored
+        if (images / FINAL).exists() or (restored is not None and restored.exists()):
             shutil.rmtree(images)
         if not images.is_dir():
             return []
@@ -429,13 +656,14 @@ class CriuEngine:
         *,
         cancel: threading.Event | None = None,
         deadline: float | None = None,
+        exclude: set[str] | None = None,
     ) -> Taken:
         return run.snapshotter.take(
             workdir,
             kind=kind,
             progress_s=progress,
             include=run.policy.files if run.policy.rootfs_diff else (),
-            exclude=run.exclude,
+            exclude=run.exclude | (exclude or set()),
             engine_data=engine_data,
             deadline=deadline,
             cancel=cancel,
@@ -448,7 +676,7 @@ class CriuEngine:
                 "criu": what,
                 "images": images,
                 "criu_s": round(criu_s, 3),
-                what.replace("-", "_"): figures,
+                **_flat(what.replace("-", "_"), figures),
                 "size": taken.manifest.size,
                 "written": taken.written,
                 "duration_s": round(taken.duration_s, 3),
@@ -462,10 +690,68 @@ class CriuEngine:
             wait_for_exit(run, 5.0)
 
 
+def _flat(prefix: str, figures: dict[str, Any]) -> dict[str, Any]:
+    """CRIU's figures as flat statistics (the server takes names to numbers or text, one level):
+    ``dump_pages_written``, ``restore_restore_time``."""
+    kept = (int, float, str)
+    return {f"{prefix}_{name}": value for name, value in figures.items() if isinstance(value, kept)}
+
+
 def _pid(run: Run) -> int:
     if run.pid is None:
         raise CheckpointError("the work has no process to checkpoint yet")
-    return run.pid
+    return namespace_init(run.pid)
+
+
+#: CRIU's per-connection network lock (criu/netfilter.c): packets not marked 0xC114 are dropped.
+_LOCK_RULE = re.compile(r"^-A (INPUT|OUTPUT) .*! --mark 0xc114\b.* -j DROP$", re.IGNORECASE)
+
+
+def lock_rules(listing: str) -> list[str]:
+    """The ``iptables -S`` lines that are CRIU's connection locks."""
+    return [line.strip() for line in listing.splitlines() if _LOCK_RULE.match(line.strip())]
+
+
+def remove_tcp_locks() -> int:
+    """A ``--tcp-close`` restore leaves the DROP rules the dump's network lock put in (two per
+    connection): remove them, for IPv4 and IPv6. How many were removed."""
+    removed = 0
+    for tool in ("iptables", "ip6tables"):
+        binary = shutil.which(tool)
+        if binary is None:
+            continue
+        try:
+            listing = subprocess.run(
+                [binary, "-w", "-t", "filter", "-S"], capture_output=True, text=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        for rule in lock_rules(listing.stdout):
+            words = shlex.split(rule)
+            words[0] = "-D"
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                done = subprocess.run(
+                    [binary, "-w", "-t", "filter", *words], capture_output=True, timeout=30, check=False
+                )
+                removed += done.returncode == 0
+    if removed:
+        log.info("removed %d iptables rule(s) CRIU's network lock left", removed)
+    return removed
+
+
+class _TcpLockCleanup(threading.Thread):
+    """Once ``criu restore`` has written its pidfile (the tree is back), its locks go."""
+
+    def __init__(self, pidfile: Path, timeout_s: float = 120.0) -> None:
+        super().__init__(daemon=True, name="criu-tcp-locks")
+        self.pidfile = pidfile
+        self.timeout_s = timeout_s
+
+    def run(self) -> None:
+        give_up = time.monotonic() + self.timeout_s
+        while time.monotonic() < give_up and not self.pidfile.exists():
+            time.sleep(0.1)
+        remove_tcp_locks()
 
 
 def _images(run: Run) -> Path:

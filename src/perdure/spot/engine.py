@@ -62,6 +62,12 @@ class Launch:
     #: Where the restored work lives, when not in the new work directory (CRIU restores open files
     #: at their original paths): outputs are collected there.
     workdir: Path | None = None
+    #: Where the work's exit status appears when the launched program cannot report it (a ``criu
+    #: restore`` exits 0 whatever its tree did): the runner reads the status from there.
+    exit_file: Path | None = None
+    #: False when the launched command opens the work's stdout and stderr itself: the runner then
+    #: gives it /dev/null, and never writes to those files while the work runs (CRIU checks their size).
+    streams: bool = True
 
 
 class Engine(Protocol):

@@ -9,8 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from perdure.spot import capabilities
 from perdure.spot import policy as policies
-from perdure.spot.engine import Availability, Engine, Run, detect
+from perdure.spot.engine import Availability, Engine, Run
 from perdure.spot.manifest import Identity
 from perdure.spot.policy import CheckpointPolicy
 from perdure.spot.protection import Protection
@@ -40,32 +41,46 @@ class SpotContext:
         self.scratch = scratch
         self.store_path = store_path
         self.threads = threads
-        self.availability = self._choose(engine, criu)
+        #: What this node can checkpoint, probed once (``spot/capabilities.py``).
+        #: Not probed when the settings say ``workdir``: nothing else could be used (and a probe that
+        #: runs CRIU and a container costs seconds at every start).
+        self.capabilities = (
+            capabilities.not_probed("the workdir engine was chosen in the worker settings")
+            if engine == "workdir"
+            else capabilities.probe(criu)
+        )
+        self.availability = self._choose(engine, self.capabilities)
         self.engine_name = self.availability.engine
-        self._criu = criu
+        self._criu = self.capabilities.criu or criu
 
     @staticmethod
-    def _choose(wanted: str, criu: str) -> Availability:
+    def _choose(wanted: str, caps: capabilities.Capabilities) -> Availability:
+        log.info("checkpoint capabilities: %s", caps.summary())
         if wanted == "workdir":
             return Availability("workdir", "the workdir engine was chosen in the worker settings")
-        found = detect(criu)
-        if found.engine == "criu":
-            log.info("checkpoint engine: criu (`criu check` passed)")
+        engine, problem = capabilities.choose(wanted, caps)
+        if engine == "criu":
+            how = "pre-dump chains" if caps.mem_dirty_track else "full dumps (no mem_dirty_track)"
+            log.info("checkpoint engine: criu %s (`criu check` passed; %s)", caps.criu_version, how)
         elif wanted == "criu":
-            log.error("checkpoint engine criu was asked for but %s; using workdir", found.criu_problem)
+            log.error("checkpoint engine criu was asked for but %s; using workdir", problem)
         else:
-            log.warning("checkpoint engine: workdir, because %s", found.criu_problem)
-        return found
+            log.warning("checkpoint engine: workdir, because %s", problem)
+        return Availability(engine, problem)
 
     def facts(self) -> dict[str, Any]:
         """What the node record shows about this node's spot protection."""
-        return {"checkpointEngine": self.engine_name, "criuProblem": self.availability.criu_problem}
+        return {
+            "checkpointEngine": self.engine_name,
+            "criuProblem": self.availability.criu_problem,
+            **self.capabilities.facts(),
+        }
 
     def new_engine(self) -> Engine:
         if self.engine_name == "criu":
             from perdure.spot.criu import CriuEngine
 
-            return CriuEngine(self._criu)
+            return CriuEngine(self._criu, pre_dump=self.capabilities.mem_dirty_track)
         return WorkdirEngine()
 
     def container_engine(self) -> Engine:

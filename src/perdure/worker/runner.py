@@ -266,6 +266,7 @@ class Runner:
                     append=launch is not None,
                     protection=protection,
                     pidfile=launch.pidfile if launch is not None else None,
+                    launch=launch,
                 )
             runtime = time.time() - run_start
             perf.update(runtime=round(runtime, 3), exit_code=code, **usage)
@@ -498,22 +499,43 @@ class Runner:
         append: bool = False,
         protection: Protection | None = None,
         pidfile: Path | None = None,
+        launch: Launch | None = None,
     ) -> tuple[int, dict[str, Any]]:
         executable = shutil.which(argv[0], path=f"{workdir}{os.pathsep}{env.get('PATH', '')}")
         if executable is None:
             stderr.write_text(f"perdure: command not found: {argv[0]}\n")
             return 127, {}
-        mode = "ab" if append else "wb"  # a restored program continues its logs
-        with stdout.open(mode) as out, stderr.open(mode) as err:
+        command = [executable, *argv[1:]]
+        isolate = getattr(protection.engine, "isolate", None) if protection is not None else None
+        if launch is None and isolate is not None:
+            # The engine starts the work its own way (criu: in a PID namespace of its own).
+            launch = isolate(command, workdir, stdout, stderr)
+            command = launch.argv or command
+        if launch is not None and not launch.streams:
+            # The command opens the work's stdout and stderr itself; this process must not touch them.
+            stdout.touch()
+            stderr.touch()
             process = subprocess.Popen(
-                [executable, *argv[1:]],
+                command,
                 cwd=workdir,
                 env=env,
-                stdout=out,
-                stderr=err,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+        else:
+            mode = "ab" if append else "wb"  # a restored program continues its logs
+            with stdout.open(mode) as out, stderr.open(mode) as err:
+                process = subprocess.Popen(
+                    command,
+                    cwd=workdir,
+                    env=env,
+                    stdout=out,
+                    stderr=err,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
         with self._lock:
             self._process = process
             stopped = wu_id in self._discarded or self._preempting.is_set()
@@ -532,6 +554,8 @@ class Runner:
             protection.run.exited.set()
         peak.stop()
         code = process.returncode if process.returncode >= 0 else 128 - process.returncode
+        if launch is not None and launch.exit_file is not None:
+            code = _exit_status(launch.exit_file, code)
         return code, {
             "cpu_time": round(rusage.ru_utime + rusage.ru_stime, 3),
             "max_memory_total_rss": max(peak.value, rusage.ru_maxrss * 1024),
@@ -661,6 +685,15 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
     threading.Thread(target=escalate, daemon=True).start()
+
+
+def _exit_status(exit_file: Path, launcher_code: int) -> int:
+    """The work's own exit status, which its launcher wrote to ``exit_file``; without one the work did
+    not end by itself (killed, or never restored), and the launcher's failure stands."""
+    try:
+        return int(exit_file.read_text().strip())
+    except (OSError, ValueError):
+        return launcher_code if launcher_code != 0 else 1
 
 
 def _started_from_pidfile(protection: Protection, pidfile: Path, timeout_s: float = 60.0) -> None:
