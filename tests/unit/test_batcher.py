@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from perdure.api.batcher import Batcher
-from perdure.store.work import CheckoutRequest, Operation, Outcome, ReportRequest
+from perdure.store.work import CheckoutRequest, Operation, DispatchOutcome, ReportRequest
 
 
 class FakeStore:
@@ -26,10 +26,10 @@ class FakeStore:
         self.early = early
 
     def dispatch(
-        self, operations: Sequence[Operation], answer: Callable[[int, Outcome], None] | None = None
-    ) -> list[Outcome]:
+        self, operations: Sequence[Operation], answer: Callable[[int, DispatchOutcome], None] | None = None
+    ) -> list[DispatchOutcome]:
         self.batches.append([describe(op) for op in operations])
-        outcomes = [Outcome(checkout={"id": describe(op)}) for op in operations]
+        outcomes = [DispatchOutcome(checkout={"id": describe(op)}) for op in operations]
         for n, op in enumerate(operations):
             if describe(op) in self.early and answer is not None:
                 answer(n, outcomes[n])
@@ -107,7 +107,7 @@ def test_a_lone_operation_is_sent_at_once() -> None:
     store.release.set()
     batcher = Batcher(store)  # type: ignore[arg-type]
 
-    async def one() -> Outcome:
+    async def one() -> DispatchOutcome:
         return await asyncio.wait_for(batcher.submit(checkout("c1")), timeout=5)
 
     assert asyncio.run(one()).checkout == {"id": "checkout:c1"}
@@ -121,7 +121,7 @@ def test_an_operation_answered_early_frees_its_client_before_the_batch_ends() ->
     store = FakeStore(early=frozenset({"checkout:c0"}))
     batcher = Batcher(store, max_running=2)  # type: ignore[arg-type]
 
-    async def scenario() -> tuple[Outcome, Outcome, list[list[str]]]:
+    async def scenario() -> tuple[DispatchOutcome, DispatchOutcome, list[list[str]]]:
         first = await asyncio.wait_for(batcher.submit(checkout("c0")), timeout=5)
         # Answered while its batch is still in the 'database': c0's next operation goes at once.
         second = await asyncio.wait_for(batcher.submit(report("c0", "w1")), timeout=5)
