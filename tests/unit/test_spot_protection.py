@@ -20,6 +20,7 @@ from perdure.spot.protection import Protection
 from perdure.spot.snapshot import Snapshotter
 from perdure.spot.store import DirectoryStore
 from perdure.spot.workdir import WorkdirEngine
+from tests.support import wait_for
 
 PROGRAM = """
 import signal, sys, time, pathlib
@@ -76,6 +77,15 @@ def start(protection: Protection, workdir: Path, mode: str = "obey") -> subproce
     return process
 
 
+def running_for(protection: Protection, workdir: Path, seconds: float) -> None:
+    """Wait until the program has saved some state and run ``seconds``: a condition, not a sleep."""
+    wait_for(
+        lambda: (workdir / "state.txt").exists() and protection.run.progress_s() >= seconds,
+        20,
+        f"the program to run {seconds}s",
+    )
+
+
 def manifests(tmp_path: Path) -> list[str]:
     return sorted(p.stem for p in (tmp_path / "store").rglob("manifests/*.json"))
 
@@ -84,10 +94,7 @@ def test_iterative_checkpoints_are_reported_then_older_ones_pruned(tmp_path: Pat
     reporter = Reporter()
     protection, workdir = protected(tmp_path, reporter, interval_s=1.0)
     start(protection, workdir)
-    deadline = time.monotonic() + 10
-    while len(reporter.checkpoints) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert len(reporter.checkpoints) >= 2
+    wait_for(lambda: len(reporter.checkpoints) >= 2, 10, "two iterative checkpoints")
     first, second = reporter.checkpoints[:2]
     assert first["ok"] and first["kind"] == "iterative" and first["restorable"]
     assert second["progress_s"] > first["progress_s"] >= 0.9
@@ -104,7 +111,7 @@ def test_the_final_checkpoint_holds_what_the_program_saved_on_its_signal(tmp_pat
     reporter = Reporter()
     protection, workdir = protected(tmp_path, reporter, interval_s=3600)
     start(protection, workdir)
-    time.sleep(0.5)
+    running_for(protection, workdir, 0.5)
     preemption = protection.final(time.monotonic() + 20)
     assert preemption.outcome == "final"
     assert preemption.checkpoint is not None
@@ -125,7 +132,7 @@ def test_a_program_that_does_not_stop_in_time_falls_back_to_the_last_iterative(t
     reporter = Reporter()
     protection, workdir = protected(tmp_path, reporter, interval_s=3600, grace_s=1.0)
     process = start(protection, workdir, mode="ignore")
-    time.sleep(0.3)
+    running_for(protection, workdir, 0.3)
     taken = protection.checkpoint_now()
     assert taken is not None
     preemption = protection.final(time.monotonic() + 20)
@@ -139,7 +146,7 @@ def test_a_program_that_does_not_stop_in_time_falls_back_to_the_last_iterative(t
 def test_no_checkpoint_at_all_means_restart_from_zero(tmp_path: Path) -> None:
     protection, workdir = protected(tmp_path, Reporter(), interval_s=3600, grace_s=0.5)
     start(protection, workdir, mode="ignore")
-    time.sleep(0.2)
+    running_for(protection, workdir, 0.2)
     preemption = protection.final(time.monotonic() + 20)
     assert (preemption.outcome, preemption.checkpoint) == ("none", None)
     assert "no earlier checkpoint" in preemption.detail
@@ -148,7 +155,7 @@ def test_no_checkpoint_at_all_means_restart_from_zero(tmp_path: Path) -> None:
 def test_a_checkpoint_the_server_never_accepted_is_not_a_fallback(tmp_path: Path) -> None:
     protection, workdir = protected(tmp_path, Reporter(fail=True), interval_s=3600, grace_s=0.5)
     start(protection, workdir, mode="ignore")
-    time.sleep(0.2)
+    running_for(protection, workdir, 0.2)
     assert protection.checkpoint_now() is not None  # taken, but the report was lost
     assert protection.final(time.monotonic() + 20).outcome == "none"
 
@@ -156,7 +163,7 @@ def test_a_checkpoint_the_server_never_accepted_is_not_a_fallback(tmp_path: Path
 def test_ckpt_mode_none_takes_nothing_and_hands_back_for_a_fresh_start(tmp_path: Path) -> None:
     protection, workdir = protected(tmp_path, Reporter(), mode="none", interval_s=1.0)
     process = start(protection, workdir)
-    time.sleep(1.5)
+    running_for(protection, workdir, 1.5)
     preemption = protection.final(time.monotonic() + 20)
     assert (preemption.outcome, preemption.checkpoint) == ("none", None)
     assert process.wait(10) is not None
@@ -166,7 +173,7 @@ def test_ckpt_mode_none_takes_nothing_and_hands_back_for_a_fresh_start(tmp_path:
 def test_a_checkpoint_unlike_the_one_the_server_recorded_is_refused(tmp_path: Path) -> None:
     protection, workdir = protected(tmp_path, Reporter(), interval_s=3600)
     start(protection, workdir)
-    time.sleep(0.3)
+    running_for(protection, workdir, 0.3)
     preemption = protection.final(time.monotonic() + 20)
     assert preemption.checkpoint is not None
     restorer, new_workdir = protected(tmp_path, Reporter(), attempt=2)
@@ -182,7 +189,7 @@ def test_a_checkpoint_unlike_the_one_the_server_recorded_is_refused(tmp_path: Pa
 def test_finished_work_leaves_no_checkpoints_unless_kept_to_diagnose(tmp_path: Path) -> None:
     protection, workdir = protected(tmp_path, Reporter(), interval_s=3600)
     start(protection, workdir)
-    time.sleep(0.2)
+    running_for(protection, workdir, 0.2)
     assert protection.checkpoint_now() is not None
     protection.finished(keep=True)
     assert manifests(tmp_path)
