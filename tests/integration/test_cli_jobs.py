@@ -344,4 +344,5 @@ def test_job_events_tell_the_story_within_80_columns(stack: Stack, perdure: Perd
     report = api(stack, f"/job/{job_id}?report")
     assert isinstance(report, dict)
     assert document == {"events": report["events"], "spot": report["spot"]}
-    assert "unknown-job" in one_error_line(perdure("job", "events", "unknown-job"))
+    # Not a whole id, so a prefix of one: matching none is a command-line error (exit 2).
+    assert "unknown-job" in one_error_line(perdure("job", "events", "unknown-job"), 2)

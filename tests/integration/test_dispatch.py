@@ -475,7 +475,7 @@ def test_failures_skip_the_client_requeue_and_suspend_the_job_at_the_limit(
     stderr = "".join(f"stderr line {i:05d}\n" for i in range(600))  # 10,800 chars
     assert len(stderr) > 5000
     assert third.checkout_id() == wu_id
-    assert data(third.report(wu_id, "fail", stderr=stderr, worknotes="notes from third")) == "ok"
+    assert data(third.report(wu_id, "fail", stderr=stderr, worknotes="command exited with 3")) == "ok"
 
     job = get_job(url, job_id)
     assert job["state"] == "suspend"
@@ -483,16 +483,20 @@ def test_failures_skip_the_client_requeue_and_suspend_the_job_at_the_limit(
     assert error["clientfailed"] == third.id
     assert error["workfailed"] == wu_id
     assert error["taskfailed"] == f"{job_id}_0"
-    assert error["servernotes"] == "workunit failed 3 time(s)"
+    # The error names the last exit code (from the worker's notes) and the next step.
+    assert error["servernotes"] == (
+        f"workunit {wu_id} failed 3 time(s) (last exit code 3)."
+        f" Fix the cause, then: perdure job resume {job_id}"
+    )
     assert error["apperror"] == stderr[-5000:]
     assert len(error["apperror"]) == 5000
-    assert error["worknotes"] == "notes from third"
+    assert error["worknotes"] == "command exited with 3"
     assert error["status"] == "suspend"
     assert task_of(job, "0")["state"] == "suspend"
     wu = get_work(url, wu_id)
     assert (wu["state"], wu["failed"]) == ("suspend", 3)
     assert data(call(url, "GET", f"/work/{wu_id}", params={"report": "stderr"})) == stderr
-    assert data(call(url, "GET", f"/work/{wu_id}", params={"report": "worknotes"})) == "notes from third"
+    assert data(call(url, "GET", f"/work/{wu_id}", params={"report": "worknotes"})) == "command exited with 3"
 
     # info.noretry: the first failure suspends.
     noretry_job = submit(url, script(task("0"), noretry=True))
@@ -502,7 +506,9 @@ def test_failures_skip_the_client_requeue_and_suspend_the_job_at_the_limit(
     assert data(fourth.report(wu_id, "fail", stderr="boom")) == "ok"
     job = get_job(url, noretry_job)
     assert job["state"] == "suspend"
-    assert job["error"]["servernotes"] == "workunit failed 1 time(s)"
+    assert job["error"]["servernotes"] == (
+        f"workunit {wu_id} failed 1 time(s). Fix the cause, then: perdure job resume {noretry_job}"
+    )
     assert job["error"]["apperror"] == "boom"
     assert get_work(url, wu_id)["state"] == "suspend"
 

@@ -86,3 +86,38 @@ def test_no_generated_request_gets_a_500(fuzzed_app: Any) -> None:
         fuzzed += 1
     assert fuzzed >= len(operations) // 2, f"only {fuzzed} of {len(operations)} operations in the time budget"
     assert failures == []
+
+
+#: Operations anyone may call that refuse nothing: the server's greeting and how to sign in.
+NO_ERRORS = {("get", "/"), ("get", "/api/v1/security/cognito")}
+
+
+def test_every_operation_declares_its_error_responses_and_hand_read_inputs(fuzzed_app: Any) -> None:
+    spec = fuzzed_app.openapi()
+    undeclared = [
+        (method, path)
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        if (method, path) not in NO_ERRORS and not any(str(s).startswith("4") for s in operation["responses"])
+    ]
+    assert undeclared == []
+    operations = {(m, p): op for p, ops in spec["paths"].items() for m, op in ops.items()}
+
+    def parameters(method: str, path: str) -> set[str]:
+        return {p["name"] for p in operations[method, path].get("parameters", []) if p["in"] == "query"}
+
+    # Routes that read their query strings and bodies by hand declare them, so fuzzing reaches them.
+    assert {"client", "prune"} <= parameters("post", "/work/{work_id}/ckpt")
+    assert {"offset", "length"} <= parameters("get", "/job/{job_id}/output/{taskid}/{filename}")
+    assert {"download", "index", "part"} <= parameters("get", "/node/{node_id}")
+    assert {"server", "group", "token"} <= parameters("get", "/api/v1/scripts/install-worker")
+    assert "json" in parameters("get", "/queue")
+    for method, path in (
+        ("put", "/api/v1/configKV"),
+        ("put", "/api/v1/log/config"),
+        ("put", "/api/v1/nodes/{node_id}"),
+        ("put", "/node/{node_id}"),
+        ("post", "/client"),
+        ("put", "/work/{work_id}/ckpt/chunks/{digest}"),
+    ):
+        assert "requestBody" in operations[method, path], (method, path)

@@ -216,10 +216,13 @@ def test_failures_retry_on_another_client_then_suspend_or_fail_permanently(clust
     job = api.wait_job(boom, "suspend")
     error = job["error"]
     assert "boom" in error["apperror"]
-    assert error["servernotes"] == "workunit failed 2 time(s)"
+    work = api.only_workunit(boom)
+    assert error["servernotes"] == (
+        f"workunit {work['id']} failed 2 time(s) (last exit code 3)."
+        f" Fix the cause, then: perdure job resume {boom}"
+    )
     assert error["status"] == "suspend"
     assert "exited with 3" in error["worknotes"]
-    work = api.only_workunit(boom)
     assert (work["state"], work["failed"]) == ("suspend", 2)
     assert error["workfailed"] == work["id"]
     assert error["clientfailed"] in worker.client_ids()

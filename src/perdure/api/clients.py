@@ -26,7 +26,7 @@ router = APIRouter()
 MAX_PROFILE_BYTES = 1024 * 1024
 
 
-@router.post("/client")
+@router.post("/client", openapi_extra=oa.query(body=oa.PROFILE_BODY), responses=oa.errors(400, 401, 403))
 async def register(request: Request) -> JSONResponse:
     raw = await _profile_bytes(request)
     profile = parse_profile(raw)

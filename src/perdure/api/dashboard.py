@@ -30,6 +30,7 @@ from starlette.responses import (
 )
 from starlette.staticfiles import StaticFiles
 
+from perdure.api import openapi as oa
 from perdure.api.context import ServerContext, ctx
 from perdure.api.queue import queue_summary
 from perdure.security import issuer_of
@@ -66,6 +67,7 @@ def install(app: FastAPI) -> None:
         methods=["GET"],
         summary="Server-sent events: `change` when jobs, workunits or clients change (checked every 2 s).",
         response_class=Response,
+        responses=oa.errors(401, 403, management=True),
     )
 
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, StreamingResponse
 
+from perdure.api import openapi as oa
 from perdure.api import params
 from perdure.api.auth import check_job_access
 from perdure.api.context import ctx
@@ -16,7 +17,15 @@ from perdure.errors import BadRequest
 router = APIRouter()
 
 
-@router.put("/work/{work_id}/output/{filename:path}")
+@router.put(
+    "/work/{work_id}/output/{filename:path}",
+    openapi_extra=oa.query(
+        oa.client_param(),
+        oa.text("sha256", "The file's SHA-256 (64 hex digits), checked on arrival"),
+        body=oa.binary_body("The output file"),
+    ),
+    responses=oa.errors(400, 401, 403, 404, 409),
+)
 async def upload_output(work_id: str, filename: str, request: Request) -> JSONResponse:
     """Stream one output file of a leased workunit into the data store (``?client=&sha256=``)."""
     qp = request.query_params
@@ -45,13 +54,20 @@ async def upload_output(work_id: str, filename: str, request: Request) -> JSONRe
     return ok({"filename": filename, "size": info.size, "sha256": info.sha256})
 
 
-@router.get("/job/{job_id}/outputs")
+@router.get("/job/{job_id}/outputs", responses=oa.errors(401, 403, 404))
 def list_outputs(job_id: str, request: Request) -> JSONResponse:
     check_job_access(request, job_id)
     return ok(ctx(request).jobs.outputs(job_id))
 
 
-@router.get("/job/{job_id}/output/{taskid}/{filename:path}")
+@router.get(
+    "/job/{job_id}/output/{taskid}/{filename:path}",
+    openapi_extra=oa.query(
+        oa.integer("offset", "First byte to send", minimum=0),
+        oa.integer("length", "Bytes to send", minimum=0),
+    ),
+    responses=oa.errors(400, 401, 403, 404),
+)
 def download_output(job_id: str, taskid: str, filename: str, request: Request) -> StreamingResponse:
     """The file's bytes, streamed; ``offset``/``length`` select a byte range (a split part)."""
     qp = request.query_params

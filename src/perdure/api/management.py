@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, PlainTextResponse
 
+from perdure.api import openapi as oa
 from perdure.api.auth import require_admin
 from perdure.api.context import ctx
 from perdure.config import MASK, ConfigError, ServerConfig, apply_kv, to_document
@@ -59,12 +60,16 @@ def _invalid(exc: ConfigError) -> Invalid:
     return Invalid(str(exc), exc.fields)
 
 
-@router.get("/api/v1/config")
+@router.get("/api/v1/config", responses=oa.errors(401, 403, management=True))
 def get_config(request: Request) -> JSONResponse:
     return JSONResponse(to_document(ctx(request).config.effective))
 
 
-@router.put("/api/v1/configKV")
+@router.put(
+    "/api/v1/configKV",
+    openapi_extra=oa.query(body=oa.json_body('{"kvMap": {"<key>": "<value>"}}', oa.KV_SCHEMA)),
+    responses=oa.errors(400, 401, 403, 422, management=True),
+)
 async def put_config_kv(request: Request) -> JSONResponse:
     caller = require_admin(request, "change the configuration")
     body = await _json_body(request)
@@ -116,12 +121,18 @@ def _cognito_view(config: ServerConfig) -> dict[str, Any]:
     return view
 
 
-@router.get("/api/v1/security/cognito")
+@router.get("/api/v1/security/cognito")  # public: how to sign in
 def get_cognito(request: Request) -> JSONResponse:
     return JSONResponse(_cognito_view(ctx(request).config.effective))
 
 
-@router.put("/api/v1/security/cognito")
+@router.put(
+    "/api/v1/security/cognito",
+    openapi_extra=oa.query(
+        body=oa.json_body("The Cognito (or OIDC) settings and an admin `token` that passes them")
+    ),
+    responses=oa.errors(400, 401, 403, 422, management=True),
+)
 async def enable_cognito(request: Request) -> JSONResponse:
     """Enable (or re-point) token security; the body's ``token`` must pass the new settings as an admin."""
     context = ctx(request)
@@ -186,7 +197,7 @@ async def enable_cognito(request: Request) -> JSONResponse:
     return JSONResponse(reply)
 
 
-@router.delete("/api/v1/security/cognito")
+@router.delete("/api/v1/security/cognito", responses=oa.errors(401, 403, management=True))
 async def disable_cognito(request: Request) -> JSONResponse:
     require_admin(request, "disable cognito")
     context = ctx(request)
@@ -206,12 +217,16 @@ def _log_view(config: ServerConfig) -> dict[str, Any]:
     return {"level": config.log.level, "maxSizeMB": config.log.maxSizeMB, "maxBackups": config.log.maxBackups}
 
 
-@router.get("/api/v1/log/config")
+@router.get("/api/v1/log/config", responses=oa.errors(401, 403, management=True))
 def get_log_config(request: Request) -> JSONResponse:
     return JSONResponse(_log_view(ctx(request).config.effective))
 
 
-@router.put("/api/v1/log/config")
+@router.put(
+    "/api/v1/log/config",
+    openapi_extra=oa.query(body=oa.json_body("The logging fields to change", oa.LOG_SCHEMA)),
+    responses=oa.errors(400, 401, 403, 422, management=True),
+)
 async def put_log_config(request: Request) -> JSONResponse:
     require_admin(request, "change logging")
     body = await _json_body(request)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
+from perdure.api import openapi as oa
 from perdure.api.context import ctx
 from perdure.metrics import prometheus, queries
 from perdure.metrics.levels import go_duration
@@ -31,12 +32,14 @@ def install(app: FastAPI) -> None:
     app.add_middleware(HttpMetricsMiddleware)
 
 
-@router.get("/api/v1/metric")
+@router.get("/api/v1/metric", responses=oa.errors(401, 403, management=True))
 def list_metrics(request: Request) -> JSONResponse:
     return JSONResponse(queries.list_definitions(ctx(request).db))
 
 
-@router.get("/api/v1/metricValue/{object_id}/{metric_id}")
+@router.get(
+    "/api/v1/metricValue/{object_id}/{metric_id}", responses=oa.errors(400, 401, 403, 404, management=True)
+)
 def metric_value(
     request: Request,
     object_id: str,
@@ -59,12 +62,12 @@ def metric_value(
     return JSONResponse(document, headers={"X-Perdure-Interval": go_duration(level.interval_s)})
 
 
-@router.get("/api/v1/metrics/summary")
+@router.get("/api/v1/metrics/summary", responses=oa.errors(400, 401, 403, management=True))
 def metrics_summary(request: Request, start: str | None = None, end: str | None = None) -> JSONResponse:
     return JSONResponse(queries.summary(ctx(request).db, start, end))
 
 
-@router.get("/metrics")
+@router.get("/metrics", responses=oa.errors(401, 403))
 def prometheus_metrics(request: Request) -> Response:
     context = ctx(request)
     return Response(

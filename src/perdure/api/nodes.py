@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from perdure.api import openapi as oa
 from perdure.api.context import ctx
 from perdure.api.envelope import mgmt_error
 from perdure.api.groupscope import check_node_scope
@@ -43,17 +44,17 @@ def node_store(request: Request) -> NodeStore:
 # ---- management API --------------------------------------------------------------------------
 
 
-@router.get("/api/v1/node")
+@router.get("/api/v1/node", responses=oa.errors(401, 403, management=True))
 def list_nodes(request: Request) -> JSONResponse:
     return JSONResponse(node_store(request).running())
 
 
-@router.get("/api/v1/nodes/{node_id}/files")
+@router.get("/api/v1/nodes/{node_id}/files", responses=oa.errors(400, 401, 403, 404, management=True))
 def list_files(node_id: str, request: Request) -> JSONResponse:
     return JSONResponse(node_store(request).files(node_id))
 
 
-@router.get("/nodes/{rest:path}")
+@router.get("/nodes/{rest:path}", responses=oa.errors(400, 401, 403, 404, management=True))
 @router.head("/nodes/{rest:path}", include_in_schema=False)  # one operation id per method in the schema
 def read_file(rest: str, request: Request) -> Response:
     """``/nodes/<nodeID>/<path on the node>``: an advertised, shipped file, else 404."""
@@ -68,7 +69,15 @@ def read_file(rest: str, request: Request) -> Response:
 # ---- worker calls ----------------------------------------------------------------------------
 
 
-@router.put("/api/v1/nodes/{node_id}")
+@router.put(
+    "/api/v1/nodes/{node_id}",
+    openapi_extra=oa.query(
+        body=oa.json_body(
+            '{"info": {...}, "files": ["/abs/path"], "group": "<optional>"}', oa.NODE_REPORT_SCHEMA
+        )
+    ),
+    responses=oa.errors(400, 401, 403, management=True),
+)
 async def report_node(node_id: str, request: Request) -> JSONResponse:
     """Body ``{"info": {...}, "files": ["/abs/path", ...], "group": "<optional>"}``."""
     check_node_id(node_id)
@@ -83,7 +92,14 @@ async def report_node(node_id: str, request: Request) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(node_store(request).upsert, node_id, info, files))
 
 
-@router.put("/api/v1/nodes/{node_id}/files")
+@router.put(
+    "/api/v1/nodes/{node_id}/files",
+    openapi_extra=oa.query(
+        oa.text("path", "The file's absolute path on the node", required=True),
+        body=oa.binary_body("The file's tail (at most 1 MiB is kept)"),
+    ),
+    responses=oa.errors(400, 401, 403, management=True),
+)
 async def upload_file(node_id: str, request: Request) -> JSONResponse:
     """``?path=<absolute path>``; the raw body is the file's tail (at most 1 MiB is kept)."""
     check_node_id(node_id)

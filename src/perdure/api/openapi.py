@@ -32,6 +32,7 @@ _MEANING = {
     401: "Authentication is required",
     403: "Not allowed for this user",
     404: "No such object",
+    409: "The workunit is no longer leased to this client",
     405: "Method not allowed (see the Allow header)",
     422: "A value cannot be applied",
     501: "An operation AWE defines but this request does not name",
@@ -114,5 +115,83 @@ JOB_SCRIPT_BODY = {
                 "required": ["tasks"],
             }
         },
+    },
+}
+
+
+def client_param() -> dict[str, Any]:
+    """``?client=<id>``: the worker's client id, required by the worker's data and checkpoint routes."""
+    return text("client", "The calling worker's client id", required=True)
+
+
+def json_body(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON request body (an object, unless ``schema`` says more)."""
+    return {
+        "required": True,
+        "description": description,
+        "content": {"application/json": {"schema": schema or {"type": "object"}}},
+    }
+
+
+def binary_body(description: str) -> dict[str, Any]:
+    """Raw bytes as the request body."""
+    return {
+        "required": True,
+        "description": description,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+
+
+NODE_UPLOAD_BODY = {
+    "required": True,
+    "description": "The file in `upload` (or one numbered part, e.g. `1`), and optional JSON `attributes`",
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "upload": {"type": "string", "format": "binary"},
+                    "attributes": {"type": "string", "format": "binary"},
+                },
+            }
+        }
+    },
+}
+
+KV_SCHEMA = {
+    "type": "object",
+    "properties": {"kvMap": {"type": "object", "additionalProperties": {"type": "string"}}},
+    "required": ["kvMap"],
+}
+LOG_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "level": {"type": "string"},
+        "maxSizeMB": {"type": "integer"},
+        "maxBackups": {"type": "integer"},
+        "file": {"type": "string"},
+    },
+}
+NODE_REPORT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "info": {"type": "object"},
+        "files": {"type": "array", "items": {"type": "string"}},
+        "group": {"type": "string"},
+    },
+}
+
+PROFILE_BODY = {
+    "required": True,
+    "description": "The client profile (id, group, apps, ...): the multipart field `profile`, or JSON",
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"profile": {"type": "string", "format": "binary"}},
+                "required": ["profile"],
+            }
+        },
+        "application/json": {"schema": {"type": "object"}},
     },
 }

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
+from perdure.api import openapi as oa
 from perdure.api.context import ServerContext, ctx
 from perdure.api.envelope import ok
 from perdure.states import ACTIVE_JOB_STATES
@@ -14,7 +15,11 @@ from perdure.states import ACTIVE_JOB_STATES
 router = APIRouter()
 
 
-@router.get("/queue")
+@router.get(
+    "/queue",
+    openapi_extra=oa.query(oa.flag("json", "The counts as JSON instead of text")),
+    responses=oa.errors(401, 403),
+)
 def queue(request: Request) -> JSONResponse:
     context = ctx(request)
     summary = queue_summary(context)

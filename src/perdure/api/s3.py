@@ -28,6 +28,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
+from perdure.api import openapi as oa
 from perdure.api import params
 from perdure.api.auth import require_admin
 from perdure.api.context import ServerContext, ctx
@@ -116,7 +117,11 @@ async def with_presigned(context: ServerContext, workunit: dict[str, Any]) -> di
     return workunit
 
 
-@router.get("/work/{work_id}/presigned")
+@router.get(
+    "/work/{work_id}/presigned",
+    openapi_extra=oa.query(oa.client_param()),
+    responses=oa.errors(400, 401, 403, 404, 409),
+)
 def renew(work_id: str, request: Request) -> JSONResponse:
     """Fresh URLs for the lease holder (the ones from the checkout expire while long work runs)."""
     client_id = request.query_params.get("client", "")
@@ -133,7 +138,16 @@ def renew(work_id: str, request: Request) -> JSONResponse:
     return ok(presigned(store, context.db, document))
 
 
-@router.post("/work/{work_id}/output/{filename:path}")
+@router.post(
+    "/work/{work_id}/output/{filename:path}",
+    openapi_extra=oa.query(
+        oa.client_param(),
+        oa.text("key", "The object key handed out for this output", required=True),
+        oa.text("sha256", "The file's SHA-256 (64 hex digits)"),
+        oa.integer("size", "The file's size in bytes", minimum=0),
+    ),
+    responses=oa.errors(400, 401, 403, 404, 409),
+)
 def record_direct_output(work_id: str, filename: str, request: Request) -> JSONResponse:
     """Record an output the lease holder put into the bucket with a presigned URL
     (``?client=&key=&size=&sha256=``)."""
@@ -168,7 +182,7 @@ def record_direct_output(work_id: str, filename: str, request: Request) -> JSONR
     return ok({"filename": filename, "size": stored_size, "sha256": sha256.lower()})
 
 
-@router.get("/api/v1/store")
+@router.get("/api/v1/store", responses=oa.errors(401, 403, management=True))
 def store_status(request: Request) -> JSONResponse:
     """Where data lives, and how many data bytes passed through this server process."""
     require_admin(request, "see the data store")

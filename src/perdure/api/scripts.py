@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import PlainTextResponse
 
 from perdure import __version__
+from perdure.api import openapi as oa
 from perdure.errors import BadRequest
 from perdure.store.clients import GROUP_PATTERN
 
@@ -28,7 +29,15 @@ _TOKEN = re.compile(r"^[A-Za-z0-9=|._~+/:-]{1,1024}$")
 _VERSION = re.compile(r"^[A-Za-z0-9.+!_-]+$")
 
 
-@router.get("/api/v1/scripts/install-worker")
+@router.get(
+    "/api/v1/scripts/install-worker",
+    openapi_extra=oa.query(
+        oa.text("server", "The server URL the worker is to use (default: this one)"),
+        oa.text("group", "The worker's client group (default: default)"),
+        oa.text("token", "A clientgroup token"),
+    ),
+    responses=oa.errors(400, management=True),
+)
 def install_worker(request: Request) -> PlainTextResponse:
     qp = request.query_params
     server = qp.get("server") or str(request.base_url)

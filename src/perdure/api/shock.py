@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, StreamingResponse
 
+from perdure.api import openapi as oa
 from perdure.api.auth import check_job_access
 from perdure.api.context import ServerContext, ctx
 from perdure.api.envelope import ok
@@ -45,7 +46,15 @@ def _readable(request: Request, node_id: str) -> tuple[shock.ShockNode, list[Any
     return node, parts
 
 
-@router.get("/node/{node_id}")
+@router.get(
+    "/node/{node_id}",
+    openapi_extra=oa.query(
+        oa.flag("download", "The file's bytes instead of the node document"),
+        oa.text("index", "With ?download: an index type (e.g. line)"),
+        oa.text("part", "With ?download and index: the parts, e.g. 1-10"),
+    ),
+    responses=oa.errors(400, 401, 403, 404),
+)
 async def get_node(node_id: str, request: Request) -> Any:
     qp = request.query_params
     node, parts = await run_in_threadpool(_readable, request, node_id)
@@ -82,7 +91,11 @@ def _credential(request: Request) -> str | None:
     return request.headers.get("authorization", "").strip() or None
 
 
-@router.put("/node/{node_id}")
+@router.put(
+    "/node/{node_id}",
+    openapi_extra=oa.query(oa.text("client", "The uploading worker's client id"), body=oa.NODE_UPLOAD_BODY),
+    responses=oa.errors(400, 401, 403, 404),
+)
 async def put_node(node_id: str, request: Request) -> JSONResponse:
     """An AWE worker's upload: ``upload`` (rank 0, basic node) or ``<rank>`` (a part), multipart."""
     context = ctx(request)
@@ -196,7 +209,7 @@ def _record(
         shock.record_upload(conn, target, size=size, sha256=sha256, attributes=attributes, now=now_us())
 
 
-@router.put("/node/{node_id}/index/{index_type}")
+@router.put("/node/{node_id}/index/{index_type}", responses=oa.errors(400, 401, 403, 404))
 async def put_index(node_id: str, index_type: str, request: Request) -> JSONResponse:
     """Build an index (``line``, ``record``, ``size``, ``chunkrecord``), as AWE's worker asks for an
     output's ``shockindex``."""

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
+from perdure.api import openapi as oa
 from perdure.api import params
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
@@ -61,7 +62,11 @@ async def _in_store(call: Callable[..., T], *args: Any) -> T:
         raise BadRequest(str(exc)) from None
 
 
-@router.post("/work/{work_id}/checkpoints")
+@router.post(
+    "/work/{work_id}/checkpoints",
+    openapi_extra=oa.query(oa.client_param(), body=oa.json_body("A checkpoint record")),
+    responses=oa.errors(400, 401, 403, 404, 409),
+)
 async def checkpoint_taken(work_id: str, request: Request) -> JSONResponse:
     """A checkpoint of the running workunit was taken (or failed): the next restore starts from it."""
     client_id = await _client(request)
@@ -71,7 +76,11 @@ async def checkpoint_taken(work_id: str, request: Request) -> JSONResponse:
     return ok("ok")
 
 
-@router.post("/work/{work_id}/restores")
+@router.post(
+    "/work/{work_id}/restores",
+    openapi_extra=oa.query(oa.client_param(), body=oa.json_body("A restore record")),
+    responses=oa.errors(400, 401, 403, 404, 409),
+)
 async def restore_result(work_id: str, request: Request) -> JSONResponse:
     """The workunit was restored from its checkpoint (or the checkpoint was refused)."""
     client_id = await _client(request)
@@ -91,7 +100,11 @@ async def _leased_job(request: Request, work_id: str) -> tuple[str, str]:
     return job_id, wu_id
 
 
-@router.put("/work/{work_id}/ckpt/chunks/{digest}")
+@router.put(
+    "/work/{work_id}/ckpt/chunks/{digest}",
+    openapi_extra=oa.query(oa.client_param(), body=oa.binary_body("The chunk, whose SHA-256 is its digest")),
+    responses=oa.errors(400, 401, 403, 404, 409),
+)
 async def put_chunk(work_id: str, digest: str, request: Request) -> JSONResponse:
     job_id, wu_id = await _leased_job(request, work_id)
     data = await _body(request, CHUNK_SIZE)
@@ -103,21 +116,33 @@ async def put_chunk(work_id: str, digest: str, request: Request) -> JSONResponse
     return ok({"written": written})
 
 
-@router.head("/work/{work_id}/ckpt/chunks/{digest}")
+@router.head(
+    "/work/{work_id}/ckpt/chunks/{digest}",
+    openapi_extra=oa.query(oa.client_param()),
+    responses=oa.errors(400, 401, 403, 404, 409),
+)
 async def has_chunk(work_id: str, digest: str, request: Request) -> Response:
     job_id, wu_id = await _leased_job(request, work_id)
     present = await _in_store(ctx(request).checkpoints.has_chunk, job_id, wu_id, digest)
     return Response(status_code=200 if present else 404)
 
 
-@router.get("/work/{work_id}/ckpt/chunks/{digest}")
+@router.get(
+    "/work/{work_id}/ckpt/chunks/{digest}",
+    openapi_extra=oa.query(oa.client_param()),
+    responses=oa.errors(400, 401, 403, 404, 409),
+)
 async def get_chunk(work_id: str, digest: str, request: Request) -> Response:
     job_id, wu_id = await _leased_job(request, work_id)
     data = await _in_store(ctx(request).checkpoints.get_chunk, job_id, wu_id, digest)
     return Response(data, media_type="application/octet-stream")
 
 
-@router.put("/work/{work_id}/ckpt/manifests/{name}")
+@router.put(
+    "/work/{work_id}/ckpt/manifests/{name}",
+    openapi_extra=oa.query(oa.client_param(), body=oa.json_body("A checkpoint manifest")),
+    responses=oa.errors(400, 401, 403, 404, 409),
+)
 async def put_manifest(work_id: str, name: str, request: Request) -> JSONResponse:
     job_id, wu_id = await _leased_job(request, work_id)
     data = await _body(request, MAX_MANIFEST_BYTES)
@@ -131,14 +156,24 @@ async def put_manifest(work_id: str, name: str, request: Request) -> JSONRespons
     return ok({"name": name})
 
 
-@router.get("/work/{work_id}/ckpt/manifests/{name}")
+@router.get(
+    "/work/{work_id}/ckpt/manifests/{name}",
+    openapi_extra=oa.query(oa.client_param()),
+    responses=oa.errors(400, 401, 403, 404, 409),
+)
 async def get_manifest(work_id: str, name: str, request: Request) -> Response:
     job_id, wu_id = await _leased_job(request, work_id)
     manifest = await _in_store(ctx(request).checkpoints.get_manifest, job_id, wu_id, name)
     return Response(manifest.to_bytes(), media_type="application/json")
 
 
-@router.post("/work/{work_id}/ckpt")
+@router.post(
+    "/work/{work_id}/ckpt",
+    openapi_extra=oa.query(
+        oa.client_param(), oa.text("prune", "The checkpoint to keep; older ones go", required=True)
+    ),
+    responses=oa.errors(400, 401, 403, 404, 409),
+)
 async def prune(work_id: str, request: Request) -> JSONResponse:
     """``?prune=<name>``: keep only that checkpoint (and its chunks)."""
     job_id, wu_id = await _leased_job(request, work_id)
@@ -149,14 +184,22 @@ async def prune(work_id: str, request: Request) -> JSONResponse:
     return ok("ok")
 
 
-@router.delete("/work/{work_id}/ckpt")
+@router.delete(
+    "/work/{work_id}/ckpt",
+    openapi_extra=oa.query(oa.client_param()),
+    responses=oa.errors(400, 401, 403, 404, 409),
+)
 async def delete_checkpoints(work_id: str, request: Request) -> JSONResponse:
     job_id, wu_id = await _leased_job(request, work_id)
     await _in_store(ctx(request).checkpoints.delete_workunit, job_id, wu_id)
     return ok("ok")
 
 
-@router.get("/checkpoints/collectable")
+@router.get(
+    "/checkpoints/collectable",
+    openapi_extra=oa.query(oa.text("jobs", "Job ids, comma-separated (at most 500)")),
+    responses=oa.errors(400, 401, 403),
+)
 async def collectable(request: Request) -> JSONResponse:
     """``?jobs=<id>,<id>``: which of these jobs' checkpoints nobody needs any more (gone, deleted, or
     completed unless diagnosisMode) — for nodes that collect a shared checkpoint store."""

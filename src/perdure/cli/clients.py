@@ -19,6 +19,7 @@ from perdure.cli.common import (
     out,
     print_json,
     print_outcome,
+    resolve_client_id,
     short_time,
     table,
 )
@@ -27,7 +28,12 @@ from perdure.states import ClientStatus
 client_app = typer.Typer(help="Suspend or resume one client (a worker slot).", no_args_is_help=True)
 node_app = typer.Typer(help="One worker machine.", no_args_is_help=True)
 
-ClientId = Annotated[str, typer.Argument(help="The client's id (see perdure clients).", show_default=False)]
+ClientId = Annotated[
+    str,
+    typer.Argument(
+        help="The client's id, or a unique prefix of it (see perdure clients).", show_default=False
+    ),
+]
 STATUS_STYLE: dict[str, str] = {
     ClientStatus.BUSY: "cyan",
     ClientStatus.ONLINE: "green",
@@ -77,7 +83,7 @@ def _client_op(client_id: str, what: str, server: str | None, token: str | None,
         server,
         token,
         ca_file,
-        lambda client: getattr(client, f"{what}_client")(client_id),
+        lambda client: getattr(client, f"{what}_client")(resolve_client_id(client, client_id)),
         f"no client {client_id} on this server",
     )
 

@@ -7,8 +7,9 @@ command line itself was wrong. Every error is one line on stderr starting ``erro
 from __future__ import annotations
 
 import json
+import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
@@ -124,6 +125,64 @@ def api_errors(not_found: str | None = None) -> Iterator[None]:
         fail(not_found or hint(exc))
     except PerdureError as exc:
         fail(hint(exc))
+
+
+#: A whole id as the server makes them (a UUID): used as it is, without looking for it first.
+_FULL_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+#: Jobs listed per request while resolving a job id prefix.
+PREFIX_PAGE = 1000
+#: How many candidates an ambiguous prefix names.
+PREFIX_CANDIDATES = 5
+
+
+def unique_prefix(kind: str, given: str, ids: Iterable[str]) -> str:
+    """The one id in ``ids`` that is ``given`` or starts with it (as git does with commits); otherwise
+    one line naming the candidates, and exit code 2."""
+    if not given:
+        usage(f"a {kind} id cannot be empty")
+    matches: list[str] = []
+    for candidate in ids:
+        if candidate == given:
+            return candidate
+        if candidate.startswith(given):
+            matches.append(candidate)
+    if not matches:
+        usage(f"no {kind} id starts with {given!r} (see: perdure {kind}s)")
+    if len(matches) > 1:
+        matches.sort()
+        shown = ", ".join(matches[:PREFIX_CANDIDATES])
+        more = f" and {len(matches) - PREFIX_CANDIDATES} more" if len(matches) > PREFIX_CANDIDATES else ""
+        usage(f"{kind} id prefix {given!r} is ambiguous: {shown}{more}")
+    return matches[0]
+
+
+def resolve_job_id(client: Client, given: str) -> str:
+    """A job id, or a unique prefix of one, as the job's whole id (a whole id costs no request)."""
+    if _FULL_ID.match(given):
+        return given
+
+    def job_ids() -> Iterator[str]:
+        offset = 0
+        while True:
+            with api_errors():
+                page = client.jobs(
+                    limit=PREFIX_PAGE, offset=offset, order="id", descending=False, minimal=True
+                )
+            yield from (job.id for job in page.items)
+            offset += len(page.items)
+            if not page.items or offset >= page.total:
+                return
+
+    return unique_prefix("job", given, job_ids())
+
+
+def resolve_client_id(client: Client, given: str) -> str:
+    """A client id, or a unique prefix of one, as the client's whole id (a UUID costs no request)."""
+    if _FULL_ID.match(given):
+        return given
+    with api_errors():
+        found = client.clients()
+    return unique_prefix("client", given, (c.id for c in found))
 
 
 def print_json(data: Any) -> None:

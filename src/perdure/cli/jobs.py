@@ -31,6 +31,7 @@ from perdure.cli.common import (
     out,
     print_json,
     print_outcome,
+    resolve_job_id,
     short_time,
     table,
     usage,
@@ -41,7 +42,7 @@ from perdure.states import JobState, ReportStatus, TaskState, WorkunitState
 
 job_app = typer.Typer(help="Look at and operate on one job.", no_args_is_help=True)
 
-JobId = Annotated[str, typer.Argument(help="The job's id.", show_default=False)]
+JobId = Annotated[str, typer.Argument(help="The job's id, or a unique prefix of it.", show_default=False)]
 #: How many lines of the failing task's stderr ``submit --wait`` shows.
 STDERR_TAIL_LINES = 15
 #: State colours in tables and the progress display.
@@ -298,6 +299,7 @@ def show(
 ) -> None:
     """The job's state and each task's progress."""
     client = connect(server, token, ca_file)
+    job_id = resolve_job_id(client, job_id)
     with api_errors(_no_job(job_id)):
         job = client.job(job_id)
     if json_:
@@ -328,7 +330,13 @@ def show(
 
 def _operate(job_id: str, what: str, server: str | None, token: str | None, ca_file: str | None) -> None:
     operation = getattr(Client, f"{what}_job")
-    print_outcome(server, token, ca_file, lambda client: operation(client, job_id), _no_job(job_id))
+    print_outcome(
+        server,
+        token,
+        ca_file,
+        lambda client: operation(client, resolve_job_id(client, job_id)),
+        _no_job(job_id),
+    )
 
 
 @job_app.command("suspend")
@@ -358,7 +366,13 @@ def recompute(
     ca_file: CaFile = None,
 ) -> None:
     """Run one task, and everything that depends on it, again."""
-    print_outcome(server, token, ca_file, lambda client: client.recompute_task(job_id, task), _no_job(job_id))
+    print_outcome(
+        server,
+        token,
+        ca_file,
+        lambda client: client.recompute_task(resolve_job_id(client, job_id), task),
+        _no_job(job_id),
+    )
 
 
 @job_app.command("delete")
@@ -372,7 +386,7 @@ def delete(
     """Delete a job (soft, unless --full)."""
 
     def delete_it(client: Client) -> str:
-        return client.delete_job(job_id, full=full)
+        return client.delete_job(resolve_job_id(client, job_id), full=full)
 
     print_outcome(server, token, ca_file, delete_it, _no_job(job_id))
 
@@ -383,6 +397,7 @@ def outputs(
 ) -> None:
     """The job's output files in the server's data store."""
     client = connect(server, token, ca_file)
+    job_id = resolve_job_id(client, job_id)
     with api_errors(_no_job(job_id)):
         files = client.outputs(job_id)
     if json_:
@@ -416,6 +431,7 @@ def download(
     if dest.exists() and not dest.is_dir():
         usage(f"--dest {dest} is not a directory")
     client = connect(server, token, ca_file)
+    job_id = resolve_job_id(client, job_id)
     with api_errors(_no_job(job_id)):
         paths = client.job(job_id).download(dest, task=task, filename=file)
     for path in paths:
@@ -431,6 +447,7 @@ def events(
     """What happened to the job, in order (submitted, preempted, restored, failed...), and its spot
     protection: preemptions, restores and the run time they saved."""
     client = connect(server, token, ca_file)
+    job_id = resolve_job_id(client, job_id)
     with api_errors(_no_job(job_id)):
         report = client.job_report(job_id)
     spot = report.raw.get("spot") or {}
@@ -470,6 +487,7 @@ def logs(
     """A workunit's stdout (or --stderr, --worknotes), as its last report sent it."""
     kind = "worknotes" if worknotes else "stderr" if stderr else "stdout"
     client = connect(server, token, ca_file)
+    job_id = resolve_job_id(client, job_id)
     with api_errors(f"no task {task} (rank {rank if rank is not None else 'default'}) in job {job_id}"):
         try:
             text = client.task_log(job_id, task, rank=rank, kind=kind)

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from perdure.states import JobState, WorkunitState
-from perdure.store import jobs, lifecycle  # jobs imports this module: use its names at call time
+from perdure.store import failnotes, jobs, lifecycle  # jobs imports this module: use its names at call time
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.schema import client_skip_work, clients, workunit_logs, workunits
 from perdure.timeutil import now_us
@@ -110,10 +110,12 @@ def _suspend(db: Database, wu: Any, failed_on: Sequence[str], now: int) -> int:
             ).all()
         )
         clients_text = ", ".join(failed_on)
-        notes = (
-            f"workunit {wu.id} failed {wu.failed} time(s), on every live client that can run it"
-            f" ({clients_text}); no client is left to retry it."
-            f" Fix the cause, then: perdure job resume {wu.job_id}"
+        notes = failnotes.failed_out_notes(
+            wu.id,
+            wu.job_id,
+            wu.failed,
+            logs.get("worknotes", ""),
+            f", on every live client that can run it ({clients_text}); no client is left to retry it",
         )
         error = {
             "clientfailed": failed_on[-1] if failed_on else "",

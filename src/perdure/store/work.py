@@ -54,7 +54,7 @@ from perdure.protocol import (
 )
 from perdure.spot.records import Preemption
 from perdure.states import JobState, ReportStatus, WorkunitState
-from perdure.store import hooks, lifecycle, outputs, spot, transitions
+from perdure.store import failnotes, hooks, lifecycle, outputs, spot, transitions
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.jobs import suspend_job
 from perdure.store.schema import client_skip_work, clients, jobs, tasks, workunit_logs, workunits
@@ -967,7 +967,8 @@ class WorkStore:
         lifecycle.record_event(
             conn, wu.job_id, lifecycle.EVENT_WORK_FAILED, f"workunit {wu.id} failed {failed} time(s)", now
         )
-        error = _job_error(wu, client.id, logs, f"workunit failed {failed} time(s)", JobState.SUSPEND.value)
+        notes = failnotes.failed_out_notes(wu.id, wu.job_id, failed, logs.get("worknotes", ""))
+        error = _job_error(wu, client.id, logs, notes, JobState.SUSPEND.value)
         suspend_job(conn, wu.job_id, error, now)
 
     def _failed_permanent(
