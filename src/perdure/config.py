@@ -313,7 +313,7 @@ class WorkerConfig(_Section):
     #: Threads hashing and writing checkpoint chunks.
     checkpoint_threads: int = Field(default=4, ge=1, le=64)
     #: Tries at fetching an input or predata from another host before the workunit fails.
-    transfer_tries: int = Field(default=5, ge=1, le=100)
+    transfer_tries: int = Field(default=5, ge=1, le=1000)
     #: Time allowed for all the tries at one such fetch.
     transfer_timeout_s: Duration = Field(default=300.0, gt=0, le=DAY)
     #: Task containers (``cmd.Dockerimage``): auto (where podman can run them) or off.
