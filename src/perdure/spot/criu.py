@@ -567,9 +567,9 @@ class CriuEngine:
         pidfile.unlink(missing_ok=True)
         if workdir != run.workdir.resolve():
             log.info("%s: work directory restored at its original path %s", run.identity.workunit, workdir)
-            _bring_inputs(run, workdir)
+            run.bring_inputs(workdir)
         with self._lock:
-            self._workdirs[_key(run)] = workdir
+            self._workdirs[run.key] = workdir
             self._restored = final
             self._restore_figures = None
             self._stats = {
@@ -594,7 +594,7 @@ class CriuEngine:
         if run.scratch is not None:
             shutil.rmtree(run.scratch / IMAGES, ignore_errors=True)
         with self._lock:
-            self._workdirs.pop(_key(run), None)
+            self._workdirs.pop(run.key, None)
 
     def stats(self) -> dict[str, Any]:
         """The last checkpoint's figures; ``restore`` once ``criu restore`` has written its own (it runs
@@ -629,7 +629,7 @@ class CriuEngine:
 
     def _workdir(self, run: Run) -> Path:
         with self._lock:
-            known = self._workdirs.get(_key(run))
+            known = self._workdirs.get(run.key)
         return known if known is not None else run.workdir.resolve()
 
     def _criu(self, argv: list[str], images_dir: Path, timeout: float) -> None:
@@ -758,24 +758,6 @@ def _images(run: Run) -> Path:
     if run.scratch is None:
         raise CheckpointError("the criu engine needs scratch space for its images (run.scratch)")
     return run.scratch / IMAGES
-
-
-def _key(run: Run) -> tuple[str, str]:
-    return run.identity.job, run.identity.workunit
-
-
-def _bring_inputs(run: Run, workdir: Path) -> None:
-    """Staged inputs are never in a snapshot: the worker stages them again, in ``run.workdir``. The
-    restored tree may hold them open under the original path, where CRIU looks for them."""
-    for rel in sorted(run.exclude):
-        source, target = run.workdir / rel, workdir / rel
-        if not source.is_file() or target.exists() or target.is_symlink():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source, target)
-        except OSError:  # another filesystem
-            shutil.copy2(source, target)
 
 
 def _log_tail(path: Path) -> str:

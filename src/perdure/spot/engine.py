@@ -11,6 +11,7 @@ when (every interval, on the notice) and tells the server. Two engines:
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -48,6 +49,25 @@ class Run:
 
     def progress_s(self) -> float:
         return self.base_progress_s + (time.monotonic() - self.started)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The job and workunit: what an engine keeps one original work directory under."""
+        return self.identity.job, self.identity.workunit
+
+    def bring_inputs(self, workdir: Path) -> None:
+        """Staged inputs are never in a snapshot: the worker stages them again in ``self.workdir``. A
+        restored process tree or container may hold them open under the original path ``workdir``,
+        so they are linked (or, across filesystems, copied) there."""
+        for rel in sorted(self.exclude):
+            source, target = self.workdir / rel, workdir / rel
+            if not source.is_file() or target.exists() or target.is_symlink():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:  # another filesystem
+                shutil.copy2(source, target)
 
 
 @dataclass(frozen=True)

@@ -249,7 +249,7 @@ class PodmanEngine:
         if not archive.is_file():
             raise CorruptCheckpoint(f"checkpoint {manifest.name} has no container archive")
         if workdir != run.workdir.resolve():
-            _bring_inputs(run, workdir)
+            run.bring_inputs(workdir)
         log_copy = archive_dir / LOG_COPY
         if log_copy.is_file():
             os.replace(log_copy, workdir / LOG_NAME)  # the restored container's log goes on from it
@@ -289,7 +289,7 @@ class PodmanEngine:
                     podman(["rm", "-f", "--time", "0", original], criu=self.criu, timeout=60)
                 raise CheckpointError(f"the restored container could not be renamed: {last_line(moved)}")
         with self._lock:
-            self._workdirs[_key(run)] = workdir
+            self._workdirs[run.key] = workdir
             self._stats = {
                 "restored_bytes": size,
                 "restore_s": round(time.monotonic() - started, 3),
@@ -303,7 +303,7 @@ class PodmanEngine:
         if run.scratch is not None:
             shutil.rmtree(run.scratch / ARCHIVE_PREFIX, ignore_errors=True)
         with self._lock:
-            self._workdirs.pop(_key(run), None)
+            self._workdirs.pop(run.key, None)
             self._pre.discard(_name(run))
 
     def stats(self) -> dict[str, Any]:
@@ -408,7 +408,7 @@ class PodmanEngine:
 
     def _workdir(self, run: Run) -> Path:
         with self._lock:
-            known = self._workdirs.get(_key(run))
+            known = self._workdirs.get(run.key)
         return known if known is not None else run.workdir.resolve()
 
     def _stop(self, name: str, run: Run) -> None:
@@ -468,21 +468,3 @@ def _archive_dir(run: Run) -> Path:
     if run.scratch is None:
         raise CheckpointError("the podman engine needs scratch space for its archive (run.scratch)")
     return run.scratch / ARCHIVE_PREFIX
-
-
-def _key(run: Run) -> tuple[str, str]:
-    return run.identity.job, run.identity.workunit
-
-
-def _bring_inputs(run: Run, workdir: Path) -> None:
-    """Staged inputs are never in a snapshot: the worker stages them again in ``run.workdir``; the
-    restored container sees the original path."""
-    for rel in sorted(run.exclude):
-        source, target = run.workdir / rel, workdir / rel
-        if not source.is_file() or target.exists() or target.is_symlink():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copy2(source, target)
