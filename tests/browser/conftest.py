@@ -42,8 +42,10 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Module-scoped: Playwright's sync API keeps an event loop running in this thread while it is open,
+    and tests after the browser tests call ``asyncio.run()``, which refuses to run inside one."""
     missing = _missing()
     if missing:
         if os.environ.get("CI") == "true":

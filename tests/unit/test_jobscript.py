@@ -209,7 +209,7 @@ def test_non_json_number_constants_are_rejected(constant: str) -> None:
 
 def test_lone_surrogate_escape_is_rejected() -> None:
     message = rejection(b'{"tasks":[{"taskid":"a","cmd":{"name":"x\\ud800"}}]}')
-    assert message == "job script contains a lone surrogate escape, which is not valid UTF-8"
+    assert message == "tasks[0].cmd.name: contains a lone surrogate escape, which is not valid UTF-8"
 
 
 def test_absurdly_nested_json_is_rejected_as_a_job_script_error() -> None:

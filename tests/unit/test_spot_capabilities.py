@@ -89,18 +89,16 @@ def test_a_broken_criu_on_path_gives_way_to_the_repositorys_copy(
 
 
 def test_podman_probes_say_why_not(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        capabilities,
-        "_podman_probes",
-        lambda: (lambda: (False, "podman is not installed"), lambda: (True, "")),
-    )
+    monkeypatch.setattr(capabilities, "podman_status", lambda: (False, "podman is not installed"))
+    monkeypatch.setattr(capabilities, "container_checkpoint_status", lambda criu: (True, ""))
     caps = probe(podman=True)
     assert caps.engines()["podman"] == "podman is not installed"
 
-    def broken() -> tuple[bool, str]:
+    def broken(criu: str) -> tuple[bool, str]:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(capabilities, "_podman_probes", lambda: (lambda: (True, ""), broken))
+    monkeypatch.setattr(capabilities, "podman_status", lambda: (True, ""))
+    monkeypatch.setattr(capabilities, "container_checkpoint_status", broken)
     caps = probe(podman=True)
     assert caps.podman_problem == "" and caps.engines()["podman"] == "container checkpoint probe failed: boom"
     assert caps.facts()["checkpointEngines"]["workdir"] == {"available": True}

@@ -18,7 +18,7 @@ from perdure.worker.node import Slot
 from perdure.worker.runner import Outcome
 
 
-def awe_refusal(message: str, code: str | None) -> sdk_errors.ServerRefused:
+def awe_refusal(message: str, code: str | None) -> sdk_errors.ApiError:
     body: dict[str, Any] = {"status": 400, "data": None, "error": [message]}
     if code is not None:
         body["code"] = code
@@ -60,7 +60,7 @@ class FakeApi:
         self.reports: list[str] = []
         self.stop: threading.Event | None = None
 
-    def register(self, profile: dict[str, Any]) -> dict[str, Any]:
+    def register(self, profile: dict[str, Any], **_: Any) -> dict[str, Any]:
         self.registered += 1
         return profile
 
@@ -86,7 +86,16 @@ def slot(tmp_path: Path, api: FakeApi) -> tuple[Slot, SimpleNamespace]:
         workpath=tmp_path,
         spot=None,
         facts={},
-        config=SimpleNamespace(name="w", group="g", apps=["*"], checkout_wait_s=0.0),
+        config=SimpleNamespace(
+            name="w",
+            group="g",
+            apps=["*"],
+            checkout_wait_s=0.0,
+            allow_file_root=[],
+            transfer_tries=5,
+            transfer_timeout_s=300.0,
+        ),
+        containers=None,
         stop=Waits(),
         draining=threading.Event(),
         handover_deadline=None,
