@@ -142,5 +142,5 @@ def test_the_containers_setting_is_auto_or_off(monkeypatch: pytest.MonkeyPatch) 
     config = WorkerConfig.load()
     assert (config.containers, config.container_network) == ("off", "none")
     config.validate()
-    with pytest.raises(ValueError, match="worker setting containers: Input should be .auto. or .off."):
+    with pytest.raises(ValueError, match=r"worker setting containers: Input should be 'auto' or 'off'"):
         WorkerConfig.load(containers="sometimes").validate()
