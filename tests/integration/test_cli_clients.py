@@ -47,8 +47,9 @@ def test_client_suspend_and_resume(stack: Stack, perdure: Perdure) -> None:
     assert "already suspended" in one_error_line(perdure("client", "suspend", client_id)).lower()
     ok(perdure("client", "resume", client_id))
     assert api_get(stack, f"/client/{client_id}")["suspended"] is False  # type: ignore[index]
-    assert one_error_line(perdure("client", "resume", "no-such-client")) == (
-        "error: no client no-such-client on this server"
+    # An id that names no client is taken as a prefix that matches none: a command-line error (2).
+    assert one_error_line(perdure("client", "resume", "no-such-client"), 2) == (
+        "error: no client id starts with 'no-such-client' (see: perdure clients)"
     )
     assert "Missing argument" in one_error_line(perdure("client", "suspend"), 2)
 
