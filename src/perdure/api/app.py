@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from perdure import __version__, metrics
+from perdure import __version__
 from perdure.api import (
     cgroups,
     clients,
@@ -50,6 +50,7 @@ from perdure.configstore import ConfigStore
 from perdure.errors import DomainError
 from perdure.logs import ServerLogs
 from perdure.metrics import recording
+from perdure.metrics.sweep import sweep as sweep_metrics
 from perdure.protocol import Refused
 from perdure.settings import Settings, apply_config, process_overrides
 from perdure.store import migrate
@@ -235,7 +236,7 @@ def sweep_once(context: ServerContext) -> None:
     if finished:
         # A server stopped mid-batch leaves such tasks (or this sweep met a live batch in between).
         log.info("completed the finished tasks of %d job(s)", finished)
-    guarded("metrics", lambda: metrics.sweep(context.db, node_ttl_s=context.settings.node_ttl_s))
+    guarded("metrics", lambda: sweep_metrics(context.db, node_ttl_s=context.settings.node_ttl_s))
     reaped = guarded("reap_expired", context.jobs.reap_expired)
     if reaped:
         log.info("removed %d expired job(s)", reaped)

@@ -1,4 +1,9 @@
-"""The ``perdure`` command."""
+"""The ``perdure`` command.
+
+The server's libraries (uvicorn, SQLAlchemy and the store) are imported by the commands that need them
+only, so ``perdure worker`` runs on a node that has the worker's dependencies alone (the wheelhouse
+the server serves to its installer, ``perdure/wheelhouse.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,9 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import uvicorn
 from rich.console import Console
 from rich.markup import escape
 
@@ -19,9 +23,10 @@ from perdure.cli import jobs as cli_jobs
 from perdure.cli import manage as cli_manage
 from perdure.cli import metrics as metrics_cli
 from perdure.cli.common import OneLineErrors
-from perdure.settings import Settings
-from perdure.store import migrate
-from perdure.store.database import Database
+
+if TYPE_CHECKING:
+    from perdure.settings import Settings
+    from perdure.store.database import Database
 
 app = typer.Typer(
     help="Perdure: batch workflows that outlive their machines.", no_args_is_help=True, cls=OneLineErrors
@@ -53,6 +58,8 @@ DbUrl = Annotated[
 
 
 def _settings(data_dir: Path, db: str | None) -> Settings:
+    from perdure.settings import Settings
+
     try:
         return Settings.from_env(data_dir=data_dir, db_url=db)
     except ValueError as exc:
@@ -61,6 +68,8 @@ def _settings(data_dir: Path, db: str | None) -> Settings:
 
 
 def _open(settings: Settings) -> Database:
+    from perdure.store.database import Database
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         return Database(settings.database_url)
@@ -85,9 +94,12 @@ def server(
     ] = False,
 ) -> None:
     """Start the API server (migrating the database schema first)."""
+    import uvicorn
+
     from perdure.config import KEY_TYPES, ConfigError
     from perdure.configstore import ConfigStore
     from perdure.settings import process_overrides
+    from perdure.store import migrate
 
     settings = _settings(data_dir, db)
     for item in set_ or []:
@@ -281,6 +293,8 @@ def up(
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDir = Path("./perdure-data"), db: DbUrl = None) -> None:
     """Create or migrate the database schema to the newest version."""
+    from perdure.store import migrate
+
     settings = _settings(data_dir, db)
     database = _open(settings)
     try:
