@@ -88,8 +88,9 @@ def test_no_generated_request_gets_a_500(fuzzed_app: Any) -> None:
     assert failures == []
 
 
-#: Operations anyone may call that refuse nothing: the server's greeting and how to sign in.
-NO_ERRORS = {("get", "/"), ("get", "/api/v1/security/cognito")}
+#: Operations anyone may call that refuse nothing: the server's greeting, how to sign in, and the list
+#: of wheels the worker installer installs.
+NO_ERRORS = {("get", "/"), ("get", "/api/v1/security/cognito"), ("get", "/api/v1/scripts/wheelhouse")}
 
 
 def test_every_operation_declares_its_error_responses_and_hand_read_inputs(fuzzed_app: Any) -> None:

@@ -1,11 +1,13 @@
 """``/api/v1/scripts/install-worker``: a valid POSIX script that cannot be made to run anything else.
 
-The script is also run for real against stand-ins for python3, pip, systemctl and the installed
-``perdure`` command, so what it writes and starts is checked, not just its syntax.
+The script is also run for real against stand-ins for python3, curl, pip, systemctl and the installed
+``perdure`` command, and a small wheelhouse of made-up wheels, so what it downloads, checks, writes and
+starts is checked, not just its syntax. (``test_install_from_server.py`` installs the real wheels.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -14,20 +16,41 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
 from starlette.requests import Request
 
-from perdure import __version__
+from perdure import __version__, wheelhouse
 from perdure.api.app import create_app
 from perdure.api.scripts import install_worker
 from perdure.errors import BadRequest
 from perdure.settings import Settings
 
+FAKE_WHEELS = {
+    f"perdure-{__version__}-py3-none-any.whl": b"perdure wheel",
+    "httpx-0.29.0-py3-none-any.whl": b"httpx wheel",
+    "pip-26.3-py3-none-any.whl": b"pip wheel",
+}
+
 
 @pytest.fixture
-def client(sqlite_url: str, tmp_path: Path) -> Iterator[TestClient]:
+def house(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> wheelhouse.Wheelhouse:
+    """A wheelhouse of made-up wheels, served instead of building the real one."""
+    directory = tmp_path / "wheels"
+    directory.mkdir()
+    wheels = []
+    for name, data in FAKE_WHEELS.items():
+        (directory / name).write_bytes(data)
+        wheels.append(wheelhouse.Wheel(name, hashlib.sha256(data).hexdigest(), len(data)))
+    made = wheelhouse.Wheelhouse(directory, __version__, wheelhouse.python_version(), tuple(wheels))
+    monkeypatch.setattr(wheelhouse, "ensure", lambda root: made)
+    return made
+
+
+@pytest.fixture
+def client(sqlite_url: str, tmp_path: Path, house: wheelhouse.Wheelhouse) -> Iterator[TestClient]:
     """The script does not touch the database: one backend is enough."""
     with TestClient(create_app(Settings(data_dir=tmp_path / "data", db_url=sqlite_url))) as test_client:
         yield test_client
@@ -58,8 +81,11 @@ def test_default_script_is_valid_posix_shell(client: TestClient, tmp_path: Path)
     lines = text.splitlines()
     assert lines[0] == "#!/bin/sh"
     assert next(line for line in lines if line and not line.startswith("#")) == "set -eu"
-    assert "python3 -m venv" in text
-    assert f'"${{PERDURE_PIP_SPEC:-perdure=={__version__}}}"' in text
+    assert "-m venv --clear --without-pip" in text
+    assert "--no-index --no-deps" in text
+    # Every wheel with its checksum, perdure's first.
+    sums = [f"{hashlib.sha256(data).hexdigest()}  {name}" for name, data in FAKE_WHEELS.items()]
+    assert "wheels='" + "\n".join(sums) + "'\n" in text
     # The server as the request reached it, and the default group.
     assert "server=http://testserver\n" in text
     assert "group=default\n" in text
@@ -95,6 +121,20 @@ def test_query_values_are_used(client: TestClient, tmp_path: Path) -> None:
         {"token": "a'; touch /tmp/pwned; '"},
         {"token": "a b"},
         {"token": "$(id)"},
+        {"slots": "0"},
+        {"slots": "1025"},
+        {"slots": "-1"},
+        {"slots": "2;id"},
+        {"slots": "1e3"},
+        {"workpath": "relative/dir"},
+        {"workpath": "/var/lib/../etc"},
+        {"workpath": "/a b"},
+        {"workpath": "/a$(id)"},
+        {"workpath": "/a%n"},
+        {"apps": "sh;id"},
+        {"apps": "a,,b"},
+        {"apps": "* ,sh"},
+        {"apps": "$(id)"},
     ],
 )
 def test_injection_attempts_are_refused(client: TestClient, params: dict[str, str]) -> None:
@@ -105,8 +145,9 @@ def test_injection_attempts_are_refused(client: TestClient, params: dict[str, st
 
 
 @pytest.mark.parametrize("host", ["x$(touch /tmp/pwned)", "x;id", "x'y", "a b"])
-def test_a_hostile_host_header_is_refused(host: str) -> None:
+def test_a_hostile_host_header_is_refused(host: str, house: wheelhouse.Wheelhouse, tmp_path: Path) -> None:
     """The default server URL comes from the Host header, which the sender controls: refused or unused."""
+    settings = SimpleNamespace(data_dir=tmp_path)
     scope = {
         "type": "http",
         "method": "GET",
@@ -116,6 +157,8 @@ def test_a_hostile_host_header_is_refused(host: str) -> None:
         "query_string": b"",
         "headers": [(b"host", host.encode())],
         "server": ("127.0.0.1", 8001),
+        # what the route reads of the app: where the (made-up) wheelhouse lives
+        "app": SimpleNamespace(state=SimpleNamespace(ctx=SimpleNamespace(settings=settings))),
     }
     try:
         text = bytes(install_worker(Request(scope)).body).decode()
@@ -124,6 +167,17 @@ def test_a_hostile_host_header_is_refused(host: str) -> None:
     # Or neutralised: Starlette ignores a malformed Host and the script names the listening address.
     assert host not in text
     assert "server=http://127.0.0.1:8001\n" in text
+
+
+def test_the_wheelhouse_is_served_by_name_only(client: TestClient, house: wheelhouse.Wheelhouse) -> None:
+    manifest = client.get("/api/v1/scripts/wheelhouse").json()
+    assert manifest["version"] == __version__
+    assert [w["filename"] for w in manifest["wheels"]] == list(FAKE_WHEELS)
+    name = f"perdure-{__version__}-py3-none-any.whl"
+    assert client.get(f"/api/v1/scripts/wheelhouse/{name}").content == FAKE_WHEELS[name]
+    for other in ("manifest.json", "..%2Fmanifest.json", "six-1.0-py3-none-any.whl"):
+        reply = client.get(f"/api/v1/scripts/wheelhouse/{other}")
+        assert reply.status_code == 404 and reply.json()["statusCode"] == 404, reply.text
 
 
 # ---- running it -------------------------------------------------------------------------------
@@ -135,43 +189,58 @@ def _stub(path: Path, body: str) -> None:
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> dict[str, Path]:
-    """Stand-ins on PATH: python3 makes a venv whose pip and perdure record their arguments."""
+def sandbox(tmp_path: Path, house: wheelhouse.Wheelhouse) -> dict[str, Path]:
+    """Stand-ins on PATH: python3 makes a venv whose python (running pip) and perdure record their
+    arguments; curl copies the wheel a URL names from the made-up wheelhouse."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls"
     calls.mkdir()
-    perdure_stub = f'printf "%s\\n" "$@" > {shlex.quote(str(calls))}/perdure.args\n'
-    pip_stub = f'printf "%s\\n" "$@" > {shlex.quote(str(calls))}/pip.args\n'
+    q_calls = shlex.quote(str(calls))
+    perdure_stub = f'printf "%s\\n" "$@" > {q_calls}/perdure.args\n'
+    pip_stub = f'printf "%s\\n" "$@" > {q_calls}/pip.args\n'
     _stub(
         bin_dir / "python3",
-        'if [ "$1" = -m ] && [ "$2" = venv ]; then\n'
-        '  mkdir -p "$3/bin"\n'
-        f"  cat > \"$3/bin/pip\" <<'EOF'\n#!/bin/sh\n{pip_stub}EOF\n"
-        f"  cat > \"$3/bin/perdure\" <<'EOF'\n#!/bin/sh\n{perdure_stub}EOF\n"
-        '  chmod +x "$3/bin/pip" "$3/bin/perdure"\n'
-        "  exit 0\n"
-        "fi\n"
+        'case "$1 $2" in\n'
+        '  "-c "*) exit 0 ;;\n'  # the version check
+        '  "-m venv")\n'
+        "    for dir; do :; done\n"
+        '    mkdir -p "$dir/bin"\n'
+        f"    cat > \"$dir/bin/python\" <<'EOF'\n#!/bin/sh\n{pip_stub}EOF\n"
+        f"    cat > \"$dir/bin/perdure\" <<'EOF'\n#!/bin/sh\n{perdure_stub}EOF\n"
+        '    chmod +x "$dir/bin/python" "$dir/bin/perdure"\n'
+        "    exit 0 ;;\n"
+        "esac\n"
         "exit 1\n",
     )
-    _stub(bin_dir / "systemctl", f'printf "%s\\n" "$*" >> {shlex.quote(str(calls))}/systemctl.calls\n')
+    _stub(
+        bin_dir / "curl",
+        "while [ $# -gt 0 ]; do case $1 in -o) out=$2; shift ;; http*) url=$1 ;; esac; shift; done\n"
+        f'printf "%s\\n" "$url" >> {q_calls}/curl.urls\n'
+        f'cp {shlex.quote(str(house.directory))}/"${{url##*/}}" "$out"\n',
+    )
+    _stub(bin_dir / "systemctl", f'printf "%s\\n" "$*" >> {q_calls}/systemctl.calls\n')
     return {"root": tmp_path, "bin": bin_dir, "calls": calls}
 
 
-def _run(text: str, sandbox: dict[str, Path], **env: str) -> subprocess.CompletedProcess[str]:
+def _run(text: str, sandbox: dict[str, Path], *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     root = sandbox["root"]
     environment = {
         "PATH": f"{sandbox['bin']}:/usr/bin:/bin",
+        "PERDURE_PYTHON": str(sandbox["bin"] / "python3"),  # not a python3.X of the machine's
         "PERDURE_PREFIX": str(root / "opt"),
         "PERDURE_ETC_DIR": str(root / "etc"),
         "PERDURE_LOG_DIR": str(root / "log"),
         "PERDURE_UNIT_DIR": str(root / "units"),
         **env,
     }
-    return subprocess.run(["sh"], input=text, capture_output=True, text=True, env=environment, timeout=60)
+    return subprocess.run(
+        ["sh", "-s", "--", *args], input=text, capture_output=True, text=True, env=environment, timeout=60
+    )
 
 
 def _wait_for(path: Path) -> str:
+    """The stand-in perdure runs in the background (nohup): wait for the file it writes."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if path.exists() and path.read_text().endswith("\n"):
@@ -183,25 +252,28 @@ def _wait_for(path: Path) -> str:
 def test_without_systemd_the_worker_starts_with_exact_arguments(
     client: TestClient, sandbox: dict[str, Path]
 ) -> None:
-    text = script(client, server="http://10.0.0.5:8001", group="g1", token=TOKEN)
+    root = sandbox["root"]
+    text = script(
+        client, server="http://10.0.0.5:8001", group="g1", token=TOKEN, slots="8", workpath=str(root / "w")
+    )
     result = _run(text, sandbox, PERDURE_INIT="nohup")
     assert result.returncode == 0, result.stderr
     args = _wait_for(sandbox["calls"] / "perdure.args").splitlines()
-    token_file = sandbox["root"] / "etc" / "worker.token"
+    token_file = root / "etc" / "worker.token"
     assert args == [
-        "worker",
-        "--server",
-        "http://10.0.0.5:8001",
-        "--group",
-        "g1",
-        "--token-file",
-        str(token_file),
-    ]
-    assert _wait_for(sandbox["calls"] / "pip.args").splitlines() == [
-        "install",
-        "--quiet",
-        "--upgrade",
-        f"perdure=={__version__}",
+        "worker", "--server", "http://10.0.0.5:8001", "--group", "g1", "--slots", "8",
+        "--workpath", str(root / "w"), "--token-file", str(token_file),
+    ]  # fmt: skip
+    # Every wheel but pip's, from the wheelhouse just downloaded, with no index and no resolver.
+    wheels = root / "opt" / "wheelhouse"
+    assert (sandbox["calls"] / "pip.args").read_text().splitlines() == [
+        str(wheels / "pip-26.3-py3-none-any.whl" / "pip"),
+        "install", "--quiet", "--no-index", "--no-deps", "--no-compile", "--disable-pip-version-check",
+        str(wheels / f"perdure-{__version__}-py3-none-any.whl"),
+        str(wheels / "httpx-0.29.0-py3-none-any.whl"),
+    ]  # fmt: skip
+    assert (sandbox["calls"] / "curl.urls").read_text().splitlines() == [
+        f"http://10.0.0.5:8001/api/v1/scripts/wheelhouse/{name}" for name in FAKE_WHEELS
     ]
     # The token is in a file of mode 0600, never on the worker's command line (ps shows that).
     assert token_file.read_text() == f"{TOKEN}\n"
@@ -209,36 +281,63 @@ def test_without_systemd_the_worker_starts_with_exact_arguments(
     assert TOKEN not in " ".join(args)
 
 
-def test_environment_overrides_token_and_pip_spec(client: TestClient, sandbox: dict[str, Path]) -> None:
-    text = script(client, group="g1")
-    result = _run(
-        text, sandbox, PERDURE_INIT="nohup", PERDURE_TOKEN="from-env", PERDURE_PIP_SPEC="perdure[x]"
-    )
+def test_venv_only_mode_installs_under_the_prefix_and_prints_the_command(
+    client: TestClient, sandbox: dict[str, Path]
+) -> None:
+    root = sandbox["root"]
+    text = script(client, group="g1", apps="sh,python3")
+    environment = {"PERDURE_TOKEN": "from-env", "PERDURE_ETC_DIR": "", "PERDURE_LOG_DIR": ""}
+    result = _run(text, sandbox, "--no-systemd", "--prefix", str(root / "node"), "--no-start", **environment)
     assert result.returncode == 0, result.stderr
-    args = _wait_for(sandbox["calls"] / "perdure.args").splitlines()
-    token_file = sandbox["root"] / "etc" / "worker.token"
-    assert args == [
-        "worker",
-        "--server",
-        "http://testserver",
-        "--group",
-        "g1",
-        "--token-file",
-        str(token_file),
-    ]
+    node = root / "node"
+    token_file = node / "etc" / "worker.token"
+    assert result.stdout.split() == [
+        f"{node}/venv/bin/perdure", "worker", "--server", "http://testserver", "--group", "g1",
+        "--slots", "1", "--workpath", f"{node}/work", "--apps", "sh,python3", "--token-file", str(token_file),
+    ]  # fmt: skip
     assert token_file.read_text() == "from-env\n"
-    assert _wait_for(sandbox["calls"] / "pip.args").splitlines()[-1] == "perdure[x]"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert not (sandbox["calls"] / "perdure.args").exists()  # --no-start
+    assert not (root / "units").exists()
+
+
+def test_a_wheel_whose_checksum_differs_is_not_installed(
+    client: TestClient, sandbox: dict[str, Path], house: wheelhouse.Wheelhouse
+) -> None:
+    text = script(client)
+    (house.directory / "httpx-0.29.0-py3-none-any.whl").write_bytes(b"something else")
+    result = _run(text, sandbox, "--no-systemd")
+    assert result.returncode == 1
+    assert "httpx-0.29.0-py3-none-any.whl: its SHA-256 is not the one the server announced" in result.stderr
+    assert not (sandbox["calls"] / "pip.args").exists()
+    assert not (sandbox["calls"] / "perdure.args").exists()
+
+
+def test_unknown_options_are_refused(client: TestClient, sandbox: dict[str, Path]) -> None:
+    result = _run(script(client), sandbox, "--no-systemd", "--slots", "4")
+    assert result.returncode == 2
+    assert "unknown option --slots" in result.stderr
+    result = _run(script(client), sandbox, "--no-systemd", "--prefix", "/tmp/a b")
+    assert result.returncode == 2 and "--prefix must be a path" in result.stderr
 
 
 def test_with_systemd_a_unit_is_written_and_started(client: TestClient, sandbox: dict[str, Path]) -> None:
-    text = script(client, server="https://mgmt.example.com", group="gpu.nodes", token=TOKEN)
+    root = sandbox["root"]
+    text = script(
+        client,
+        server="https://mgmt.example.com",
+        group="gpu.nodes",
+        token=TOKEN,
+        slots="4",
+        workpath=str(root / "work"),
+        apps="*",
+    )
     result = _run(text, sandbox, PERDURE_INIT="systemd")
     assert result.returncode == 0, result.stderr
-    root = sandbox["root"]
     unit = (root / "units" / "perdure-worker.service").read_text()
     assert (
-        f"ExecStart={root}/opt/bin/perdure worker --server https://mgmt.example.com --group gpu.nodes "
-        f"--token-file {root}/etc/worker.token\n"
+        f"ExecStart={root}/opt/venv/bin/perdure worker --server https://mgmt.example.com --group gpu.nodes "
+        f"--slots 4 --workpath {root}/work --apps * --token-file {root}/etc/worker.token\n"
     ) in unit
     assert "EnvironmentFile" not in unit  # the worker's environment carries no token
     assert TOKEN not in unit  # the secret stays in the 0600 token file
@@ -253,8 +352,9 @@ def test_with_systemd_a_unit_is_written_and_started(client: TestClient, sandbox:
 def test_without_a_token_none_is_passed(client: TestClient, sandbox: dict[str, Path]) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PERDURE_TOKEN"}
     assert "PERDURE_TOKEN" not in env
-    result = _run(script(client), sandbox, PERDURE_INIT="systemd")
+    root = sandbox["root"]
+    result = _run(script(client, workpath=str(root / "work")), sandbox, PERDURE_INIT="systemd")
     assert result.returncode == 0, result.stderr
-    unit = (sandbox["root"] / "units" / "perdure-worker.service").read_text()
+    unit = (root / "units" / "perdure-worker.service").read_text()
     assert "--token" not in unit
-    assert "--group default\n" in unit
+    assert f"--group default --slots 1 --workpath {root}/work\n" in unit

@@ -20,13 +20,23 @@ from perdure.errors import NotFound, NotPrivileged
 from perdure.security import ANONYMOUS, Principal, TokenError, Verifier
 
 #: Readable (GET) without a token even when security is on: the self-description, the API schema,
-#: the worker installer new cloud instances fetch (no secret unless one is put in its URL), and the
-#: Cognito settings a web front end needs before anyone can log in (no secrets either).
+#: the worker installer new cloud instances fetch (no secret unless one is put in its URL) and the
+#: wheels it installs (the server's open code and public libraries), and the Cognito settings a web
+#: front end needs before anyone can log in (no secrets either).
 PUBLIC_PATHS = frozenset(
-    {"/", "/openapi.json", "/docs", "/api/v1/scripts/install-worker", "/api/v1/security/cognito", "/ui"}
+    {
+        "/",
+        "/openapi.json",
+        "/docs",
+        "/api/v1/scripts/install-worker",
+        "/api/v1/scripts/wheelhouse",
+        "/api/v1/security/cognito",
+        "/ui",
+    }
 )
-#: The dashboard's pages and files: each page then reads the API with the signed-in user's token.
-PUBLIC_PREFIXES = ("/ui/",)
+#: The dashboard's pages and files (each page then reads the API with the signed-in user's token), and
+#: the wheels of the worker installer.
+PUBLIC_PREFIXES = ("/ui/", "/api/v1/scripts/wheelhouse/")
 _WORKER_ROUTES = [
     ("GET", re.compile(r"^/work$")),
     ("GET", re.compile(r"^/work/[^/]+$")),
