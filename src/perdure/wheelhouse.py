@@ -45,6 +45,9 @@ SERVER_ONLY = frozenset({"fastapi", "starlette", "uvicorn", "sqlalchemy", "alemb
 MANIFEST = "manifest.json"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed: the same content gives the same wheel and checksum
 _build_lock = threading.Lock()
+#: The wheelhouse each root holds for this process: the code and the environment a process runs do not
+#: change under it, so the key (hashing every file of the package) is computed once, not per download.
+_known: dict[Path, Wheelhouse] = {}
 
 
 class WheelhouseError(RuntimeError):
@@ -90,26 +93,36 @@ def python_version() -> str:
 def ensure(root: Path) -> Wheelhouse:
     """The wheelhouse of this server's code and environment under ``root``, built on first use."""
     with _build_lock:
-        key = content_key()
-        directory = root / key
-        manifest = directory / MANIFEST
-        if manifest.is_file():
-            return _load(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
-        try:
-            _build(staging)
-            try:
-                staging.rename(directory)  # another server process may have won: use its copy
-            except OSError:
-                if not manifest.is_file():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        for stale in root.iterdir():  # wheelhouses of earlier versions and environments
-            if stale.name != key and not stale.name.startswith("."):
-                shutil.rmtree(stale, ignore_errors=True)
+        known = _known.get(root)
+        if known is not None and (known.directory / MANIFEST).is_file():
+            return known
+        _known[root] = house = _ensure(root)
+        return house
+
+
+def _ensure(root: Path) -> Wheelhouse:
+    """Load the wheelhouse of this content under ``root``, or build it (in a staging directory renamed
+    into place, so a half-built one is never served)."""
+    key = content_key()
+    directory = root / key
+    manifest = directory / MANIFEST
+    if manifest.is_file():
         return _load(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+    try:
+        _build(staging)
+        try:
+            staging.rename(directory)  # another server process may have won: use its copy
+        except OSError:
+            if not manifest.is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for stale in root.iterdir():  # wheelhouses of earlier versions and environments
+        if stale.name != key and not stale.name.startswith("."):
+            shutil.rmtree(stale, ignore_errors=True)
+    return _load(directory)
 
 
 def content_key() -> str:

@@ -12,17 +12,20 @@ where the server finds it under the same content key and does not build it again
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
 import stat
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+import perdure
 from perdure import wheelhouse
 from tests.integration.cluster import Cluster, sh
 from tests.integration.workerprocess import TEST_ENV
@@ -137,3 +140,31 @@ def test_a_node_installs_the_servers_wheel_and_its_worker_finishes_a_job(
 def log(node: Path) -> str:
     path = node / "log" / "worker.log"
     return path.read_text(errors="replace")[-4000:] if path.exists() else "(no worker log)"
+
+
+def test_the_wheelhouse_holds_the_running_code_and_the_workers_dependencies_only(
+    built_wheelhouse: Path,
+) -> None:
+    house = wheelhouse.ensure(built_wheelhouse)  # built by the fixture: found again, not rebuilt
+    assert [p.name for p in built_wheelhouse.iterdir()] == [house.directory.name]
+    names = [w.filename for w in house.wheels]
+    assert names[0] == f"perdure-{perdure.__version__}-py3-none-any.whl"
+    assert not {n.split("-")[0].lower() for n in names} & {"fastapi", "starlette", "uvicorn", "sqlalchemy"}
+    assert any(n.startswith("pydantic_core-") and "-cp" in n for n in names)  # binary, with its tags
+    for wheel in house.wheels:
+        data = (house.directory / wheel.filename).read_bytes()
+        assert (hashlib.sha256(data).hexdigest(), len(data)) == (wheel.sha256, wheel.size)
+
+    # perdure's wheel is the imported package, file for file, with its command.
+    package = Path(perdure.__file__).parent
+    with zipfile.ZipFile(house.directory / names[0]) as wheel_zip:
+        inside = {n for n in wheel_zip.namelist() if not n.startswith("perdure-")}
+        entry_points = wheel_zip.read(f"perdure-{perdure.__version__}.dist-info/entry_points.txt").decode()
+        assert wheel_zip.read("perdure/api/scripts.py") == (package / "api" / "scripts.py").read_bytes()
+    on_disk = {
+        "perdure/" + p.relative_to(package).as_posix()
+        for p in package.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert inside == on_disk
+    assert "perdure = perdure.cli:main" in entry_points
