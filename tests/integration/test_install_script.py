@@ -202,7 +202,8 @@ def sandbox(tmp_path: Path, house: wheelhouse.Wheelhouse) -> dict[str, Path]:
     _stub(
         bin_dir / "python3",
         'case "$1 $2" in\n'
-        '  "-c "*) exit 0 ;;\n'  # the version check
+        # the version check: the right version once "installed" (see apt-get), unless told otherwise
+        f'  "-c "*) [ -z "${{STUB_PYTHON_MISSING:-}}" ] || [ -e {q_calls}/installed ]; exit $? ;;\n'
         '  "-m venv")\n'
         "    for dir; do :; done\n"
         '    mkdir -p "$dir/bin"\n'
@@ -220,13 +221,21 @@ def sandbox(tmp_path: Path, house: wheelhouse.Wheelhouse) -> dict[str, Path]:
         f'cp {shlex.quote(str(house.directory))}/"${{url##*/}}" "$out"\n',
     )
     _stub(bin_dir / "systemctl", f'printf "%s\\n" "$*" >> {q_calls}/systemctl.calls\n')
+    # ... also under the versioned name the script looks for first (not the machine's python3.X).
+    (bin_dir / f"python{wheelhouse.python_version()}").symlink_to(bin_dir / "python3")
+    # The OS's package managers: record, and "install" python (never the machine's own apt-get).
+    for manager in ("apt-get", "dnf", "yum"):
+        _stub(
+            bin_dir / manager,
+            f'printf "%s\\n" "$*" >> {q_calls}/{manager}.calls\ntouch {q_calls}/installed\n',
+        )
     return {"root": tmp_path, "bin": bin_dir, "calls": calls}
 
 
 def _run(text: str, sandbox: dict[str, Path], *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     root = sandbox["root"]
     environment = {
-        "PATH": f"{sandbox['bin']}:/usr/bin:/bin",
+        "PATH": f"{sandbox['bin']}:/usr/bin:/bin",  # the stand-ins first
         "PERDURE_PYTHON": str(sandbox["bin"] / "python3"),  # not a python3.X of the machine's
         "PERDURE_PREFIX": str(root / "opt"),
         "PERDURE_ETC_DIR": str(root / "etc"),
@@ -358,3 +367,16 @@ def test_without_a_token_none_is_passed(client: TestClient, sandbox: dict[str, P
     unit = (root / "units" / "perdure-worker.service").read_text()
     assert "--token" not in unit
     assert f"--group default --slots 1 --workpath {root}/work\n" in unit
+
+
+def test_a_node_without_the_servers_python_gets_it_from_the_os_packages(
+    client: TestClient, sandbox: dict[str, Path]
+) -> None:
+    result = _run(script(client), sandbox, "--no-systemd", "--no-start", STUB_PYTHON_MISSING="1")
+    assert result.returncode == 0, result.stderr
+    version = wheelhouse.python_version()
+    assert (sandbox["calls"] / "apt-get.calls").read_text().splitlines() == [
+        "update -q",
+        f"install -y -q python{version} python{version}-venv",
+    ]
+    assert (sandbox["calls"] / "pip.args").exists()  # then installed as usual
