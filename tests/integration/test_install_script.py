@@ -27,6 +27,7 @@ from perdure.api.app import create_app
 from perdure.api.scripts import install_worker
 from perdure.errors import BadRequest
 from perdure.settings import Settings
+from tests.integration.test_security import Issuer, enable
 
 FAKE_WHEELS = {
     f"perdure-{__version__}-py3-none-any.whl": b"perdure wheel",
@@ -380,3 +381,19 @@ def test_a_node_without_the_servers_python_gets_it_from_the_os_packages(
         f"install -y -q python{version} python{version}-venv",
     ]
     assert (sandbox["calls"] / "pip.args").exists()  # then installed as usual
+
+
+def test_with_security_on_a_fresh_node_gets_the_installer_and_wheels_without_a_token(
+    client: TestClient,
+) -> None:
+    issuer = Issuer()
+    try:
+        enable(client, issuer, issuer.token("root", ("admin",)))
+        assert client.get("/api/v1/config").status_code == 401
+        assert client.get("/api/v1/scripts/install-worker").status_code == 200
+        assert client.get("/api/v1/scripts/wheelhouse").status_code == 200
+        name = f"perdure-{__version__}-py3-none-any.whl"
+        assert client.get(f"/api/v1/scripts/wheelhouse/{name}").content == FAKE_WHEELS[name]
+        assert client.put(f"/api/v1/scripts/wheelhouse/{name}", content=b"x").status_code == 401
+    finally:
+        issuer.close()
