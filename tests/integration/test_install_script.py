@@ -356,7 +356,13 @@ def test_with_systemd_a_unit_is_written_and_started(client: TestClient, sandbox:
     # systemd stops the worker alone, and gives it longer than its hand-over deadline to checkpoint.
     assert "KillMode=mixed\nTimeoutStopSec=150\n" in unit
     calls = (sandbox["calls"] / "systemctl.calls").read_text().splitlines()
-    assert calls == ["daemon-reload", "enable perdure-worker.service", "restart perdure-worker.service"]
+    assert calls == [
+        "is-active --quiet perdure-worker.service",  # the stand-in says it is: stopped before the new venv
+        "stop perdure-worker.service",
+        "daemon-reload",
+        "enable perdure-worker.service",
+        "restart perdure-worker.service",
+    ]
 
 
 def test_without_a_token_none_is_passed(client: TestClient, sandbox: dict[str, Path]) -> None:
@@ -397,3 +403,26 @@ def test_with_security_on_a_fresh_node_gets_the_installer_and_wheels_without_a_t
         assert client.put(f"/api/v1/scripts/wheelhouse/{name}", content=b"x").status_code == 401
     finally:
         issuer.close()
+
+
+def test_installing_again_stops_the_worker_it_started_before(
+    client: TestClient, sandbox: dict[str, Path]
+) -> None:
+    """Without systemd: the worker of the pid file, running from this prefix's venv, gets SIGTERM (its
+    hand-over) before its environment is made anew; the new worker then starts."""
+    root = sandbox["root"]
+    old_worker = root / "opt" / "venv" / "bin" / "perdure"
+    old_worker.parent.mkdir(parents=True)
+    _stub(old_worker, "trap 'exit 0' TERM\nwhile :; do sleep 0.1; done\n")
+    process = subprocess.Popen(["sh", str(old_worker)], start_new_session=True)
+    try:
+        (root / "etc").mkdir()
+        (root / "etc" / "worker.pid").write_text(f"{process.pid}\n")
+        result = _run(script(client, workpath=str(root / "work")), sandbox, PERDURE_INIT="nohup")
+        assert result.returncode == 0, result.stderr
+        assert process.wait(timeout=10) == 0  # ended by its TERM trap, not killed
+        assert "stopping the worker started before" in result.stderr
+        assert _wait_for(sandbox["calls"] / "perdure.args").startswith("worker\n")
+    finally:
+        process.kill()
+        process.wait()

@@ -254,6 +254,38 @@ main() {{
             "$py" -m venv --clear "$venv" >&2
         fi
     }}
+    if [ -z "$init" ]; then
+        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+            init=systemd
+        else
+            init=nohup
+        fi
+    fi
+    # A worker this installer started before runs from the environment about to be made anew: stop it
+    # first (SIGTERM: it hands its running work over, checkpointed, within its deadline).
+    if [ "$init" = systemd ]; then
+        if systemctl is-active --quiet perdure-worker.service; then
+            say "stopping perdure-worker.service (it hands its work over)"
+            systemctl stop perdure-worker.service
+        fi
+    elif [ -f "$etc_dir/worker.pid" ]; then
+        # Running (an exited process has an empty command line) and ours, not a reused pid.
+        ours() {{
+            [ -r "/proc/$1/cmdline" ] && tr '\000' ' ' < "/proc/$1/cmdline" | grep -qF "$venv/bin/perdure"
+        }}
+        old=$(cat "$etc_dir/worker.pid")
+        case $old in ''|*[!0-9]*) old= ;; esac
+        if [ -n "$old" ] && ours "$old"; then
+            say "stopping the worker started before (pid $old); it hands its work over"
+            kill -TERM "$old" 2>/dev/null || true
+            waited=0
+            while ours "$old" && [ "$waited" -lt 150 ]; do
+                sleep 1
+                waited=$((waited + 1))
+            done
+        fi
+    fi
+
     py=
     if ! find_python; then
         os_install || true
@@ -321,13 +353,6 @@ EOF
     if [ -n "$apps" ]; then set -- "$@" --apps "$apps"; fi
     if [ -n "$token" ]; then set -- "$@" --token-file "$token_file"; fi
 
-    if [ -z "$init" ]; then
-        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-            init=systemd
-        else
-            init=nohup
-        fi
-    fi
     if [ "$start" = no ]; then
         say "installed; start the worker with:"
         printf '%s' "$venv/bin/perdure"
