@@ -7,7 +7,7 @@ import pytest
 from starlette.requests import Request
 
 from perdure import errors
-from perdure.api.errors import DOMAIN_ANSWERS, response_for
+from perdure.api.errors import DOMAIN_ANSWERS, refusal_body, response_for
 from perdure.objectstore import StoreUnavailable
 
 
@@ -65,3 +65,9 @@ def test_the_table_names_every_domain_error_and_the_errors_carry_no_status() -> 
     }
     assert declared == set(DOMAIN_ANSWERS)
     assert not any(hasattr(cls, "status") or hasattr(cls, "error_code") for cls in declared)
+
+
+def test_a_report_answer_carries_the_same_status_as_an_error_response() -> None:
+    """A refusal carried in a report's ``next_error`` (not a response of its own) uses the same table."""
+    assert refusal_body(errors.NotFound("gone")) == {"status": 404, "error": ["gone"]}
+    assert refusal_body(StoreUnavailable("s3 down"))["status"] == 503
