@@ -4,6 +4,7 @@ database, the machine's load."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,10 +13,36 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import psycopg
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def begin(title: str) -> None:
+    """Start a bench: SIGTERM and SIGINT raise KeyboardInterrupt (so its ``with`` and ``finally``
+    blocks stop the processes and drop the data, also when it runs in the background), and say how
+    busy the machine is."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    print(f"perdure {title} benchmark; {load_average()} at start")
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, wait_s: float = 30.0) -> None:
+    """Ask a child to stop with ``sig`` (SIGINT: a worker stops at once); kill it after ``wait_s``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def free_port() -> int:

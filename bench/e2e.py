@@ -21,7 +21,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from typing import Any
 import httpx
 import psutil
 
-from common import free_port, load_average, postgres_database, postgres_problem
+from common import begin, free_port, load_average, postgres_database, postgres_problem
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 POLL_S = 0.1
@@ -427,16 +426,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # Stop the worker and server and drop the database on SIGTERM or SIGINT too.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    print(f"perdure end-to-end benchmark; {load_average()} at start")
+    begin("end-to-end")
     print(
         f"\n=== {args.db}: {args.workunits} workunits of `true` in one task, "
         f"one worker with K = {', '.join(map(str, args.slots))} slot(s) ==="

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from common import Server, load_average, postgres_database, postgres_problem
+from common import Server, begin, load_average, postgres_database, postgres_problem
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SMALL = 100  # the "small store" size the N-job figures are compared with
@@ -399,16 +398,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # Stop the server and drop the database on SIGTERM or SIGINT too (also when started in the background).
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    print(f"perdure job API benchmark; {load_average()} at start")
+    begin("job API")
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     outcomes: list[Outcome] = []
     for kind in kinds:

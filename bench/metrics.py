@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from common import load_average, postgres_database, postgres_problem
+from common import begin, load_average, postgres_database, postgres_problem
 from perdure.metrics import clock, queries, storage
 from perdure.metrics import levels as metric_levels
 from perdure.metrics.definitions import SUMMARY_METRICS
@@ -215,16 +214,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
     metric_levels.configure_levels(None)
-    print(f"perdure metrics benchmark; {load_average()} at start")
+    begin("metrics")
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     outcomes: list[Outcome] = []
     for kind in kinds:

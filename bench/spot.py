@@ -46,7 +46,7 @@ from typing import Any
 import httpx
 
 import spot_criu
-from common import Server, load_average, postgres_database, postgres_problem
+from common import Server, begin, load_average, postgres_database, postgres_problem
 from perdure.spot.manifest import Identity
 from perdure.spot.snapshot import Snapshotter
 from perdure.spot.store import DirectoryStore
@@ -585,15 +585,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    print(f"perdure spot protection benchmark; {load_average()} at start")
+    begin("spot protection")
     args.scratch.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(args.scratch).free
     print(f"  scratch directory {args.scratch} ({human(free)} free on its filesystem)")

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from common import Server, postgres_database, postgres_problem
+from common import Server, postgres_database, postgres_problem, stop_process
 from perdure.spot.capabilities import probe_criu
 from perdure.spot.criu import CriuEngine, isolated_command, namespace_init
 from perdure.spot.engine import Run
@@ -233,13 +233,7 @@ class _Worker:
             raise RuntimeError(f"drain failed: {done.stdout}{done.stderr}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(2)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         # Work a stopped worker left behind (its own sessions) must not outlive the bench.
         for pid_dir in Path("/proc").iterdir():
             if pid_dir.name.isdigit():

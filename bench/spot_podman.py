@@ -35,14 +35,14 @@ from typing import Any
 
 import httpx
 
-from common import Server
+from common import Server, stop_process
 from perdure.spot import policy as policies
 from perdure.spot.engine import Run
 from perdure.spot.manifest import Identity
-from perdure.spot.podman import PodmanEngine, container_checkpoint_status, container_name
+from perdure.spot.podman import PodmanEngine, container_checkpoint_status, container_name, podman_status
 from perdure.spot.snapshot import Snapshotter
 from perdure.spot.store import DirectoryStore
-from perdure.worker.container import Container, podman_status
+from perdure.worker.container import Container
 
 ROOT = Path(__file__).resolve().parents[1]
 CRIU = ROOT / ".cache" / "criu" / "criu"
@@ -252,13 +252,7 @@ class Worker:
         return best
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(2)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def loop_job(image: str, steps: int, interval: str) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""Errors the API shows to users. Each carries the HTTP status it answers with."""
+"""Domain errors: what went wrong, in the domain's words. The store and the domain raise these without
+knowing HTTP; the API's one table (``perdure.api.errors.DOMAIN_ANSWERS``) says which status and
+management errorCode each answers with."""
 
 from __future__ import annotations
 
@@ -6,10 +8,6 @@ from typing import Any
 
 
 class DomainError(Exception):
-    status = 400
-    #: The management API's errorCode for this error, where it has a specific one.
-    error_code: int | None = None
-
     def __init__(self, message: str, fields: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -18,39 +16,36 @@ class DomainError(Exception):
 
 
 class BadRequest(DomainError):
-    status = 400
+    """The request itself is wrong: a missing or malformed value."""
 
 
 class Unauthorized(DomainError):
-    status = 401
+    """No credentials, or credentials that prove nothing."""
 
 
 class Forbidden(DomainError):
-    status = 403
+    """Authenticated, but this caller may not do this."""
 
 
 class NotPrivileged(Forbidden):
     """Authenticated, but not in an admin group."""
 
-    error_code = 2005
-
 
 class Invalid(DomainError):
-    """A management request whose values cannot be applied (422, errorCode 1003)."""
-
-    status = 422
-    error_code = 1003
+    """A management request whose values cannot be applied."""
 
 
 class NotFound(DomainError):
-    status = 404
+    """No such object (or none this caller may see)."""
 
 
 class Conflict(DomainError):
-    """The request is well-formed but the object's state does not allow it (AWE answers 400)."""
-
-    status = 400
+    """The request is well-formed but the object's state does not allow it."""
 
 
 class NotImplementedOp(DomainError):
-    status = 501
+    """An operation of the API this server does not offer."""
+
+
+class Unavailable(DomainError):
+    """Something the server depends on did not answer: the same request may succeed later."""

@@ -18,7 +18,7 @@ import io
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from perdure.datastore import BlobInfo, _check_key
-from perdure.errors import BadRequest, DomainError, NotFound
+from perdure.errors import BadRequest, NotFound, Unavailable
 from perdure.s3config import S3StoreConfig
 
 if TYPE_CHECKING:
@@ -28,10 +28,8 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 
 
-class StoreUnavailable(DomainError):
+class StoreUnavailable(Unavailable):
     """The object store did not answer (or refused the server's own credentials): retry later."""
-
-    status = 503
 
 
 def make_client(

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.browser.conftest import serious_violations
-from tests.browser.idp import Provider
+from tests.idp import Issuer
 from tests.integration.cluster import Api, Cluster, sh
 from tests.jobs import upload
 from tests.support import wait_for
@@ -174,32 +174,32 @@ def test_a_bad_configuration_value_shows_the_apis_error_next_to_the_field(
 
 @pytest.fixture
 def provider() -> Any:
-    idp = Provider("perdure-dashboard", {"ada": ("admin",), "bob": ("users",)})
+    idp = Issuer(None, "perdure-dashboard", {"ada": ("admin",), "bob": ("users",)})
     try:
         yield idp
     finally:
         idp.close()
 
 
-def secure(api: Api, provider: Provider) -> None:
+def secure(api: Api, provider: Issuer) -> None:
     body = {
         "clientID": provider.client_id,
         "issuer": provider.issuer,
         "jwksURL": provider.jwks_url,
         "adminGroups": "admin",
-        "token": provider.token("ada"),
+        "token": provider.id_token("ada"),
     }
     response = api.http.put("/api/v1/security/cognito", json=body)
     assert response.status_code == 200, response.text
 
 
 def test_sign_in_with_the_identity_provider_and_users_see_only_their_jobs(
-    cluster: Cluster, page: Any, provider: Provider
+    cluster: Cluster, page: Any, provider: Issuer
 ) -> None:
     server, api, _workers = cluster.start(workers=())
     secure(api, provider)
-    as_bob = {"Authorization": f"Bearer {provider.token('bob')}"}
-    as_ada = {"Authorization": f"Bearer {provider.token('ada')}"}
+    as_bob = {"Authorization": f"Bearer {provider.id_token('bob')}"}
+    as_ada = {"Authorization": f"Bearer {provider.id_token('ada')}"}
     bobs = api.http.post(
         "/job", files=upload({"info": {"name": "bobs-job"}, "tasks": [sh("a", "true")]}), headers=as_bob
     )
@@ -225,7 +225,7 @@ def test_sign_in_with_the_identity_provider_and_users_see_only_their_jobs(
 
     page.get_by_role("button", name="Sign out").click()
     page.get_by_role("heading", name="Sign in").wait_for()
-    page.fill("#token", provider.token("ada"))
+    page.fill("#token", provider.id_token("ada"))
     page.get_by_role("button", name="Use this token").click()
     page.locator("#jobs").wait_for()
     text = page.locator("#jobs").inner_text()

@@ -19,9 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 from perdure.cli import app
+from tests.idp import Issuer
 from tests.integration.test_manage_cli import Cli
 from tests.integration.test_sdk import PARKED, Stack, squares, stack
-from tests.integration.test_security import Issuer, enable_body
+from tests.integration.test_security import enable_body
 from tests.support import ServerProcess, free_port
 
 __all__ = ["stack"]  # the module's server and worker (a fixture)

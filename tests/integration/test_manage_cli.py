@@ -27,8 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.idp import Issuer
 from tests.integration.clientloop import Worker
-from tests.integration.test_security import Issuer
 from tests.jobs import script, task, upload
 from tests.support import ServerProcess, free_port
 

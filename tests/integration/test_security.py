@@ -1,8 +1,9 @@
 """Token security (management-api.txt "Authentication"; spec/README.md corrections) against forged tokens.
 
-Every key is made here: an ``Issuer`` generates RSA keys with ``cryptography``, serves their JWKS from a
-``http.server`` thread on loopback, and mints tokens with PyJWT (or by hand, for the forgeries PyJWT
-refuses to make: ``alg: none`` and HS256 signed with the public key PEM). Security is enabled the way
+Every key is made by the test identity provider (``tests/idp.py``): an ``Issuer`` generates RSA keys
+with ``cryptography``, serves their JWKS from a ``http.server`` thread on loopback, and mints tokens
+with PyJWT (or by hand, for the forgeries PyJWT refuses to make: ``alg: none`` and HS256 signed with
+the public key PEM). Security is enabled the way
 a user does it, ``PUT /api/v1/security/cognito`` with an admin's token, pointed at the loopback JWKS
 with ``jwksURL`` (the issuer stays Cognito's ``https://cognito-idp.<region>.amazonaws.com/<pool>``
 unless a test sets ``issuer``, the any-OIDC-provider mode).
@@ -23,38 +24,27 @@ rotation run against a real ``perdure server`` process on SQLite.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
-from jwt.algorithms import RSAAlgorithm
 
 from perdure.api.app import create_app
 from perdure.settings import Settings
+from tests.idp import CLIENT_ID, COGNITO_ISSUER, POOL, REGION, Issuer
 from tests.jobs import script, task, upload
 from tests.support import ServerProcess
 from tests.support import wait_for as _wait_for
 
-REGION = "us-west-1"
-POOL = "us-west-1_perdureTest"
-COGNITO_ISSUER = f"https://cognito-idp.{REGION}.amazonaws.com/{POOL}"
-CLIENT_ID = "perdure-test-client"
 OIDC_ISSUER = "https://idp.example.test/realms/perdure"
 
 MGMT_ERROR_KEYS = {"statusCode", "errorCode", "message"}
@@ -63,141 +53,6 @@ AWE_ERROR_KEYS = {"status", "data", "error"}
 
 #: Each poll here asks a server something, so polls are spaced out.
 wait_for = partial(_wait_for, interval=0.5)
-
-
-# ---- a token issuer of our own ----------------------------------------------------------------------
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def b64json(value: Any) -> str:
-    return b64url(json.dumps(value).encode())
-
-
-class Issuer:
-    """RSA signing keys, their JWKS on a loopback HTTP server, and tokens (real and forged).
-
-    ``published`` are the key ids the JWKS lists; ``fetches`` records when the JWKS was read.
-    """
-
-    def __init__(self, issuer: str = COGNITO_ISSUER, client_id: str = CLIENT_ID) -> None:
-        self.issuer = issuer
-        self.client_id = client_id
-        self.private: dict[str, rsa.RSAPrivateKey] = {}
-        self.published: list[str] = []
-        self.fetches: list[float] = []
-        self.kid = self.new_key(publish=True)
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.fetches.append(time.monotonic())
-                body = json.dumps(owner.jwks()).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def jwks_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/.well-known/jwks.json"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def new_key(self, *, publish: bool) -> str:
-        kid = f"kid-{uuid.uuid4().hex[:12]}"
-        self.private[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        if publish:
-            self.published.append(kid)
-        return kid
-
-    def jwks(self) -> dict[str, Any]:
-        keys = []
-        for kid in list(self.published):
-            jwk = json.loads(RSAAlgorithm.to_jwk(self.private[kid].public_key()))
-            keys.append({**jwk, "kid": kid, "alg": "RS256", "use": "sig"})
-        return {"keys": keys}
-
-    def public_pem(self, kid: str | None = None) -> bytes:
-        return (
-            self.private[kid or self.kid]
-            .public_key()
-            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        )
-
-    def claims(
-        self,
-        user: str = "root",
-        groups: tuple[str, ...] | None = ("admin",),
-        *,
-        group_claim: str = "cognito:groups",
-        **changes: Any,
-    ) -> dict[str, Any]:
-        """A Cognito access token's claims (``groups`` in ``group_claim``); ``changes`` set claims
-        (``None`` removes one)."""
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "sub": str(uuid.uuid5(uuid.NAMESPACE_DNS, user)),
-            "iss": self.issuer,
-            "client_id": self.client_id,
-            "token_use": "access",
-            "username": user,
-            "scope": "aws.cognito.signin.user.admin",
-            "auth_time": now,
-            "iat": now,
-            "exp": now + 3600,
-            "jti": uuid.uuid4().hex,
-        }
-        if groups is not None:
-            claims[group_claim] = list(groups)
-        for name, value in changes.items():
-            if value is None:
-                claims.pop(name, None)
-            else:
-                claims[name] = value
-        return claims
-
-    def token(
-        self,
-        user: str = "root",
-        groups: tuple[str, ...] | None = ("admin",),
-        *,
-        kid: str | None = None,
-        signer: str | None = None,
-        **changes: Any,
-    ) -> str:
-        """Signed RS256 with ``kid``'s key (the published key by default), or ``signer``'s key."""
-        kid = kid or self.kid
-        claims = self.claims(user, groups, **changes)
-        return jwt.encode(claims, self.private[signer or kid], algorithm="RS256", headers={"kid": kid})
-
-    def alg_none(self, claims: dict[str, Any]) -> str:
-        return f"{b64json({'alg': 'none', 'typ': 'JWT', 'kid': self.kid})}.{b64json(claims)}."
-
-    def hs256_with_public_key(self, claims: dict[str, Any]) -> str:
-        """The classic key-confusion forgery: HMAC-SHA256 keyed with the RSA public key's PEM."""
-        signing_input = f"{b64json({'alg': 'HS256', 'typ': 'JWT', 'kid': self.kid})}.{b64json(claims)}"
-        mac = hmac.new(self.public_pem(), signing_input.encode(), hashlib.sha256).digest()
-        return f"{signing_input}.{b64url(mac)}"
-
-    def tampered(self, token: str, **changes: Any) -> str:
-        """``token``'s header and signature around a payload with ``changes`` applied."""
-        header, payload, signature = token.split(".")
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        claims.update(changes)
-        return f"{header}.{b64json(claims)}.{signature}"
 
 
 def bearer(token: str) -> dict[str, str]:

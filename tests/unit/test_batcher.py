@@ -55,13 +55,28 @@ def report(client_id: str, wu_id: str) -> Operation:
     return Operation(report=ReportRequest(wu_id, client_id, "done"))
 
 
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Wait for a state, not for a time: look every millisecond, fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.001)
+
+
 async def run_all(batcher: Batcher, store: FakeStore, operations: list[Operation]) -> list[Any]:
     """Submit the first operation, then the rest while the first batch is held in the 'database'."""
     first = asyncio.ensure_future(batcher.submit(operations[0]))
-    while not store.batches:
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(store.batches), "the first batch is in the database")
     rest = [asyncio.ensure_future(batcher.submit(op)) for op in operations[1:]]
-    await asyncio.sleep(0.05)  # every submit is pending now
+    # Settled: every operation is pending or in a batch the 'database' has seen (a batch started after
+    # lingering counts once its thread has called dispatch), and no batch is lingering to start.
+    await until(
+        lambda: (
+            batcher._linger is None
+            and len(batcher._pending) + sum(map(len, store.batches)) == len(operations)
+        ),
+        "every operation is pending or sent",
+    )
     store.release.set()
     return await asyncio.gather(first, *rest, return_exceptions=True)
 
@@ -127,8 +142,7 @@ def test_an_operation_answered_early_frees_its_client_before_the_batch_ends() ->
         second = await asyncio.wait_for(batcher.submit(report("c0", "w1")), timeout=5)
         seen = [list(batch) for batch in store.batches]
         store.release.set()
-        while batcher._running:
-            await asyncio.sleep(0.01)
+        await until(lambda: not batcher._running, "every batch is done")
         return first, second, seen
 
     first, second, seen = asyncio.run(scenario())
@@ -154,10 +168,9 @@ def test_a_second_batch_waits_briefly_for_company() -> None:
 
     async def scenario() -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
         held = asyncio.ensure_future(batcher.submit(checkout("c0")))
-        while not store.batches:
-            await asyncio.sleep(0.001)
+        await until(lambda: bool(store.batches), "the first batch is in the database")
         lone = asyncio.ensure_future(batcher.submit(checkout("c1")))
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher._linger is not None, "c1 lingers")
         waiting = [list(batch) for batch in store.batches]  # c1 lingers: not sent yet
         await lone
         after_linger = [list(batch) for batch in store.batches]

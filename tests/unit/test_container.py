@@ -4,7 +4,6 @@ figures kept (the end-to-end tests run real containers: tests/integration/test_c
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from perdure.spot.manifest import Identity
 from perdure.spot.podman import PodmanEngine, _stats_json, container_name
 from perdure.spot.snapshot import Snapshotter
 from perdure.spot.store import DirectoryStore
-from perdure.worker.container import Container, container_environment, container_image, split_log
+from perdure.worker.container import Container, container_image, split_log
 
 
 def test_the_image_is_dockerimage_or_dockerpull_and_none_for_host_commands() -> None:
@@ -51,18 +50,6 @@ def test_the_run_command_mounts_the_work_directory_at_its_path_with_runc_limits_
     assert command[command.index("--label") + 1] == "io.perdure.node=n1"  # a restarted node removes it
     limits = [command[i + 1] for i, word in enumerate(command) if word == "--ulimit"]
     assert [limit.split("=")[0] for limit in limits] == ["nofile", "nproc"]
-
-
-def test_the_container_sees_what_the_runner_set_never_what_the_worker_inherited(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("WORKER_SECRET", "s3cret")
-    inherited = dict(os.environ)
-    env = {**inherited, "JOB_VAR": "1", "PERDURE_TASK_ID": "t", "WORKER_SECRET": "s3cret"}
-    seen = container_environment(env)
-    assert seen == {"JOB_VAR": "1", "PERDURE_TASK_ID": "t"}
-    # A job that sets one of the worker's variables to another value gets its own value.
-    assert container_environment({**inherited, "WORKER_SECRET": "job's"}) == {"WORKER_SECRET": "job's"}
 
 
 def test_the_log_is_split_into_stdout_and_stderr_byte_for_byte_across_files(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from perdure.metrics.clock import ManualClock
 from perdure.metrics.definitions import SYSTEM_OBJECT, queue_object
 from perdure.metrics.storage import Agg
 from perdure.metrics.sweep import sweep
-from perdure.store import migrate
+from perdure.store import hooks, migrate
 from perdure.store.database import Database
 from perdure.timeutil import parse_time
 
@@ -246,12 +246,24 @@ def test_the_sweep_samples_once_per_period_across_servers(db: Database, now: Man
     assert buckets(db, "queueLength", 60)["2031-03-11T00:00:00Z"].samples == 2
 
 
+@pytest.fixture
+def recorded() -> Iterator[None]:
+    """The metrics recorder installed, as the server installs it: the store's hooks record."""
+    before = hooks.recorder()
+    recording.install()
+    try:
+        yield
+    finally:
+        hooks.install(before)
+
+
+@pytest.mark.usefixtures("recorded")
 def test_checkpoint_hooks_fill_the_spot_protection_metrics(db: Database, now: ManualClock) -> None:
     with db.write() as conn:
-        recording.checkpoint_taken(conn, "q1", "n1", ok=True, duration_s=2.5, size_bytes=1e9)
-        recording.checkpoint_taken(conn, "q1", "n1", ok=False)
-        recording.restored(conn, "q1,q2", "n2", ok=True, duration_s=4.0, saved_s=3600.0)
-        recording.restored(conn, "", None, ok=False)
+        hooks.checkpoint_taken(conn, "q1", "n1", ok=True, duration_s=2.5, size_bytes=1e9)
+        hooks.checkpoint_taken(conn, "q1", "n1", ok=False)
+        hooks.restored(conn, "q1,q2", "n2", ok=True, duration_s=4.0, saved_s=3600.0)
+        hooks.restored(conn, "", None, ok=False)
     with db.read() as conn:
         totals = storage.all_time(
             conn,
@@ -309,10 +321,11 @@ def test_a_rolled_back_transaction_records_nothing(db: Database, now: ManualCloc
         assert storage.all_time(conn, ["jobSubmitted"])[("jobSubmitted", "system-total")].total == 1
 
 
+@pytest.mark.usefixtures("recorded")
 def test_an_over_long_client_group_counts_in_the_total_only(db: Database, now: ManualClock) -> None:
     long_group = "g" * 400
     with db.write() as conn:
-        recording.job_submitted(conn, f"short,{long_group}")
+        hooks.job_submitted(conn, f"short,{long_group}")
     with db.read() as conn:
         totals = storage.all_time(conn, ["jobSubmitted"])
     assert set(totals) == {("jobSubmitted", "system-total"), ("jobSubmitted", "queue-short")}

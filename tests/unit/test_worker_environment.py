@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from perdure.worker.credentials import TokenFileError, read_token_file, resolve_token
-from perdure.worker.environment import DEFAULT_PATH, command_environment
+from perdure.worker.environment import DEFAULT_PATH, command_environment, container_environment
 from perdure.worker.localfiles import LocalFileRefused, local_path
 
 WU = {
@@ -49,6 +49,16 @@ def test_only_the_documented_variables_reach_the_command(tmp_path: Path) -> None
 
 def test_a_worker_without_path_gives_the_command_a_default_one(tmp_path: Path) -> None:
     assert command_environment(WU, tmp_path, inherited={})["PATH"] == DEFAULT_PATH
+
+
+def test_a_container_sees_what_the_job_set_never_what_the_worker_passed_through(tmp_path: Path) -> None:
+    wu = {**WU, "cmd": {"name": "sh", "environ": {"public": {"GREETING": "hi", "HOME": "/home/job"}}}}
+    env = command_environment(wu, tmp_path, {"SECRET": "private"}, inherited=WORKER)
+    seen = container_environment(env, inherited=WORKER)
+    assert set(seen) == {"GREETING", "HOME", "SECRET", *(k for k in env if k.startswith("PERDURE_"))}
+    assert seen["HOME"] == "/home/job"  # the job's own value of a pass-through variable is the job's
+    # A worker without PATH gave the command the default one: that is not the job's either.
+    assert "PATH" not in container_environment(command_environment(WU, tmp_path, inherited={}), inherited={})
 
 
 def test_token_file_must_be_private_regular_and_non_empty(tmp_path: Path) -> None:

@@ -9,7 +9,18 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from perdure.api.envelope import error_for
-from perdure.errors import DomainError
+from perdure.errors import (
+    BadRequest,
+    Conflict,
+    DomainError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    NotImplementedOp,
+    NotPrivileged,
+    Unauthorized,
+    Unavailable,
+)
 from perdure.protocol import Refusal, Refused
 
 log = logging.getLogger("perdure.server")
@@ -25,8 +36,34 @@ REFUSAL_STATUS: dict[Refusal, int] = {
 }
 
 
+#: The one table of what each domain error answers with: its HTTP status and, where it has a specific
+#: one, the management API's errorCode (None: the status's own, ``envelope.MGMT_ERROR_CODES``). The
+#: store and the domain raise these errors knowing nothing of HTTP; a subclass not named here answers
+#: as its nearest named ancestor. ``Conflict`` is 400 because AWE answers a state refusal 400.
+DOMAIN_ANSWERS: dict[type[DomainError], tuple[int, int | None]] = {
+    DomainError: (400, None),
+    BadRequest: (400, None),
+    Unauthorized: (401, None),
+    Forbidden: (403, None),
+    NotPrivileged: (403, 2005),
+    Invalid: (422, 1003),
+    NotFound: (404, None),
+    Conflict: (400, None),
+    NotImplementedOp: (501, None),
+    Unavailable: (503, None),
+}
+
+
+def answer_of(exc: DomainError) -> tuple[int, int | None]:
+    """The status and errorCode of a domain error: its own class's entry, else its nearest ancestor's."""
+    for cls in type(exc).__mro__:
+        if cls in DOMAIN_ANSWERS:
+            return DOMAIN_ANSWERS[cls]
+    raise TypeError(f"not a domain error: {type(exc).__name__}")
+
+
 def status_of(exc: DomainError | Refused) -> int:
-    return REFUSAL_STATUS[exc.code] if isinstance(exc, Refused) else exc.status
+    return REFUSAL_STATUS[exc.code] if isinstance(exc, Refused) else answer_of(exc)[0]
 
 
 def refusal_body(exc: DomainError | Refused) -> dict[str, Any]:
@@ -53,7 +90,8 @@ def response_for(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, Refused):
         return error_for(request.url.path, status_of(exc), exc.message, code=exc.code.value)
     if isinstance(exc, DomainError):
-        return error_for(request.url.path, exc.status, exc.message, exc.fields, exc.error_code)
+        status, error_code = answer_of(exc)
+        return error_for(request.url.path, status, exc.message, exc.fields, error_code)
     if isinstance(exc, ClientDisconnect):
         log.info("client went away during %s %s", request.method, request.url.path)
         return error_for(request.url.path, CLIENT_CLOSED_REQUEST, "client closed the request")

@@ -116,38 +116,3 @@ RECORDER = MetricsRecorder()
 def install() -> None:
     """Have the store record metrics from now on (the server does this at startup)."""
     hooks.install(RECORDER)
-
-
-# ---- the same, straight into a transaction (backfills and tests) --------------------------------
-
-
-def job_submitted(conn: Connection, clientgroups: str) -> None:
-    metricstore.insert_events(conn, RECORDER.job_submitted(clientgroups), clock.now())
-
-
-def checkpoint_taken(
-    conn: Connection,
-    clientgroups: str | None,
-    node_id: str | None,
-    *,
-    ok: bool,
-    duration_s: float = 0.0,
-    size_bytes: float = 0.0,
-) -> None:
-    found = RECORDER.checkpoint_taken(
-        clientgroups, node_id, ok=ok, duration_s=duration_s, size_bytes=size_bytes
-    )
-    metricstore.insert_events(conn, found, clock.now())
-
-
-def restored(
-    conn: Connection,
-    clientgroups: str | None,
-    node_id: str | None,
-    *,
-    ok: bool,
-    duration_s: float = 0.0,
-    saved_s: float = 0.0,
-) -> None:
-    found = RECORDER.restored(clientgroups, node_id, ok=ok, duration_s=duration_s, saved_s=saved_s)
-    metricstore.insert_events(conn, found, clock.now())

@@ -8,12 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from perdure.protocol import Refusal, refusal_code
+from perdure.retry import TransientError
 
 
 class PerdureError(Exception):
     """Base of every SDK error; ``str()`` is one line fit to show a user."""
 
-    #: Whether the same request may succeed later (the server was unreachable or overloaded).
+    #: Whether the same request may succeed later (the server was unreachable or overloaded): only
+    #: ``ServerUnavailable``; an answered error, 500 included, would be answered the same way again.
     retryable = False
 
 
@@ -42,10 +44,6 @@ class ApiError(PerdureError):
         detail = "; ".join(f"{k}: {v}" for k, v in self.fields.items())
         super().__init__(f"{status}: {message}" + (f" ({detail})" if detail else ""))
 
-    @property
-    def retryable(self) -> bool:  # type: ignore[override]
-        return self.status >= 500
-
 
 class BadRequestError(ApiError):
     """400 (and 422): the request, or the object's state, does not allow it."""
@@ -59,14 +57,16 @@ class NotFoundError(ApiError):
     """404: no such job, workunit, client, node or file."""
 
 
-class ServerUnavailable(PerdureError):
-    """The server could not be reached, or kept answering 502/503/504 through every retry."""
+class ServerUnavailable(PerdureError, TransientError):
+    """The server could not be reached, or kept answering 502/503/504 (or 429 with a Retry-After)
+    through every retry (``perdure.retry``). ``retry_after``: the seconds the server asked to wait."""
 
     retryable = True
 
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str, retry_after: float | None = None) -> None:
         self.url = url
         self.reason = reason
+        self.retry_after = retry_after
         super().__init__(f"cannot reach {url}: {reason}")
 
 

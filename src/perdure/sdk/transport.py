@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import json
-import random
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
 
+from perdure.retry import Policy, retry_after_seconds, retry_call
 from perdure.sdk.errors import ApiError, ServerUnavailable, error_for
 
 #: Methods whose repetition cannot do anything twice; only these are retried.
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 #: Answers that mean "not now" rather than "no": a proxy or server restarting, or overloaded.
 RETRY_STATUSES = frozenset({502, 503, 504})
+#: "Too many requests": not now either, when the server says how long to wait (Retry-After).
+TOO_MANY = 429
 
 
 class Transport:
     """An ``httpx.Client`` with Perdure's conventions. ``retries`` is how many times an idempotent request
-    is repeated after a transport error or a 502/503/504, with jittered exponential backoff."""
+    is repeated after a transient failure, under the one policy of ``perdure.retry``."""
 
     def __init__(
         self,
@@ -51,12 +52,6 @@ class Transport:
     def close(self) -> None:
         self.http.close()
 
-    def _pause(self, seconds: float) -> None:
-        if self.stop is None:
-            time.sleep(seconds)
-        elif self.stop.wait(seconds):
-            raise ServerUnavailable(self.url, "stopped while waiting to retry")
-
     def attempts(self, method: str, retry: bool | None) -> int:
         allowed = method.upper() in IDEMPOTENT if retry is None else retry
         return 1 + self.retries if allowed else 1
@@ -69,18 +64,17 @@ class Transport:
         return response
 
     def call_retrying(self, method: str, retry: bool | None, call: Callable[[], Any]) -> Any:
-        """Run ``call`` (which raises ``ServerUnavailable`` when it may be tried again) under the policy."""
-        attempts = self.attempts(method, retry)
-        delay = self.backoff
-        for attempt in range(attempts):
-            try:
-                return call()
-            except ServerUnavailable:
-                if attempt == attempts - 1:
-                    raise
-            self._pause(random.uniform(delay / 2, delay))
-            delay = min(self.max_backoff, delay * 2)
-        raise AssertionError("unreachable")
+        """Run ``call`` (which raises ``ServerUnavailable`` when it may be tried again) under the policy:
+        ``attempts`` tries at most, no more once ``stop`` is set."""
+        policy = Policy(
+            attempts=self.attempts(method, retry), first_wait_s=self.backoff, max_wait_s=self.max_backoff
+        )
+        try:
+            return retry_call(call, policy, what=f"{method} {self.url}", stop=self.stop)
+        except ServerUnavailable:
+            if self.stop is not None and self.stop.is_set() and (policy.attempts or 1) > 1:
+                raise ServerUnavailable(self.url, "stopped while waiting to retry") from None
+            raise
 
     def _once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -134,12 +128,14 @@ class Transport:
 
 
 def check(response: httpx.Response, url: str) -> None:
-    """Raise for an error status: ``ServerUnavailable`` for 502-504, ``ApiError`` for the rest."""
+    """Raise for an error status: ``ServerUnavailable`` (transient) for 502-504 and for a 429 that says
+    when to come back, ``ApiError`` for the rest."""
     status = response.status_code
     if status < 400:
         return
-    if status in RETRY_STATUSES:
-        raise ServerUnavailable(url, f"{status} {response.reason_phrase}".strip())
+    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+    if status in RETRY_STATUSES or (status == TOO_MANY and retry_after is not None):
+        raise ServerUnavailable(url, f"{status} {response.reason_phrase}".strip(), retry_after)
     try:
         payload = response.json()
     except ValueError:

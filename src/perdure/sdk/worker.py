@@ -3,7 +3,7 @@
 
 Retries: idempotent calls (heartbeat, report, uploads, node inventory) follow the transport's policy;
 ``register`` is a POST and is tried once. A caller that must keep trying until the server is back (the
-worker) wraps calls in its own loop and retries whatever is ``err.retryable``.
+worker, ``perdure.worker.api``) wraps calls in ``perdure.retry`` with stop conditions of its own.
 """
 
 from __future__ import annotations

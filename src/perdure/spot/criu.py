@@ -239,22 +239,29 @@ def parse_stats(data: bytes) -> dict[str, int]:
     if magic != STATS_MAGIC:
         raise ValueError(f"not a CRIU stats image (magic {magic:#010x})")
     figures: dict[str, int] = {}
-    while offset < len(data):
-        if offset + 4 > len(data):
-            raise ValueError("truncated CRIU stats image: partial entry size")
-        (size,) = struct.unpack_from("<I", data, offset)
-        offset += 4
-        if offset + size > len(data):
-            raise ValueError(f"truncated CRIU stats image: entry of {size} bytes, {len(data) - offset} left")
-        for number, value in _fields(data[offset : offset + size]):
+    for entry in _entries(data, offset, "stats"):
+        for number, value in _fields(entry):
             names = DUMP_FIELDS if number == 1 else RESTORE_FIELDS if number == 2 else None
             if names is None or not isinstance(value, bytes):
                 continue  # a field of a newer CRIU
             for sub, figure in _fields(value):
                 if sub in names and isinstance(figure, int):
                     figures[names[sub]] = figure
-        offset += size
     return figures
+
+
+def _entries(data: bytes, offset: int, kind: str) -> Iterator[bytes]:
+    """The entries of a CRIU image from ``offset`` (past its magic): each a 4-byte size, then a
+    protobuf message of that size."""
+    while offset < len(data):
+        if offset + 4 > len(data):
+            raise ValueError(f"truncated CRIU {kind} image: partial entry size")
+        (size,) = struct.unpack_from("<I", data, offset)
+        offset += 4
+        if offset + size > len(data):
+            raise ValueError(f"truncated CRIU {kind} image: entry of {size} bytes, {len(data) - offset} left")
+        yield data[offset : offset + size]
+        offset += size
 
 
 def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
@@ -303,22 +310,14 @@ def regular_files(data: bytes) -> dict[str, int]:
     if len(data) < 8 or struct.unpack_from("<II", data, 0) != (IMG_COMMON_MAGIC, FILES_MAGIC):
         raise ValueError("not a CRIU files image")
     files: dict[str, int] = {}
-    offset = 8
-    while offset < len(data):
-        if offset + 4 > len(data):
-            raise ValueError("truncated CRIU files image: partial entry size")
-        (size,) = struct.unpack_from("<I", data, offset)
-        offset += 4
-        if offset + size > len(data):
-            raise ValueError("truncated CRIU files image")
-        for number, value in _fields(data[offset : offset + size]):
+    for entry in _entries(data, 8, "files"):
+        for number, value in _fields(entry):
             if number != 3 or not isinstance(value, bytes):  # file_entry.reg
                 continue
             found = dict(_fields(value))
             name, length = found.get(6), found.get(8)  # reg_file_entry.name, .size
             if isinstance(name, bytes) and isinstance(length, int):
                 files[name.decode(errors="surrogateescape")] = length
-        offset += size
     return files
 
 

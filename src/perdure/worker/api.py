@@ -1,14 +1,13 @@
 """The worker's narrow view of the server: every call it makes, over the SDK's worker protocol, with
-the worker's retry policy (keep trying until the node stops, or until a deadline) on top.
+the worker's stop conditions for the one retry policy (``perdure.retry``) on top.
 
 The SDK is created with no retries of its own: a worker must outlast any outage, so this module's
-``retrying`` decides, and ``ServerRefused`` means the server answered and refused, so retrying cannot help.
+``retrying`` decides how long (until the node stops or drains, or until a deadline), and
+``ServerRefused`` means the server answered and refused, so retrying cannot help.
 """
 
 from __future__ import annotations
 
-import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -16,11 +15,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from perdure.protocol import Refusal
+from perdure.retry import Policy, TransientError, retry_call
 from perdure.sdk import errors as sdk_errors
 from perdure.sdk.client import Client
 
-log = logging.getLogger("perdure.worker")
 T = TypeVar("T")
+#: Tries of a report that the server answers with a 500. A report is idempotent for its lease, and a
+#: 500 is most often the database failing for a moment (a lost connection, a busy SQLite), so dropping
+#: the result at once would throw away the whole run; a 500 that persists is a bug, so it is bounded.
+REPORT_TRIES_ON_500 = 5
 
 
 class ServerRefused(Exception):
@@ -38,17 +41,28 @@ class Stopped(Exception):
     """The worker is shutting down (or out of time) while waiting for the server."""
 
 
-def _retryable(exc: sdk_errors.PerdureError) -> bool:
-    return exc.retryable or (isinstance(exc, sdk_errors.ApiError) and exc.status >= 500)
+def _report_retrying_500(call: Callable[[], T]) -> Callable[[], T]:
+    """``call``, with its first ``REPORT_TRIES_ON_500 - 1`` answers of 500 made transient."""
+    tries = 0
+
+    def attempt() -> T:
+        nonlocal tries
+        tries += 1
+        try:
+            return call()
+        except sdk_errors.ApiError as exc:
+            if exc.status == 500 and tries < REPORT_TRIES_ON_500:
+                raise sdk_errors.ServerUnavailable("report", f"500: {exc.message}") from None
+            raise
+
+    return attempt
 
 
 def _refusal(call: Callable[[], T]) -> T:
-    """Run an SDK call; a refusal becomes this module's ``ServerRefused``, anything retryable propagates."""
+    """Run an SDK call; the server's answered error becomes this module's ``ServerRefused``."""
     try:
         return call()
     except sdk_errors.ApiError as exc:
-        if _retryable(exc):
-            raise
         raise ServerRefused(exc.status, exc.message, exc.refusal) from None
 
 
@@ -75,34 +89,21 @@ class ServerAPI:
         deadline: float | None = None,
         give_up: Callable[[], bool] | None = None,
     ) -> T:
-        """Retry while the server is unreachable or failing (5xx), with exponential backoff and jitter,
-        until stopped (or, given a ``time.monotonic()`` deadline, until then: a node being reclaimed
-        cannot wait forever), or until ``give_up()`` says the call is no longer wanted (a draining node
-        stops trying to register or check out, so SIGTERM is prompt whatever the server's state)."""
-        delay = 0.5
-        while True:
-            if (self.stop.is_set() and deadline is None) or (give_up is not None and give_up()):
-                raise Stopped(what)
-            try:
-                return _refusal(call)
-            except sdk_errors.PerdureError as exc:
-                if not _retryable(exc):
-                    raise
-                wait = random.uniform(delay / 2, delay)
-                if deadline is not None and time.monotonic() + wait > deadline:
-                    raise Stopped(f"{what}: out of time") from exc
-                log.warning("%s failed (%s); retrying in %.1fs", what, exc, wait)
-                if deadline is None and give_up is not None:
-                    wait_until = time.monotonic() + wait
-                    while time.monotonic() < wait_until and not give_up():
-                        if self.stop.wait(min(0.2, max(0.0, wait_until - time.monotonic()))):
-                            raise Stopped(what) from None
-                    continue
-                if deadline is None and self.stop.wait(wait):
-                    raise Stopped(what) from None
-                if deadline is not None:
-                    time.sleep(wait)
-                delay = min(max_delay, delay * 2)
+        """Retry while the server is unreachable or overloaded (``perdure.retry``): until the node stops
+        or, given a ``time.monotonic()`` deadline, until then (a node being reclaimed cannot wait
+        forever, and its hand-over report goes on while it stops), or until ``give_up()`` says the call
+        is no longer wanted (a draining node stops trying to register or check out, so SIGTERM is
+        prompt whatever the server's state). ``Stopped`` when one of these ends it."""
+        if (self.stop.is_set() and deadline is None) or (give_up is not None and give_up()):
+            raise Stopped(what)
+        if deadline is None:
+            policy, stop = Policy(max_wait_s=max_delay), self.stop
+        else:
+            policy, stop = Policy(within_s=deadline - time.monotonic(), max_wait_s=max_delay), None
+        try:
+            return retry_call(lambda: _refusal(call), policy, what=what, stop=stop, give_up=give_up)
+        except TransientError as exc:
+            raise Stopped(what if deadline is None else f"{what}: out of time") from exc
 
     # ---- the protocol -------------------------------------------------------------------------
 
@@ -138,7 +139,9 @@ class ServerAPI:
         if then_next is None:
             self.retrying(
                 f"report {status} for {wu_id}",
-                lambda: self.protocol.report(wu_id, client_id, status, computetime, files, retry=False),
+                _report_retrying_500(
+                    lambda: self.protocol.report(wu_id, client_id, status, computetime, files, retry=False)
+                ),
                 max_delay=60.0,
                 deadline=deadline,
             )
@@ -146,8 +149,17 @@ class ServerAPI:
         wait_s, available = then_next
         workunit, _no_next = self.retrying(
             f"report {status} for {wu_id}",
-            lambda: self.protocol.report_and_next(
-                wu_id, client_id, status, computetime, files, wait_s=wait_s, available=available, retry=False
+            _report_retrying_500(
+                lambda: self.protocol.report_and_next(
+                    wu_id,
+                    client_id,
+                    status,
+                    computetime,
+                    files,
+                    wait_s=wait_s,
+                    available=available,
+                    retry=False,
+                )
             ),
             max_delay=60.0,
             deadline=deadline,

@@ -37,6 +37,7 @@ from perdure.spot.podman import (
     podman,
     podman_env,
 )
+from perdure.worker.environment import container_environment
 
 log = logging.getLogger("perdure.worker")
 
@@ -294,13 +295,6 @@ class Container:
             return
         if result.returncode != 0 and "no such container" not in (result.stderr + result.stdout).lower():
             log.warning("container %s could not be removed: %s", self.name, last_line(result))
-
-
-def container_environment(env: dict[str, str]) -> dict[str, str]:
-    """What the container may see of the runner's environment: what the runner set for the command
-    (the job's variables, ``PERDURE_*``), never what it inherited from the worker's own environment
-    (PATH and the like are the image's)."""
-    return {k: v for k, v in env.items() if os.environ.get(k) != v}
 
 
 def split_log(log_files: list[Path], stdout: Path, stderr: Path) -> None:

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
+from perdure.retry import Policy, TransientError, retry_after_seconds, retry_call
 from perdure.s3config import MAX_SINGLE_PUT
 from perdure.spot.store import CheckpointStore
 from perdure.worker.api import ServerAPI
@@ -32,10 +33,31 @@ log = logging.getLogger("perdure.worker")
 #: URLs with less validity left than this are renewed before use.
 RENEW_MARGIN_S = 30.0
 CHUNK = 1024 * 1024
+#: One transfer to or from the object store: a few tries within a minute, then the workunit fails.
+TRANSFER_POLICY = Policy(attempts=4, within_s=60.0, first_wait_s=1.0, max_wait_s=10.0)
+#: The object store's answers that mean "not now" (S3 answers 503 SlowDown when throttling).
+TRANSIENT_STATUSES = frozenset({502, 503, 504})
 
 
 class DirectError(Exception):
     """A transfer to or from the object store failed (the workunit fails, and is retried)."""
+
+
+class StoreAway(DirectError, TransientError):
+    """The object store could not be reached, or answered "not now": the transfer is tried again."""
+
+
+def _check(response: httpx.Response, what: str, ok: tuple[int, ...]) -> None:
+    status = response.status_code
+    if status in ok:
+        return
+    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+    error = f"{what}: the object store answered {status}"
+    if status in TRANSIENT_STATUSES or (status == 429 and retry_after is not None):
+        away = StoreAway(error)
+        away.retry_after = retry_after
+        raise away
+    raise DirectError(error)
 
 
 def _plain_http() -> httpx.Client:
@@ -84,31 +106,14 @@ class DirectData:
         size = 0
         with _plain_http() as http, target.open("wb") as out:
             for segment in segments:
-                offset, length, whole = int(segment["offset"]), int(segment["length"]), int(segment["size"])
-                headers = (
-                    {}
-                    if offset == 0 and length == whole
-                    else {"Range": f"bytes={offset}-{offset + length - 1}"}
-                )
-                digest = hashlib.sha256() if not headers and segment.get("sha256") else None
-                got = 0
-                with http.stream("GET", segment["url"], headers=headers) as response:
-                    if response.status_code not in (200, 206):
-                        raise DirectError(
-                            f"input {filename!r}: the object store answered {response.status_code}"
-                        )
-                    for chunk in response.iter_bytes(CHUNK):
-                        out.write(chunk)
-                        got += len(chunk)
-                        if digest is not None:
-                            digest.update(chunk)
-                if got != length:
-                    raise DirectError(
-                        f"input {filename!r}: got {got} bytes from the object store, expected {length}"
-                    )
-                if digest is not None and digest.hexdigest() != str(segment["sha256"]).lower():
-                    raise DirectError(f"input {filename!r}: checksum mismatch (the stored object is corrupt)")
-                size += got
+                start = out.tell()
+
+                def once(segment: dict[str, Any] = segment, start: int = start) -> int:
+                    out.seek(start)
+                    out.truncate()
+                    return _get_segment(http, segment, out, f"input {filename!r}")
+
+                size += retry_call(once, TRANSFER_POLICY, what=f"input {filename}", stop=self.api.stop)
         return size
 
     def deliver(self, filename: str, path: Path, sha256: str) -> None:
@@ -116,10 +121,18 @@ class DirectData:
         lease is gone: the object is then never part of the job)."""
         target = self._fresh()["outputs"][filename]
         size = path.stat().st_size
-        with _plain_http() as http, path.open("rb") as handle:
-            response = http.put(target["url"], content=_chunks(handle), headers={"Content-Length": str(size)})
-        if response.status_code != 200:
-            raise DirectError(f"output {filename!r}: the object store answered {response.status_code}")
+
+        def once() -> None:
+            with _plain_http() as http, path.open("rb") as handle:
+                try:
+                    response = http.put(
+                        target["url"], content=_chunks(handle), headers={"Content-Length": str(size)}
+                    )
+                except httpx.TransportError as exc:
+                    raise StoreAway(f"output {filename!r}: {exc or type(exc).__name__}") from None
+            _check(response, f"output {filename!r}", (200,))
+
+        retry_call(once, TRANSFER_POLICY, what=f"output {filename}", stop=self.api.stop)
         params = {"client": self.client_id, "key": target["key"], "size": str(size), "sha256": sha256}
         self.api.retrying(
             f"record {filename} of {self.wu_id}",
@@ -128,6 +141,30 @@ class DirectData:
             ),
         )
         log.debug("%s: %s (%d bytes) written to the object store", self.wu_id, filename, size)
+
+
+def _get_segment(http: httpx.Client, segment: dict[str, Any], out: Any, what: str) -> int:
+    """One GET of an input's segment into ``out``; its size. A whole stored object is checked against
+    the SHA-256 recorded when it was written."""
+    offset, length, whole = int(segment["offset"]), int(segment["length"]), int(segment["size"])
+    headers = {} if offset == 0 and length == whole else {"Range": f"bytes={offset}-{offset + length - 1}"}
+    digest = hashlib.sha256() if not headers and segment.get("sha256") else None
+    got = 0
+    try:
+        with http.stream("GET", segment["url"], headers=headers) as response:
+            _check(response, what, (200, 206))
+            for chunk in response.iter_bytes(CHUNK):
+                out.write(chunk)
+                got += len(chunk)
+                if digest is not None:
+                    digest.update(chunk)
+    except httpx.TransportError as exc:  # not reached, or cut off midway
+        raise StoreAway(f"{what}: {exc or type(exc).__name__}") from None
+    if got != length:
+        raise DirectError(f"{what}: got {got} bytes from the object store, expected {length}")
+    if digest is not None and digest.hexdigest() != str(segment["sha256"]).lower():
+        raise DirectError(f"{what}: checksum mismatch (the stored object is corrupt)")
+    return got
 
 
 def _chunks(handle: Any) -> Any:

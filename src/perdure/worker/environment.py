@@ -5,7 +5,8 @@ Nothing of the worker's own environment reaches a command except the few variabl
 (``PERDURE_WORKER_TOKEN``, ``PERDURE_TOKEN``), its settings and whatever its service manager put there
 stay with the worker. On top of those come the job's public environment, its private environment and
 Perdure's documented variables (``PERDURE_JOB_ID`` … ``PERDURE_WORKDIR``), which a job cannot
-override. Bare runs (:mod:`perdure.worker.runner`) and container runs call the same function.
+override. Bare runs (:mod:`perdure.worker.runner`) and container runs call the same function; a
+container is then shown only what was not passed through (``container_environment``).
 """
 
 from __future__ import annotations
@@ -53,3 +54,15 @@ def command_environment(
     env.update({str(k): str(v) for k, v in (private or {}).items()})
     env.update(perdure_variables(wu, workdir))
     return env
+
+
+def container_environment(
+    env: Mapping[str, str], *, inherited: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """What a container sees of ``command_environment``'s answer: everything but what was passed
+    through from the worker (``inherited``, ``os.environ`` by default) -- PATH and the like are the
+    image's. A pass-through variable the job set to a value of its own is the job's, and kept."""
+    source = os.environ if inherited is None else inherited
+    worker = {name: source.get(name) for name in PASSED_THROUGH}
+    worker["PATH"] = source.get("PATH", DEFAULT_PATH)
+    return {key: value for key, value in env.items() if key not in worker or worker[key] != value}

@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 
 import psutil
 
+from perdure.retry import Policy, retry_call
 from perdure.sdk import errors as sdk_errors
 from perdure.split import awe_part
 from perdure.spot.engine import Launch
@@ -419,32 +420,33 @@ class Runner:
             raise StageError(str(exc)) from None
 
     def _fetch(self, wu_id: str, what: str, url: str, target: Path, headers: dict[str, str]) -> None:
-        """Fetch from another host, bounded: at most ``transfer_tries`` tries within
-        ``transfer_timeout_s``, with backoff, and none once the workunit is discarded (the heartbeat
-        says so). Then ``StageError`` with the URL and the last error: the workunit fails with them."""
-        started = time.monotonic()
-        deadline = started + self.transfer_timeout_s
-        delay, last, tries = 1.0, "", 0
-        while tries < self.transfer_tries:
+        """Fetch from another host under the one retry policy (``perdure.retry``), bounded: at most
+        ``transfer_tries`` tries within ``transfer_timeout_s``, and none once the workunit is discarded
+        (the heartbeat says so). Then ``StageError`` with the URL and the last error: the workunit
+        fails with them."""
+        started, tries = time.monotonic(), 0
+
+        def once() -> None:
+            nonlocal tries
             if wu_id in self._discarded:
                 raise StageError(f"{what}: workunit discarded while fetching {url}")
             tries += 1
-            try:
-                self.api.fetch_once(url, target, headers=headers)
-                return
-            except ServerRefused as exc:  # the host answered and refused: retrying cannot help
-                last = str(exc)
-                break
-            except (sdk_errors.PerdureError, OSError) as exc:
-                last = str(exc) or type(exc).__name__
-            wait = min(delay, deadline - time.monotonic())
-            if wait <= 0 or tries >= self.transfer_tries:
-                break
-            log.warning(
-                "%s: fetching %s failed (%s); try %d of %d", what, url, last, tries, self.transfer_tries
+            self.api.fetch_once(url, target, headers=headers)
+
+        policy = Policy(attempts=self.transfer_tries, within_s=self.transfer_timeout_s, first_wait_s=1.0)
+        try:
+            retry_call(
+                once,
+                policy,
+                what=f"{what}: fetching {url}",
+                stop=self._discard_wake,
+                give_up=lambda: wu_id in self._discarded,
             )
-            self._discard_wake.wait(wait)
-            delay = min(delay * 2, 30.0)
+            return
+        except (sdk_errors.PerdureError, ServerRefused, OSError) as exc:  # a refusal is never retried
+            last = str(exc) or type(exc).__name__
+        if wu_id in self._discarded:
+            raise StageError(f"{what}: workunit discarded while fetching {url}")
         elapsed = time.monotonic() - started
         raise StageError(f"{what}: could not fetch {url} ({tries} tries in {elapsed:.1f}s): {last}")
 

@@ -54,7 +54,8 @@ def test_both_error_shapes_become_one_family() -> None:
     assert str(mgmt) == "422: Invalid argument (node.ttl: bad)"
     assert isinstance(error_for(401, None, "no"), AuthError) and isinstance(error_for(403, {}, ""), AuthError)
     plain = error_for(500, None, "boom")
-    assert type(plain) is ApiError and plain.retryable and str(plain) == "500: boom"
+    assert type(plain) is ApiError and str(plain) == "500: boom"
+    assert not plain.retryable  # an answered error is answered the same way again: never retried
 
 
 @pytest.mark.parametrize(
