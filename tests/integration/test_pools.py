@@ -25,7 +25,8 @@ from fastapi.testclient import TestClient
 from moto.server import ThreadedMotoServer
 
 from perdure.pool.scaler import Scaler
-from perdure.store.pools import acquire_lease
+from perdure.store import transitions
+from perdure.store.pools import DRAIN_REASON, acquire_lease
 from perdure.timeutil import now_us
 from tests.integration.drive import checkout, report, submit
 from tests.jobs import script, task
@@ -277,6 +278,64 @@ def test_a_drained_node_returns_to_service_when_the_queue_grows(
     assert [d.action for d in scaler.step(config.effective)["spot"]] == ["undrain"]  # type: ignore[index]
     assert client_document(client, slot)["suspended"] is False
     assert live_instances(aws) == [instance] and checkout(client, slot) is not None
+
+
+def test_a_drained_node_that_took_work_is_not_terminated(client: TestClient, aws: dict[str, Any]) -> None:
+    """The race the two-step scale-in is for: a checkout that read the client before the drain
+    committed leases it work anyway. That node is not terminated: the work it holds counts, so it
+    is taken back into service; once idle again it is drained, then terminated."""
+    configure(client, pool_settings(aws, minNodes=0, cooldown="0s", scaleInIdleFor="0s", slotsPerNode=1))
+    config = client.app.state.ctx.config  # type: ignore[attr-defined]
+    db = client.app.state.ctx.db  # type: ignore[attr-defined]
+    clock = Clock()
+    scaler = Scaler(db, "server-a", clock=clock)
+    submit(client, script(task("0"), clientgroups=GROUP))
+    scaler.step(config.effective)
+    (instance,) = live_instances(aws)
+    (slot,) = start_node(client, "node0", instance, slots=1)
+    first = checkout(client, slot)
+    assert first is not None
+    report(client, first["id"], slot)
+    clock.advance(1)
+    assert [d.action for d in scaler.step(config.effective)["spot"]] == ["drain"]  # type: ignore[index]
+
+    # The lease that slipped in: as if a checkout had read the client just before the drain.
+    raced = submit(client, script(task("r"), clientgroups=GROUP))
+    assert client.put(f"/client/{slot}?resume").status_code == 200
+    work = checkout(client, slot)
+    assert work is not None and work["jobid"] == raced["id"]
+    with db.write() as conn:
+        assert transitions.suspend_client(conn, slot, DRAIN_REASON)
+    clock.advance(1)
+    assert [d.action for d in scaler.step(config.effective)["spot"]] == ["undrain"]  # type: ignore[index]
+    assert live_instances(aws) == [instance]
+    report(client, work["id"], slot)
+    for action in ("drain", "terminate"):
+        clock.advance(1)
+        assert [d.action for d in scaler.step(config.effective)["spot"]] == [action]  # type: ignore[index]
+    assert live_instances(aws) == []
+
+
+def test_a_node_resumed_by_hand_is_not_terminated(client: TestClient, aws: dict[str, Any]) -> None:
+    """An admin who resumes a drained node's clients takes it back: the scaler does not terminate
+    it (it may take work again) until it has drained it again."""
+    configure(client, pool_settings(aws, minNodes=0, cooldown="0s", scaleInIdleFor="0s", slotsPerNode=1))
+    config = client.app.state.ctx.config  # type: ignore[attr-defined]
+    clock = Clock()
+    scaler = Scaler(client.app.state.ctx.db, "server-a", clock=clock)  # type: ignore[attr-defined]
+    submit(client, script(task("0"), clientgroups=GROUP))
+    scaler.step(config.effective)
+    (instance,) = live_instances(aws)
+    (slot,) = start_node(client, "node0", instance, slots=1)
+    work = checkout(client, slot)
+    assert work is not None
+    report(client, work["id"], slot)
+    clock.advance(1)
+    assert [d.action for d in scaler.step(config.effective)["spot"]] == ["drain"]  # type: ignore[index]
+    assert client.put(f"/client/{slot}?resume").status_code == 200
+    clock.advance(1)
+    assert [d.action for d in scaler.step(config.effective)["spot"]] == ["drain"]  # type: ignore[index]
+    assert live_instances(aws) == [instance]
 
 
 def test_bad_pool_settings_are_refused(client: TestClient, aws: dict[str, Any]) -> None:

@@ -189,6 +189,9 @@ class Scaler:
         # Drained nodes that hold no lease are terminated, one call each.
         for instance_id, since in sorted(draining.items(), key=lambda item: item[1]):
             node = activity.get(instance_id)
+            if node is not None and not node.drained:
+                del draining[instance_id]  # resumed by hand: it serves again, and may take work
+                continue
             if since >= now or (node is not None and store.node_busy(self.db, node.node_id)):
                 continue  # drained in this step, or took work in the instant it was drained: later
             cloud.terminate(instance_id)
