@@ -26,6 +26,7 @@ from moto.server import ThreadedMotoServer
 
 from perdure.pool.scaler import Scaler
 from perdure.store import transitions
+from perdure.store.database import Database
 from perdure.store.pools import DRAIN_REASON, acquire_lease
 from perdure.timeutil import now_us
 from tests.integration.drive import checkout, report, submit
@@ -380,6 +381,8 @@ def test_one_scaler_at_a_time(client: TestClient, aws: dict[str, Any]) -> None:
     clock.advance(config.pool.interval * 3 + 1)  # server-a stopped stepping
     assert second.step(config) is not None
     assert first.step(config) is None
+    second.release()  # a server stopping gives the lease up: the other acts at once
+    assert first.step(config) is not None
     assert len(aws["autoscaling"].describe_auto_scaling_groups()["AutoScalingGroups"]) == 1
 
     won: list[str] = []
@@ -433,3 +436,9 @@ def test_a_server_scales_its_pool_and_shows_it(tmp_path: Path, db_url: str, aws:
         assert detail.exit_code == 0 and "desired 2" in detail.output, detail.output
     finally:
         server.stop()
+    # It gave the scaler's lease up as it stopped: another server may act at once.
+    successor = Database(db_url)
+    try:
+        assert acquire_lease(successor, "successor", now_us(), 60 * SECOND)
+    finally:
+        successor.dispose()

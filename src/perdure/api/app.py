@@ -108,6 +108,9 @@ def create_app(
             # connections after the database is disposed.
             stop.set()
             await sweeper
+            if context.scaler is not None and context.scaler.acted:
+                # Another server takes the pools over at its next step rather than when the lease ends.
+                await asyncio.to_thread(guarded, "pools", context.scaler.release)
             logs.close()
             if db is None:
                 database.dispose()

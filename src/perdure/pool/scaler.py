@@ -97,6 +97,8 @@ class Scaler:
         self.clouds = clouds or ec2_clouds()
         self.clock = clock
         self._last_step = 0
+        #: This process has held the lease (so it has one to give back when it stops).
+        self.acted = False
 
     def due(self, config: ServerConfig) -> bool:
         """Whether ``pool.interval`` has passed since this process's last step."""
@@ -109,6 +111,7 @@ class Scaler:
         ttl = int(max(config.pool.interval * LEASE_INTERVALS, 10.0) * 1_000_000)
         if not store.acquire_lease(self.db, self.holder, now, ttl):
             return None
+        self.acted = True
         store.forget_states(self.db, [p.name for p in config.pool.pools])
         states = store.read_states(self.db, [p.name for p in config.pool.pools])
         made: dict[str, list[Decision]] = {}
@@ -124,6 +127,11 @@ class Scaler:
             state["updated"] = now
             store.save_state(self.db, spec.name, state)
         return made
+
+    def release(self) -> None:
+        """Give the lease up (this server is stopping)."""
+        store.release_lease(self.db, self.holder)
+        self.acted = False
 
     def _step_pool(
         self, config: ServerConfig, spec: PoolSpec, state: dict[str, Any], now: int
