@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,26 @@ def _table(model: type[Any], prefix: str, defaults: Any) -> list[str]:
     return rows
 
 
+def _pool_table() -> list[str]:
+    """An entry of ``pool.pools``: its required fields have no default."""
+    from pydantic_core import PydanticUndefined
+
+    from perdure.config import describe_bounds
+    from perdure.poolconfig import PoolSpec
+
+    rows: list[str] = []
+    notes = comments(PoolSpec)
+    for name, info in PoolSpec.model_fields.items():
+        if info.default is PydanticUndefined and info.default_factory is None:
+            shown = "(required)"
+        else:
+            shown = _default(info, info.get_default(call_default_factory=True))
+        note = notes.get(name, "").replace("|", "\\|")
+        kind = re.sub(r"Annotated\[str, StringConstraints\([^)]*\)\]", "str", _type(info)).replace("|", "\\|")
+        rows.append(f"| `{name}` | {kind} | {shown} | {describe_bounds(info)} | {note} |")
+    return rows
+
+
 def render() -> str:
     from perdure.config import DEFAULTS, ServerConfig, WorkerConfig
 
@@ -91,6 +112,11 @@ def render() -> str:
             "",
             *head,
             *server,
+            "",
+            "### A worker pool (an entry of `pool.pools`, a JSON array through configKV; see aws.md)",
+            "",
+            *head,
+            *_pool_table(),
             "",
             "### A worker (`[worker]` in `--config`, `PERDURE_WORKER_<NAME>`, flags)",
             "",

@@ -38,6 +38,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.fields import FieldInfo
 
 from perdure.duration import Duration, format_duration, parse_duration, to_seconds
+from perdure.poolconfig import PoolConfig
 from perdure.s3config import StoreConfig
 
 __all__ = [
@@ -188,8 +189,17 @@ class NodeConfig(_Section):
     ttl: Duration = Field(default=300.0, ge=1.0, le=7 * DAY)
 
 
+#: Why ``job.ebsPerJob`` cannot be turned on (issue 21 item 5).
+EBS_REFUSED = (
+    "EBS volumes per job are not implemented: Perdure keeps job data in the data store (S3 or the "
+    "server's directory) and checkpoints in the checkpoint store, and would ignore this setting"
+)
+
+
 class JobConfig(_Section):
-    #: Give each job an EBS volume of its own.
+    #: Give each job an EBS volume of its own. Not implemented: turning it on is refused (the
+    #: ``disk*``/``ebsMountPath``/``customTags`` keys describe such a volume and are kept for MMAB's
+    #: configuration document only).
     ebsPerJob: Flag = False
     #: Tags put on each job's volume.
     customTags: dict[str, str] = Field(default_factory=dict)
@@ -201,6 +211,13 @@ class JobConfig(_Section):
     diskSizeGB: int = Field(default=120, ge=1, le=65_536)
     #: Throughput of a job's volume, MB/s.
     diskThroughputMB: int = Field(default=125, ge=1, le=10_000)
+
+    @field_validator("ebsPerJob")
+    @classmethod
+    def _no_ebs(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(EBS_REFUSED)
+        return value
 
 
 class PerdureConfig(_Section):
@@ -256,6 +273,8 @@ class ServerConfig(_Section):
     perdure: PerdureConfig = Field(default_factory=PerdureConfig)
     #: Where data and checkpoints live (``store.s3.*``: an S3 bucket; see ``s3config.py``).
     store: StoreConfig = Field(default_factory=StoreConfig)
+    #: Worker pools on EC2 that follow the queue (``pool.*``; see ``poolconfig.py``).
+    pool: PoolConfig = Field(default_factory=PoolConfig)
 
 
 # ---- the worker's section ---------------------------------------------------------------------------
@@ -459,12 +478,25 @@ def coerce(info: FieldInfo, raw: Any) -> Any:
                 raise ValueError(f"{item!r} is not key:value")
             pairs[name.strip()] = value.strip()
         return pairs
+    if list in kinds and _list_of_models(annotation):
+        try:
+            value = json.loads(raw or "[]")
+        except ValueError as exc:
+            raise ValueError(f"expected a JSON array of objects: {exc}") from None
+        if not isinstance(value, list):
+            raise ValueError("expected a JSON array of objects")
+        return value
     if list in kinds:
         items = [p.strip() for p in raw.split(",") if p.strip()]
         return items if items or type(None) not in kinds else None
     if annotation is int:
         return raw.strip()
     return raw
+
+
+def _list_of_models(annotation: Any) -> bool:
+    """``list[SomeModel]`` (``pool.pools``): set as a JSON array, since a comma list cannot say it."""
+    return any(isinstance(a, type) and issubclass(a, BaseModel) for a in get_args(annotation))
 
 
 def parse_value(key: str, text: str) -> Any:
@@ -536,6 +568,8 @@ def from_document(document: Mapping[str, Any], *, lenient: bool = False) -> Serv
 def _repair(data: dict[str, Any], error: Any) -> None:
     path = [str(p) for p in error["loc"]]
     key = ".".join(path)
+    if _drop_list_entry(data, path, error):
+        return
     node: Any = data
     for part in path[:-1]:
         if not isinstance(node.get(part), dict):
@@ -567,6 +601,24 @@ def _repair(data: dict[str, Any], error: Any) -> None:
         shown,
     )
     node[last] = replacement
+
+
+def _drop_list_entry(data: dict[str, Any], path: list[str], error: Any) -> bool:
+    """A bad entry of a list of models (a pool) is dropped whole, with a warning: half an entry
+    would be a different pool than the one written."""
+    node: Any = data
+    for n, part in enumerate(path):
+        if isinstance(node, list):
+            if part.isdigit() and int(part) < len(node):
+                entry = node.pop(int(part))
+                where = ".".join(path[:n])
+                log.warning("stored configuration: dropping %s entry %r (%s)", where, entry, error["msg"])
+                return True
+            return False
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return False
 
 
 def apply_kv(config: ServerConfig, kv: Mapping[str, Any], *, allow_read_only: bool = False) -> ServerConfig:

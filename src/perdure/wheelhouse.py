@@ -38,7 +38,8 @@ from packaging.requirements import Requirement
 import perdure
 
 #: What ``perdure worker`` (and the client commands) import on a node: HTTP, the command line, the
-#: settings model, process control, the retry policy, and boto3 for ``s3://`` inputs and checkpoints in a bucket.
+#: settings model, process control, the retry policy, and boto3 for ``s3://`` inputs and checkpoints
+#: in a bucket.
 WORKER_REQUIREMENTS = ("httpx", "psutil", "typer", "rich", "pydantic", "tenacity", "boto3", "pip")
 #: Never in a worker's wheelhouse: the server's libraries (a test checks the worker runs without them).
 SERVER_ONLY = frozenset({"fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "psycopg"})

@@ -108,7 +108,7 @@ TYPED_VALUES = [
     ("ckpt.rootFSDiff", "true", True),
     ("ckpt.tcpClose", "false", False),
     ("ckpt.diagnosisMode", "true", True),
-    ("job.ebsPerJob", "true", True),
+    ("job.ebsPerJob", "false", False),  # "true" is refused: not implemented (test_pools.py)
     # integers
     ("job.diskSizeGB", "500", 500),
     ("job.diskThroughputMB", "250", 250),

@@ -1,7 +1,8 @@
 """Issue 17: the reads the docs reserve for admins are refused to every other user (both databases).
 
-With security on: the configuration, the log settings, the clients, the client groups, the nodes,
-their files and shipped logs, and the metrics summary need an admin (403 in each API's error shape);
+With security on: the configuration, the log settings, the clients, the client groups, the worker
+pools, the nodes, their files and shipped logs, and the metrics summary need an admin (403 in each
+API's error shape);
 a user still reads their own jobs and the queue. ``/metrics`` needs an admin, or its own scrape token
 (``security.metricsToken``) which, once set, is needed even with security off, is masked in the
 configuration, and is good for ``/metrics`` only.
@@ -23,6 +24,8 @@ ADMIN_READS_MGMT = [
     "/api/v1/nodes/n1/files",
     "/nodes/n1/var/log/perdure/worker.log",
     "/api/v1/metrics/summary",
+    "/api/v1/pools",
+    "/api/v1/pools/spot",
 ]
 ADMIN_READS_AWE = ["/client", "/client/c1", "/cgroup", "/cgroup/g1"]
 USER_READS = ["/job", "/queue", "/"]

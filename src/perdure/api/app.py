@@ -28,6 +28,7 @@ from perdure.api import (
     jobs,
     management,
     nodes,
+    pools,
     queue,
     root,
     s3,
@@ -51,6 +52,7 @@ from perdure.errors import DomainError
 from perdure.logs import ServerLogs
 from perdure.metrics import recording
 from perdure.metrics.sweep import sweep as sweep_metrics
+from perdure.pool.scaler import Scaler
 from perdure.protocol import Refused
 from perdure.settings import Settings, apply_config, process_overrides
 from perdure.store import migrate
@@ -90,6 +92,7 @@ def create_app(
     config.listeners.append(lambda effective: logs.apply(effective.log))
     config.load()
     context = ServerContext.create(settings, database, config, logs)
+    context.scaler = Scaler(database, context.process_uuid)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -106,13 +109,30 @@ def create_app(
             # connections after the database is disposed.
             stop.set()
             await sweeper
+            if context.scaler is not None and context.scaler.acted:
+                # Another server takes the pools over at its next step rather than when the lease ends.
+                await asyncio.to_thread(guarded, "pools", context.scaler.release)
             logs.close()
             if db is None:
                 database.dispose()
 
     app = FastAPI(title="Perdure", version=__version__, lifespan=lifespan, redoc_url=None, docs_url=None)
     app.state.ctx = context
-    for module in (root, jobs, work, s3, spot, data, clients, cgroups, queue, nodes, scripts, management):
+    for module in (
+        root,
+        jobs,
+        work,
+        s3,
+        spot,
+        data,
+        clients,
+        cgroups,
+        queue,
+        nodes,
+        pools,
+        scripts,
+        management,
+    ):
         app.include_router(module.router)
     dashboard.install(app)  # /ui/, /docs with local assets, /api/v1/events
     app.include_router(shock_api.router)  # /node: the Shock-compatible data plane (issue 19)
@@ -243,6 +263,15 @@ def sweep_once(context: ServerContext) -> None:
     collected = guarded("collect_checkpoints", lambda: collect_checkpoints(context))
     if collected:
         log.info("deleted the checkpoints of %d finished or deleted job(s)", collected)
+    guarded("pools", lambda: scale_pools(context))
+
+
+def scale_pools(context: ServerContext) -> None:
+    """The worker pools' scaling step, every ``pool.interval``, on the server holding the lease."""
+    config = context.config.effective
+    scaler = context.scaler
+    if scaler is not None and config.pool.enabled and config.pool.pools and scaler.due(config):
+        scaler.step(config)
 
 
 def collect_checkpoints(context: ServerContext) -> int:

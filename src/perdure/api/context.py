@@ -13,6 +13,7 @@ from perdure.configstore import ConfigStore
 from perdure.datastore import BlobStore, DirectoryBlobStore
 from perdure.logs import ServerLogs
 from perdure.objectstore import S3BlobStore
+from perdure.pool.scaler import Scaler
 from perdure.settings import Settings
 from perdure.signal import WorkSignal
 from perdure.spot.s3store import S3CheckpointStore
@@ -44,6 +45,8 @@ class ServerContext:
     started_monotonic: float = field(default_factory=time.monotonic)
     #: This process; the cluster id (``clients.cluster_id``) is what workers compare.
     process_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: Sizes the worker pools (``pool.*``) when this server holds the scaler's lease.
+    scaler: Scaler | None = None
 
     @classmethod
     def create(cls, settings: Settings, db: Database, config: ConfigStore, logs: ServerLogs) -> ServerContext:

@@ -2,9 +2,10 @@
 
 With security on, a user's token reads the user's own jobs, their outputs and the read-only views the
 docs give users (queue, metrics of their jobs, the API's self-description); the server's
-configuration, its log settings, the clients and client groups, the nodes and their shipped log files
-(which name other users' workunits) and the metrics summary need an admin. Clientgroup tokens reach
-only the worker calls :mod:`perdure.api.auth` lets them make (a worker reads its own client record).
+configuration, its log settings, the clients and client groups, the worker pools, the nodes and their
+shipped log files (which name other users' workunits) and the metrics summary need an admin.
+Clientgroup tokens reach only the worker calls :mod:`perdure.api.auth` lets them make (a worker reads
+its own client record).
 
 ``/metrics`` (Prometheus) needs an admin with security on; with ``security.metricsToken`` set it
 also takes ``Authorization: Bearer <that token>``, and then needs it (or an admin) even with security
@@ -27,7 +28,7 @@ from perdure.security import Principal
 #: GET/HEAD paths only an admin may read.
 ADMIN_READS = re.compile(
     r"^(/api/v1/config|/api/v1/log/config|/client(/[^/]+)?|/cgroup(/[^/]+)?|/api/v1/node"
-    r"|/api/v1/nodes/[^/]+/files|/nodes/.*|/api/v1/metrics/summary)/?$"
+    r"|/api/v1/nodes/[^/]+/files|/nodes/.*|/api/v1/metrics/summary|/api/v1/pools(/[^/]+)?)/?$"
 )
 #: Of those, what a clientgroup token may read (its own client record, checked by the route).
 WORKER_READS = re.compile(r"^/client/[^/]+$")

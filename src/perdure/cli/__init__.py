@@ -22,6 +22,7 @@ from perdure.cli import clients as cli_clients
 from perdure.cli import jobs as cli_jobs
 from perdure.cli import manage as cli_manage
 from perdure.cli import metrics as metrics_cli
+from perdure.cli import pools as cli_pools
 from perdure.cli.common import OneLineErrors
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ app.command("clients")(cli_clients.clients)
 app.add_typer(cli_clients.client_app, name="client")
 app.command("nodes")(cli_clients.nodes)
 app.add_typer(cli_clients.node_app, name="node")
+app.command("pools")(cli_pools.pools)
+app.add_typer(cli_pools.pool_app, name="pool")
 console = Console(stderr=True)
 
 DataDir = Annotated[

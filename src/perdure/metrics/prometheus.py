@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from perdure.metrics import storage
 from perdure.metrics.definitions import DEFINITIONS, NODE, QUEUE, SYSTEM, Kind, MetricDef, parse_object
+from perdure.metrics.pools import PoolCollector
 from perdure.metrics.queries import known_objects
 from perdure.metrics.storage import Agg
 from perdure.metrics.sweep import current_gauges
@@ -209,4 +210,5 @@ def exposition(db: Database, node_ttl_s: float = 300.0) -> bytes:
     """The whole ``/metrics`` page: database-wide metrics, then this process's HTTP metrics."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(db, node_ttl_s))
+    registry.register(PoolCollector(db))
     return generate_latest(registry) + http_metrics().exposition()

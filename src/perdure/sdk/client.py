@@ -416,6 +416,15 @@ class Client:
         """Worker machines heard from within the TTL."""
         return [Node.from_document(d) for d in self.transport.mgmt("GET", "/api/v1/node") or []]
 
+    def pools(self) -> list[dict[str, Any]]:
+        """The worker pools: sizes, demand and the last scaling decisions (admins)."""
+        return list(self.transport.mgmt("GET", "/api/v1/pools") or [])
+
+    def pool(self, name: str) -> dict[str, Any]:
+        """One worker pool with every scaling decision kept, newest first (admins)."""
+        document: dict[str, Any] = self.transport.mgmt("GET", f"/api/v1/pools/{_id(name, 'pool name')}")
+        return document
+
     def node_files(self, node_id: str) -> list[str]:
         """The log files a node ships, as readable paths ``/nodes/<id>/<path on the node>``."""
         files = self.transport.mgmt("GET", f"/api/v1/nodes/{_id(node_id, 'node id')}/files")
