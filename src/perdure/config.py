@@ -158,6 +158,9 @@ class SecurityConfig(_Section):
     #: A token of its own for Prometheus on ``/metrics`` (``Authorization: Bearer <it>``); empty: none.
     #: Once set, ``/metrics`` needs it (or an admin) even with security off.
     metricsToken: str = ""
+    #: How long the data capability each checkout carries stays valid (seconds, 1 s to 7 days);
+    #: it dies sooner with its lease. It reads the workunit's inputs and checkpoints (issue 17).
+    capabilityTTL: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
 
 
 class CkptConfig(_Section):

@@ -52,7 +52,7 @@ from perdure.logs import ServerLogs
 from perdure.metrics import recording
 from perdure.protocol import Refused
 from perdure.settings import Settings, apply_config, process_overrides
-from perdure.store import migrate
+from perdure.store import leasecaps, migrate
 from perdure.store.database import Database
 from perdure.store.spot import collectable_jobs
 from perdure.store.stranded import suspend_stranded
@@ -89,6 +89,7 @@ def create_app(
     config.listeners.append(lambda effective: logs.apply(effective.log))
     config.load()
     context = ServerContext.create(settings, database, config, logs)
+    leasecaps.capability_key(database)  # read (or made) now, not on the event loop by a checkout
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
