@@ -232,6 +232,9 @@ class PerdureConfig(_Section):
     #: The server's address as workers reach it, for the absolute input and output URLs (``host`` +
     #: ``node``) in workunit documents (AWE workers need them); empty: each request's own base URL.
     externalURL: str = Field(default="", pattern=r"^(https?://[^\s/?#]+(/[^\s?#]*)?)?$")
+    #: A request's headers must arrive within this long (0.1 s to 5 minutes), or the connection is
+    #: closed (slowloris); read when the server starts.
+    headerTimeout: Duration = Field(default=10.0, ge=0.1, le=300.0)
 
     @field_validator("pipelineExpire")
     @classmethod
