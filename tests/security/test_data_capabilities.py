@@ -8,6 +8,9 @@ checkpoint; a capability on another job's output, on another workunit's checkpoi
 after its lease ended (done; failed and requeued; an older lease of a workunit checked out again).
 Allowed: the capability (with the token, or alone as AWE's worker sends it) on the workunit's own
 inputs, its input's Shock node, its own checkpoint; the owner with her own token.
+
+Then with real server and worker processes: a split DAG, and jobs reading its outputs as an input and
+as predata, run end to end on the directory store while the workers' token alone reads nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from fastapi.testclient import TestClient
 
 from perdure.api.leasecaps import issue
 from perdure.store.leasecaps import capability_key
+from tests.integration.cluster import Cluster, sh
 from tests.integration.test_security import Issuer, awe_error, bearer, data_of, enable, profile
 from tests.jobs import script, task, upload
 
@@ -186,3 +190,71 @@ def test_job_data_needs_the_leases_capability(client: TestClient, issuer: Issuer
     assert again["id"] == other["id"] and again["attempt"] == other["attempt"] + 1
     assert "has ended" in awe_error(c1.get(a_txt, other["captoken"]), 403)
     assert c1.get(a_txt, again["captoken"]).content == A_TXT
+
+
+def test_a_split_dag_and_its_readers_run_end_to_end_with_capabilities(
+    cluster: Cluster, issuer: Issuer
+) -> None:
+    server = cluster.server()
+    api = cluster.api(server)
+    enable(api.http, issuer, issuer.token("root", ("admin",)))
+    api.http.headers["Authorization"] = f"Bearer {issuer.token('root', ('admin',))}"
+    token = api.data("POST", "/cgroup/lab")["token"]
+    cluster.worker(server.url, group="lab", token=token, slots=2)
+
+    count = 2000
+    dag = script(
+        sh("generate", f"seq 1 {count} > numbers.txt", outputs=[{"filename": "numbers.txt"}]),
+        sh(
+            "square",
+            "awk '{ print $1 * $1 }' numbers.txt > squares.txt",
+            inputs=[{"filename": "numbers.txt", "origin": "generate"}],
+            outputs=[{"filename": "squares.txt"}],
+            partinfo={"input": "numbers.txt", "index": "line"},
+            totalwork=4,
+            dependsOn=["generate"],
+        ),
+        sh(
+            "sum",
+            "awk '{ s += $1 } END { print s }' squares.txt > total.txt",
+            inputs=[{"filename": "squares.txt", "origin": "square"}],
+            outputs=[{"filename": "total.txt"}],
+            dependsOn=["square"],
+        ),
+        clientgroups="lab",
+    )
+    job_id = api.submit(dag)
+    api.wait_job(job_id)
+    total = f"/job/{job_id}/output/sum/total.txt"
+    assert int(api.http.get(total).text) == sum(n * n for n in range(1, count + 1))
+
+    # Two jobs read its outputs: one as an input, both as predata (fetched once per node, although
+    # each workunit's URL carries its own capability).
+    numbers = f"/job/{job_id}/output/generate/numbers.txt"
+    readers = [
+        api.submit(
+            script(
+                sh(
+                    "read",
+                    "cat total.txt > report.txt; wc -l < numbers.txt >> report.txt",
+                    inputs=[{"filename": "total.txt", "url": total}],
+                    predata=[{"filename": "numbers.txt", "url": numbers}],
+                    outputs=[{"filename": "report.txt"}],
+                ),
+                clientgroups="lab",
+                name=f"reader-{n}",
+            )
+        )
+        for n in range(2)
+    ]
+    expected = f"{sum(n * n for n in range(1, count + 1))}\n{count}\n"
+    for reader in readers:
+        api.wait_job(reader)
+        assert api.download(reader, "read", "report.txt").text == expected
+    access = (server.data_dir / "logs" / "perdure-access.log").read_text()
+    assert access.count(f'"GET {numbers}?captoken=****"') == 1, access
+
+    # Meanwhile the workers' token alone reads none of it.
+    worker = {"Authorization": f"CG_TOKEN {token}"}
+    for path in (total, numbers, f"/job/{readers[0]}/output/read/report.txt"):
+        assert httpx.get(server.url + path, headers=worker).status_code == 403
