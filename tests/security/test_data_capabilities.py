@@ -147,6 +147,8 @@ def test_job_data_needs_the_leases_capability(client: TestClient, issuer: Issuer
     assert c1.get(a_txt, cap).content == A_TXT
     assert client.get(a_txt, params={"captoken": cap, "offset": "6", "length": "6"}).content == b"alpha\n"
     assert c1.get(f"/node/{a_input['node']}", cap, download="").content == A_TXT
+    awe = {"Authorization": "OAuth the-jobs-datatoken"}  # what AWE's worker sends to a Shock host
+    assert client.get(local(a_input["url"]), headers=awe).content == A_TXT
     assert c1.get(chunk, cap, client="c1").content == b"checkpoint of workunit 1"
     # ... and nothing else: another job's output, tampered, expired.
     assert "does not read" in awe_error(c1.get(secret, cap), 403)
