@@ -10,7 +10,10 @@ Allowed: the capability (with the token, or alone as AWE's worker sends it) on t
 inputs, its input's Shock node, its own checkpoint; the owner with her own token.
 
 Then with real server and worker processes: a split DAG, and jobs reading its outputs as an input and
-as predata, run end to end on the directory store while the workers' token alone reads nothing.
+as predata, run end to end on the directory store while the workers' token alone reads nothing; and a
+workunit handed over with a final checkpoint is restored from the server's checkpoint store by the
+next worker, whose reads carry its own lease's capability (SQLite only: the worker side, as in
+tests/integration/test_spot_e2e.py).
 """
 
 from __future__ import annotations
@@ -29,6 +32,19 @@ from perdure.api.leasecaps import issue
 from perdure.store.leasecaps import capability_key
 from tests.integration.cluster import Cluster, sh
 from tests.integration.test_security import Issuer, awe_error, bearer, data_of, enable, profile
+from tests.integration.test_spot_e2e import SERVER_ENV as SPOT_SERVER_ENV
+from tests.integration.test_spot_e2e import WORKER_ENV as SPOT_WORKER_ENV
+from tests.integration.test_spot_e2e import (
+    checkpointed,
+    counter_job,
+    drain,
+    expected_output,
+    left,
+    messages,
+    report,
+    running_on,
+    the_workunit,
+)
 from tests.jobs import script, task, upload
 
 A_TXT = b"alpha\n" * 100
@@ -260,3 +276,31 @@ def test_a_split_dag_and_its_readers_run_end_to_end_with_capabilities(
     worker = {"Authorization": f"CG_TOKEN {token}"}
     for path in (total, numbers, f"/job/{readers[0]}/output/read/report.txt"):
         assert httpx.get(server.url + path, headers=worker).status_code == 403
+
+
+def test_a_handed_over_workunit_restores_from_the_servers_store_with_its_capability(
+    sqlite_cluster: Cluster, issuer: Issuer
+) -> None:
+    cluster = sqlite_cluster
+    server = cluster.server(SPOT_SERVER_ENV)
+    api = cluster.api(server)
+    enable(api.http, issuer, issuer.token("root", ("admin",)))
+    api.http.headers["Authorization"] = f"Bearer {issuer.token('root', ('admin',))}"
+    token = api.data("POST", "/cgroup/lab")["token"]
+    w1 = cluster.worker(server.url, "w1", group="lab", token=token, env=SPOT_WORKER_ENV)
+    steps = 100
+    job = counter_job(steps, cluster.base / "steps.log")
+    job["info"]["clientgroups"] = "lab"
+    job_id = api.submit(job)
+    wu_id = the_workunit(api, job_id, cluster)
+    running_on(api, wu_id, w1, cluster)
+    cluster.worker(server.url, "w2", group="lab", token=token, env=SPOT_WORKER_ENV)
+    checkpointed(api, wu_id, cluster)
+
+    drain(w1)
+    left(w1, cluster)
+    api.wait_job(job_id)
+    assert api.download(job_id, "count", "out.txt").content == expected_output(steps)
+    document = report(api, job_id)
+    events = [(e["code"], e["message"]) for e in document["events"]]
+    assert messages(document, "SP") and messages(document, "SR") and not messages(document, "SF"), events
