@@ -11,7 +11,7 @@ from perdure.api import params
 from perdure.api.auth import check_job_access
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
-from perdure.api.leasecaps import check_output_read, needs_capability
+from perdure.api.leasecaps import check_output_read, needs_capability, openapi_param
 from perdure.api.workerauth import check_worker
 from perdure.errors import BadRequest
 
@@ -66,6 +66,7 @@ def list_outputs(job_id: str, request: Request) -> JSONResponse:
     openapi_extra=oa.query(
         oa.integer("offset", "First byte to send", minimum=0),
         oa.integer("length", "Bytes to send", minimum=0),
+        openapi_param(),
     ),
     responses=oa.errors(400, 401, 403, 404),
 )

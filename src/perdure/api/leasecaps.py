@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, unquote
 from starlette.requests import Request
 from starlette.types import Scope
 
+from perdure.api import openapi as oa
 from perdure.api.context import ServerContext, ctx
 from perdure.errors import Forbidden
 from perdure.states import WorkunitState
@@ -95,6 +96,15 @@ def grant(context: ServerContext, workunit: dict[str, Any], base: str) -> dict[s
             ios.append(io)
         workunit[field] = ios
     return workunit
+
+
+def openapi_param() -> dict[str, Any]:
+    """``?captoken=``, as the data routes document it."""
+    return oa.text(
+        PARAM,
+        "The reading workunit's data capability, from its checkout (a clientgroup token alone reads "
+        "no job data when security is on)",
+    )
 
 
 def with_token(url: str, token: str) -> str:
@@ -183,6 +193,7 @@ __all__ = [
     "grant",
     "issue",
     "needs_capability",
+    "openapi_param",
     "verify",
     "with_token",
 ]

@@ -19,7 +19,7 @@ from perdure.api import openapi as oa
 from perdure.api import params
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
-from perdure.api.leasecaps import check_checkpoint_read, needs_capability
+from perdure.api.leasecaps import check_checkpoint_read, needs_capability, openapi_param
 from perdure.api.workerauth import check_worker
 from perdure.errors import BadRequest, NotFound
 from perdure.spot.manifest import CorruptCheckpoint, Manifest, valid_digest
@@ -138,7 +138,7 @@ async def has_chunk(work_id: str, digest: str, request: Request) -> Response:
 
 @router.get(
     "/work/{work_id}/ckpt/chunks/{digest}",
-    openapi_extra=oa.query(oa.client_param()),
+    openapi_extra=oa.query(oa.client_param(), openapi_param()),
     responses=oa.errors(400, 401, 403, 404, 409),
 )
 async def get_chunk(work_id: str, digest: str, request: Request) -> Response:
@@ -167,7 +167,7 @@ async def put_manifest(work_id: str, name: str, request: Request) -> JSONRespons
 
 @router.get(
     "/work/{work_id}/ckpt/manifests/{name}",
-    openapi_extra=oa.query(oa.client_param()),
+    openapi_extra=oa.query(oa.client_param(), openapi_param()),
     responses=oa.errors(400, 401, 403, 404, 409),
 )
 async def get_manifest(work_id: str, name: str, request: Request) -> Response:
