@@ -75,6 +75,7 @@ def create_app(
     database = db or Database(settings.database_url)
     if run_migrations:
         migrate.upgrade(database)
+    leasecaps.capability_key(database)  # read (or made) now, not on the event loop by a checkout
     config = ConfigStore(
         database,
         settings.data_dir / "config.json",
@@ -89,7 +90,6 @@ def create_app(
     config.listeners.append(lambda effective: logs.apply(effective.log))
     config.load()
     context = ServerContext.create(settings, database, config, logs)
-    leasecaps.capability_key(database)  # read (or made) now, not on the event loop by a checkout
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
