@@ -118,6 +118,8 @@ def test_job_data_needs_the_leases_capability(client: TestClient, issuer: Issuer
     enable(client, issuer, issuer.token("root", ("admin",)))
     admin = bearer(issuer.token("root", ("admin",)))
     alice, bob = bearer(issuer.token("alice", ("users",))), bearer(issuer.token("bob", ("users",)))
+    ttl = client.put("/api/v1/configKV", json={"kvMap": {"security.capabilityTTL": "600"}}, headers=admin)
+    assert ttl.status_code == 200, ttl.text
     g1 = data_of(client.post("/cgroup/g1", headers=admin))["token"]
     c1, c2 = Worker(client, g1, "c1", "g1"), Worker(client, g1, "c2", "g1")
     refused = "job data needs the reading workunit's capability"
@@ -146,6 +148,8 @@ def test_job_data_needs_the_leases_capability(client: TestClient, issuer: Issuer
     second = c1.report(first, then_next=True)["next"]
     assert (second["jobid"], second["task_name"]) == (job_a, "1")
     cap = second["captoken"]
+    expires = int(cap.split(".")[2])  # <workunit>.<attempt>.<expiry>.<mac>: security.capabilityTTL
+    assert time.time() + 590 < expires <= time.time() + 600
     (a_input,) = second["inputs"]
     assert f"captoken={cap}" in a_input["url"]
     a_txt = f"/job/{job_a}/output/0/a.txt"
