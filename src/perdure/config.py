@@ -159,6 +159,9 @@ class SecurityConfig(_Section):
     #: A token of its own for Prometheus on ``/metrics`` (``Authorization: Bearer <it>``); empty: none.
     #: Once set, ``/metrics`` needs it (or an admin) even with security off.
     metricsToken: str = ""
+    #: How long the data capability each checkout carries stays valid (seconds, 1 s to 7 days);
+    #: it dies sooner with its lease. It reads the workunit's inputs and checkpoints (issue 17).
+    capabilityTTL: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
 
 
 class CkptConfig(_Section):
@@ -246,6 +249,9 @@ class PerdureConfig(_Section):
     #: The server's address as workers reach it, for the absolute input and output URLs (``host`` +
     #: ``node``) in workunit documents (AWE workers need them); empty: each request's own base URL.
     externalURL: str = Field(default="", pattern=r"^(https?://[^\s/?#]+(/[^\s?#]*)?)?$")
+    #: A request's headers must arrive within this long (0.1 s to 5 minutes), or the connection is
+    #: closed (slowloris); read when the server starts.
+    headerTimeout: Duration = Field(default=10.0, ge=0.1, le=300.0)
 
     @field_validator("pipelineExpire")
     @classmethod

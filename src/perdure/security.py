@@ -28,7 +28,8 @@ class Principal:
     user: str
     groups: tuple[str, ...] = ()
     admin: bool = False
-    #: "anonymous" (security off), "user" (bearer token) or "worker" (clientgroup token).
+    #: "anonymous" (security off), "user" (bearer token), "worker" (clientgroup token), "scraper"
+    #: (the metrics token) or "capability" (a workunit's data capability alone, api/leasecaps.py).
     kind: str = "user"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 

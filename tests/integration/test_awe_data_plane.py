@@ -229,7 +229,9 @@ def test_three_task_dag_moves_its_data_through_shock_nodes(server: ServerProcess
         }
         (io,) = workunit["inputs"]
         assert io["host"] == server.url and io["node"] == generated["node"]
-        assert io["url"] == f"{server.url}/node/{generated['node']}?download"
+        # The lease's data capability rides in the URL (issue 17); AWE's worker appends index and part.
+        capability = f"captoken={workunit['captoken']}"
+        assert io["url"] == f"{server.url}/node/{generated['node']}?download&{capability}"
         reply = worker.fetch(worker.input_url(workunit, io))
         assert reply.status_code == 200, reply.text
         offset, length = expected[workunit["rank"] - 1]

@@ -770,14 +770,17 @@ def test_clientgroup_tokens_reach_the_spot_protection_routes_of_their_own_work(
     job_id = submit(secured, admin, "spot")
     worker = {"Authorization": f"CG_TOKEN {token}"}
     data_of(secured.post("/client", files=profile("lab-1", "lab"), headers=worker))
-    wu = data_of(secured.get("/work", params={"client": "lab-1"}, headers=worker))["id"]
+    held = data_of(secured.get("/work", params={"client": "lab-1"}, headers=worker))
+    wu = held["id"]
     chunk = b"checkpointed state"
     digest = hashlib.sha256(chunk).hexdigest()
     lab = {"client": "lab-1"}
 
     data_of(secured.put(f"/work/{wu}/ckpt/chunks/{digest}", params=lab, content=chunk, headers=worker))
     assert secured.head(f"/work/{wu}/ckpt/chunks/{digest}", params=lab, headers=worker).status_code == 200
-    got = secured.get(f"/work/{wu}/ckpt/chunks/{digest}", params=lab, headers=worker)
+    # A read needs the lease's data capability too (issue 17, tests/security/test_data_capabilities.py).
+    reading = {**lab, "captoken": held["captoken"]}
+    got = secured.get(f"/work/{wu}/ckpt/chunks/{digest}", params=reading, headers=worker)
     assert got.status_code == 200 and got.content == chunk
     record = {"ok": False, "error": "disk full"}
     assert data_of(secured.post(f"/work/{wu}/checkpoints", params=lab, json=record, headers=worker)) == "ok"

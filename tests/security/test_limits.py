@@ -4,14 +4,20 @@
   what the sockets buffer before the answer comes (measured), declared or chunked.
 * A body that stops arriving is answered 408 after ``PERDURE_BODY_TIMEOUT_S``; nothing is stored.
 * A body over a route's limit is 413 (declared, or counted while it streams).
+* Headers that dribble in (slowloris) are answered 408 and the connection closed after
+  ``perdure.headerTimeout`` (0.5 s here), on a new connection and on a kept-alive one; a silent
+  connection too.
 """
 
 from __future__ import annotations
 
+import re
 import select
 import socket
 import time
 from urllib.parse import urlsplit
+
+import httpx
 
 from tests.integration.cluster import Cluster
 
@@ -110,3 +116,60 @@ def test_a_stalled_body_times_out_with_408(cluster: Cluster) -> None:
     assert status == 408
     assert time.monotonic() - started < 10
     assert api.data("GET", "/job") == []
+
+
+def dribble(sock: socket.socket, head: bytes, *, within: float = 10.0) -> tuple[bytes, float]:
+    """Send ``head``, then a header line every 0.2 s (never the blank line that ends the headers)
+    until the server answers and closes; (what it answered, seconds from ``head`` to the close)."""
+    started = time.monotonic()
+    sock.sendall(head)
+    sock.settimeout(0.2)
+    answer = b""
+    while time.monotonic() - started < within:
+        try:
+            data = sock.recv(4096)
+        except TimeoutError:
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                break
+            continue
+        if not data:
+            break
+        answer += data
+    return answer, time.monotonic() - started
+
+
+def test_slow_headers_are_cut_off_with_408(cluster: Cluster) -> None:
+    server = cluster.server({"PERDURE_CFG_perdure__headerTimeout": "500ms"})
+    parts = urlsplit(server.url)
+    address = (parts.hostname or "127.0.0.1", parts.port or 80)
+    request = f"GET / HTTP/1.1\r\nHost: {parts.netloc}\r\n".encode()
+
+    with socket.create_connection(address) as sock:
+        answer, elapsed = dribble(sock, request)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert 0.4 < elapsed < 2.5, elapsed
+
+    # The second request of a kept-alive connection gets the same clock.
+    with socket.create_connection(address) as sock:
+        sock.sendall(request + b"\r\n")
+        first = sock.recv(65536)
+        while b"\r\n\r\n" not in first:
+            first += sock.recv(65536)
+        head, _, body = first.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), first
+        length = int(re.search(rb"(?i)content-length: (\d+)", head)[1])  # type: ignore[index]
+        while len(body) < length:
+            body += sock.recv(65536)
+        answer, elapsed = dribble(sock, request)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert 0.4 < elapsed < 2.5, elapsed
+
+    # A connection that says nothing is closed too; requests that come in time are served.
+    with socket.create_connection(address) as sock:
+        sock.settimeout(5.0)
+        started = time.monotonic()
+        assert sock.recv(4096).startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - started < 2.5
+    assert httpx.get(server.url + "/", timeout=5.0).status_code == 200

@@ -55,7 +55,7 @@ from perdure.metrics.sweep import sweep as sweep_metrics
 from perdure.pool.scaler import Scaler
 from perdure.protocol import Refused
 from perdure.settings import Settings, apply_config, process_overrides
-from perdure.store import migrate
+from perdure.store import leasecaps, migrate
 from perdure.store.database import Database
 from perdure.store.spot import collectable_jobs
 from perdure.store.stranded import suspend_stranded
@@ -78,6 +78,7 @@ def create_app(
     database = db or Database(settings.database_url)
     if run_migrations:
         migrate.upgrade(database)
+    leasecaps.capability_key(database)  # read (or made) now, not on the event loop by a checkout
     config = ConfigStore(
         database,
         settings.data_dir / "config.json",

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from perdure.api.envelope import error_for
+from perdure.api.leasecaps import capability_only
 from perdure.api.readguard import METRICS_PATH, SCRAPER, metrics_token_matches
 from perdure.errors import NotFound, NotPrivileged
 from perdure.security import ANONYMOUS, Principal, TokenError, Verifier
@@ -108,6 +109,10 @@ class AuthMiddleware:
                 if group is None:
                     raise TokenError("Invalid clientgroup token")
                 principal = Principal(user=f"clientgroup:{group}", groups=(group,), kind="worker")
+            elif capability_only(scope):
+                # A workunit's own input URL (issue 17): its captoken is checked by the route. AWE's
+                # worker sends its job's data token here, if any, which is not ours to check.
+                principal = Principal(user="capability", kind="capability")
             elif not header:
                 raise TokenError("No Authorization")
             else:

@@ -11,6 +11,7 @@ from perdure.api import params
 from perdure.api.auth import check_job_access
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
+from perdure.api.leasecaps import check_output_read, needs_capability, openapi_param
 from perdure.api.workerauth import check_worker
 from perdure.errors import BadRequest
 
@@ -65,13 +66,17 @@ def list_outputs(job_id: str, request: Request) -> JSONResponse:
     openapi_extra=oa.query(
         oa.integer("offset", "First byte to send", minimum=0),
         oa.integer("length", "Bytes to send", minimum=0),
+        openapi_param(),
     ),
     responses=oa.errors(400, 401, 403, 404),
 )
 def download_output(job_id: str, taskid: str, filename: str, request: Request) -> StreamingResponse:
     """The file's bytes, streamed; ``offset``/``length`` select a byte range (a split part)."""
     qp = request.query_params
-    check_job_access(request, job_id)
+    if needs_capability(request):  # a worker reads only what its workunit's capability names
+        check_output_read(request, job_id, taskid, filename)
+    else:
+        check_job_access(request, job_id)
     reader, sha256 = ctx(request).jobs.output_reader(job_id, taskid, filename)
     offset = params.integer(qp, "offset", 0, minimum=0)
     length = params.integer(qp, "length", reader.total - offset, minimum=0)

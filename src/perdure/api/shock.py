@@ -22,6 +22,7 @@ from perdure.api import openapi as oa
 from perdure.api.auth import check_job_access
 from perdure.api.context import ServerContext, ctx
 from perdure.api.envelope import ok
+from perdure.api.leasecaps import check_node_read, needs_capability, openapi_param
 from perdure.datastore import CHUNK, ConcatReader
 from perdure.errors import BadRequest
 from perdure.store import shock
@@ -42,7 +43,10 @@ def _node(context: ServerContext, node_id: str) -> tuple[shock.ShockNode, list[A
 
 def _readable(request: Request, node_id: str) -> tuple[shock.ShockNode, list[Any]]:
     node, parts = _node(ctx(request), node_id)
-    check_job_access(request, node.job_id)
+    if needs_capability(request):  # a worker reads only what its workunit's capability names
+        check_node_read(request, node_id)
+    else:
+        check_job_access(request, node.job_id)
     return node, parts
 
 
@@ -52,6 +56,7 @@ def _readable(request: Request, node_id: str) -> tuple[shock.ShockNode, list[Any
         oa.flag("download", "The file's bytes instead of the node document"),
         oa.text("index", "With ?download: an index type (e.g. line)"),
         oa.text("part", "With ?download and index: the parts, e.g. 1-10"),
+        openapi_param(),
     ),
     responses=oa.errors(400, 401, 403, 404),
 )

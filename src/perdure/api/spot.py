@@ -19,6 +19,7 @@ from perdure.api import openapi as oa
 from perdure.api import params
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
+from perdure.api.leasecaps import check_checkpoint_read, needs_capability, openapi_param
 from perdure.api.workerauth import check_worker
 from perdure.errors import BadRequest, NotFound
 from perdure.spot.manifest import CorruptCheckpoint, Manifest, valid_digest
@@ -100,6 +101,14 @@ async def _leased_job(request: Request, work_id: str) -> tuple[str, str]:
     return job_id, wu_id
 
 
+async def _readable_checkpoint(request: Request, work_id: str) -> tuple[str, str]:
+    """A checkpoint read: the lease, and for a worker's token the lease's capability too (issue 17)."""
+    job_id, wu_id = await _leased_job(request, work_id)
+    if needs_capability(request):
+        await run_in_threadpool(check_checkpoint_read, request, wu_id)
+    return job_id, wu_id
+
+
 @router.put(
     "/work/{work_id}/ckpt/chunks/{digest}",
     openapi_extra=oa.query(oa.client_param(), body=oa.binary_body("The chunk, whose SHA-256 is its digest")),
@@ -129,11 +138,11 @@ async def has_chunk(work_id: str, digest: str, request: Request) -> Response:
 
 @router.get(
     "/work/{work_id}/ckpt/chunks/{digest}",
-    openapi_extra=oa.query(oa.client_param()),
+    openapi_extra=oa.query(oa.client_param(), openapi_param()),
     responses=oa.errors(400, 401, 403, 404, 409),
 )
 async def get_chunk(work_id: str, digest: str, request: Request) -> Response:
-    job_id, wu_id = await _leased_job(request, work_id)
+    job_id, wu_id = await _readable_checkpoint(request, work_id)
     data = await _in_store(ctx(request).checkpoints.get_chunk, job_id, wu_id, digest)
     return Response(data, media_type="application/octet-stream")
 
@@ -158,11 +167,11 @@ async def put_manifest(work_id: str, name: str, request: Request) -> JSONRespons
 
 @router.get(
     "/work/{work_id}/ckpt/manifests/{name}",
-    openapi_extra=oa.query(oa.client_param()),
+    openapi_extra=oa.query(oa.client_param(), openapi_param()),
     responses=oa.errors(400, 401, 403, 404, 409),
 )
 async def get_manifest(work_id: str, name: str, request: Request) -> Response:
-    job_id, wu_id = await _leased_job(request, work_id)
+    job_id, wu_id = await _readable_checkpoint(request, work_id)
     manifest = await _in_store(ctx(request).checkpoints.get_manifest, job_id, wu_id, name)
     return Response(manifest.to_bytes(), media_type="application/json")
 

@@ -30,6 +30,7 @@ from perdure.api.context import ServerContext, ctx
 from perdure.api.envelope import ok, page
 from perdure.api.errors import refusal_body
 from perdure.api.groupscope import check_work_scope
+from perdure.api.leasecaps import grant
 from perdure.api.s3 import with_presigned
 from perdure.api.workerauth import check_worker, check_worker_async
 from perdure.errors import BadRequest, DomainError
@@ -81,7 +82,8 @@ async def checkout_or_list(request: Request) -> JSONResponse:
         raise workunit
     assert workunit is not None
     workunit = await with_presigned(context, _with_ckpt(context, workunit))
-    return ok(absolute_io(workunit, external_base(request)))
+    base = external_base(request)
+    return ok(grant(context, absolute_io(workunit, base), base))
 
 
 async def _wait_for_work(
@@ -198,14 +200,17 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
     workunit = outcome.checkout
     if isinstance(workunit, NoWork) and wait > 0:
         workunit = await _wait_for_work(context, checkout, deadline)
+    base = external_base(request)
     return JSONResponse(
         {
             "status": 200,
             "data": "ok",
             "error": None,
             "next": (
-                absolute_io(
-                    await with_presigned(context, _with_ckpt(context, workunit)), external_base(request)
+                grant(
+                    context,
+                    absolute_io(await with_presigned(context, _with_ckpt(context, workunit)), base),
+                    base,
                 )
                 if isinstance(workunit, dict)
                 else None

@@ -150,9 +150,11 @@ def server(
     settings.config_overrides["addr"] = f"{scheme}://{host}:{port}"
     for key, value in settings.config_overrides.items():
         os.environ["PERDURE_CFG_" + key.replace(".", "__")] = value
+    os.environ["PERDURE_HEADER_TIMEOUT_S"] = str(effective.perdure.headerTimeout)  # issue 17: slowloris
     uvicorn.run(
         "perdure.api.app:app_from_env",
         factory=True,
+        http="perdure.api.headertimeout:HeaderTimeoutProtocol",
         host=host,
         port=port,
         workers=workers,

@@ -249,8 +249,11 @@ class SpotProtocol:
         )
         return int(response.json()["data"]["written"])
 
-    def get_chunk(self, workunit_id: str, client_id: str, digest: str) -> bytes:
-        content: bytes = self._store("GET", workunit_id, client_id, f"/chunks/{_seg(digest)}").content
+    def get_chunk(self, workunit_id: str, client_id: str, digest: str, capability: str = "") -> bytes:
+        """One chunk; ``capability`` is the lease's ``captoken``, which a clientgroup token needs."""
+        content: bytes = self._store(
+            "GET", workunit_id, client_id, f"/chunks/{_seg(digest)}", params=_captoken(capability)
+        ).content
         return content
 
     def put_manifest(self, workunit_id: str, client_id: str, name: str, data: bytes) -> None:
@@ -263,8 +266,10 @@ class SpotProtocol:
             headers={"Content-Type": "application/json"},
         )
 
-    def get_manifest(self, workunit_id: str, client_id: str, name: str) -> bytes:
-        content: bytes = self._store("GET", workunit_id, client_id, f"/manifests/{_seg(name)}").content
+    def get_manifest(self, workunit_id: str, client_id: str, name: str, capability: str = "") -> bytes:
+        content: bytes = self._store(
+            "GET", workunit_id, client_id, f"/manifests/{_seg(name)}", params=_captoken(capability)
+        ).content
         return content
 
     def prune(self, workunit_id: str, client_id: str, keep: str) -> None:
@@ -273,6 +278,10 @@ class SpotProtocol:
 
     def delete(self, workunit_id: str, client_id: str) -> None:
         self._store("DELETE", workunit_id, client_id, "")
+
+
+def _captoken(capability: str) -> dict[str, str]:
+    return {"captoken": capability} if capability else {}
 
 
 def _chunks(handle: IO[bytes], size: int = 1024 * 1024) -> Iterator[bytes]:

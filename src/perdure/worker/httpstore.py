@@ -1,8 +1,9 @@
 """The server's checkpoint store, reached over HTTP by a worker that shares no filesystem with others.
 
 Only the client holding a workunit's lease may read or write its checkpoints, so a store is bound to
-one slot's client id. The server checks every chunk against its digest and every manifest against its
-checksum before keeping them.
+one slot's client id, and its reads carry the lease's data capability (``captoken``, issue 17). The
+server checks every chunk against its digest and every manifest against its checksum before keeping
+them.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ T = TypeVar("T")
 
 
 class HttpStore:
-    def __init__(self, api: ServerAPI, client_id: str) -> None:
+    def __init__(self, api: ServerAPI, client_id: str, capability: str = "") -> None:
         self.api = api
         self.spot = api.spot
         self.client_id = client_id
+        self.capability = capability
 
     def _call(self, what: str, call: Callable[[], T]) -> T:
         """A checkpoint has its own deadline: a server away for long makes this one fail, not hang;
@@ -52,7 +54,8 @@ class HttpStore:
 
     def get_chunk(self, job_id: str, workunit: str, digest: str) -> bytes:
         return self._call(
-            f"chunk {digest[:12]}", lambda: self.spot.get_chunk(workunit, self.client_id, digest)
+            f"chunk {digest[:12]}",
+            lambda: self.spot.get_chunk(workunit, self.client_id, digest, self.capability),
         )
 
     def put_manifest(self, job_id: str, workunit: str, manifest: Manifest) -> int:
@@ -65,7 +68,8 @@ class HttpStore:
 
     def get_manifest(self, job_id: str, workunit: str, name: str) -> Manifest:
         data = self._call(
-            f"checkpoint {name}", lambda: self.spot.get_manifest(workunit, self.client_id, name)
+            f"checkpoint {name}",
+            lambda: self.spot.get_manifest(workunit, self.client_id, name, self.capability),
         )
         return Manifest.from_bytes(data)
 

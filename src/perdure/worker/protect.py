@@ -101,7 +101,7 @@ class SpotContext:
             log.warning("%s: ignoring its checkpoint overrides: %s", wu.get("id"), exc)
             return policies.from_system(system)
 
-    def store(self, policy: CheckpointPolicy, client_id: str) -> CheckpointStore:
+    def store(self, policy: CheckpointPolicy, client_id: str, capability: str = "") -> CheckpointStore:
         path = self.store_path or policy.image_path
         if path.startswith("s3://"):
             return checkpoint_bucket(path)  # issue 21: the bucket, with this worker's own credentials
@@ -110,7 +110,7 @@ class SpotContext:
             if root.is_dir():
                 return DirectoryStore(root)
             log.error("checkpoint store %s is not a directory on this node; using the server's store", path)
-        return HttpStore(self.api, client_id)
+        return HttpStore(self.api, client_id, capability)
 
     def protect(
         self, wu: dict[str, Any], client_id: str, workdir: Path, exclude: set[str], policy: CheckpointPolicy
@@ -123,7 +123,12 @@ class SpotContext:
             attempt=int(wu.get("attempt", 0)),
         )
         engine = self.container_engine() if container_image(wu) else self.new_engine()
-        snapshotter = Snapshotter(self.store(policy, client_id), identity, engine.name, threads=self.threads)
+        snapshotter = Snapshotter(
+            self.store(policy, client_id, str(wu.get("captoken") or "")),
+            identity,
+            engine.name,
+            threads=self.threads,
+        )
         scratch = self.scratch / re.sub(r"[^\w.-]", "_", wu["id"])
         run = Run(identity, workdir, policy, snapshotter, exclude=exclude, scratch=scratch)
         return Protection(run, engine, self.api, wu["id"], client_id)

@@ -55,6 +55,8 @@ log = logging.getLogger("perdure.worker")
 EXIT_PERMANENT = 42
 _AT_FILE = re.compile(r"@([\w\-.]+)")
 _ENV_VAR = re.compile(r"\$\{(\w+)\}")
+#: The lease's data capability in a URL the server handed out (issue 17): not part of what it names.
+_CAPTOKEN = re.compile(r"[?&]captoken=[^&#]*")
 #: Of each log, the last this many bytes are sent with the report.
 LOG_TAIL = 4 * 1024 * 1024
 
@@ -461,7 +463,10 @@ class Runner:
         url = io.get("url") or ""
         if not url:
             raise StageError(f"predata {io['filename']!r} has no url")
-        cached = self.predata / hashlib.sha256(url.encode()).hexdigest()[:32] / io["filename"]
+        # Cached by the URL without the lease's capability, which changes with every workunit.
+        cached = (
+            self.predata / hashlib.sha256(_CAPTOKEN.sub("", url).encode()).hexdigest()[:32] / io["filename"]
+        )
         cached.parent.mkdir(parents=True, exist_ok=True)
         # One download per node: slots wait on a lock file (it also serialises other processes).
         with (cached.parent / ".lock").open("w") as lock:
