@@ -99,6 +99,13 @@ def objects(s3: Any, prefix: str) -> dict[str, bytes]:
     return found
 
 
+def keys(s3: Any, prefix: str) -> list[str]:
+    """The keys alone: a running worker replaces its checkpoints, so a key listed may be gone by the
+    time its body would be read."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
 def files_under(directory: Path) -> list[str]:
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
 
@@ -330,7 +337,7 @@ def test_a_hand_over_checkpoint_goes_through_the_bucket(
     wu_id = spot.the_workunit(api, job_id, cluster)
     spot.running_on(api, wu_id, w1, cluster)
     spot.checkpointed(api, wu_id, cluster)
-    manifests = [k for k in objects(s3, f"{PREFIX}/checkpoints/{job_id}/") if "/manifests/" in k]
+    manifests = [k for k in keys(s3, f"{PREFIX}/checkpoints/{job_id}/") if "/manifests/" in k]
     assert manifests, "the iterative checkpoint is not in the bucket"
     w2 = cluster.worker(server.url, "w2", env={**spot.WORKER_ENV, **worker_env(moto_endpoint)})
     spot.registered(api, w2, cluster)
