@@ -123,7 +123,8 @@ class Slot:
     def _run(self, workunit: dict[str, Any]) -> dict[str, Any] | None:
         """Run one workunit and report it; the next workunit, when the report brought one."""
         wu_id = workunit["id"]
-        log.info("slot %d running %s (%s)", self.index, wu_id, workunit["cmd"]["name"])
+        # Per workunit: debug, not info (at hundreds a second the log lines were a CPU cost of their own).
+        log.debug("slot %d running %s (%s)", self.index, wu_id, workunit["cmd"]["name"])
         outcome = self.runner.run(workunit)
         if outcome.status == DISCARDED:
             log.warning("slot %d: %s was discarded by the server; not reporting it", self.index, wu_id)
@@ -157,7 +158,7 @@ class Slot:
                 deadline=deadline,
                 then_next=then_next,
             )
-            log.info("slot %d reported %s: %s", self.index, wu_id, outcome.status)
+            log.debug("slot %d reported %s: %s", self.index, wu_id, outcome.status)
             return following
         except Stopped as exc:
             log.error("report for %s not delivered: %s", wu_id, exc)
