@@ -315,8 +315,9 @@ class Runner:
                 protection.stop()
             if container is not None:
                 container.remove()
-            if self.spot is not None:
-                self.spot.clear_scratch(wu_id)
+            engine = self._protection.engine.name if self._protection is not None else None
+            if self.spot is not None and engine not in (None, "workdir"):
+                self.spot.clear_scratch(wu_id)  # the workdir engine (and no protection) keeps none
             with self._lock:
                 self._current = None
                 self._process = None
