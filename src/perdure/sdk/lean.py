@@ -201,10 +201,11 @@ def default_context() -> ssl.SSLContext:
 def _readable(sock: socket.socket) -> bool:
     """An idle keep-alive socket that reads as ready has been closed by the peer."""
     try:
-        ready, _, _ = select.select([sock], [], [], 0)
+        poller = select.poll()  # not select(): it refuses descriptors above 1023
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(ready)
 
 
 def multipart(parts: dict[str, bytes]) -> tuple[bytes, str]:
