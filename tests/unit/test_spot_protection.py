@@ -196,3 +196,39 @@ def test_finished_work_leaves_no_checkpoints_unless_kept_to_diagnose(tmp_path: P
     protection.finished(keep=False)
     assert manifests(tmp_path) == []
     protection.engine_stop()
+
+
+class CountingStore(DirectoryStore):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.deletes = 0
+
+    def delete_workunit(self, job_id: str, workunit: str) -> None:
+        self.deletes += 1
+        super().delete_workunit(job_id, workunit)
+
+
+def test_short_work_that_took_no_checkpoint_costs_no_thread_and_no_store_request(tmp_path: Path) -> None:
+    """Issue 22: the first interval is a timer, not a thread, and with nothing stored there is nothing
+    to delete (with the server's store, the delete was a round trip per workunit)."""
+    protection, workdir = protected(tmp_path, Reporter(), interval_s=3600)
+    store = protection.run.snapshotter.store = CountingStore(tmp_path / "store")
+    process = subprocess.Popen(["true"], cwd=workdir)
+    protection.started(process.pid)
+    assert not any(t.name == "checkpointer" for t in threading.enumerate())
+    process.wait()
+    protection.run.exited.set()
+    protection.finished(keep=False)
+    assert store.deletes == 0
+
+
+def test_the_first_checkpoint_comes_one_interval_after_the_start(tmp_path: Path) -> None:
+    reporter = Reporter()
+    protection, workdir = protected(tmp_path, reporter, interval_s=0.3)
+    store = protection.run.snapshotter.store = CountingStore(tmp_path / "store")
+    start(protection, workdir)
+    wait_for(lambda: reporter.checkpoints, 20, "the first iterative checkpoint")
+    assert protection.run.progress_s() >= 0.3
+    protection.engine_stop()
+    protection.finished(keep=False)
+    assert store.deletes == 1 and manifests(tmp_path) == []

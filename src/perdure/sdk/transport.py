@@ -13,6 +13,7 @@ import httpx
 
 from perdure.retry import Policy, retry_after_seconds, retry_call
 from perdure.sdk.errors import ApiError, ServerUnavailable, error_for
+from perdure.sdk.lean import TRANSPORT_ERRORS, LeanHTTP
 
 #: Methods whose repetition cannot do anything twice; only these are retried.
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -48,9 +49,19 @@ class Transport:
         headers = {"Authorization": f"{scheme} {token}"} if token else {}
         verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self.http = http or httpx.Client(base_url=self.url, headers=headers, verify=verify, timeout=timeout)
+        #: The worker's hot calls go through plain http.client (``lean.py``), unless a client of the
+        #: caller's own was given (or later swapped in), or a proxy applies.
+        self._lean = (
+            LeanHTTP(self.url, headers, verify if isinstance(verify, ssl.SSLContext) else None)
+            if http is None and LeanHTTP.usable(self.url)
+            else None
+        )
+        self._lean_for = self.http
 
     def close(self) -> None:
         self.http.close()
+        if self._lean is not None:
+            self._lean.close()
 
     def attempts(self, method: str, retry: bool | None) -> int:
         allowed = method.upper() in IDEMPOTENT if retry is None else retry
@@ -122,6 +133,45 @@ class Transport:
         """A listing: the whole envelope, for ``data``, ``total_count``, ``limit`` and ``offset``."""
         return _body(self.send(method, path, **kwargs))
 
+    @property
+    def lean_ready(self) -> bool:
+        """Whether ``lean`` goes through ``LeanHTTP`` (not through the httpx client)."""
+        return self._lean is not None and self.http is self._lean_for
+
+    def lean(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str],
+        body: bytes | None = None,
+        content_type: str | None = None,
+        timeout: float,
+    ) -> dict[str, Any]:
+        """One try at an AWE call whose body is in memory, the whole envelope; through ``LeanHTTP``
+        when it can be used, else as ``awe_page`` (not retried: the caller's loop decides)."""
+        if self._lean is None or not self.lean_ready:
+            headers = {"Content-Type": content_type} if content_type is not None else None
+            return self.awe_page(
+                method, path, params=params, content=body, headers=headers, timeout=timeout, retry=False
+            )
+        try:
+            status, reason, data, retry_after = self._lean.request(
+                method, path, params=params, body=body, content_type=content_type, timeout=timeout
+            )
+        except TRANSPORT_ERRORS as exc:
+            raise ServerUnavailable(self.url, str(exc) or type(exc).__name__) from None
+        text = data.decode(errors="replace")
+        if status >= 400:
+            raise _error(status, reason, text, self.url, retry_after)
+        try:
+            body_json = json.loads(text)
+        except ValueError:
+            raise ApiError(status, "the server's answer is not JSON", text) from None
+        if not isinstance(body_json, dict):
+            raise ApiError(status, "the server's answer is not an AWE envelope", body_json)
+        return body_json
+
     def mgmt(self, method: str, path: str, **kwargs: Any) -> Any:
         """A management endpoint: its JSON body as is."""
         return self.send(method, path, **kwargs).json()
@@ -130,17 +180,27 @@ class Transport:
 def check(response: httpx.Response, url: str) -> None:
     """Raise for an error status: ``ServerUnavailable`` (transient) for 502-504 and for a 429 that says
     when to come back, ``ApiError`` for the rest."""
-    status = response.status_code
-    if status < 400:
-        return
-    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+    if response.status_code >= 400:
+        raise _error(
+            response.status_code,
+            response.reason_phrase,
+            response.text,
+            url,
+            response.headers.get("Retry-After"),
+        )
+
+
+def _error(status: int, reason: str, text: str, url: str, retry_after_header: str | None = None) -> Exception:
+    """``ServerUnavailable`` for 502-504 and for a 429 with a Retry-After (try again), else the
+    ``ApiError`` for the status and body."""
+    retry_after = retry_after_seconds(retry_after_header)
     if status in RETRY_STATUSES or (status == TOO_MANY and retry_after is not None):
-        raise ServerUnavailable(url, f"{status} {response.reason_phrase}".strip(), retry_after)
+        return ServerUnavailable(url, f"{status} {reason}".strip(), retry_after)
     try:
-        payload = response.json()
+        payload = json.loads(text)
     except ValueError:
         payload = None
-    raise error_for(status, payload, response.text)
+    return error_for(status, payload, text)
 
 
 def _body(response: httpx.Response) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from perdure.sdk.errors import BadRequestError, NotFoundError
+from perdure.sdk.lean import multipart
 from perdure.sdk.transport import Transport
 
 #: The server's answer when a long-poll checkout found nothing.
@@ -50,9 +51,9 @@ class WorkerProtocol:
         seconds (the server long-polls). Not retried: the caller's loop asks again anyway."""
         params = {"client": client_id, "wait": str(wait_s), "available": str(available)}
         try:
-            workunit: dict[str, Any] | None = self.transport.awe(
-                "GET", "/work", params=params, timeout=wait_s + 30.0, retry=False
-            )
+            workunit: dict[str, Any] | None = self.transport.lean(
+                "GET", "/work", params=params, timeout=wait_s + 30.0
+            ).get("data")
         except BadRequestError as exc:
             if NO_WORK in exc.message:
                 return None
@@ -101,7 +102,19 @@ class WorkerProtocol:
         params = {"status": status, "client": client_id, "computetime": str(computetime), "report": ""}
         params.update(extra_params or {})
 
+        in_memory = {name: content for name, content in (files or {}).items() if isinstance(content, bytes)}
+
         def send() -> Any:
+            if self.transport.lean_ready and len(in_memory) == len(files or {}):  # the worker's usual report
+                body, content_type = multipart(in_memory) if in_memory else (None, None)
+                return self.transport.lean(
+                    "PUT",
+                    f"/work/{_seg(workunit_id)}",
+                    params=params,
+                    body=body,
+                    content_type=content_type,
+                    timeout=timeout,
+                )
             built, opened = parts()  # files are reopened for each attempt
             try:
                 return self.transport.awe_page(

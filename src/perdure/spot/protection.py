@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from perdure.spot.engine import Engine, Launch, Run
 from perdure.spot.manifest import CheckpointError, Manifest
 from perdure.spot.snapshot import Aborted, Taken
+from perdure.timers import TIMERS, Timer
 
 log = logging.getLogger("perdure.spot")
 
@@ -68,7 +69,14 @@ class Protection:
         self._lock = threading.Lock()  # one checkpoint at a time
         self._cancel = threading.Event()
         self._stop = threading.Event()
+        #: The first interval's timer (a heap entry, not a thread: most work ends before it is due),
+        #: then the thread taking the iterative checkpoints; ``_timer_lock`` orders them with ``stop``.
+        self._first: Timer | None = None
         self._timer: threading.Thread | None = None
+        self._timer_lock = threading.Lock()
+        #: Whether the store may hold checkpoints of this workunit: it came with one, or this run wrote
+        #: (or began to write) one. If not, ``finished`` has nothing to delete and asks nobody.
+        self.stored = False
 
     # ---- restore ------------------------------------------------------------------------------
 
@@ -77,6 +85,7 @@ class Protection:
         server) when it cannot be trusted, so the caller starts from zero."""
         started = time.monotonic()
         name = str(reference.get("name", ""))
+        self.stored = True
         try:
             manifest = self.run.snapshotter.load(name)
             if reference.get("checksum") and manifest.checksum() != reference["checksum"]:
@@ -125,14 +134,24 @@ class Protection:
         self.run.pid = pid
         self.run.started = time.monotonic()
         if self.run.policy.enabled:
+            with self._timer_lock:
+                if self._first is not None:
+                    self._first.cancel()
+                self._first = TIMERS.call_later(self.run.policy.interval_s, self._start_checkpointer)
+
+    def _start_checkpointer(self) -> None:
+        """The first interval has passed and the work still runs: from now on a thread of its own."""
+        with self._timer_lock:
+            if self._stop.is_set() or self.run.exited.is_set():
+                return
             self._timer = threading.Thread(target=self._every_interval, name="checkpointer", daemon=True)
             self._timer.start()
 
     def _every_interval(self) -> None:
-        while not self._stop.wait(self.run.policy.interval_s):
-            if self.run.exited.is_set():
-                return
+        while not self.run.exited.is_set():
             self.checkpoint_now()
+            if self._stop.wait(self.run.policy.interval_s):
+                return
 
     def checkpoint_now(self) -> Taken | None:
         """One iterative checkpoint (also on a rebalance recommendation); None when it failed."""
@@ -140,6 +159,7 @@ class Protection:
             if self._stop.is_set() or self.run.exited.is_set():
                 return None
             self._cancel.clear()
+            self.stored = True
             try:
                 taken = self.engine.checkpoint(self.run, self._cancel)
             except Aborted:
@@ -207,6 +227,7 @@ class Protection:
             if not self.run.policy.enabled:
                 self.engine_stop()
                 return HandOver("none", None, "checkpointing is off for this job (ckptMode none)")
+            self.stored = True
             try:
                 taken = self.engine.final(self.run, deadline)
             except (CheckpointError, OSError) as exc:
@@ -255,15 +276,21 @@ class Protection:
     def stop(self) -> None:
         self._stop.set()
         self._cancel.set()
-        timer = self._timer
+        with self._timer_lock:
+            first, timer = self._first, self._timer
+        if first is not None:
+            first.cancel()
         if timer is not None and timer is not threading.current_thread():
             timer.join(timeout=30)
 
     def finished(self, *, keep: bool) -> None:
-        """The work completed (or failed): its checkpoints are of no more use, unless kept to diagnose."""
+        """The work completed (or failed): its checkpoints are of no more use, unless kept to diagnose.
+        Work that neither came with a checkpoint nor took one has none to delete: no request (with
+        the server's store that was a round trip per workunit; a partial write of an earlier attempt
+        that the server never accepted is left to its sweep, as after a failed delete)."""
         self.stop()
         self.engine.discard(self.run)
-        if keep:
+        if keep or not self.stored:
             return
         store, identity = self.run.snapshotter.store, self.run.identity
         try:

@@ -9,6 +9,7 @@ import json
 import logging
 import logging.handlers
 import os
+import queue
 import shutil
 import threading
 import time
@@ -123,7 +124,8 @@ class Slot:
     def _run(self, workunit: dict[str, Any]) -> dict[str, Any] | None:
         """Run one workunit and report it; the next workunit, when the report brought one."""
         wu_id = workunit["id"]
-        log.info("slot %d running %s (%s)", self.index, wu_id, workunit["cmd"]["name"])
+        # Per workunit: debug, not info (at hundreds a second the log lines were a CPU cost of their own).
+        log.debug("slot %d running %s (%s)", self.index, wu_id, workunit["cmd"]["name"])
         outcome = self.runner.run(workunit)
         if outcome.status == DISCARDED:
             log.warning("slot %d: %s was discarded by the server; not reporting it", self.index, wu_id)
@@ -157,7 +159,7 @@ class Slot:
                 deadline=deadline,
                 then_next=then_next,
             )
-            log.info("slot %d reported %s: %s", self.index, wu_id, outcome.status)
+            log.debug("slot %d reported %s: %s", self.index, wu_id, outcome.status)
             return following
         except Stopped as exc:
             log.error("report for %s not delivered: %s", wu_id, exc)
@@ -203,6 +205,10 @@ class WorkerNode:
         self.checkpoint_settings: dict[str, Any] = {}
         #: ``node.heartbeat``/``node.ttl`` as the server last sent them: how often to heartbeat.
         self.timing = ServerTiming(config)
+        #: Work directories of done work, removed by the ``tidy`` thread (started on first use).
+        self._to_remove: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._tidier: threading.Thread | None = None
+        self._tidy_lock = threading.Lock()
 
     def fail(self, reason: str) -> None:
         """Stop the whole node with an error (the process exits non-zero)."""
@@ -449,10 +455,20 @@ class WorkerNode:
                     shutil.rmtree(path, ignore_errors=True)
 
     def tidy(self, outcome: Outcome) -> None:
-        """Clean the work directory after success; keep it a while after failure."""
+        """Clean the work directory after success; keep it a while after failure. The removal is left
+        to a thread of its own, so the slot starts its next workunit at once (issue 22: on a busy disk
+        it took milliseconds); one the process did not get to is the janitor's, like a failure's."""
         workdir = outcome.perf.get("workdir")
         if outcome.status == ReportStatus.DONE and workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+            with self._tidy_lock:
+                if self._tidier is None:
+                    self._tidier = threading.Thread(target=self._tidy_loop, name="tidy", daemon=True)
+                    self._tidier.start()
+            self._to_remove.put(workdir)
+
+    def _tidy_loop(self) -> None:
+        while True:
+            shutil.rmtree(self._to_remove.get(), ignore_errors=True)
 
 
 def _containers(

@@ -33,6 +33,7 @@ from perdure.split import awe_part
 from perdure.spot.engine import Launch
 from perdure.spot.protection import HandOver, Protection
 from perdure.states import ReportStatus
+from perdure.timers import TIMERS
 from perdure.worker.api import ServerAPI, ServerRefused
 from perdure.worker.container import (
     Container,
@@ -220,8 +221,11 @@ class Runner:
             self._preemption = None
         started = time.time()
         workdir = self.workpath / re.sub(r"[^\w.-]", "_", f"{wu_id}-{wu.get('attempt', 0)}")
-        shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True)
+        try:
+            workdir.mkdir(parents=True)
+        except FileExistsError:  # left by an earlier run of this attempt: start clean
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir(parents=True)
         perf: dict[str, Any] = {"client_id": self.client_id, "checkout": started, "workdir": str(workdir)}
         stdout, stderr = workdir / "awe_stdout.txt", workdir / "awe_stderr.txt"
         protection: Protection | None = None
@@ -314,8 +318,9 @@ class Runner:
                 protection.stop()
             if container is not None:
                 container.remove()
-            if self.spot is not None:
-                self.spot.clear_scratch(wu_id)
+            engine = self._protection.engine.name if self._protection is not None else None
+            if self.spot is not None and engine not in (None, "workdir"):
+                self.spot.clear_scratch(wu_id)  # the workdir engine (and no protection) keeps none
             with self._lock:
                 self._current = None
                 self._process = None
@@ -554,7 +559,6 @@ class Runner:
         elif protection is not None:
             protection.started(process.pid)
         peak = _PeakMemory(process.pid)
-        peak.start()
         _, status, rusage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         if protection is not None:
@@ -655,29 +659,37 @@ class Runner:
         return total
 
 
-class _PeakMemory(threading.Thread):
-    """Samples the RSS of the whole process tree (rusage only sees the largest single process)."""
+class _PeakMemory:
+    """Samples the RSS of the whole process tree every half second (rusage only sees the largest single
+    process), on the shared timers: work that ends sooner costs no thread and no psutil call."""
+
+    EVERY_S = 0.5
 
     def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
         self.pid = pid
         self.value = 0
-        self._stop_event = threading.Event()
+        self._root: psutil.Process | None = None
+        self._stopped = False
+        self._lock = threading.Lock()  # a sample under way finishes before ``stop`` returns
+        self._timer = TIMERS.call_later(self.EVERY_S, self._sample)
 
-    def run(self) -> None:
-        try:
-            root = psutil.Process(self.pid)
-        except psutil.Error:
-            return
-        while not self._stop_event.wait(0.5):
+    def _sample(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
             try:
-                procs = [root, *root.children(recursive=True)]
+                if self._root is None:
+                    self._root = psutil.Process(self.pid)
+                procs = [self._root, *self._root.children(recursive=True)]
                 self.value = max(self.value, sum(p.memory_info().rss for p in procs))
             except psutil.Error:
                 pass
+            self._timer = TIMERS.call_later(self.EVERY_S, self._sample)
 
     def stop(self) -> None:
-        self._stop_event.set()
+        with self._lock:
+            self._stopped = True
+            self._timer.cancel()
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -742,7 +754,13 @@ def _gunzip_in_place(path: Path) -> None:
 
 
 def tail_bytes(path: Path | None, limit: int = LOG_TAIL) -> bytes:
-    if path is None or not path.exists():
+    """The last ``limit`` bytes of a file; an empty or missing one is not opened."""
+    if path is None:
+        return b""
+    try:
+        if os.stat(path).st_size == 0:
+            return b""
+    except OSError:
         return b""
     with path.open("rb") as handle:
         handle.seek(0, 2)
