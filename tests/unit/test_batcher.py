@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from perdure.api.batcher import Batcher
-from perdure.store.work import CheckoutRequest, DispatchOutcome, Operation, ReportRequest
+from perdure.store.workrequests import CheckoutRequest, DispatchOutcome, Operation, ReportRequest
 
 
 class FakeStore:

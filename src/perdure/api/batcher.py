@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 
-from perdure.store.work import DispatchOutcome, Operation, WorkStore
+from perdure.store.work import WorkStore
+from perdure.store.workrequests import DispatchOutcome, Operation
 
 log = logging.getLogger("perdure.work")
 

@@ -26,7 +26,7 @@ from perdure.spot.records import CheckpointTaken, RestoreResult, parse
 from perdure.spot.snapshot import CHUNK_SIZE
 from perdure.spot.store import CheckpointMissing
 from perdure.store.spot import collectable_jobs, lease_holder_job
-from perdure.store.work import decode_workunit_id
+from perdure.store.workrequests import decode_workunit_id
 
 router = APIRouter()
 T = TypeVar("T")

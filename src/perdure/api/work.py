@@ -35,7 +35,7 @@ from perdure.api.workerauth import check_worker, check_worker_async
 from perdure.errors import BadRequest, DomainError
 from perdure.protocol import NoWork, Refused
 from perdure.spot.records import Preemption, parse
-from perdure.store.work import CheckoutRequest, Operation, ReportRequest, decode_workunit_id
+from perdure.store.workrequests import CheckoutRequest, Operation, ReportRequest, decode_workunit_id
 
 router = APIRouter()
 
