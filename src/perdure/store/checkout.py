@@ -26,7 +26,7 @@ from perdure.protocol import (
     ClientSuspended,
     NoWork,
 )
-from perdure.states import WorkunitState
+from perdure.states import JobState, TaskState, WorkunitState
 from perdure.store import hooks, pgdirect, transitions, workdocs
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.schema import client_skip_work, clients, workunits
@@ -67,13 +67,14 @@ FROM clients c WHERE c.id = ANY(%(clients)s)"""
 #: And the claim's commit does not wait for its WAL to reach the disk. A claim that a crash of the
 #: database loses is harmless: the workunit is queued again as before it, and the worker's report of
 #: it is refused (the lease is not its own), so the work runs again but never completes twice, and no
-#: report or job is lost. Reports, which a worker must be able to rely on once answered, still wait.
-_CLAIM_SETTINGS_PG = (
+#: report or job is lost. Reports, which a worker must be able to rely on once answered, still wait,
+#: and so does a claim in the transaction of the reports before it (``&next``: ``_CLAIM_PLANS_PG``).
+_CLAIM_PLANS_PG = (
     pgdirect.BY_KEY_PG
     + """, set_config('enable_sort', 'off', true) AS sort,
-    set_config('enable_bitmapscan', 'off', true) AS bitmap,
-    set_config('synchronous_commit', 'off', true) AS async_commit"""
+    set_config('enable_bitmapscan', 'off', true) AS bitmap"""
 )
+_CLAIM_SETTINGS_PG = _CLAIM_PLANS_PG + ", set_config('synchronous_commit', 'off', true) AS async_commit"
 
 
 def _group_params(group: str) -> dict[str, str]:
@@ -129,7 +130,9 @@ def _claim_statement(
         eligible += _NO_CONTAINERS["postgresql" if dialect == "postgresql" else "sqlite"]
     if dialect != "postgresql":
         pick = (
-            "SELECT w.id, w.updatetime, w.priority, w.submittime, w.task_id, w.job_id, {} AS src"
+            "SELECT w.id, w.updatetime, w.priority, w.submittime, w.task_id, w.job_id, {} AS src,"
+            " (SELECT t.state FROM tasks t WHERE t.id = w.task_id) AS task_state,"
+            " (SELECT j.state FROM jobs j WHERE j.id = w.job_id) AS job_state"
             " FROM workunits w WHERE w.state = {} AND {} {} LIMIT :k"
         )
         preempted = pick.format(0, _FROM_PREEMPTED, eligible, _QUEUE_ORDER)
@@ -199,9 +202,6 @@ _CLIENT_CHECKED_OUT = (
 )
 
 
-#: A report's workunit (locked against concurrent reports and sweeps), its task's spec, and whether
-
-
 def _lease_sqlite(
     conn: Connection, picked: Sequence[Any], client_ids: Sequence[str], now: int
 ) -> dict[str, tuple[dict[str, Any], int]]:
@@ -212,8 +212,13 @@ def _lease_sqlite(
     if not pairs:
         return {}
     conn.execute(_LEASE, [{"wu": row.id, "client": client_id, "now": now} for row, client_id in pairs])
-    conn.execute(_TASKS_IN_PROGRESS, {"tasks": sorted({row.task_id for row, _ in pairs})})
-    conn.execute(_JOBS_IN_PROGRESS, {"jobs": sorted({row.job_id for row, _ in pairs}), "now": now})
+    # Only a task or job still queued moves (the guards' only source state): most claims skip both.
+    starting_tasks = sorted({row.task_id for row, _ in pairs if row.task_state == TaskState.QUEUED})
+    if starting_tasks:
+        conn.execute(_TASKS_IN_PROGRESS, {"tasks": starting_tasks})
+    starting_jobs = sorted({row.job_id for row, _ in pairs if row.job_state == JobState.QUEUED})
+    if starting_jobs:
+        conn.execute(_JOBS_IN_PROGRESS, {"jobs": starting_jobs, "now": now})
     conn.execute(_CLIENT_CHECKED_OUT, [{"client": client_id, "now": now} for _, client_id in pairs])
     documents = {
         row.id: row for row in conn.execute(workdocs.DOCUMENTS, {"ids": [row.id for row, _ in pairs]})
@@ -225,81 +230,97 @@ def _lease_sqlite(
 
 @retry_on_conflict
 def checkout_batch(db: Database, requests: Sequence[CheckoutRequest]) -> list[dict[str, Any] | Failure]:
-    """Each request's leased workunit document, or why it gets none, in one transaction."""
+    """Each request's leased workunit document, or why it gets none, in one transaction of its own."""
+    with db.write() as conn:
+        samples = hooks.Samples()
+        results = claim(conn, db.dialect, requests, samples)
+        pgdirect.finish(conn, db.dialect, samples)
+    return results
+
+
+def claim(
+    conn: Connection,
+    dialect: str,
+    requests: Sequence[CheckoutRequest],
+    samples: hooks.Samples,
+    *,
+    after_reports: bool = False,
+) -> list[dict[str, Any] | Failure]:
+    """Each request's leased workunit document, or why it gets none, in the caller's transaction
+    (which writes ``samples`` and commits). ``after_reports`` when the transaction holds reports too:
+    on PostgreSQL its commit then waits for the WAL, as a report's must."""
     # Unless a claim below leases one, or the client is refused: one exception per request, as each
     # is raised in its own request.
+    if not requests:
+        return []
     results: list[dict[str, Any] | Failure] = [NoWork("No eligible workunit found") for _ in requests]
-    postgres = db.dialect == "postgresql"
-    with db.write() as conn:
-        now = now_us()  # after BEGIN IMMEDIATE: times follow commit order
-        # The clients and the leases they may hold already, after (PostgreSQL) the settings for
-        # the rest of the transaction.
+    postgres = dialect == "postgresql"
+    now = now_us()  # after BEGIN IMMEDIATE (and the reports' row locks): times follow commit order
+    # The clients and the leases they may hold already, after (PostgreSQL) the settings for the rest
+    # of the transaction.
+    if postgres:
+        ids = {"clients": [r.client_id for r in requests]}
+        settings = _CLAIM_PLANS_PG if after_reports else _CLAIM_SETTINGS_PG
+        found = {row.id: row for row in pgdirect.pg_run(conn, [(settings, None), (_CLIENTS_PG, ids)])[-1]}
+    else:
+        ids = {"clients": sorted({r.client_id for r in requests})}
+        found = {row.id: row for row in conn.execute(_CLIENTS, ids)}
+    # Claimants alike (group, apps, size limit; a client with workunits to skip is alone)
+    # are served by one claim.
+    alike: dict[tuple[Any, ...], list[tuple[int, Any]]] = {}
+    for n, request in enumerate(requests):
+        client = found.get(request.client_id)
+        if client is None:
+            results[n] = ClientNotFound("Client not found")
+        elif client.deleted_at:
+            results[n] = ClientDeleted("Client deleted: the worker should stop")
+        elif client.suspended:
+            results[n] = ClientSuspended("Client suspended")
+        elif client.held is not None:
+            results[n] = workdocs.document(conn, client.held)
+        else:
+            apps = tuple(sorted(client.apps or []))
+            sized = request.available is not None and request.available >= 0
+            alone = client.id if client.skips else None
+            key = (
+                client.group_name,
+                None if "*" in apps else apps,
+                request.available if sized else None,
+                alone,
+                (client.profile or {}).get("containers") is True,
+            )
+            alike.setdefault(key, []).append((n, client))
+    for (group, apps, available, alone, containers), members in alike.items():
+        clients_ids = [client.id for _, client in members]
+        params = {
+            "now": now,
+            **_group_params(group),
+            "apps": list(apps or ()),
+            "available": available or 0,
+            "k": len(members),
+            "client": alone,
+        }
+        claim = _claim_statement(
+            dialect, apps is not None, available is not None, alone is not None, containers
+        )
         if postgres:
-            ids = {"clients": [r.client_id for r in requests]}
-            found = {
-                row.id: row
-                for row in pgdirect.pg_run(conn, [(_CLAIM_SETTINGS_PG, None), (_CLIENTS_PG, ids)])[-1]
+            leased = {
+                row.client_id: row
+                for row in pgdirect.pg_rows(conn, claim, {**params, "clients": clients_ids})
+            }
+            claimed = {
+                client_id: (workdocs.workunit_document(row), row.queued_since)
+                for client_id, row in leased.items()
             }
         else:
-            ids = {"clients": sorted({r.client_id for r in requests})}
-            found = {row.id: row for row in conn.execute(_CLIENTS, ids)}
-        # Claimants alike (group, apps, size limit; a client with workunits to skip is alone)
-        # are served by one claim.
-        alike: dict[tuple[Any, ...], list[tuple[int, Any]]] = {}
-        for n, request in enumerate(requests):
-            client = found.get(request.client_id)
-            if client is None:
-                results[n] = ClientNotFound("Client not found")
-            elif client.deleted_at:
-                results[n] = ClientDeleted("Client deleted: the worker should stop")
-            elif client.suspended:
-                results[n] = ClientSuspended("Client suspended")
-            elif client.held is not None:
-                results[n] = workdocs.document(conn, client.held)
-            else:
-                apps = tuple(sorted(client.apps or []))
-                sized = request.available is not None and request.available >= 0
-                alone = client.id if client.skips else None
-                key = (
-                    client.group_name,
-                    None if "*" in apps else apps,
-                    request.available if sized else None,
-                    alone,
-                    (client.profile or {}).get("containers") is True,
+            claimed = _lease_sqlite(conn, conn.execute(claim, params).all(), clients_ids, now)
+        for n, client in members:
+            if client.id in claimed:
+                document, queued_since = claimed[client.id]
+                log.debug("checkout: %s leased to client %s", document["id"], client.id)
+                samples.workunit_checked_out(
+                    document["info"]["clientgroups"], client.node_id, queued_since, now
                 )
-                alike.setdefault(key, []).append((n, client))
-        samples = hooks.Samples()
-        for (group, apps, available, alone, containers), members in alike.items():
-            clients_ids = [client.id for _, client in members]
-            params = {
-                "now": now,
-                **_group_params(group),
-                "apps": list(apps or ()),
-                "available": available or 0,
-                "k": len(members),
-                "client": alone,
-            }
-            claim = _claim_statement(
-                db.dialect, apps is not None, available is not None, alone is not None, containers
-            )
-            if postgres:
-                leased = {
-                    row.client_id: row
-                    for row in pgdirect.pg_rows(conn, claim, {**params, "clients": clients_ids})
-                }
-                claimed = {
-                    client_id: (workdocs.workunit_document(row), row.queued_since)
-                    for client_id, row in leased.items()
-                }
-            else:
-                claimed = _lease_sqlite(conn, conn.execute(claim, params).all(), clients_ids, now)
-            for n, client in members:
-                if client.id in claimed:
-                    document, queued_since = claimed[client.id]
-                    log.debug("checkout: %s leased to client %s", document["id"], client.id)
-                    samples.workunit_checked_out(
-                        document["info"]["clientgroups"], client.node_id, queued_since, now
-                    )
-                    results[n] = document
-        pgdirect.finish(conn, db.dialect, samples)
+                results[n] = document
+
     return results

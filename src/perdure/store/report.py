@@ -15,11 +15,10 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     bindparam,
-    delete,
     insert,
     null,
     select,
-    tuple_,
+    text,
     update,
 )
 
@@ -36,7 +35,7 @@ from perdure.store import failnotes, hooks, lifecycle, outputs, pgdirect, spot, 
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.jobs import suspend_job
 from perdure.store.requeue import requeue_client_work
-from perdure.store.schema import client_skip_work, clients, jobs, tasks, workunit_logs, workunits
+from perdure.store.schema import client_skip_work, clients, jobs, tasks, workunits
 from perdure.store.workrequests import (
     LOG_KINDS,
     REPORT_STATUSES,
@@ -153,8 +152,24 @@ def _repeat(wu: Any, request: ReportRequest) -> bool:
 def report_batch(
     db: Database, limits: FailureLimits, requests: Sequence[ReportRequest]
 ) -> tuple[list[str | Failure], dict[str, list[int]]]:
+    """The reports in one transaction of their own: see ``apply_reports``."""
+    with db.write() as conn:
+        samples = hooks.Samples()
+        outcome = apply_reports(conn, db.dialect, limits, requests, samples)
+        pgdirect.finish(conn, db.dialect, samples)
+    return outcome
+
+
+def apply_reports(
+    conn: Connection,
+    dialect: str,
+    limits: FailureLimits,
+    requests: Sequence[ReportRequest],
+    samples: hooks.Samples,
+) -> tuple[list[str | Failure], dict[str, list[int]]]:
     """Each report's result, and the jobs with a task these reports finished (no workunit left
-    to do), each with the positions of the reports of that task."""
+    to do), each with the positions of the reports of that task; in the caller's transaction, which
+    writes ``samples`` and commits."""
     results: list[str | Failure] = ["ok"] * len(requests)
     finished: dict[str, list[int]] = {}
     checked: list[tuple[int, ReportRequest]] = []
@@ -163,18 +178,15 @@ def report_batch(
             checked.append((n, _checked(request)))
         except (DomainError, Refused) as exc:
             results[n] = exc
-    with db.write() as conn:
-        samples = hooks.Samples()
-        done = [(n, r) for n, r in checked if r.status == ReportStatus.DONE]
-        if done:
-            finished = _report_done(conn, db.dialect == "postgresql", done, results, samples)
-        for n, request in checked:
-            if request.status != ReportStatus.DONE:
-                try:
-                    _report_other(conn, limits, request)
-                except (DomainError, Refused) as exc:  # refused before anything was written
-                    results[n] = exc
-        pgdirect.finish(conn, db.dialect, samples)
+    done = [(n, r) for n, r in checked if r.status == ReportStatus.DONE]
+    if done:
+        finished = _report_done(conn, dialect == "postgresql", done, results, samples)
+    for n, request in checked:
+        if request.status != ReportStatus.DONE:
+            try:
+                _report_other(conn, limits, request)
+            except (DomainError, Refused) as exc:  # refused before anything was written
+                results[n] = exc
     return results, finished
 
 
@@ -220,7 +232,7 @@ def _report_done(
         accepted.append((n, wu, request))
     if not accepted:
         return {}
-    _store_logs(conn, [(wu, r.logs) for _, wu, r in accepted], now)
+    _store_logs(conn, [(wu, r.logs) for _, wu, r in accepted], now, postgres=postgres)
     per_task: dict[str, list[int]] = {}
     for _, wu, request in accepted:
         counts = per_task.setdefault(wu.task_id, [0, 0])
@@ -282,22 +294,48 @@ def _report_other(conn: Connection, limits: FailureLimits, request: ReportReques
         _failed_permanent(conn, limits, wu, client, request.logs, fenced, now)
 
 
-def _store_logs(conn: Connection, reported: Sequence[tuple[Any, Mapping[str, str]]], now: int) -> None:
-    rows = [
-        {"workunit_id": wu.id, "kind": kind, "job_id": wu.job_id, "content": content, "updatetime": now}
-        for wu, logs in reported
-        for kind, content in logs.items()
-    ]
+#: A report's logs replace those of an earlier report of the workunit (an earlier attempt's), each
+#: ``(workunit, kind)`` in one statement. SQLite, one row per set of parameters:
+_STORE_LOG = text(
+    "INSERT INTO workunit_logs (workunit_id, kind, job_id, content, updatetime)"
+    " VALUES (:workunit_id, :kind, :job_id, :content, :updatetime)"
+    " ON CONFLICT (workunit_id, kind) DO UPDATE SET job_id = excluded.job_id,"
+    " content = excluded.content, updatetime = excluded.updatetime"
+)
+#: PostgreSQL, every row of a batch at once:
+_STORE_LOGS_PG = """
+INSERT INTO workunit_logs (workunit_id, kind, job_id, content, updatetime)
+SELECT *, %(now)s::bigint
+FROM unnest(%(wus)s::text[], %(kinds)s::text[], %(jobs)s::text[], %(contents)s::text[])
+ON CONFLICT (workunit_id, kind) DO UPDATE SET job_id = excluded.job_id, content = excluded.content,
+    updatetime = excluded.updatetime"""
+
+
+def _store_logs(
+    conn: Connection, reported: Sequence[tuple[Any, Mapping[str, str]]], now: int, *, postgres: bool = False
+) -> None:
+    """The reports' logs, in one statement (PostgreSQL) or one executemany (SQLite)."""
+    # One row per (workunit, kind), the last report's if a batch held two.
+    rows = {(wu.id, kind): (wu.job_id, content) for wu, logs in reported for kind, content in logs.items()}
     if not rows:
         return
+    if postgres:
+        params = {
+            "now": now,
+            "wus": [wu_id for wu_id, _ in rows],
+            "kinds": [kind for _, kind in rows],
+            "jobs": [job_id for job_id, _ in rows.values()],
+            "contents": [content for _, content in rows.values()],
+        }
+        pgdirect.pg_run(conn, [(_STORE_LOGS_PG, params)])
+        return
     conn.execute(
-        delete(workunit_logs).where(
-            tuple_(workunit_logs.c.workunit_id, workunit_logs.c.kind).in_(
-                [(row["workunit_id"], row["kind"]) for row in rows]
-            )
-        )
+        _STORE_LOG,
+        [
+            {"workunit_id": wu_id, "kind": kind, "job_id": job_id, "content": content, "updatetime": now}
+            for (wu_id, kind), (job_id, content) in rows.items()
+        ],
     )
-    conn.execute(insert(workunit_logs), rows)
 
 
 def _fail(

@@ -21,10 +21,10 @@ from perdure.errors import BadRequest, DomainError, NotFound
 from perdure.protocol import LeaseLost, Refused
 from perdure.spot.records import Preemption
 from perdure.states import WorkunitState
-from perdure.store import lifecycle, outputs, workdocs
-from perdure.store.checkout import checkout_batch
+from perdure.store import hooks, lifecycle, outputs, pgdirect, workdocs
+from perdure.store.checkout import checkout_batch, claim
 from perdure.store.database import Database, retry_on_conflict
-from perdure.store.report import report_batch
+from perdure.store.report import apply_reports, report_batch
 from perdure.store.schema import jobs, tasks, workunit_logs, workunits
 from perdure.store.workrequests import (
     CheckoutRequest,
@@ -129,9 +129,21 @@ class WorkStore:
             reports = [(i, r) for i in indexes if (r := operations[i].report) is not None]
             finishing: dict[str, list[int]] = {}
             if reports:
-                results, finished = report_batch(self.db, self.limits, [r for _, r in reports])
+                together = all(operations[i].checkout is not None for i, _ in reports)
+                if together:
+                    results, finished, claims = self._report_and_claim(operations, indexes)
+                else:
+                    results, finished = report_batch(self.db, self.limits, [r for _, r in reports])
+                    claims = None
                 for (i, _), report_result in zip(reports, results, strict=True):
                     outcomes[i].report = report_result
+                if claims is not None:  # all in one transaction, committed
+                    for i, claimed in claims.items():
+                        outcomes[i].checkout = claimed
+                    if answer is not None:
+                        for i in indexes:
+                            answer(i, outcomes[i])
+                    continue
                 finishing = {job: [reports[n][0] for n in ns] for job, ns in finished.items()}
             waiting = {i for ns in finishing.values() for i in ns}
             at_once = [i for i in indexes if i not in waiting]
@@ -155,6 +167,32 @@ class WorkStore:
                     for i in later:
                         answer(i, outcomes[i])
         return outcomes
+
+    @retry_on_conflict
+    def _report_and_claim(
+        self, operations: Sequence[Operation], indexes: Sequence[int]
+    ) -> tuple[list[str | Failure], dict[str, list[int]], dict[int, dict[str, Any] | Failure] | None]:
+        """A round whose reports all ask for the next workunit (``&next``): the reports and then the
+        claims of those accepted (and of the round's plain checkouts) in one transaction, whose commit
+        is as durable as a report's, instead of two. If the reports finish a task, only they are
+        committed here (claims None): the task is completed first, as ``dispatch`` says."""
+        reported = [i for i in indexes if operations[i].report is not None]
+        with self.db.write() as conn:
+            samples = hooks.Samples()
+            reports = [r for i in reported if (r := operations[i].report) is not None]
+            results, finished = apply_reports(conn, self.db.dialect, self.limits, reports, samples)
+            claims: dict[int, dict[str, Any] | Failure] | None = None
+            if not finished:
+                verdicts = dict(zip(reported, results, strict=True))
+                wanted = [
+                    (i, c)
+                    for i in indexes
+                    if (c := operations[i].checkout) is not None and verdicts.get(i, "ok") == "ok"
+                ]
+                leased = claim(conn, self.db.dialect, [c for _, c in wanted], samples, after_reports=True)
+                claims = {i: result for (i, _), result in zip(wanted, leased, strict=True)}
+            pgdirect.finish(conn, self.db.dialect, samples)
+        return results, finished, claims
 
     def _checkouts(
         self, operations: Sequence[Operation], outcomes: list[DispatchOutcome], indexes: list[int]
