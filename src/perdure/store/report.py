@@ -8,6 +8,7 @@ answers "ok" again, so a worker retrying after a lost reply does no harm.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -65,6 +66,25 @@ _REPORTED = (
     .where(workunits.c.id == bindparam("wu"))
     .with_for_update(of=workunits)
 )
+
+
+@functools.cache
+def _reported_sqlite(k: int) -> Any:
+    """The same for ``k`` reports of a batch (SQLite), in one statement instead of ``k``: ``:wu<n>``
+    and ``:client<n>``; ``reporter`` says which report a row answers."""
+    pairs = ", ".join(f"(:wu{n}, :client{n})" for n in range(k))
+    sql = f"""WITH r(wu, client) AS (VALUES {pairs})
+SELECT w.*, t.spec AS task_spec, r.client AS reporter, c.id AS client_known, c.node_id AS client_node
+FROM r JOIN workunits w ON w.id = r.wu JOIN tasks t ON t.id = w.task_id
+    LEFT JOIN clients c ON c.id = r.client"""
+    json = {
+        "task_spec": tasks.c.spec.type,
+        "part": workunits.c.part.type,
+        "checkpoint": workunits.c.checkpoint.type,
+    }
+    return text(sql).columns(**json)
+
+
 #: The same for every report of a batch (PostgreSQL), locked in id order so that batches never wait
 #: on each other in a cycle; ``reporter`` says which report a row answers.
 _REPORTED_PG = """
@@ -206,11 +226,10 @@ def _report_done(
         reported = pgdirect.pg_run(conn, [(pgdirect.BY_KEY_PG, None), (_REPORTED_PG, params)])[-1]
         rows = {(row.id, row.reporter): row for row in reported}
     else:
-        rows = {}
-        for _, r in requests:
-            row = conn.execute(_REPORTED, {"wu": r.wu_id, "client": r.client_id}).one_or_none()
-            if row is not None:
-                rows[(r.wu_id, r.client_id)] = row
+        keys: dict[str, str] = {}
+        for n, (_, r) in enumerate(requests):
+            keys[f"wu{n}"], keys[f"client{n}"] = r.wu_id, r.client_id
+        rows = {(row.id, row.reporter): row for row in conn.execute(_reported_sqlite(len(requests)), keys)}
     now = now_us()  # after the row locks: times follow commit order
     accepted: list[tuple[int, Any, ReportRequest]] = []
     for n, request in requests:
