@@ -114,7 +114,8 @@ class WorkStore:
         busy): every report in one transaction, then the checkouts, of operations without a report or
         whose report was accepted, in another. Each operation's refusal is its own; a database error
         fails them all, and nothing of the transaction it hit is kept. A client's operations are taken
-        in turn, each in a round of its own.
+        in turn, each in a round of its own. When every report of a round also asks for a checkout
+        (``&next``), reports and claims share one transaction (``_report_and_claim``).
 
         ``answer(index, outcome)`` is called as soon as an operation's outcome is final, before the
         batch is over: a report with nothing to check out once the reports are committed, a checkout
