@@ -190,8 +190,9 @@ async def prune(work_id: str, request: Request) -> JSONResponse:
     responses=oa.errors(400, 401, 403, 404, 409),
 )
 async def delete_checkpoints(work_id: str, request: Request) -> JSONResponse:
-    """A worker calls this once per finished workunit (``api/fastpath.py`` routes it): the lease check
-    and the deletion share one trip to a thread."""
+    """The workunit finished: its checkpoints in the server's store are deleted (the lease holder only)."""
+    # A worker calls this once per finished workunit (``api/fastpath.py`` routes it here): the lease
+    # check and the deletion share one trip to a thread.
     client_id = request.query_params.get("client", "")
     if not client_id:
         raise BadRequest("missing client parameter")
