@@ -19,7 +19,8 @@ from perdure.store.database import Database
 from perdure.store.jobs import JobStore
 from perdure.store.schema import jobs, tasks, workunits
 from perdure.store.spot import SpotStore
-from perdure.store.work import FailureLimits, WorkStore
+from perdure.store.work import WorkStore
+from perdure.store.workrequests import FailureLimits
 from tests import statewatch
 from tests.jobs import script
 

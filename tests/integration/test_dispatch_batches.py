@@ -14,17 +14,11 @@ from sqlalchemy.exc import OperationalError
 
 from perdure.api.app import create_app
 from perdure.errors import BadRequest, NotFound
-from perdure.protocol import ClientNotFound, Refusal
+from perdure.protocol import ClientNotFound, LeaseLost, NoWork, Refusal
 from perdure.settings import Settings
-from perdure.store.work import (
-    CheckoutRequest,
-    DispatchOutcome,
-    LeaseLost,
-    NoWork,
-    Operation,
-    ReportRequest,
-    WorkStore,
-)
+from perdure.store import work
+from perdure.store.work import WorkStore
+from perdure.store.workrequests import CheckoutRequest, DispatchOutcome, Operation, ReportRequest
 from tests.integration.drive import checkout, get_job, put_job, register, report, submit
 from tests.integration.test_spot_api import preempt, reference
 from tests.jobs import script, task
@@ -223,11 +217,11 @@ def test_a_task_finished_by_a_batch_completes_even_when_its_claims_fail(
     a = checkout(quiet_client, "c1")
     assert a is not None
 
-    def lost_connection(self: WorkStore, requests: Any) -> Any:
+    def lost_connection(db: Any, requests: Any) -> Any:
         raise OperationalError("claim", {}, Exception("server closed the connection"))
 
     with monkeypatch.context() as patched:
-        patched.setattr(WorkStore, "_checkout_batch", lost_connection)
+        patched.setattr(work, "checkout_batch", lost_connection)
         with pytest.raises(OperationalError):
             store(quiet_client).dispatch([done(a["id"], "c1"), Operation(checkout=CheckoutRequest("c2"))])
 

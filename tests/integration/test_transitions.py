@@ -21,8 +21,9 @@ from perdure.protocol import ClientDeleted, ClientSuspended, LeaseLost, Refusal
 from perdure.spot.records import CheckpointRef, CheckpointTaken, Preemption
 from perdure.states import INITIAL_STATES, TRANSITIONS, ClientState, IllegalTransition, JobState
 from perdure.store import transitions
+from perdure.store.report import report_batch
 from perdure.store.schema import clients, workunits
-from perdure.store.work import ReportRequest
+from perdure.store.workrequests import ReportRequest
 from tests import statewatch
 from tests.domain import World, open_world
 from tests.jobs import task
@@ -214,7 +215,7 @@ def suspended_between_report_and_completion(w: World) -> None:
     job = w.submit(task("a"))
     w.register("c1")
     wu = w.checkout("c1")
-    results, _finished = w.work._report_batch([ReportRequest(wu, w.id("c1"), "done")])
+    results, _finished = report_batch(w.work.db, w.work.limits, [ReportRequest(wu, w.id("c1"), "done")])
     assert results == ["ok"]
     w.jobs.suspend(job)
     w.jobs.resume(job)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from perdure.api.batcher import Batcher
-from perdure.store.work import CheckoutRequest, DispatchOutcome, Operation, ReportRequest
+from perdure.store.workrequests import CheckoutRequest, DispatchOutcome, Operation, ReportRequest
 
 
 class FakeStore:
@@ -148,6 +148,26 @@ def test_an_operation_answered_early_frees_its_client_before_the_batch_ends() ->
     first, second, seen = asyncio.run(scenario())
     assert first.checkout == {"id": "checkout:c0"} and second.checkout == {"id": "report:c0:w1"}
     assert seen == [["checkout:c0"], ["report:c0:w1"]]
+
+
+def test_answers_given_in_a_row_all_arrive_while_the_batch_is_held() -> None:
+    """The batch's thread answers three operations in a row (one wake-up of the loop takes them all):
+    each caller gets its own outcome before the batch ends."""
+    store = FakeStore(early=frozenset({"checkout:c0", "checkout:c1", "checkout:c2"}))
+    batcher = Batcher(store, max_running=1, min_company=1)  # type: ignore[arg-type]
+
+    async def scenario() -> list[DispatchOutcome]:
+        held = asyncio.ensure_future(batcher.submit(checkout("c9")))  # the first batch, held
+        while not store.batches:
+            await asyncio.sleep(0.001)
+        answers = asyncio.gather(*(batcher.submit(checkout(f"c{n}")) for n in range(3)))
+        store.release.set()
+        outcomes = await asyncio.wait_for(answers, timeout=5)
+        await asyncio.wait_for(held, timeout=5)
+        return list(outcomes)
+
+    outcomes = asyncio.run(scenario())
+    assert [o.checkout for o in outcomes] == [{"id": f"checkout:c{n}"} for n in range(3)]
 
 
 def test_a_failed_batch_does_not_send_again_what_it_answered() -> None:

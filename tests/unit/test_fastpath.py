@@ -1,4 +1,5 @@
-"""The worker fast path takes exactly the checkout and report requests, and leaves the rest to the app."""
+"""The worker fast path takes exactly the checkout, report and checkpoint-deletion requests, and leaves
+the rest to the app."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def scope(method: str, path: str, query: bytes = b"") -> dict[str, Any]:
         ("GET", "/work", b"available=10&client=c1&wait=5"),
         ("PUT", "/work/abc_0_1", b"status=done&client=c1"),
         ("PUT", "/work/base64:YWJj", b"status=done&client=c1&next"),
+        ("DELETE", "/work/abc_0_1/ckpt", b"client=c1"),
     ],
 )
 def test_worker_calls_take_the_fast_path(method: str, path: str, query: bytes) -> None:
@@ -35,6 +37,9 @@ def test_worker_calls_take_the_fast_path(method: str, path: str, query: bytes) -
         ("GET", "/work/abc_0_1", b"status=done&client=c1"),  # the document's GET form: the route takes it
         ("PUT", "/work/", b"status=done"),
         ("PUT", "/work/abc_0_1/ckpt/manifest", b"client=c1"),
+        ("DELETE", "/work/abc_0_1/ckpt/manifest", b"client=c1"),
+        ("DELETE", "/work//ckpt", b"client=c1"),
+        ("GET", "/work/abc_0_1/ckpt", b"client=c1"),
         ("POST", "/work", b"client=c1"),
         ("GET", "/job", b"client=c1"),
     ],

@@ -16,7 +16,8 @@ from perdure.store import hooks, metricstore, migrate
 from perdure.store.clients import ClientStore, Profile, ensure_cluster_id
 from perdure.store.database import Database
 from perdure.store.jobs import JobStore
-from perdure.store.work import FailureLimits, WorkStore
+from perdure.store.work import WorkStore
+from perdure.store.workrequests import FailureLimits
 from tests.jobs import script, task
 
 AT_US = 1_234_000_000

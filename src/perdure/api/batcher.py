@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 
-from perdure.store.work import DispatchOutcome, Operation, WorkStore
+from perdure.store.work import WorkStore
+from perdure.store.workrequests import DispatchOutcome, Operation
 
 log = logging.getLogger("perdure.work")
 
@@ -130,8 +132,24 @@ class Batcher:
             self._busy.discard(batch[index][0].client_id)
             self._start()
 
+        # Answers given in a row by the batch's thread wake the event loop once (each wake-up is a
+        # write to its self-pipe and a turn of the loop).
+        given: list[tuple[int, DispatchOutcome]] = []
+        lock = threading.Lock()
+
+        def deliver() -> None:
+            with lock:
+                answers = given[:]
+                given.clear()
+            for index, outcome in answers:
+                answer_early(index, outcome)
+
         def answer(index: int, outcome: DispatchOutcome) -> None:  # in the batch's thread
-            loop.call_soon_threadsafe(answer_early, index, outcome)
+            with lock:
+                given.append((index, outcome))
+                if len(given) > 1:
+                    return  # a wake-up is on its way and will take this one too
+            loop.call_soon_threadsafe(deliver)
 
         try:
             results = await run_in_threadpool(self._dispatch, [operation for operation, _ in batch], answer)

@@ -22,7 +22,8 @@ from perdure.store.clients import ClientStore, ensure_cluster_id
 from perdure.store.database import Database
 from perdure.store.jobs import JobStore
 from perdure.store.spot import SpotStore
-from perdure.store.work import FailureLimits, WorkStore
+from perdure.store.work import WorkStore
+from perdure.store.workrequests import FailureLimits
 from perdure.timeutil import parse_expiration
 
 

@@ -1,11 +1,12 @@
 """Worker calls straight to their handlers.
 
-On a busy server nearly every request is a worker's checkout (``GET /work?client=``) or report
-(``PUT /work/<id>``), and FastAPI's routing and dependency machinery cost those more CPU than their
-handlers. This middleware, the innermost of the server's own (so the access log, the HTTP metrics, NUL
-refusal and authentication all still apply), hands those two requests to the very functions their
-routes call, and answers errors as the app's exception handlers would. The routes stay, for the API
-documentation and for any request this does not take.
+On a busy server nearly every request is a worker's checkout (``GET /work?client=``), report
+(``PUT /work/<id>``) or deletion of a finished workunit's checkpoints (``DELETE /work/<id>/ckpt``),
+and FastAPI's routing and dependency machinery cost those more CPU than their handlers. This
+middleware, the innermost of the server's own (so the access log, the HTTP metrics, NUL refusal and
+authentication all still apply), hands those requests to the very functions their routes call, and
+answers errors as the app's exception handlers would. The routes stay, for the API documentation and
+for any request this does not take.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from perdure.api import work
+from perdure.api import spot, work
 from perdure.api.errors import response_for
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -48,4 +49,8 @@ def _handler(scope: Scope) -> Handler | None:
         work_id = path[len("/work/") :]
         if work_id and "/" not in work_id:
             return lambda request: work.update_work(work_id, request)
+    if method == "DELETE" and path.startswith("/work/") and path.endswith("/ckpt"):
+        work_id = path[len("/work/") : -len("/ckpt")]
+        if work_id and "/" not in work_id:
+            return lambda request: spot.delete_checkpoints(work_id, request)
     return None

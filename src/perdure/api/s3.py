@@ -40,7 +40,7 @@ from perdure.protocol import LeaseLost
 from perdure.states import WorkunitState
 from perdure.store.blobrefs import StoredPart, stored_parts
 from perdure.store.outputs import blob_key
-from perdure.store.work import decode_workunit_id
+from perdure.store.workrequests import decode_workunit_id
 
 router = APIRouter()
 

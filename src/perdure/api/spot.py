@@ -20,14 +20,14 @@ from perdure.api import params
 from perdure.api.context import ctx
 from perdure.api.envelope import ok
 from perdure.api.leasecaps import check_checkpoint_read, needs_capability, openapi_param
-from perdure.api.workerauth import check_worker
+from perdure.api.workerauth import check_worker, check_worker_async
 from perdure.errors import BadRequest, NotFound
 from perdure.spot.manifest import CorruptCheckpoint, Manifest, valid_digest
 from perdure.spot.records import CheckpointTaken, RestoreResult, parse
 from perdure.spot.snapshot import CHUNK_SIZE
 from perdure.spot.store import CheckpointMissing
 from perdure.store.spot import collectable_jobs, lease_holder_job
-from perdure.store.work import decode_workunit_id
+from perdure.store.workrequests import decode_workunit_id
 
 router = APIRouter()
 T = TypeVar("T")
@@ -199,8 +199,21 @@ async def prune(work_id: str, request: Request) -> JSONResponse:
     responses=oa.errors(400, 401, 403, 404, 409),
 )
 async def delete_checkpoints(work_id: str, request: Request) -> JSONResponse:
-    job_id, wu_id = await _leased_job(request, work_id)
-    await _in_store(ctx(request).checkpoints.delete_workunit, job_id, wu_id)
+    """The workunit finished: its checkpoints in the server's store are deleted (the lease holder only)."""
+    # A worker calls this once per finished workunit (``api/fastpath.py`` routes it here): the lease
+    # check and the deletion share one trip to a thread.
+    client_id = request.query_params.get("client", "")
+    if not client_id:
+        raise BadRequest("missing client parameter")
+    await check_worker_async(request, client_id=client_id)
+    wu_id = decode_workunit_id(work_id)
+    context = ctx(request)
+
+    def delete() -> None:
+        job_id = lease_holder_job(context.db, wu_id, client_id)
+        context.checkpoints.delete_workunit(job_id, wu_id)
+
+    await _in_store(delete)
     return ok("ok")
 
 

@@ -14,6 +14,8 @@ workers, which never send ``next``, see no difference.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -23,7 +25,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from perdure.api import openapi as oa
-from perdure.api import params
+from perdure.api import params, reportparts
 from perdure.api.auth import check_job_access, require_admin
 from perdure.api.awe_io import absolute_io, external_base
 from perdure.api.context import ServerContext, ctx
@@ -36,7 +38,7 @@ from perdure.api.workerauth import check_worker, check_worker_async
 from perdure.errors import BadRequest, DomainError
 from perdure.protocol import NoWork, Refused
 from perdure.spot.records import Preemption, parse
-from perdure.store.work import CheckoutRequest, Operation, ReportRequest, decode_workunit_id
+from perdure.store.workrequests import CheckoutRequest, Operation, ReportRequest, decode_workunit_id
 
 router = APIRouter()
 
@@ -222,8 +224,17 @@ async def _report(work_id: str, request: Request) -> JSONResponse:
 
 async def _report_files(request: Request) -> tuple[dict[str, str], Preemption | None]:
     """The report's files, and for ``status=preempted`` the ``preemption`` part (JSON)."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
         return {}, None
+    boundary = reportparts.boundary_of(content_type)
+    length = request.headers.get("content-length", "")
+    if boundary is not None and length.isdigit() and int(length) <= reportparts.MAX_BYTES:
+        # The common case, a worker's few short parts, without spooling each into a file. What this
+        # parser does not take is left to Starlette's (the body read here is read again from memory).
+        parts = reportparts.parse(await request.body(), boundary, max_files=8, max_fields=16)
+        if parts is not None:
+            return _report_parts(parts)
     try:
         form = await request.form(max_files=8, max_fields=16)
     except ClientDisconnect:
@@ -231,28 +242,49 @@ async def _report_files(request: Request) -> tuple[dict[str, str], Preemption | 
     except Exception as exc:  # python-multipart raises several types for malformed bodies
         raise BadRequest(f"malformed multipart body: {exc}") from None
     try:
-        preemption = None
-        part = form.get("preemption")
-        if isinstance(part, UploadFile):
-            preemption = parse(Preemption, part.file.read(MAX_PREEMPTION_BYTES + 1), "preemption")
-        elif isinstance(part, str):
-            preemption = parse(Preemption, part, "preemption")
-        logs: dict[str, str] = {}
-        for field, kind in (
-            ("perf", "perf"),
-            ("stdout", "stdout"),
-            ("stderr", "stderr"),
-            ("notes", "worknotes"),
-            ("worknotes", "worknotes"),
-        ):
-            item = form.get(field)
+        uploaded: dict[str, bytes | str | _FileTail] = {}
+        for name in ("preemption", *_LOG_FIELDS):
+            item = form.get(name)
             if isinstance(item, UploadFile):
-                logs[kind] = _tail(item)
+                read = item.file.read(MAX_PREEMPTION_BYTES + 1) if name == "preemption" else None
+                uploaded[name] = read if read is not None else _tail_of_file(item)
             elif isinstance(item, str):
-                logs[kind] = _printable(item[-MAX_LOG_BYTES:])
-        return logs, preemption
+                uploaded[name] = item
+        return _report_parts(uploaded)
     finally:
         await form.close()
+
+
+#: The report's log parts and the log each is kept as (``notes`` is AWE's older name of ``worknotes``;
+#: of the two, the later in this order wins).
+_LOG_FIELDS = {
+    "perf": "perf",
+    "stdout": "stdout",
+    "stderr": "stderr",
+    "notes": "worknotes",
+    "worknotes": "worknotes",
+}
+
+
+def _report_parts(parts: Mapping[str, bytes | str | _FileTail]) -> tuple[dict[str, str], Preemption | None]:
+    """The logs (the last ``MAX_LOG_BYTES`` of each) and the preemption record of a report's parts:
+    a file's content as bytes, a field's as text."""
+    preemption = None
+    part = parts.get("preemption")
+    if isinstance(part, bytes):
+        preemption = parse(Preemption, part[: MAX_PREEMPTION_BYTES + 1], "preemption")
+    elif isinstance(part, str):
+        preemption = parse(Preemption, part, "preemption")
+    logs: dict[str, str] = {}
+    for field, kind in _LOG_FIELDS.items():
+        item = parts.get(field)
+        if isinstance(item, bytes):
+            logs[kind] = _tail(item)
+        elif isinstance(item, _FileTail):
+            logs[kind] = _tail(item.data, item.dropped)
+        elif isinstance(item, str):
+            logs[kind] = _printable(item[-MAX_LOG_BYTES:])
+    return logs, preemption
 
 
 def _printable(text: str) -> str:
@@ -260,14 +292,28 @@ def _printable(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
-def _tail(upload: UploadFile) -> str:
+@dataclass(frozen=True)
+class _FileTail:
+    """The last bytes of an uploaded report file, and how many before them were not read."""
+
+    data: bytes
+    dropped: int
+
+
+def _tail_of_file(upload: UploadFile) -> _FileTail:
     """The last MAX_LOG_BYTES of an uploaded file, without reading the rest into memory."""
     handle = upload.file
     handle.seek(0, 2)
     size = handle.tell()
     handle.seek(max(0, size - MAX_LOG_BYTES))
     data = handle.read()
-    text = _printable(data.decode("utf-8", errors="replace"))
-    if size > MAX_LOG_BYTES:
-        text = f"[... {size - MAX_LOG_BYTES} earlier bytes not kept ...]\n" + text
+    return _FileTail(data, size - len(data))
+
+
+def _tail(data: bytes, dropped: int = 0) -> str:
+    """The last MAX_LOG_BYTES of a report file, as text, saying how many earlier bytes were not kept."""
+    dropped += max(0, len(data) - MAX_LOG_BYTES)
+    text = _printable(data[-MAX_LOG_BYTES:].decode("utf-8", errors="replace"))
+    if dropped:
+        text = f"[... {dropped} earlier bytes not kept ...]\n" + text
     return text

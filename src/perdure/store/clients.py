@@ -22,8 +22,8 @@ from perdure.protocol import ClientNotFound
 from perdure.states import ClientStatus, WorkunitState
 from perdure.store import transitions
 from perdure.store.database import Database, retry_on_conflict
+from perdure.store.requeue import requeue_client_work
 from perdure.store.schema import client_skip_work, clientgroups, clients, meta, workunits
-from perdure.store.work import requeue_client_work
 from perdure.timeutil import format_us, now_us
 
 GROUP_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"

@@ -1,5 +1,5 @@
 """The job error's ``servernotes`` when a workunit has failed out: how often, the last exit code, and
-what to do next. One wording, shared by the failure limit (``work.py``) and stranded work
+what to do next. One wording, shared by the failure limit (``report.py``) and stranded work
 (``stranded.py``)."""
 
 from __future__ import annotations

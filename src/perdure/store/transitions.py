@@ -5,8 +5,8 @@ of one row updates it only ``WHERE state IN (<the states that may become the tar
 ``IllegalTransition`` if the row was not in one of them; a move of many rows at once (holding a job's
 work, re-queueing a lost client's leases) is the same guarded statement, so set-based SQL stays
 set-based and the database itself refuses a move the table does not allow. The dispatch hot path
-(``store.work``) writes through the statements and SQL fragments made here (``LEASE``, ``START_TASKS``
-…), built once, so the guard costs no round trip.
+(``store.checkout``, ``store.report``) writes through the statements and SQL fragments made here
+(``LEASE``, ``START_TASKS`` …), built once, so the guard costs no round trip.
 
 Rows are created in ``INITIAL_STATES`` (the inserts live with the code that builds the rows) and
 removed only whole (a reset deletes a task's workunits, ``?full`` a job).

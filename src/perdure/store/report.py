@@ -1,0 +1,462 @@
+"""Reports: ``done`` reports of a batch in a few statements, and the failure rules of the rest.
+
+A report is accepted only from the client holding the lease for the current attempt, so work that
+was re-queued and run elsewhere can never be completed twice; an exact repeat of an accepted report
+answers "ok" again, so a worker retrying after a lost reply does no harm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    insert,
+    null,
+    select,
+    text,
+    update,
+)
+
+from perdure.errors import BadRequest, DomainError, NotFound
+from perdure.protocol import (
+    ClientNotFound,
+    LeaseLost,
+    OutputsMissing,
+    Refused,
+)
+from perdure.spot.records import Preemption
+from perdure.states import JobState, ReportStatus, WorkunitState
+from perdure.store import failnotes, hooks, lifecycle, outputs, pgdirect, spot, transitions
+from perdure.store.database import Database, retry_on_conflict
+from perdure.store.jobs import suspend_job
+from perdure.store.requeue import requeue_client_work
+from perdure.store.schema import client_skip_work, clients, jobs, tasks, workunits
+from perdure.store.workrequests import (
+    LOG_KINDS,
+    REPORT_STATUSES,
+    Failure,
+    FailureLimits,
+    ReportRequest,
+    decode_workunit_id,
+)
+from perdure.timeutil import now_us
+
+log = logging.getLogger("perdure.work")
+
+#: AWE keeps the last 5,000 characters of stderr in the job's ``error.apperror``.
+APPERROR_CHARS = 5000
+
+#: A report's workunit (locked against concurrent reports and sweeps), its task's spec, and whether
+#: the reporting client (``:client``) exists and on which node.
+_REPORTED = (
+    select(
+        workunits,
+        tasks.c.spec.label("task_spec"),
+        clients.c.id.label("client_known"),
+        clients.c.node_id.label("client_node"),
+    )
+    .join(tasks, tasks.c.id == workunits.c.task_id)
+    .outerjoin(clients, clients.c.id == bindparam("client"))
+    .where(workunits.c.id == bindparam("wu"))
+    .with_for_update(of=workunits)
+)
+
+
+@functools.cache
+def _reported_sqlite(k: int) -> Any:
+    """The same for ``k`` reports of a batch (SQLite), in one statement instead of ``k``: ``:wu<n>``
+    and ``:client<n>``; ``reporter`` says which report a row answers."""
+    pairs = ", ".join(f"(:wu{n}, :client{n})" for n in range(k))
+    sql = f"""WITH r(wu, client) AS (VALUES {pairs})
+SELECT w.*, t.spec AS task_spec, r.client AS reporter, c.id AS client_known, c.node_id AS client_node
+FROM r JOIN workunits w ON w.id = r.wu JOIN tasks t ON t.id = w.task_id
+    LEFT JOIN clients c ON c.id = r.client"""
+    json = {
+        "task_spec": tasks.c.spec.type,
+        "part": workunits.c.part.type,
+        "checkpoint": workunits.c.checkpoint.type,
+    }
+    return text(sql).columns(**json)
+
+
+#: The same for every report of a batch (PostgreSQL), locked in id order so that batches never wait
+#: on each other in a cycle; ``reporter`` says which report a row answers.
+_REPORTED_PG = """
+SELECT w.*, t.spec AS task_spec, r.client AS reporter, c.id AS client_known, c.node_id AS client_node
+FROM unnest(%(wus)s::text[], %(clients)s::text[]) AS r(wu, client)
+    JOIN workunits w ON w.id = r.wu
+    JOIN tasks t ON t.id = w.task_id
+    LEFT JOIN clients c ON c.id = r.client
+ORDER BY w.id
+FOR UPDATE OF w"""
+#: ``done`` reports (SQLite, one per row of parameters): the workunit is done, the client counts it.
+_DONE_WORKUNIT = transitions.FINISH
+_DONE_CLIENT = (
+    update(clients)
+    .where(clients.c.id == bindparam("client"))
+    .values(
+        total_completed=clients.c.total_completed + 1,
+        last_failed=0,
+        last_report=bindparam("now"),
+        last_heartbeat=bindparam("now"),
+    )
+)
+#: Each task has ``:n`` workunits less to do.
+_DONE_TASK = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("task"))
+    .values(remainwork=tasks.c.remainwork - bindparam("n"), computetime=tasks.c.computetime + bindparam("ct"))
+    .returning(tasks.c.id, tasks.c.remainwork, tasks.c.taskid)
+)
+#: PostgreSQL: the tasks of a batch's ``done`` reports, locked in id order (see ``_REPORTED_PG``).
+_LOCK_TASKS_PG = "SELECT 1 FROM tasks WHERE id = ANY(%(tasks)s) ORDER BY id FOR UPDATE"
+#: PostgreSQL: a batch's ``done`` reports in one statement: workunits, clients, and then the tasks.
+_DONE_PG = f"""
+WITH v AS (
+    SELECT * FROM unnest(%(wus)s::text[], %(clients)s::text[], %(cts)s::bigint[], %(atts)s::int[])
+        AS v(wu, client, ct, att)
+), w AS (
+    UPDATE workunits SET {transitions.FINISH_SET_SQL}, computetime = v.ct, updatetime = %(now)s,
+        reported_by = v.client, reported_status = '{ReportStatus.DONE.value}', reported_attempt = v.att
+    FROM v WHERE workunits.id = v.wu AND {transitions.FINISH_GUARD_SQL}
+), c AS (
+    UPDATE clients SET total_completed = total_completed + 1, last_failed = 0, last_report = %(now)s,
+        last_heartbeat = %(now)s
+    FROM v WHERE clients.id = v.client
+)
+UPDATE tasks SET remainwork = tasks.remainwork - a.n, computetime = tasks.computetime + a.ct
+FROM unnest(%(tasks)s::text[], %(ns)s::int[], %(tcts)s::bigint[]) AS a(task, n, ct)
+WHERE tasks.id = a.task
+RETURNING tasks.id, tasks.remainwork, tasks.taskid"""
+
+
+def _checked(request: ReportRequest) -> ReportRequest:
+    """A report as the store takes it (decoded id, known logs only), or ``BadRequest``."""
+    if request.status not in REPORT_STATUSES:
+        raise BadRequest(
+            f"status must be one of {', '.join(sorted(REPORT_STATUSES))}, not {request.status!r}"
+        )
+    if not request.client_id:
+        raise BadRequest("missing client parameter")
+    return dataclasses.replace(
+        request,
+        wu_id=decode_workunit_id(request.wu_id),
+        logs={k: v for k, v in request.logs.items() if k in LOG_KINDS},
+    )
+
+
+def _repeat(wu: Any, request: ReportRequest) -> bool:
+    """Whether ``request`` was applied already (True), may be applied (False), or is refused."""
+    if wu is None:
+        raise NotFound(f"no workunit found with id {request.wu_id}")
+    if (wu.reported_by, wu.reported_status, wu.reported_attempt) == (
+        request.client_id,
+        request.status,
+        wu.attempt,
+    ):
+        return True  # the same report again: already applied
+    if wu.state != WorkunitState.CHECKOUT or wu.client_id != request.client_id:
+        raise LeaseLost(f"workunit {request.wu_id} is not checked out by client {request.client_id}")
+    if wu.client_known is None:
+        raise ClientNotFound("Client not found")
+    return False
+
+
+@retry_on_conflict
+def report_batch(
+    db: Database, limits: FailureLimits, requests: Sequence[ReportRequest]
+) -> tuple[list[str | Failure], dict[str, list[int]]]:
+    """The reports in one transaction of their own: see ``apply_reports``."""
+    with db.write() as conn:
+        samples = hooks.Samples()
+        outcome = apply_reports(conn, db.dialect, limits, requests, samples)
+        pgdirect.finish(conn, db.dialect, samples)
+    return outcome
+
+
+def apply_reports(
+    conn: Connection,
+    dialect: str,
+    limits: FailureLimits,
+    requests: Sequence[ReportRequest],
+    samples: hooks.Samples,
+) -> tuple[list[str | Failure], dict[str, list[int]]]:
+    """Each report's result, and the jobs with a task these reports finished (no workunit left
+    to do), each with the positions of the reports of that task; in the caller's transaction, which
+    writes ``samples`` and commits."""
+    results: list[str | Failure] = ["ok"] * len(requests)
+    finished: dict[str, list[int]] = {}
+    checked: list[tuple[int, ReportRequest]] = []
+    for n, request in enumerate(requests):
+        try:
+            checked.append((n, _checked(request)))
+        except (DomainError, Refused) as exc:
+            results[n] = exc
+    done = [(n, r) for n, r in checked if r.status == ReportStatus.DONE]
+    if done:
+        finished = _report_done(conn, dialect == "postgresql", done, results, samples)
+    for n, request in checked:
+        if request.status != ReportStatus.DONE:
+            try:
+                _report_other(conn, limits, request)
+            except (DomainError, Refused) as exc:  # refused before anything was written
+                results[n] = exc
+    return results, finished
+
+
+def _report_done(
+    conn: Connection,
+    postgres: bool,
+    requests: Sequence[tuple[int, ReportRequest]],
+    results: list[str | Failure],
+    samples: hooks.Samples,
+) -> dict[str, list[int]]:
+    """``done`` reports: the workunits, their clients and their tasks in a few statements for the
+    whole batch. Returns the jobs with a task left with no workunit to do, each with the
+    positions of that task's reports: the caller completes the task, in a transaction of its
+    own, so that this one (every report of the batch waits for it) stays short."""
+    if postgres:
+        params = {"wus": [r.wu_id for _, r in requests], "clients": [r.client_id for _, r in requests]}
+        reported = pgdirect.pg_run(conn, [(pgdirect.BY_KEY_PG, None), (_REPORTED_PG, params)])[-1]
+        rows = {(row.id, row.reporter): row for row in reported}
+    else:
+        keys: dict[str, str] = {}
+        for n, (_, r) in enumerate(requests):
+            keys[f"wu{n}"], keys[f"client{n}"] = r.wu_id, r.client_id
+        rows = {(row.id, row.reporter): row for row in conn.execute(_reported_sqlite(len(requests)), keys)}
+    now = now_us()  # after the row locks: times follow commit order
+    accepted: list[tuple[int, Any, ReportRequest]] = []
+    for n, request in requests:
+        wu: Any = rows.get((request.wu_id, request.client_id))
+        try:
+            if _repeat(wu, request):
+                continue
+            declared = {o["filename"] for o in wu.task_spec.get("outputs", [])}
+            missing = sorted(declared - outputs.of_workunit(conn, wu.task_id, wu.rank)) if declared else []
+            if missing:
+                # Downstream tasks would find nothing: refuse, so the worker reports a failure instead.
+                raise OutputsMissing(
+                    f"workunit {wu.id} reported done without uploading outputs: {', '.join(missing)}"
+                )
+        except (DomainError, Refused) as exc:
+            results[n] = exc
+            continue
+        log.debug("report: %s done by client %s", wu.id, request.client_id)
+        accepted.append((n, wu, request))
+    if not accepted:
+        return {}
+    _store_logs(conn, [(wu, r.logs) for _, wu, r in accepted], now, postgres=postgres)
+    per_task: dict[str, list[int]] = {}
+    for _, wu, request in accepted:
+        counts = per_task.setdefault(wu.task_id, [0, 0])
+        counts[0] += 1
+        counts[1] += request.computetime
+        samples.workunit_done(wu.clientgroups, wu.client_node)
+    task_ids = sorted(per_task)
+    if postgres:
+        done = {
+            "now": now,
+            "wus": [wu.id for _, wu, _ in accepted],
+            "clients": [r.client_id for _, _, r in accepted],
+            "cts": [r.computetime for _, _, r in accepted],
+            "atts": [wu.attempt for _, wu, _ in accepted],
+            "tasks": task_ids,
+            "ns": [per_task[t][0] for t in task_ids],
+            "tcts": [per_task[t][1] for t in task_ids],
+        }
+        # The tasks' rows, which every report of their workunits updates, are locked last (in id
+        # order), so they are held the shortest time.
+        tasks_left = pgdirect.pg_run(conn, [(_LOCK_TASKS_PG, done), (_DONE_PG, done)])[1]
+    else:
+        conn.execute(
+            _DONE_WORKUNIT,
+            [
+                {"wu": wu.id, "client": r.client_id, "ct": r.computetime, "att": wu.attempt, "now": now}
+                for _, wu, r in accepted
+            ],
+        )
+        conn.execute(_DONE_CLIENT, [{"client": r.client_id, "now": now} for _, _, r in accepted])
+        tasks_left = [
+            conn.execute(_DONE_TASK, {"task": t, "n": per_task[t][0], "ct": per_task[t][1]}).one()
+            for t in task_ids
+        ]
+    finished = {task.id for task in tasks_left if task.remainwork <= 0}
+    by_job: dict[str, list[int]] = {}
+    for n, wu, _ in accepted:
+        if wu.task_id in finished:
+            by_job.setdefault(wu.job_id, []).append(n)
+    return by_job
+
+
+def _report_other(conn: Connection, limits: FailureLimits, request: ReportRequest) -> None:
+    """A ``fail``, ``failed-permanent`` or ``preempted`` report (rare: one at a time)."""
+    wu: Any = conn.execute(_REPORTED, {"wu": request.wu_id, "client": request.client_id}).one_or_none()
+    now = now_us()  # after the row lock: times follow commit order
+    if _repeat(wu, request):
+        return
+    client = conn.execute(select(clients).where(clients.c.id == request.client_id)).one()
+    _store_logs(conn, [(wu, request.logs)], now)
+    log.debug("report: %s %s by client %s", wu.id, request.status, client.id)
+    fenced = {"reported_by": client.id, "reported_status": request.status, "reported_attempt": wu.attempt}
+    if request.status == ReportStatus.FAIL:
+        _fail(conn, limits, wu, client, request.logs, fenced, now)
+    elif request.status == ReportStatus.PREEMPTED:
+        given = request.preemption or Preemption(outcome="none", detail="the worker gave no details")
+        spot.preempt(conn, wu, client.id, given, now, fenced)
+    else:
+        _failed_permanent(conn, limits, wu, client, request.logs, fenced, now)
+
+
+#: A report's logs replace those of an earlier report of the workunit (an earlier attempt's), each
+#: ``(workunit, kind)`` in one statement. SQLite, one row per set of parameters:
+_STORE_LOG = text(
+    "INSERT INTO workunit_logs (workunit_id, kind, job_id, content, updatetime)"
+    " VALUES (:workunit_id, :kind, :job_id, :content, :updatetime)"
+    " ON CONFLICT (workunit_id, kind) DO UPDATE SET job_id = excluded.job_id,"
+    " content = excluded.content, updatetime = excluded.updatetime"
+)
+#: PostgreSQL, every row of a batch at once:
+_STORE_LOGS_PG = """
+INSERT INTO workunit_logs (workunit_id, kind, job_id, content, updatetime)
+SELECT *, %(now)s::bigint
+FROM unnest(%(wus)s::text[], %(kinds)s::text[], %(jobs)s::text[], %(contents)s::text[])
+ON CONFLICT (workunit_id, kind) DO UPDATE SET job_id = excluded.job_id, content = excluded.content,
+    updatetime = excluded.updatetime"""
+
+
+def _store_logs(
+    conn: Connection, reported: Sequence[tuple[Any, Mapping[str, str]]], now: int, *, postgres: bool = False
+) -> None:
+    """The reports' logs, in one statement (PostgreSQL) or one executemany (SQLite)."""
+    # One row per (workunit, kind), the last report's if a batch held two.
+    rows = {(wu.id, kind): (wu.job_id, content) for wu, logs in reported for kind, content in logs.items()}
+    if not rows:
+        return
+    if postgres:
+        params = {
+            "now": now,
+            "wus": [wu_id for wu_id, _ in rows],
+            "kinds": [kind for _, kind in rows],
+            "jobs": [job_id for job_id, _ in rows.values()],
+            "contents": [content for _, content in rows.values()],
+        }
+        pgdirect.pg_run(conn, [(_STORE_LOGS_PG, params)])
+        return
+    conn.execute(
+        _STORE_LOG,
+        [
+            {"workunit_id": wu_id, "kind": kind, "job_id": job_id, "content": content, "updatetime": now}
+            for (wu_id, kind), (job_id, content) in rows.items()
+        ],
+    )
+
+
+def _fail(
+    conn: Connection,
+    limits: FailureLimits,
+    wu: Any,
+    client: Any,
+    logs: Mapping[str, str],
+    fenced: dict[str, Any],
+    now: int,
+) -> None:
+    failed = wu.failed + 1
+    noretry = bool(
+        conn.execute(select(jobs.c.info).where(jobs.c.id == wu.job_id)).scalar_one().get("noretry")
+    )
+    limit = 1 if noretry else limits.max_work_failure
+    hooks.workunit_failed(conn, wu, job_failed=failed >= limit)
+    conn.execute(insert(client_skip_work).values(client_id=client.id, workunit_id=wu.id))
+    # The failing workunit moves first: a client suspended for this failure gives back only the
+    # rest of what it holds.
+    if failed < limit:
+        transitions.requeue_failed(
+            conn,
+            wu.id,
+            {
+                "failed": failed,
+                "client_id": None,
+                "updatetime": now,
+                # A retry after a failure starts clean: the checkpoint may hold what made it fail.
+                "checkpoint": null(),
+                **fenced,
+            },
+        )
+        _count_client_failure(conn, limits, client, now)
+        Database.work_queued(conn)
+        lifecycle.record_event(
+            conn,
+            wu.job_id,
+            lifecycle.EVENT_WORK_REQUEUED,
+            f"workunit {wu.id} failed on client {client.id} ({failed}/{limit}); re-queued",
+            now,
+        )
+        return
+    transitions.hold_failed(conn, wu.id, {"failed": failed, "updatetime": now, **fenced})
+    _count_client_failure(conn, limits, client, now)
+    lifecycle.record_event(
+        conn, wu.job_id, lifecycle.EVENT_WORK_FAILED, f"workunit {wu.id} failed {failed} time(s)", now
+    )
+    notes = failnotes.failed_out_notes(wu.id, wu.job_id, failed, logs.get("worknotes", ""))
+    error = _job_error(wu, client.id, logs, notes, JobState.SUSPEND.value)
+    suspend_job(conn, wu.job_id, error, now)
+
+
+def _failed_permanent(
+    conn: Connection,
+    limits: FailureLimits,
+    wu: Any,
+    client: Any,
+    logs: Mapping[str, str],
+    fenced: dict[str, Any],
+    now: int,
+) -> None:
+    transitions.fail_permanently(conn, wu.id, {"failed": wu.failed + 1, "updatetime": now, **fenced})
+    hooks.workunit_failed(conn, wu, job_failed=True)
+    _count_client_failure(conn, limits, client, now)
+    error = _job_error(wu, client.id, logs, "exit code 42 encountered", JobState.FAILED_PERMANENT.value)
+    transitions.fail_task_permanently(conn, wu.task_id)
+    # The job fails with it, and the rest of its work is held.
+    suspend_job(conn, wu.job_id, error, now, state=JobState.FAILED_PERMANENT)
+    lifecycle.record_event(
+        conn,
+        wu.job_id,
+        lifecycle.EVENT_WORK_PERMANENT,
+        f"workunit {wu.id} failed permanently (exit 42)",
+        now,
+    )
+
+
+def _count_client_failure(conn: Connection, limits: FailureLimits, client: Any, now: int) -> None:
+    consecutive = client.last_failed + 1
+    values: dict[str, Any] = {
+        "total_failed": clients.c.total_failed + 1,
+        "last_failed": consecutive,
+        "last_report": now,
+        "last_heartbeat": now,
+    }
+    limit = limits.max_client_failure
+    if limit > 0 and consecutive >= limit and not client.suspended:
+        # The failing workunit is handled by the caller; anything else it holds goes back.
+        requeue_client_work(conn, client.id, now, reason="client suspended after repeated failures")
+        if transitions.suspend_client(conn, client.id, "MAX_CLIENT_FAILURE on client reached", values):
+            return
+    conn.execute(update(clients).where(clients.c.id == client.id).values(**values))
+
+
+def _job_error(wu: Any, client_id: str, logs: Mapping[str, str], notes: str, status: str) -> dict[str, Any]:
+    return {
+        "clientfailed": client_id,
+        "workfailed": wu.id,
+        "taskfailed": wu.task_id,
+        "servernotes": notes,
+        "worknotes": logs.get("worknotes", ""),
+        "apperror": logs.get("stderr", "")[-APPERROR_CHARS:],
+        "status": status,
+    }
