@@ -138,6 +138,9 @@ class IO(_Model):
     nodeattr: dict[str, Any] = Field(default_factory=dict)
     formoptions: dict[str, str] = Field(default_factory=dict)
     uncompress: str = ""
+    #: Output only: ``s3://bucket/key`` the worker copies the file to, with its own AWS credentials,
+    #: after Perdure has recorded it (docs/aws.md, "Outputs delivered to your bucket").
+    deliverto: str = Field(default="", exclude_if=lambda value: not value)  # absent unless named
 
     @field_validator("filename", "directory", "attrfile", "shockfilename")
     @classmethod
@@ -155,6 +158,11 @@ class IO(_Model):
     @classmethod
     def _origin(cls, value: str) -> str:
         return check_name(value, limit=128)
+
+    @field_validator("deliverto")
+    @classmethod
+    def _deliverto(cls, value: str) -> str:
+        return check_s3_location(value) if value else value
 
     @field_validator("uncompress")
     @classmethod
@@ -236,6 +244,27 @@ class ScriptTask(_Model):
                 items.append({**io, "filename": filename})
             return items
         return value
+
+    @model_validator(mode="after")
+    def _deliveries(self) -> ScriptTask:
+        # Checked here, not at the worker: a location the worker could never write is refused at submit.
+        for kind in ("inputs", "predata"):
+            for io in getattr(self, kind):
+                if io.deliverto:
+                    raise ValueError(f"{kind} {io.filename!r}: 'deliverto' is for outputs only")
+        for io in self.outputs:
+            if not io.deliverto:
+                continue
+            if io.nofile or io.type:
+                raise ValueError(f"output {io.filename!r}: 'deliverto' needs a file (no 'nofile', no 'type')")
+            if self.totalwork > 1 or self.maxworksize > 0:
+                # Each workunit of a split task writes one part; none holds the whole file to copy.
+                raise ValueError(
+                    f"output {io.filename!r}: 'deliverto' is refused on a split task (its workunits each "
+                    "write one part); deliver it from a following task with one workunit that takes it "
+                    "as input"
+                )
+        return self
 
     @field_validator("skip")
     @classmethod
@@ -383,6 +412,35 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
         else:
             text += f".{part}" if text else str(part)
     return text or "job script"
+
+
+#: S3's bucket naming rules: 3-63 lowercase letters, digits, '.' and '-', starting and ending with a
+#: letter or digit, no '..', not an IP address.
+S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_ADDRESS = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+#: S3's longest key, in UTF-8 bytes.
+MAX_S3_KEY = 1024
+
+
+def check_s3_location(value: str) -> str:
+    """``s3://bucket/key`` naming one object: a valid bucket name and a key (no trailing '/')."""
+    if not value.startswith("s3://"):
+        raise ValueError(f"{value!r} is not an s3:// location (s3://bucket/key)")
+    bucket, _, key = value[5:].partition("/")
+    if not S3_BUCKET.fullmatch(bucket) or ".." in bucket or _IP_ADDRESS.fullmatch(bucket):
+        raise ValueError(
+            f"{bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, '.' or '-', "
+            "starting and ending with a letter or digit)"
+        )
+    if not key:
+        raise ValueError(f"{value!r} names no key (s3://bucket/key)")
+    if key.endswith("/"):
+        raise ValueError(f"{value!r} ends with '/': name the object, e.g. {value}result.txt")
+    if CONTROL_CHARACTERS.search(key):
+        raise ValueError("the key must not contain control characters (newline, ESC, ...)")
+    if len(key.encode()) > MAX_S3_KEY:
+        raise ValueError(f"the key must be at most {MAX_S3_KEY} bytes")
+    return value
 
 
 def _describe(error: ValidationError) -> str:

@@ -33,17 +33,23 @@ class StoreUnavailable(Unavailable):
 
 
 def make_client(
-    *, region: str = "", endpoint: str = "", signature: bool = True, connect_timeout: float = 10.0
+    *,
+    region: str = "",
+    endpoint: str = "",
+    signature: bool = True,
+    connect_timeout: float = 10.0,
+    attempts: int = 5,
 ) -> S3Client:
     """A boto3 S3 client from the standard credential chain; ``endpoint`` for S3-compatible stores
-    (path-style addressing there, since such stores seldom have per-bucket host names)."""
+    (path-style addressing there, since such stores seldom have per-bucket host names). ``attempts=1``
+    leaves retrying to the caller (``perdure.retry``)."""
     import boto3
     from botocore.config import Config as BotoConfig
 
     options: dict[str, Any] = {
         "signature_version": "s3v4",
         "connect_timeout": connect_timeout,
-        "retries": {"max_attempts": 5, "mode": "standard"},
+        "retries": {"max_attempts": attempts, "mode": "standard"},
     }
     if endpoint:
         options["s3"] = {"addressing_style": "path"}

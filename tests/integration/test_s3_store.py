@@ -28,7 +28,7 @@ from moto.server import ThreadedMotoServer
 
 from tests.integration import test_spot_e2e as spot
 from tests.integration.cluster import Cluster, sh
-from tests.jobs import script
+from tests.jobs import script, upload
 from tests.support import wait_for
 
 BUCKET = "perdure-test"
@@ -311,6 +311,72 @@ def test_s3_settings_are_validated(cluster: Cluster, moto_endpoint: str, s3: Any
     config = httpx.get(f"{server.url}/api/v1/config", timeout=10.0).json()
     assert config["store"]["s3"]["bucket"] == BUCKET
     assert "secret" not in json.dumps(config["store"]).lower()
+
+
+def test_an_output_is_delivered_to_the_users_bucket_by_the_worker(
+    cluster: Cluster, moto_endpoint: str, s3: Any
+) -> None:
+    """``deliverto``: the worker copies the recorded output to the user's own location (the server
+    keeps its data directory store and has no AWS credentials); a bad location is refused at submit."""
+    server = cluster.server(start=False)
+    cluster.worker(server.url, "w1", env=worker_env(moto_endpoint))
+    server.start()
+    api = cluster.api(server)
+    url = "s3://user-inputs/results/run 1/result.txt"
+    job_id = api.submit(
+        script(
+            sh(
+                "make",
+                "seq 1 1000 > result.txt",
+                outputs=[{"filename": "result.txt", "deliverto": url}],
+            )
+        )
+    )
+    api.wait_job(job_id, timeout=WAIT_S)
+    expected = b"".join(f"{n}\n".encode() for n in range(1, 1001))
+    body = s3.get_object(Bucket="user-inputs", Key="results/run 1/result.txt")["Body"].read()
+    assert body == expected
+    assert api.download(job_id, "make", "result.txt").content == expected  # recorded as always
+    work = api.only_workunit(job_id)
+    perf = api.data("GET", f"/job/{job_id}?perf")["work_stats"][work["id"]]
+    assert perf["delivered_to"] == {"result.txt": url}, perf
+    notes = httpx.get(f"{server.url}/work/{work['id']}", params={"report": "worknotes"}, timeout=10.0)
+    assert url in notes.text, notes.text
+
+    for location, says in (
+        ("s3://Bad_Bucket/x.txt", "not a valid S3 bucket name"),
+        ("s3://user-inputs/", "names no key"),
+        ("https://user-inputs/x.txt", "not an s3:// location"),
+    ):
+        bad = script(sh("make", "true", outputs=[{"filename": "r.txt", "deliverto": location}]))
+        response = httpx.post(f"{server.url}/job", files=upload(bad), timeout=10.0)
+        assert response.status_code == 400, response.text
+        answer = response.json()
+        assert answer["status"] == 400 and answer["data"] is None, answer
+        assert "deliverto" in answer["error"][0] and says in answer["error"][0], answer
+
+
+def test_a_delivery_to_a_missing_bucket_fails_the_work_with_s3s_message(
+    cluster: Cluster, moto_endpoint: str, s3: Any
+) -> None:
+    server = cluster.server({"PERDURE_MAX_WORK_FAILURE": "1"}, start=False)
+    cluster.worker(server.url, "w1", env=worker_env(moto_endpoint))
+    server.start()
+    api = cluster.api(server)
+    url = "s3://no-such-bucket-here/result.txt"
+    job_id = api.submit(
+        script(sh("make", "echo hi > result.txt", outputs=[{"filename": "result.txt", "deliverto": url}]))
+    )
+    job = wait_for(
+        lambda: (j := api.job(job_id))["state"] in ("suspend", "failed-permanent") and j,
+        WAIT_S,
+        "the job to be suspended",
+        cluster.diagnostics,
+    )
+    error = json.dumps(job["error"])
+    assert url in error and "NoSuchBucket" in error, job["error"]
+    # The output was recorded before the copy was tried, and stays in Perdure's store.
+    assert api.download(job_id, "make", "result.txt").content == b"hi\n"
 
 
 if __name__ == "__main__":  # pragma: no cover

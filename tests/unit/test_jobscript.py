@@ -768,3 +768,32 @@ def test_spec_document_never_contains_the_private_environment() -> None:
     assert only.cmd["has_private_env"] is True
     assert only.cmd["environ"] == {"public": {"A": "1"}}
     assert "s3cr3t" not in json.dumps(only.spec_document())
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({"outputs": [{"filename": "r", "deliverto": "s3://ab/r"}]}, "not a valid S3 bucket name"),
+        ({"outputs": [{"filename": "r", "deliverto": "s3://my..bucket/r"}]}, "not a valid S3 bucket name"),
+        ({"outputs": [{"filename": "r", "deliverto": "s3://192.168.1.1/r"}]}, "not a valid S3 bucket name"),
+        ({"outputs": [{"filename": "r", "deliverto": "s3://bucket"}]}, "names no key"),
+        ({"outputs": [{"filename": "r", "deliverto": "s3://bucket/dir/"}]}, "ends with '/'"),
+        ({"outputs": [{"filename": "r", "deliverto": "s3://bucket/a\nb"}]}, "control characters"),
+        ({"outputs": [{"filename": "r", "deliverto": "s3://bucket/" + "k" * 1025}]}, "at most 1024 bytes"),
+        ({"inputs": [{"filename": "r", "url": "s3://b1/r", "deliverto": "s3://bucket/r"}]}, "outputs only"),
+        ({"outputs": [{"filename": "r", "deliverto": "s3://bucket/r"}], "totalwork": 4}, "split task"),
+        ({"outputs": [{"filename": "r", "deliverto": "s3://bucket/r"}], "maxworksize": 10}, "split task"),
+        ({"outputs": [{"filename": "r", "nofile": True, "deliverto": "s3://bucket/r"}]}, "needs a file"),
+    ],
+)
+def test_a_delivery_location_is_checked_at_submit(extra: dict[str, Any], says: str) -> None:
+    with pytest.raises(JobScriptError, match="deliverto") as raised:
+        parse(script(task("a", **extra)))
+    assert says in str(raised.value)
+
+
+def test_a_delivery_location_is_kept_only_where_named() -> None:
+    outputs = [{"filename": "r.txt", "deliverto": "s3://user-bucket/runs/r.txt"}, {"filename": "s.txt"}]
+    (only,) = parse(script(task("a", outputs=outputs))).tasks
+    assert only.outputs[0]["deliverto"] == "s3://user-bucket/runs/r.txt"
+    assert "deliverto" not in only.outputs[1]  # the AWE list form is unchanged without it

@@ -7,6 +7,8 @@
 * ``s3://bucket/key`` inputs are fetched with the worker's own credentials (the standard AWS chain,
   e.g. an instance profile); ``PERDURE_WORKER_S3_ENDPOINT`` (or botocore's ``AWS_ENDPOINT_URL_S3``)
   points at an S3-compatible store, ``PERDURE_WORKER_S3_REGION`` names the region.
+* An output with ``deliverto: s3://bucket/key`` is copied there the same way, after the server has
+  recorded it (``deliver_s3``): the server never handles the user's bucket.
 
 Without ``presigned`` (a directory data store) the runner uses the server's routes, as before.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -190,6 +193,57 @@ def stage_s3(url: str, target: Path) -> int:
     return target.stat().st_size
 
 
+#: S3's error codes that mean "not now" (besides 5xx answers and connections that fail).
+TRANSIENT_S3_CODES = frozenset(
+    {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
+)
+
+
+def _s3_transient(exc: BaseException) -> bool:
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    for error in (exc, exc.__cause__, exc.__context__):  # boto3 wraps upload errors in S3UploadFailedError
+        if isinstance(error, ConnectionError | HTTPClientError):
+            return True
+        if isinstance(error, ClientError):
+            response: Any = error.response
+            status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            code = str(response.get("Error", {}).get("Code", ""))
+            return status >= 500 or code in TRANSIENT_S3_CODES
+    return False
+
+
+def deliver_s3(path: Path, url: str, stop: threading.Event | None = None) -> int:
+    """Copy an output to ``s3://bucket/key`` with this worker's own credentials (multipart when large);
+    its size. Unreachable or throttled: tried again under ``TRANSFER_POLICY``; refused (no such bucket,
+    access denied, ...): ``DirectError`` with S3's message at once."""
+    from perdure.objectstore import make_client, parse_s3_url
+
+    try:
+        bucket, key = parse_s3_url(url)
+    except ValueError as exc:
+        raise DirectError(str(exc)) from None
+    try:
+        client = make_client(
+            region=os.environ.get("PERDURE_WORKER_S3_REGION", ""),
+            endpoint=os.environ.get("PERDURE_WORKER_S3_ENDPOINT", ""),
+            attempts=1,  # the one retry policy below decides
+        )
+    except Exception as exc:  # botocore: no region, a bad endpoint, ...
+        raise DirectError(f"cannot deliver to {url}: {exc}") from None
+
+    def once() -> None:
+        try:
+            client.upload_file(str(path), bucket, key)
+        except Exception as exc:
+            if _s3_transient(exc):
+                raise StoreAway(f"cannot deliver to {url}: {exc}") from None
+            raise DirectError(f"cannot deliver to {url}: {exc}") from None
+
+    retry_call(once, TRANSFER_POLICY, what=f"delivery to {url}", stop=stop)
+    return path.stat().st_size
+
+
 def checkpoint_bucket(url: str) -> CheckpointStore:
     """``ckpt.ckptImagePath = s3://bucket/prefix``: checkpoints go to the bucket with this worker's own
     credentials (same layout as the server's store under that prefix, so the server's sweep collects them)."""
@@ -202,4 +256,4 @@ def checkpoint_bucket(url: str) -> CheckpointStore:
     )
 
 
-__all__ = ["DirectData", "DirectError", "checkpoint_bucket", "stage_s3"]
+__all__ = ["DirectData", "DirectError", "checkpoint_bucket", "deliver_s3", "stage_s3"]

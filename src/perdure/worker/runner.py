@@ -43,7 +43,7 @@ from perdure.worker.container import (
     split_log,
 )
 from perdure.worker.container import Usage as ContainerUsage
-from perdure.worker.direct import DirectData, DirectError, stage_s3
+from perdure.worker.direct import DirectData, DirectError, deliver_s3, stage_s3
 from perdure.worker.environment import command_environment
 from perdure.worker.localfiles import LocalFileRefused, local_path
 
@@ -293,7 +293,8 @@ class Runner:
             out_start = time.time()
             perf["size_outfile"] = self._deliver(wu, workdir)
             perf["time_data_out"] = round(time.time() - out_start, 3)
-            return Outcome(ReportStatus.DONE, int(runtime), perf=perf, stdout=stdout, stderr=stderr)
+            notes = self._deliver_to_user(wu, workdir, perf)
+            return Outcome(ReportStatus.DONE, int(runtime), notes, perf, stdout, stderr)
         except ImageError as exc:
             log.warning("workunit %s failed: %s", wu_id, exc)
             return Outcome(ReportStatus.FAILED_PERMANENT, int(time.time() - started), [str(exc)], perf)
@@ -657,6 +658,28 @@ class Runner:
             self.api.upload_output(wu["id"], self.client_id, filename, path, sha256_of(path))
             total += path.stat().st_size
         return total
+
+    def _deliver_to_user(self, wu: dict[str, Any], workdir: Path, perf: dict[str, Any]) -> list[str]:
+        """Copy the outputs that name a ``deliverto`` location there, once Perdure has recorded them
+        (a failed copy fails the workunit; the recorded output stays). Notes say where each went."""
+        notes: list[str] = []
+        delivered: dict[str, str] = {}
+        started = time.time()
+        for io in wu.get("outputs", []):
+            url = io.get("deliverto") or ""
+            if not url:
+                continue
+            path = workdir / (io.get("directory") or "") / io["filename"]
+            try:
+                size = deliver_s3(path, url, self.api.stop)
+            except DirectError as exc:
+                raise StageError(str(exc)) from None
+            delivered[io["filename"]] = url
+            notes.append(f"output {io['filename']!r} delivered to {url} ({size} bytes)")
+        if delivered:
+            perf["delivered_to"] = delivered
+            perf["time_deliver"] = round(time.time() - started, 3)
+        return notes
 
 
 class _PeakMemory:
