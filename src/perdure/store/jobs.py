@@ -10,17 +10,18 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Connection, and_, func, insert, or_, select
+from sqlalchemy import Connection, and_, case, func, insert, or_, select, type_coerce
 
 from perdure.datastore import ConcatReader
 from perdure.documents import job_document, job_minimal
 from perdure.errors import BadRequest, Conflict, NotFound
 from perdure.jobscript import JobSpec
 from perdure.states import ACTIVE_JOB_STATES, REGISTERED_JOB_STATES, JobState, TaskState
-from perdure.store import hooks, lifecycle, spot
+from perdure.store import hooks, lifecycle, spot, stranded
 from perdure.store import outputs as output_records
 from perdure.store.database import retry_on_conflict
 from perdure.store.jobops import JobOperations, forget_skips, soft_delete, suspend_job
@@ -35,17 +36,35 @@ from perdure.store.jobquery import (
     share_groups,
     where_clauses,
 )
-from perdure.store.schema import job_events, job_scripts, jobs, tasks, workunit_logs, workunits
+from perdure.store.schema import Json, job_events, job_scripts, jobs, tasks, workunit_logs, workunits
 from perdure.timeutil import format_us, now_us
+
+#: The task columns a submit's ``advance_job`` may change (a task queued, split or completed at once).
+_TASK_STATE_COLUMNS = (
+    tasks.c.id,
+    tasks.c.state,
+    tasks.c.totalwork,
+    tasks.c.remainwork,
+    tasks.c.starteddate,
+    tasks.c.completeddate,
+    tasks.c.computetime,
+)
 
 
 class JobStore(JobOperations):
     # ---- submit and read -------------------------------------------------------------------------
 
-    @retry_on_conflict
     def submit(
         self, spec: JobSpec, script: str, datatoken: str | None, owner: str = "public"
     ) -> dict[str, Any]:
+        return self.submit_warned(spec, script, datatoken, owner)[0]
+
+    @retry_on_conflict
+    def submit_warned(
+        self, spec: JobSpec, script: str, datatoken: str | None, owner: str = "public"
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Store a job and queue what can run; returns its document and what no registered client
+        would take (``stranded.unserved_in``, read in the same transaction to spare one)."""
         job_id = str(uuid.uuid4())
         now = now_us()
         info = dict(spec.info)
@@ -72,32 +91,58 @@ class JobStore(JobOperations):
                     datatoken=datatoken,
                 )
             )
-            conn.execute(
-                insert(tasks),
-                [
-                    {
-                        "id": f"{job_id}_{t.taskid}",
-                        "job_id": job_id,
-                        "taskid": t.taskid,
-                        "ordinal": t.ordinal,
-                        "state": TaskState.PENDING.value,
-                        "app": t.app,
-                        "totalwork": t.totalwork,
-                        "remainwork": t.totalwork,
-                        "maxworksize": t.maxworksize,
-                        "createddate": now,
-                        "depends_on": t.depends_on,
-                        "spec": t.spec_document(),
-                        "private_env": t.private_env or None,
-                    }
-                    for t in spec.tasks
-                ],
-            )
+            task_rows = [
+                {
+                    "id": f"{job_id}_{t.taskid}",
+                    "job_id": job_id,
+                    "taskid": t.taskid,
+                    "ordinal": t.ordinal,
+                    "state": TaskState.PENDING.value,
+                    "app": t.app,
+                    "totalwork": t.totalwork,
+                    "remainwork": t.totalwork,
+                    "maxworksize": t.maxworksize,
+                    "createddate": now,
+                    "depends_on": t.depends_on,
+                    "spec": t.spec_document(),
+                    "private_env": t.private_env or None,
+                }
+                for t in spec.tasks
+            ]
+            conn.execute(insert(tasks), task_rows)
             conn.execute(insert(job_scripts).values(job_id=job_id, script=script))
             lifecycle.record_event(conn, job_id, lifecycle.EVENT_SUBMITTED, "job submitted", now)
             hooks.job_submitted(conn, spec.clientgroups)
             lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
-            return self._document(conn, job_id)
+            warnings = stranded.unserved_in(conn, spec.clientgroups, [t.app for t in spec.tasks])
+            return self._submitted_document(conn, job_id, task_rows), warnings
+
+    def _submitted_document(
+        self, conn: Connection, job_id: str, task_rows: Sequence[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The new job's document, as ``GET /job/<id>`` shows it, without decoding again the 10,000 task
+        documents just written (that took longer than writing them): only the columns ``advance_job``
+        changes are read, and the document of each task it enqueued (whose outputs it gave nodes)."""
+        job = self._job_row(conn, job_id)
+        # One query: the changed columns of every task, and the document only of those no longer pending.
+        moved_spec = case((tasks.c.state != TaskState.PENDING.value, tasks.c.spec), else_=None)
+        current = {
+            r.id: r._mapping
+            for r in conn.execute(
+                select(*_TASK_STATE_COLUMNS, type_coerce(moved_spec, Json).label("moved_spec")).where(
+                    tasks.c.job_id == job_id
+                )
+            )
+        }
+        rows = []
+        for row in task_rows:
+            task_id = row["id"]
+            changed = current[task_id]
+            merged = {**row, **changed}
+            if changed["moved_spec"] is not None:
+                merged["spec"] = changed["moved_spec"]
+            rows.append(SimpleNamespace(**merged))
+        return job_document(job, rows)
 
     def owner_of(self, job_id: str) -> str | None:
         with self.db.read() as conn:
@@ -122,12 +167,19 @@ class JobStore(JobOperations):
             raise BadRequest("offset must not be negative")
         order = field_expression(query.order)
         where = where_clauses(query)
-        # A missing JSON field sorts lowest on both databases (PostgreSQL would put NULL highest).
-        ordering = (
-            [order.desc().nulls_last(), jobs.c.id.desc()]
-            if query.descending
-            else [order.asc().nulls_first(), jobs.c.id.asc()]
-        )
+        if query.order in FIELD_COLUMNS:
+            # NOT NULL columns: a plain ORDER BY, which PostgreSQL walks its (column, id) index for (with
+            # NULLS LAST it sorted every matching row, so a page cost grew with the table).
+            ordering = (
+                [order.desc(), jobs.c.id.desc()] if query.descending else [order.asc(), jobs.c.id.asc()]
+            )
+        else:
+            # A missing JSON field sorts lowest on both databases (PostgreSQL would put NULL highest).
+            ordering = (
+                [order.desc().nulls_last(), jobs.c.id.desc()]
+                if query.descending
+                else [order.asc().nulls_first(), jobs.c.id.asc()]
+            )
         with self.db.read() as conn:
             total = conn.execute(select(func.count()).select_from(jobs).where(*where)).scalar_one()
             # Page through the ids first (an index walk), then fetch only those rows: a deep offset then
