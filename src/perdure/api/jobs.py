@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from perdure.api import bounds, params
 from perdure.api import openapi as oa
@@ -81,17 +82,22 @@ async def _read_script(request: Request) -> bytes:
 
 
 @router.post("/job", openapi_extra=oa.query(body=oa.JOB_SCRIPT_BODY), responses=oa.errors(400, 401))
-async def submit_job(request: Request) -> JSONResponse:
+async def submit_job(request: Request) -> Response:
     raw = await _read_script(request)
     token = request.headers.get("datatoken") or None
     owner = principal(request).user
     document, warnings = await run_in_threadpool(_accept, request, raw, token, owner)
-    reply = ok(document)
+    body: dict[str, Any] = {"status": 200, "data": document, "error": None}
     if warnings:
         # Beside the envelope's data (the job document stays what GET /job/<id> shows), once, never
         # stored: ``perdure submit`` and the SDK's ``Job.warnings`` show them.
-        reply = JSONResponse({"status": 200, "data": document, "error": None, "warnings": warnings})
-    return reply
+        body["warnings"] = warnings
+    try:
+        # orjson writes the same compact UTF-8 JSON as JSONResponse, about ten times faster: a
+        # 10,000-task job's document is a few megabytes.
+        return Response(orjson.dumps(body), media_type="application/json")
+    except TypeError:  # an integer beyond 64 bits in a userattr: the standard encoder writes it
+        return JSONResponse(body)
 
 
 #: A script this large (a few thousand tasks) is parsed and stored with the cyclic GC paused.
