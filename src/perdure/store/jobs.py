@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Connection, and_, case, func, insert, or_, select, type_coerce
+from sqlalchemy import Connection, and_, bindparam, case, func, insert, or_, select, type_coerce
 
 from perdure.datastore import ConcatReader
 from perdure.documents import job_document, job_minimal
@@ -50,6 +50,19 @@ _TASK_STATE_COLUMNS = (
     tasks.c.computetime,
 )
 
+# Built once: a statement made per call costs SQLAlchemy its construction and cache key every time.
+_INSERT_JOB = insert(jobs)
+_INSERT_TASKS = insert(tasks)
+_INSERT_SCRIPT = insert(job_scripts)
+_JOB = select(jobs).where(jobs.c.id == bindparam("job_id"))
+#: The changed columns of a new job's tasks, and the document only of those no longer pending.
+_SUBMITTED_TASKS = select(
+    *_TASK_STATE_COLUMNS,
+    type_coerce(case((tasks.c.state != TaskState.PENDING.value, tasks.c.spec), else_=None), Json).label(
+        "moved_spec"
+    ),
+).where(tasks.c.job_id == bindparam("job_id"))
+
 
 class JobStore(JobOperations):
     # ---- submit and read -------------------------------------------------------------------------
@@ -73,23 +86,24 @@ class JobStore(JobOperations):
             info["auth"] = True
         with self.db.write() as conn:
             conn.execute(
-                insert(jobs).values(
-                    id=job_id,
-                    state=JobState.INIT.value,
-                    name=info.pop("name"),
-                    pipeline=info.pop("pipeline"),
-                    project=info.pop("project"),
-                    username=info.pop("user"),
-                    owner=owner,
-                    clientgroups=spec.clientgroups,
-                    priority=info.pop("priority"),
-                    submittime=now,
-                    updatetime=now,
-                    start_at=spec.start_at_us,
-                    remaintasks=len(spec.tasks),
-                    info=info,
-                    datatoken=datatoken,
-                )
+                _INSERT_JOB,
+                {
+                    "id": job_id,
+                    "state": JobState.INIT.value,
+                    "name": info.pop("name"),
+                    "pipeline": info.pop("pipeline"),
+                    "project": info.pop("project"),
+                    "username": info.pop("user"),
+                    "owner": owner,
+                    "clientgroups": spec.clientgroups,
+                    "priority": info.pop("priority"),
+                    "submittime": now,
+                    "updatetime": now,
+                    "start_at": spec.start_at_us,
+                    "remaintasks": len(spec.tasks),
+                    "info": info,
+                    "datatoken": datatoken,
+                },
             )
             task_rows = [
                 {
@@ -109,8 +123,8 @@ class JobStore(JobOperations):
                 }
                 for t in spec.tasks
             ]
-            conn.execute(insert(tasks), task_rows)
-            conn.execute(insert(job_scripts).values(job_id=job_id, script=script))
+            conn.execute(_INSERT_TASKS, task_rows)
+            conn.execute(_INSERT_SCRIPT, {"job_id": job_id, "script": script})
             lifecycle.record_event(conn, job_id, lifecycle.EVENT_SUBMITTED, "job submitted", now)
             hooks.job_submitted(conn, spec.clientgroups)
             lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
@@ -123,17 +137,8 @@ class JobStore(JobOperations):
         """The new job's document, as ``GET /job/<id>`` shows it, without decoding again the 10,000 task
         documents just written (that took longer than writing them): only the columns ``advance_job``
         changes are read, and the document of each task it enqueued (whose outputs it gave nodes)."""
-        job = self._job_row(conn, job_id)
-        # One query: the changed columns of every task, and the document only of those no longer pending.
-        moved_spec = case((tasks.c.state != TaskState.PENDING.value, tasks.c.spec), else_=None)
-        current = {
-            r.id: r._mapping
-            for r in conn.execute(
-                select(*_TASK_STATE_COLUMNS, type_coerce(moved_spec, Json).label("moved_spec")).where(
-                    tasks.c.job_id == job_id
-                )
-            )
-        }
+        job = conn.execute(_JOB, {"job_id": job_id}).one()
+        current = {r.id: r._mapping for r in conn.execute(_SUBMITTED_TASKS, {"job_id": job_id})}
         rows = []
         for row in task_rows:
             task_id = row["id"]
