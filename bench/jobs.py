@@ -6,7 +6,7 @@ times ``GET /job`` (first page, a deep page, a field query) and ``GET /job/<id>`
 100 jobs and again once it holds N. The target is a page that costs about the same at both sizes.
 
     .venv/bin/python bench/jobs.py [--jobs 10000] [--db sqlite|postgresql|both] [--concurrency 8]
-                                   [--server-workers 1] [--samples 50]
+                                   [--server-workers 1] [--samples 50] [--pg-analyze]
 
 Everything stays on loopback; the server is stopped and the database dropped even on error.
 """
@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
+import psycopg
 
 from common import Server, begin, load_average, postgres_database, postgres_problem
 
@@ -258,6 +260,7 @@ def stats(values: list[float]) -> Stats | None:
 class Outcome:
     db: str
     submit_rate: float = 0.0
+    cpu_ms: float = 0.0
     ratios: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -284,8 +287,15 @@ def run_one(kind: str, db_url: str | None, work_dir: Path, args: argparse.Namesp
         measure(server.url, small_probes, args.samples, failures)
         print(f"  {len(first.ids)} jobs submitted, measured at {len(first.ids)} jobs", flush=True)
 
+        cpu_before = server_cpu(server)
         rest = submit_jobs(server.url, small, args.jobs - small, args.concurrency, failures)
+        cpu_per_job = (server_cpu(server) - cpu_before) / max(1, len(rest.ids))
         ids = first.ids + rest.ids
+        if args.pg_analyze and db_url:
+            # This PostgreSQL runs without autovacuum: give the planner the statistics it would have.
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                conn.execute("ANALYZE")
+            print("  ANALYZE run after the bulk submit (--pg-analyze)")
         big_probes = probes_for(len(ids), ids, rng)
         measure(server.url, big_probes, args.samples, failures)
         wall = time.perf_counter() - t0
@@ -304,6 +314,9 @@ def run_one(kind: str, db_url: str | None, work_dir: Path, args: argparse.Namesp
         else:
             print()
         print("  submit rate by store size: " + submit_curve(rest, small))
+        # Less skewed by other work on the machine than the rate: what one submit costs the server.
+        print(f"  server CPU per submitted job: {cpu_per_job * 1000:.2f} ms")
+        outcome.cpu_ms = cpu_per_job * 1000
         print_table(small_probes, big_probes, len(first.ids), submitted)
         for a, b in zip(small_probes, big_probes, strict=True):
             sa, sb = stats(a.samples), stats(b.samples)
@@ -324,6 +337,18 @@ def run_one(kind: str, db_url: str | None, work_dir: Path, args: argparse.Namesp
             if tail:
                 print("  server log (tail):\n" + "\n".join("     " + line for line in tail.splitlines()))
     return outcome
+
+
+def server_cpu(server: Server) -> float:
+    """CPU seconds used so far by the server and its children."""
+    total = 0.0
+    for proc in server.processes():
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:  # a process that went away counts nothing
+            pass
+    return total
 
 
 def submit_curve(rest: SubmitResult, offset: int) -> str:
@@ -389,6 +414,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--samples", type=int, default=50, help="timed requests per probe and size (default 50)"
     )
     parser.add_argument(
+        "--pg-analyze",
+        action="store_true",
+        help="run ANALYZE after the bulk submit, as autovacuum would (this PostgreSQL runs without it)",
+    )
+    parser.add_argument(
         "--pg-admin", default=PG_ADMIN_DSN, help=f"PostgreSQL admin DSN (default {PG_ADMIN_DSN})"
     )
     args = parser.parse_args(argv)
@@ -422,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {o.db:<10} {o.error}")
             continue
         ratios = ", ".join(f"{key} {r:.2f}" for key, r in o.ratios.items())
-        print(f"  {o.db:<10} submit {o.submit_rate:.0f} jobs/s; {ratios}")
+        print(f"  {o.db:<10} submit {o.submit_rate:.0f} jobs/s ({o.cpu_ms:.1f} ms server CPU each); {ratios}")
         if o.error:
             print(f"  {'':<10} !! {o.error}")
     return 1 if any(o.error for o in outcomes) else 0

@@ -415,3 +415,10 @@ def test_in_progress_job_still_has_a_position(client: TestClient) -> None:
     assert get_job(client, job["id"])["state"] == "in-progress"
     assert get_job(client, job["id"], "?position") == {"position": 1}
     assert task_states(client, job["id"]) == {"0": "in-progress"}
+
+
+def test_a_userattr_integer_beyond_64_bits_comes_back_exactly_in_the_submit_reply(client: TestClient) -> None:
+    # The reply is encoded by orjson, which refuses such integers; the standard encoder takes over.
+    job = submit(client, script(task("0"), userattr={"big": 2**70, "small": 1}))
+    assert job["info"]["userattr"] == {"big": 2**70, "small": 1}
+    assert get_job(client, job["id"])["info"]["userattr"]["big"] == 2**70

@@ -87,8 +87,9 @@ def resolve(
 
 
 def check_overrides(userattr: Mapping[str, Any] | None, environ: Mapping[str, Any] | None) -> None:
-    """Raise ValueError for an override no worker could honour (called at submit)."""
-    resolve({}, userattr, environ)
+    """Raise ValueError for an override no worker could honour (called at submit, once per task)."""
+    if _from_userattr(userattr or {}) or _from_environ(environ or {}):
+        resolve({}, userattr, environ)  # without an override there is nothing to check
 
 
 def _from_userattr(userattr: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ limit, and its job is suspended with an error that says why and what to do next.
 
 Workers that are all offline strand nothing: the work waits for them, as it should. Work counts as
 stranded only once it has sat queued for the TTL (at most 30 s) since it last failed, so a client
-that merely looked offline for a moment does not end a job it would have taken. ``jobs.forget_skips``
+that merely looked offline for a moment does not end a job it would have taken. ``jobops.forget_skips``
 is the other half: a resumed job's workunits may run on any client again.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from perdure.states import JobState, WorkunitState
-from perdure.store import failnotes, jobs, lifecycle  # jobs imports this module: use its names at call time
+from perdure.store import failnotes, jobops, lifecycle
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.schema import client_skip_work, clients, workunit_logs, workunits
 from perdure.timeutil import now_us
@@ -127,7 +127,7 @@ def _suspend(db: Database, wu: Any, failed_on: Sequence[str], now: int) -> int:
             "status": JobState.SUSPEND.value,
         }
         lifecycle.record_event(conn, wu.job_id, lifecycle.EVENT_WORK_FAILED, notes, now)
-        jobs.suspend_job(conn, wu.job_id, error, now)
+        jobops.suspend_job(conn, wu.job_id, error, now)
         return 1
 
 
@@ -139,9 +139,14 @@ def unserved_warnings(db: Database, clientgroups: str, apps: Sequence[str]) -> l
     registered at all (a fresh server; submitting before starting workers is normal), nothing is said.
     """
     with db.read() as conn:
-        registered = conn.execute(
-            select(clients.c.group_name, clients.c.apps).where(clients.c.deleted_at == 0)
-        ).all()
+        return unserved_in(conn, clientgroups, apps)
+
+
+def unserved_in(conn: Connection, clientgroups: str, apps: Sequence[str]) -> list[str]:
+    """:func:`unserved_warnings` inside a transaction already open (a submit's, sparing one)."""
+    registered = conn.execute(
+        select(clients.c.group_name, clients.c.apps).where(clients.c.deleted_at == 0)
+    ).all()
     groups = [g for g in clientgroups.split(",") if g]
     known_groups = sorted({c.group_name for c in registered})
     if not registered:

@@ -1,0 +1,112 @@
+"""The short cuts that make big submits fast keep what users see: the reply to a submit is the document
+``GET /job/<id>`` shows, dependencies keep their order without duplicates, unstorable strings are still
+refused, and the garbage collector comes back on after every paused section."""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from perdure.api.gcpause import gc_paused
+from perdure.jobscript import JobScriptError, parse_job_script
+from tests.domain import World, open_world
+from tests.jobs import script, task
+
+
+@pytest.fixture
+def world(db_url: str, tmp_path: Path) -> Iterator[World]:
+    with open_world(db_url, tmp_path) as opened:
+        yield opened
+
+
+def test_the_submit_reply_is_the_stored_document_for_split_queued_and_waiting_tasks(world: World) -> None:
+    document = script(
+        task("split", totalwork=4, outputs=[{"filename": "a.dat"}], userattr={"k": "v"}),
+        task("solo", name="other"),
+        *(
+            task(f"w{i}", depends=["split"], inputs=[{"filename": "a.dat", "origin": "split"}])
+            for i in range(20)
+        ),
+        task(
+            "merge",
+            depends=[f"w{i}" for i in range(20)],
+            cmd={"name": "m", "environ": {"private": {"K": "s"}}},
+        ),
+    )
+    raw = json.dumps(document)
+    reply = world.jobs.submit(parse_job_script(raw.encode()), raw, None)
+    assert reply == world.jobs.get(reply["id"])
+    states = {t["task_name"]: (t["state"], t["totalwork"]) for t in reply["tasks"]}
+    assert states["split"] == ("queued", 4) and states["solo"] == ("queued", 1)
+    assert states["w0"] == ("pending", 1) and states["merge"] == ("pending", 1)
+    assert "K" not in json.dumps(reply)  # the private environment is never shown
+
+
+def test_dependencies_keep_script_order_once_each_with_origins_after() -> None:
+    document = script(
+        task("a", outputs=[{"filename": "x"}]),
+        task("b"),
+        task("c", depends=["b", "a", "b"], inputs=[{"filename": "x", "origin": "a"}]),
+        task("d", depends=["c"], inputs=[{"filename": "y", "origin": "e"}]),
+        task("e", outputs=[{"filename": "y"}]),
+    )
+    spec = parse_job_script(json.dumps(document).encode())
+    assert [t.depends_on for t in spec.tasks] == [[], [], ["b", "a"], ["c", "e"], []]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('"n\\u0000"', "must not contain NUL"),
+        ('"\\ud800"', "lone surrogate"),
+        ('"\\uDBFF x"', "lone surrogate"),
+    ],
+)
+def test_unstorable_strings_are_still_refused_where_they_are(text: str, message: str) -> None:
+    raw = '{"info": {"name": ' + text + '}, "tasks": [{"taskid": "0", "cmd": {"name": "true"}}]}'
+    with pytest.raises(JobScriptError, match=message) as caught:
+        parse_job_script(raw.encode())
+    assert "info.name" in str(caught.value)
+
+
+def test_an_escaped_backslash_before_u0000_and_a_surrogate_pair_are_accepted() -> None:
+    raw = '{"info": {"name": "C:\\\\u0000 \\ud83d\\ude00"}, "tasks": [{"taskid": "0", "cmd": {"name": "t"}}]}'
+    assert parse_job_script(raw.encode()).info["name"] == "C:\\u0000 \U0001f600"
+
+
+def test_gc_comes_back_only_when_the_last_paused_section_ends() -> None:
+    assert gc.isenabled()
+    first_inside, release, second_done = threading.Event(), threading.Event(), threading.Event()
+
+    def other() -> None:
+        with gc_paused():
+            first_inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert first_inside.wait(5)
+    with gc_paused():
+        assert not gc.isenabled()
+    second_done.set()
+    assert not gc.isenabled()  # the other section is still running
+    release.set()
+    thread.join(5)
+    assert gc.isenabled()
+    with gc_paused(False):
+        assert gc.isenabled()
+
+
+def test_gc_left_disabled_by_someone_else_stays_disabled() -> None:
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
