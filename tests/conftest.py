@@ -1,8 +1,9 @@
 """Fixtures shared by every tier.
 
 ``db_url`` runs a test once on SQLite and once on PostgreSQL (a database created for the test and
-dropped after it). ``client`` is the app in-process over httpx; ``server`` is a real ``perdure server``
-process on loopback.
+dropped after it; on PostgreSQL a copy of one migrated once per session, unless the test is marked
+``fresh_database``, which gets an empty one). ``client`` is the app in-process over httpx;
+``server`` is a real ``perdure server`` process on loopback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from perdure.api.app import create_app
 from perdure.settings import Settings
-from tests.support import ServerProcess, postgres_database
+from tests.support import ServerProcess, drop_postgres_databases, postgres_database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -23,7 +24,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'perdure.db'}"
     else:
-        with postgres_database() as url:
+        fresh = request.node.get_closest_marker("fresh_database") is not None
+        with postgres_database(migrated=not fresh) as url:
             yield url
 
 
@@ -50,3 +52,12 @@ def server(tmp_path: Path, db_url: str) -> Iterator[ServerProcess]:
         yield process
     finally:
         process.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Wait for the test databases' drops (a background thread), and say if any was left behind."""
+    failures = drop_postgres_databases()
+    if failures:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"PostgreSQL test databases not dropped: {failures}", yellow=True)
