@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
@@ -19,6 +20,7 @@ def _drift(db: Database) -> list[object]:
 PARTIAL_INDEXES = ("ix_workunits_queue", "ix_workunits_preempted")
 
 
+@pytest.mark.fresh_database
 def test_migrations_build_exactly_the_declared_schema(db_url: str) -> None:
     db = Database(db_url)
     try:
@@ -31,6 +33,7 @@ def test_migrations_build_exactly_the_declared_schema(db_url: str) -> None:
         db.dispose()
 
 
+@pytest.mark.fresh_database
 def test_upgrading_twice_is_a_no_op_and_downgrade_then_upgrade_round_trips(db_url: str) -> None:
     db = Database(db_url)
     try:
