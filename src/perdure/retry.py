@@ -128,7 +128,9 @@ def retry_call(
         if error is not None:
             last[:] = [error]
         of = "" if policy.attempts is None else f" of {policy.attempts}"
-        log.warning(
+        # INFO: the worker's and server's logs show it; a CLI command (no logging set up, so Python's
+        # last-resort handler prints warnings) stays one clear error line when the server is down.
+        log.info(
             "%s failed (%s); try %d%s, retrying in %.1fs",
             what,
             error,

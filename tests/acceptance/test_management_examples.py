@@ -210,7 +210,12 @@ def test_checkpoint_configuration_examples(curl: Curl, server: ServerProcess) ->
     assert changed["node"]["ttl"] == "10m0s"
     assert changed == ok(curl(GET_CONFIG))  # "Same as GET request."
     assert ok(curl(SET_CONFIG, key="node.ttl", value="5m"))["node"]["ttl"] == "5m0s"
-    assert ok(curl(SET_CONFIG, key="job.ebsPerJob", value="true"))["job"]["ebsPerJob"] is True
+    # A boolean ("true"). Not job.ebsPerJob: Perdure keeps no per-job volume, and refuses to be told to
+    # rather than ignore it (issue 21).
+    refused = mgmt_error(curl(SET_CONFIG, key="job.ebsPerJob", value="true"), 422, 1003)
+    assert "job.ebsPerJob" in str(refused), refused
+    assert ok(curl(SET_CONFIG, key="ckpt.tcpClose", value="false"))["ckpt"]["tcpClose"] is False
+    assert ok(curl(SET_CONFIG, key="ckpt.tcpClose", value="true"))["ckpt"]["tcpClose"] is True
     assert ok(curl(SET_CONFIG, key="job.diskSizeGB", value="500"))["job"]["diskSizeGB"] == 500
     assert ok(curl(SET_CONFIG, key="ckpt.ckptInterval", value="15m"))["ckpt"]["ckptInterval"] == "15m0s"
     assert ok(curl(SET_ADMIN_GROUPS))["security"]["cognito"]["adminGroups"] == ["admin", "root"]
