@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
-import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,6 @@ import boto3
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from moto.server import ThreadedMotoServer
 
 from perdure.pool.scaler import Scaler
 from perdure.store import transitions
@@ -30,39 +26,16 @@ from perdure.store.database import Database
 from perdure.store.pools import DRAIN_REASON, acquire_lease
 from perdure.timeutil import now_us
 from tests.integration.drive import checkout, report, submit
+
+# One moto server fixture and fake AWS environment for every AWS test (S3 there, EC2 and Auto Scaling here).
+from tests.integration.test_s3_store import AWS_ENV, moto_endpoint
 from tests.jobs import script, task
 from tests.support import ServerProcess, wait_for
 
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_CONFIG_FILE": "/dev/null",
-    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-}
+__all__ = ["moto_endpoint"]  # the module's moto server (a fixture)
+
 GROUP = "spot"
 SECOND = 1_000_000
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    saved = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update(AWS_ENV)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture
