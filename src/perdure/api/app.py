@@ -222,7 +222,7 @@ def allowed_methods(app: FastAPI, request: Request) -> list[str]:
     ]
 
 
-#: Seconds between SQLite planner-statistics refreshes.
+#: Seconds between SQLite planner-statistics refreshes (PostgreSQL's: ``tend_tables``, every sweep).
 OPTIMIZE_EVERY_S = 3600.0
 
 
@@ -265,6 +265,9 @@ def sweep_once(context: ServerContext) -> None:
     if collected:
         log.info("deleted the checkpoints of %d finished or deleted job(s)", collected)
     guarded("pools", lambda: scale_pools(context))
+    tended = guarded("tend_tables", context.db.tend_tables)
+    if tended:
+        log.info("table upkeep (autovacuum's thresholds passed): %s", ", ".join(tended))
 
 
 def scale_pools(context: ServerContext) -> None:

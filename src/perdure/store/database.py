@@ -24,6 +24,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.pool import NullPool
 
+from perdure.store import upkeep
+
 try:
     import fcntl
 except ImportError:  # Windows: SQLite's own busy waiting orders the processes there
@@ -107,13 +109,16 @@ class Database:
             yield conn
 
     def optimize(self) -> None:
-        """Refresh planner statistics (cheap: both databases sample), in case autovacuum is off."""
-        with self.engine.connect() as conn:
-            if self.is_sqlite:
+        """Refresh SQLite's planner statistics (it samples; cheap). PostgreSQL's are kept by
+        ``tend_tables`` on every sweep."""
+        if self.is_sqlite:
+            with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA optimize")
-            else:
-                conn.exec_driver_sql("ANALYZE workunits, jobs, tasks")
-                conn.commit()
+
+    def tend_tables(self) -> list[str]:
+        """PostgreSQL: the ``ANALYZE`` and ``VACUUM`` of the hot tables autovacuum would have run by
+        now, in case it is off (``store/upkeep.py``); returns what ran. SQLite: nothing."""
+        return [] if self.is_sqlite else upkeep.tend_tables(self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()
