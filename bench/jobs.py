@@ -14,6 +14,7 @@ Everything stays on loopback; the server is stopped and the database dropped eve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -36,6 +37,12 @@ PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SMALL = 100  # the "small store" size the N-job figures are compared with
 DEEP_OFFSET = 9000
 PAGE = 25  # the server's default limit
+QUERY_PAGE = 10  # the field query's page: as many jobs as match it at 100 jobs
+WARM_UP = 10  # untimed requests per probe before the timed ones
+CPU_REQUESTS = 100  # requests in a row per probe for its CPU cost
+#: Seconds to wait before measuring: the server's sweep (every 5 s) refreshes PostgreSQL's statistics
+#: and visibility map once a bulk submit passes autovacuum's thresholds, as it would in service.
+SETTLE_S = 12.0
 PROJECTS = [
     f"proj-{name}"
     for name in ("soil", "ocean", "gut", "air", "ice", "lake", "wetland", "forest", "desert", "cave")
@@ -193,29 +200,31 @@ class Probe:
     samples: list[float] = field(default_factory=list)
     total_seen: int | None = None
     page_len: int | None = None
+    #: CPU ms per request of the server and its database backends (see ``measure_cpu``)
+    cpu_ms: float | None = None
 
 
 def probes_for(size: int, ids: list[str], rng: random.Random) -> list[Probe]:
     deep = DEEP_OFFSET if size >= DEEP_OFFSET + PAGE else max(0, (size - 1) // PAGE * PAGE)
     project = PROJECTS[3]
+    # One project holds a tenth of the jobs: a page of QUERY_PAGE is full at 100 jobs and at N.
+    query = {"query": "", "info.project": project, "state": "queued", "limit": str(QUERY_PAGE)}
     return [
         Probe("first page", "GET /job (offset 0)", "/job", {}, expect_total=size),
         Probe("deep page", f"GET /job?offset={deep}", "/job", {"offset": str(deep)}, expect_total=size),
         Probe(
-            "query",
-            f"GET /job?query&info.project={project}&state=queued",
-            "/job",
-            {"query": "", "info.project": project, "state": "queued"},
+            "query", f"GET /job?query&info.project={project}&state=queued&limit={QUERY_PAGE}", "/job", query
         ),
         Probe("one job", "GET /job/<id>", f"/job/{rng.choice(ids)}", {}),
     ]
 
 
-def measure(url: str, probes: list[Probe], samples: int, failures: Failures) -> None:
-    """Round-robin over the probes so that background noise lands on all of them alike."""
+def measure(url: str, probes: list[Probe], samples: int, failures: Failures, cpu: CpuMeter) -> None:
+    """Round-robin over the probes so that background noise lands on all of them alike, then each
+    probe's CPU cost (which other work on the machine skews far less than its latency)."""
     with httpx.Client(base_url=url, timeout=120.0) as client:
         for probe in probes:  # warm-up: connection, plan and page caches
-            for _ in range(3):
+            for _ in range(WARM_UP):
                 client.get(probe.path, params=probe.params)
         for _ in range(samples):
             for probe in probes:
@@ -235,6 +244,49 @@ def measure(url: str, probes: list[Probe], samples: int, failures: Failures) -> 
                     probe.total_seen = body.get("total_count")
                     if isinstance(body.get("data"), list):
                         probe.page_len = len(body["data"])
+        for probe in probes:
+            probe.cpu_ms = measure_cpu(client, probe, cpu)
+
+
+def measure_cpu(client: httpx.Client, probe: Probe, cpu: CpuMeter) -> float:
+    """CPU ms per request over ``CPU_REQUESTS`` requests in a row (the kernel counts CPU in 10 ms
+    ticks, so only a long run of one probe resolves a few ms each)."""
+    before = cpu.seconds()
+    for _ in range(CPU_REQUESTS):
+        client.get(probe.path, params=probe.params)
+    return (cpu.seconds() - before) * 1000 / CPU_REQUESTS
+
+
+class CpuMeter:
+    """CPU seconds used so far by the server, its children and (PostgreSQL) its database backends,
+    where a page's queries spend their time."""
+
+    def __init__(self, server: Server, db_url: str | None) -> None:
+        self.server = server
+        self.db_url = db_url
+        self.backends: dict[int, psutil.Process] = {}
+
+    def seconds(self) -> float:
+        processes = self.server.processes()
+        if self.db_url:
+            with psycopg.connect(self.db_url, autocommit=True) as conn:
+                pids = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid()"
+                ).fetchall()
+            for (pid,) in pids:
+                if pid not in self.backends:
+                    with contextlib.suppress(psutil.Error):
+                        self.backends[pid] = psutil.Process(pid)
+            processes += list(self.backends.values())
+        total = 0.0
+        for proc in processes:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:  # a process that went away counts nothing
+                pass
+        return total
 
 
 @dataclass
@@ -262,6 +314,8 @@ class Outcome:
     submit_rate: float = 0.0
     cpu_ms: float = 0.0
     ratios: dict[str, float] = field(default_factory=dict)
+    #: the same ratios of CPU per request (server and database), steadier on a busy machine
+    cpu_ratios: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -284,7 +338,9 @@ def run_one(kind: str, db_url: str | None, work_dir: Path, args: argparse.Namesp
         if not first.ids:
             raise RuntimeError("no job could be submitted")
         small_probes = probes_for(len(first.ids), first.ids, rng)
-        measure(server.url, small_probes, args.samples, failures)
+        cpu = CpuMeter(server, db_url)
+        time.sleep(SETTLE_S)
+        measure(server.url, small_probes, args.samples, failures, cpu)
         print(f"  {len(first.ids)} jobs submitted, measured at {len(first.ids)} jobs", flush=True)
 
         cpu_before = server_cpu(server)
@@ -297,7 +353,8 @@ def run_one(kind: str, db_url: str | None, work_dir: Path, args: argparse.Namesp
                 conn.execute("ANALYZE")
             print("  ANALYZE run after the bulk submit (--pg-analyze)")
         big_probes = probes_for(len(ids), ids, rng)
-        measure(server.url, big_probes, args.samples, failures)
+        time.sleep(SETTLE_S)
+        measure(server.url, big_probes, args.samples, failures, cpu)
         wall = time.perf_counter() - t0
 
         submitted = len(ids)
@@ -322,6 +379,8 @@ def run_one(kind: str, db_url: str | None, work_dir: Path, args: argparse.Namesp
             sa, sb = stats(a.samples), stats(b.samples)
             if sa and sb:
                 outcome.ratios[b.key] = sb.p50 / sa.p50
+            if a.cpu_ms and b.cpu_ms:
+                outcome.cpu_ratios[b.key] = b.cpu_ms / a.cpu_ms
         print(f"  run time: {wall:.0f} s; {load_average()}", flush=True)
     except BaseException as exc:
         outcome.error = f"{type(exc).__name__}: {exc}"
@@ -373,6 +432,12 @@ def fmt(s: Stats | None) -> str:
     return f"{s.p50:7.1f} {s.p95:7.1f} {s.max:7.1f}"
 
 
+def fmt_cpu(small: float | None, big: float | None) -> str:
+    if not small or big is None:
+        return f"{'-':>8} {'-':>8} {'-':>8}"
+    return f"{small:8.2f} {big:8.2f} {big / small:8.2f}"
+
+
 def print_table(small: list[Probe], big: list[Probe], n_small: int, n_big: int) -> None:
     labels = [
         b.label if a.label == b.label else f"{b.label} ({a.params['offset']} at {n_small})"
@@ -380,13 +445,16 @@ def print_table(small: list[Probe], big: list[Probe], n_small: int, n_big: int) 
     ]
     width = max(len(label) for label in labels) + 2
     left, right = f"at {n_small} jobs", f"at {n_big} jobs"
-    print(f"\n  {'latency, ms':<{width}} {left:^23}   {right:^23}   {'p50 ratio':>9}")
+    heading = f"{'latency, ms':<{width}} {left:^23}   {right:^23}   {'p50 ratio':>9}"
+    print(f"\n  {heading}   {'CPU ms per request':^26}")
     columns = f"{'p50':>7} {'p95':>7} {'max':>7}"
-    print(f"  {'':<{width}} {columns}   {columns}   {'N / 100':>9}")
+    cpu_columns = f"{n_small:>8} {n_big:>8} {'ratio':>8}"
+    print(f"  {'':<{width}} {columns}   {columns}   {'N / 100':>9}   {cpu_columns}")
     for label, a, b in zip(labels, small, big, strict=True):
         sa, sb = stats(a.samples), stats(b.samples)
         ratio = f"{sb.p50 / sa.p50:9.2f}" if sa and sb else f"{'-':>9}"
-        print(f"  {label:<{width}} {fmt(sa)}   {fmt(sb)}   {ratio}")
+        print(f"  {label:<{width}} {fmt(sa)}   {fmt(sb)}   {ratio}   {fmt_cpu(a.cpu_ms, b.cpu_ms)}")
+    print("  (CPU: the server's and, on PostgreSQL, its database backends', over requests in a row)")
     for probe in small + big:
         if (
             probe.total_seen is not None
@@ -453,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ratios = ", ".join(f"{key} {r:.2f}" for key, r in o.ratios.items())
         print(f"  {o.db:<10} submit {o.submit_rate:.0f} jobs/s ({o.cpu_ms:.1f} ms server CPU each); {ratios}")
+        if o.cpu_ratios:
+            cpu = ", ".join(f"{key} {r:.2f}" for key, r in o.cpu_ratios.items())
+            print(f"  {'':<10} CPU per request at N / at 100: {cpu}")
         if o.error:
             print(f"  {'':<10} !! {o.error}")
     return 1 if any(o.error for o in outcomes) else 0
