@@ -70,8 +70,12 @@ jobs = Table(
     Index(None, "updatetime", "id"),
     Index(None, "submittime", "id"),
     Index(None, "state", "updatetime"),
-    Index(None, "project"),
-    Index(None, "username"),
+    # ``state`` second: AWE's usual query (``?query&state=…&info.project=…&info.user=…``) and its
+    # ``total_count`` are then answered from the index alone, however many jobs match.
+    Index(None, "project", "state"),
+    Index(None, "username", "state"),
+    #: A non-admin's pages (issue 17, security on) filter on the submitter.
+    Index(None, "owner", "state"),
     Index(None, "pipeline"),
     Index(None, "name"),
     Index(None, "completedtime"),
