@@ -489,7 +489,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pg-analyze",
         action="store_true",
-        help="run ANALYZE after the bulk submit, as autovacuum would (this PostgreSQL runs without it)",
+        help="run ANALYZE after the bulk submit (for servers older than store/upkeep.py, without autovacuum)",
     )
     parser.add_argument(
         "--pg-admin", default=PG_ADMIN_DSN, help=f"PostgreSQL admin DSN (default {PG_ADMIN_DSN})"
