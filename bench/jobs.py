@@ -44,6 +44,8 @@ CPU_BLOCKS = 5  # ... this many times (the median counts)
 #: Seconds to wait before measuring: the server's sweep (every 5 s) refreshes PostgreSQL's statistics
 #: and visibility map once a bulk submit passes autovacuum's thresholds, as it would in service.
 SETTLE_S = 12.0
+#: The probe that costs the same at any store size: its ratio is how much busier the machine was.
+CONTROL = "one job"
 PROJECTS = [
     f"proj-{name}"
     for name in ("soil", "ocean", "gut", "air", "ice", "lake", "wetland", "forest", "desert", "cave")
@@ -529,6 +531,12 @@ def main(argv: list[str] | None = None) -> int:
         if o.cpu_ratios:
             cpu = ", ".join(f"{key} {r:.2f}" for key, r in o.cpu_ratios.items())
             print(f"  {'':<10} CPU per request at N / at 100: {cpu}")
+        for name, measured in (("p50", o.ratios), ("CPU", o.cpu_ratios)):
+            if measured.get(CONTROL):
+                pages = ", ".join(
+                    f"{k} {r / measured[CONTROL]:.2f}" for k, r in measured.items() if k != CONTROL
+                )
+                print(f"  {'':<10} {name} ratios over {CONTROL}'s (the machine's drift): {pages}")
         if o.error:
             print(f"  {'':<10} !! {o.error}")
     return 1 if any(o.error for o in outcomes) else 0
