@@ -39,7 +39,7 @@ DEEP_OFFSET = 9000
 PAGE = 25  # the server's default limit
 QUERY_PAGE = 10  # the field query's page: as many jobs as match it at 100 jobs
 WARM_UP = 10  # untimed requests per probe before the timed ones
-CPU_REQUESTS = 40  # requests in a row per probe for its CPU cost ...
+CPU_REQUESTS = 100  # requests in a row per probe for its CPU cost ...
 CPU_BLOCKS = 5  # ... this many times (the median counts)
 #: Seconds to wait before measuring: the server's sweep (every 5 s) refreshes PostgreSQL's statistics
 #: and visibility map once a bulk submit passes autovacuum's thresholds, as it would in service.
