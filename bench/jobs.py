@@ -266,15 +266,17 @@ def measure_cpu(client: httpx.Client, probe: Probe, cpu: CpuMeter) -> float:
 
 class CpuMeter:
     """CPU seconds used so far by the server, its children and (PostgreSQL) its database backends,
-    where a page's queries spend their time."""
+    where a page's queries spend their time. A backend counts from when it is first seen (not its
+    start-up), and one that exits keeps what it had used, so no run gains or loses a whole backend."""
 
     def __init__(self, server: Server, db_url: str | None) -> None:
         self.server = server
         self.db_url = db_url
-        self.backends: dict[int, psutil.Process] = {}
+        #: pid -> (process, CPU when first seen, CPU when last seen)
+        self.backends: dict[int, tuple[psutil.Process, float, float]] = {}
 
     def seconds(self) -> float:
-        processes = self.server.processes()
+        total = sum(_cpu(proc) or 0.0 for proc in self.server.processes())
         if self.db_url:
             with psycopg.connect(self.db_url, autocommit=True) as conn:
                 pids = conn.execute(
@@ -284,16 +286,25 @@ class CpuMeter:
             for (pid,) in pids:
                 if pid not in self.backends:
                     with contextlib.suppress(psutil.Error):
-                        self.backends[pid] = psutil.Process(pid)
-            processes += list(self.backends.values())
-        total = 0.0
-        for proc in processes:
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:  # a process that went away counts nothing
-                pass
+                        proc = psutil.Process(pid)
+                        first = _cpu(proc)
+                        if first is not None:
+                            self.backends[pid] = (proc, first, first)
+            for pid, (proc, first, last) in list(self.backends.items()):
+                now = _cpu(proc)
+                if now is not None:
+                    self.backends[pid] = (proc, first, now)
+                total += (now if now is not None else last) - first
         return total
+
+
+def _cpu(proc: psutil.Process) -> float | None:
+    """A process's CPU seconds, or None once it has gone."""
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:
+        return None
+    return float(times.user + times.system)
 
 
 @dataclass
