@@ -235,7 +235,9 @@ def enqueue_new_tasks(conn: Connection, work: Mapping[str, int], now: int) -> No
     if not work:
         return
     params = [{"task_id": task_id, "work": n, "now": now} for task_id, n in work.items()]
-    moved = conn.execute(_ENQUEUE_NEW_TASK, params).rowcount
+    # One task (the usual first step) as a plain execute: psycopg runs even one row of an executemany
+    # in a pipeline of its own, which costs more than the statement.
+    moved = conn.execute(_ENQUEUE_NEW_TASK, params[0] if len(params) == 1 else params).rowcount
     if moved != len(params):
         raise IllegalTransition(f"only {moved} of {len(params)} new tasks were pending, to be queued")
 
