@@ -31,6 +31,7 @@ def parse_value(key: str, text: str) -> Any:
 
 
 def get_key(config: ServerConfig, key: str) -> Any:
+    """The value at a dotted key (``node.ttl``) of a configuration."""
     value: Any = config
     for part in key.split("."):
         value = getattr(value, part)
