@@ -1,7 +1,7 @@
 """The work's process group once started: stopping it, its peak memory, its exit status, its logs' tails.
 
 The runner starts and reaps the process (it alone may wait for it); these are what it needs around
-that, none of which holds a thread or an object per workunit unless the work runs long enough to need it.
+that. Work that ends within half a second costs no memory sample, and no thread unless it is killed.
 """
 
 from __future__ import annotations

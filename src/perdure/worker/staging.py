@@ -1,7 +1,7 @@
 """Putting a workunit's inputs in its work directory (awe.md §5.3): from this server, another host, the
 object store or an allowed local root; its part of a split input; reference data (predata) once per node.
 
-One ``Stager`` serves a slot for its whole life: staging a workunit makes no object of its own.
+One ``Stager`` serves a slot for its whole life, built with its runner: not one per workunit.
 """
 
 from __future__ import annotations
