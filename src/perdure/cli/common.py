@@ -122,10 +122,7 @@ def print_outcome(
     not_found: str | None = None,
 ) -> None:
     """Run one operation (suspend, resume, delete...) and print the server's message about it."""
-    client = connect(server, token, ca_file)
-    with api_errors(not_found):
-        message = operation(client)
-    out.print(message)
+    out.print(fetch(server, token, ca_file, operation, not_found))
 
 
 def print_id_operation(
