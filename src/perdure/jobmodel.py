@@ -140,11 +140,15 @@ def _did_you_mean(key: str, model: type[_Model]) -> str:
     return f" (known keys: {', '.join(sorted(model.model_fields))})"
 
 
+#: Why a script may not carry a data token (IO and info both refuse the key).
+DATATOKEN_IN_HEADER = "a data token is sent in the Datatoken header of POST /job, not in the script"
+
+
 class IO(_Model):
     refused: ClassVar[dict[str, str]] = {
         "optional": "AWE never reads 'optional' from a job script; every declared output must be written",
         "md5": "Perdure does not check downloads against an md5; remove the key",
-        "datatoken": "a data token is sent in the Datatoken header of POST /job, not in the script",
+        "datatoken": DATATOKEN_IN_HEADER,
     }
 
     filename: str = ""
@@ -338,7 +342,7 @@ class ScriptTask(_Model):
 class Info(_Model):
     server_filled: ClassVar[frozenset[str]] = frozenset({"submittime", "startedtime", "completedtime"})
     refused: ClassVar[dict[str, str]] = {
-        "datatoken": "a data token is sent in the Datatoken header of POST /job, not in the script",
+        "datatoken": DATATOKEN_IN_HEADER,
     }
 
     pipeline: str = ""
