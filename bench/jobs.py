@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -28,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
 import psycopg
 
-from common import Server, begin, load_average, postgres_database, postgres_problem
+from common import Server, begin, each_database, load_average, print_failures, run_main, server_cpu
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SMALL = 100  # the "small store" size the N-job figures are compared with
@@ -354,25 +350,10 @@ def run_one(kind: str, db_url: str | None, work_dir: Path, args: argparse.Namesp
         server.stop()
         if failures.count:
             outcome.error = outcome.error or f"{failures.count} failed request(s)"
-            print(f"\n  !! {failures.count} failed request(s); the first {len(failures.kept)}:")
-            for f in failures.kept:
-                print(f"     {f.request} -> {f.status}: {f.body}")
-            tail = server.log_tail()
-            if tail:
-                print("  server log (tail):\n" + "\n".join("     " + line for line in tail.splitlines()))
+        print_failures(
+            failures.count, [f"{f.request} -> {f.status}: {f.body}" for f in failures.kept], server
+        )
     return outcome
-
-
-def server_cpu(server: Server) -> float:
-    """CPU seconds used so far by the server and its children."""
-    total = 0.0
-    for proc in server.processes():
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:  # a process that went away counts nothing
-            pass
-    return total
 
 
 def submit_curve(rest: SubmitResult, offset: int) -> str:
@@ -455,20 +436,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     begin("job API")
-    kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
-    outcomes: list[Outcome] = []
-    for kind in kinds:
-        with tempfile.TemporaryDirectory(prefix=f"perdure-bench-{kind}-") as tmp:
-            if kind == "sqlite":
-                outcomes.append(run_one(kind, None, Path(tmp), args))
-                continue
-            problem = postgres_problem(args.pg_admin)
-            if problem:
-                print(f"\n=== postgresql: SKIPPED ({problem}) ===")
-                outcomes.append(Outcome(kind, error="skipped: " + problem))
-                continue
-            with postgres_database(args.pg_admin) as url:
-                outcomes.append(run_one(kind, url, Path(tmp), args))
+    outcomes = each_database(
+        args.db,
+        args.pg_admin,
+        "perdure-bench-",
+        lambda kind, url, tmp: run_one(kind, url, tmp, args),
+        lambda kind, problem: Outcome(kind, error="skipped: " + problem),
+    )
 
     print("\n=== summary: p50 latency at N jobs / at 100 jobs (target: about 1) ===")
     for o in outcomes:
@@ -483,9 +457,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as exc:
-        print(f"\ninterrupted ({exc or 'Ctrl-C'}); server stopped and data removed", file=sys.stderr)
-        sys.exit(130)
+    run_main(main, "server stopped and data removed")
