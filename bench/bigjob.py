@@ -17,20 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
-from common import Server, load_average, postgres_database, postgres_problem
+from common import Server, begin, each_database, load_average, run_main, server_cpu
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TARGETS = {"workunits": 1.0, "chain": 3.0, "dag": 3.0}
@@ -99,17 +94,6 @@ SHAPES: dict[str, Callable[[int], dict[str, Any]]] = {
 }
 
 
-def server_cpu(server: Server) -> float:
-    total = 0.0
-    for proc in server.processes():
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:  # a process that went away counts nothing
-            pass
-    return total
-
-
 def run_one(kind: str, db_url: str | None, work_dir: Path, args: argparse.Namespace) -> list[str]:
     """Time each shape; returns the shapes that missed their target."""
     server = Server(work_dir / "data", db_url, 1)
@@ -164,39 +148,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    print(f"perdure big-job acceptance benchmark; {load_average()} at start")
-    kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
-    missed: list[str] = []
-    failed = False
-    for kind in kinds:
-        with tempfile.TemporaryDirectory(prefix=f"perdure-bigjob-{kind}-") as tmp:
-            if kind == "sqlite":
-                missed += run_one(kind, None, Path(tmp), args)
-                continue
-            problem = postgres_problem(args.pg_admin)
-            if problem:
-                print(f"\n=== postgresql: SKIPPED ({problem}) ===")
-                failed = True
-                continue
-            with postgres_database(args.pg_admin) as url:
-                missed += run_one(kind, url, Path(tmp), args)
+    begin("big-job acceptance")
+    # None where PostgreSQL was skipped, else the shapes that missed their target.
+    runs: list[list[str] | None] = each_database(
+        args.db,
+        args.pg_admin,
+        "perdure-bigjob-",
+        lambda kind, url, tmp: run_one(kind, url, tmp, args),
+        lambda _kind, _problem: None,
+    )
+    missed = [shape for run in runs if run is not None for shape in run]
+    failed = None in runs
     print("\n=== summary ===")
     print("  all shapes within target" if not missed else "  over target: " + ", ".join(missed))
     return 1 if failed or missed else 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as exc:
-        print(f"\ninterrupted ({exc or 'Ctrl-C'}); server stopped and data removed", file=sys.stderr)
-        sys.exit(130)
+    run_main(main, "server stopped and data removed")

@@ -1,5 +1,6 @@
-"""What every bench script needs: a free loopback port, a server process, a throwaway PostgreSQL
-database, the machine's load."""
+"""What every bench script needs: a free loopback port, a server process and its CPU time, a throwaway
+PostgreSQL database (or the reason there is none) for each database a run asks for, the machine's load,
+and an exit that still cleans up on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import psutil
 import psycopg
+
+T = TypeVar("T")
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -43,6 +47,17 @@ def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, wait_s: 
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+def run_main(main: Callable[[], int], cleaned_up: str) -> NoReturn:
+    """Exit with ``main()``'s status; on Ctrl-C (or SIGTERM after ``begin``), say what was cleaned up
+    and exit 130."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:
+        print(f"\ninterrupted ({exc or 'Ctrl-C'}); {cleaned_up}", file=sys.stderr)
+        sys.exit(130)
 
 
 def free_port() -> int:
@@ -73,12 +88,76 @@ def postgres_problem(admin_dsn: str) -> str | None:
         return f"PostgreSQL unreachable at {admin_dsn}: {' '.join(str(exc).split())}"
 
 
+def each_database(
+    choice: str,
+    admin_dsn: str,
+    prefix: str,
+    run: Callable[[str, str | None, Path], T],
+    skipped: Callable[[str, str], T],
+) -> list[T]:
+    """``run(kind, db_url, tmp_dir)`` for each database ``--db`` names (``sqlite``, ``postgresql`` or
+    ``both``), each with a temporary directory of its own (``db_url`` None for SQLite, else a
+    throwaway PostgreSQL database, dropped afterwards); ``skipped(kind, why)`` for PostgreSQL when it
+    cannot be reached."""
+    kinds = ["sqlite", "postgresql"] if choice == "both" else [choice]
+    results: list[T] = []
+    for kind in kinds:
+        with tempfile.TemporaryDirectory(prefix=f"{prefix}{kind}-") as tmp:
+            if kind == "sqlite":
+                results.append(run(kind, None, Path(tmp)))
+                continue
+            problem = postgres_problem(admin_dsn)
+            if problem:
+                print(f"\n=== postgresql: SKIPPED ({problem}) ===")
+                results.append(skipped(kind, problem))
+                continue
+            with postgres_database(admin_dsn) as url:
+                results.append(run(kind, url, Path(tmp)))
+    return results
+
+
 def load_average() -> str:
     """Other work on the machine skews every figure: show how busy it was (1-minute load, CPUs)."""
     try:
         return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     except OSError:
         return "load average unknown"
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a child's log, for an error message."""
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def cpu_seconds(processes: Iterable[psutil.Process]) -> float:
+    """User and system CPU seconds used so far by these processes (one that went away counts nothing)."""
+    total = 0.0
+    for proc in processes:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def server_cpu(server: Server) -> float:
+    """CPU seconds used so far by the server and its children."""
+    return cpu_seconds(server.processes())
+
+
+def print_failures(count: int, kept: list[str], server: Server) -> None:
+    """List the failed requests a run kept (``count`` in all) and the server log's tail."""
+    if not count:
+        return
+    print(f"\n  !! {count} failed request(s); the first {len(kept)}:")
+    for message in kept:
+        print(f"     {message}")
+    tail = server.log_tail()
+    if tail:
+        print("  server log (tail):\n" + "\n".join("     " + line for line in tail.splitlines()))
 
 
 class Server:
@@ -126,16 +205,8 @@ class Server:
             return []
 
     def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM, 20.0)

@@ -47,7 +47,7 @@ import httpx
 import psutil
 import psycopg
 
-from common import Server, postgres_database, postgres_problem
+from common import Server, postgres_database, postgres_problem, print_failures
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 #: The job script parser refuses a task with more workunits than this.
@@ -591,12 +591,7 @@ def run_one(kind: str, db_url: str | None, queued: int, work_dir: Path, args: ar
         server.stop()
         if run is not None and run.errors:
             result.error = result.error or f"{run.errors} failed request(s)"
-            print(f"\n  !! {run.errors} failed request(s); the first {len(run.kept)}:")
-            for message in run.kept:
-                print(f"     {message}")
-            tail = server.log_tail()
-            if tail:
-                print("  server log (tail):\n" + "\n".join("     " + line for line in tail.splitlines()))
+            print_failures(run.errors, run.kept, server)
     return result
 
 

@@ -21,6 +21,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,17 @@ from typing import Any
 import httpx
 import psutil
 
-from common import begin, free_port, load_average, postgres_database, postgres_problem
+from common import (
+    Server,
+    begin,
+    load_average,
+    log_tail,
+    postgres_database,
+    postgres_problem,
+    run_main,
+    server_cpu,
+    stop_process,
+)
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 POLL_S = 0.1
@@ -46,23 +57,6 @@ HTTP_PROBES = 50
 
 
 # ---- processes -------------------------------------------------------------------------------------
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 def tree_cpu(pid: int) -> tuple[float, float]:
@@ -78,39 +72,6 @@ def tree_cpu(pid: int) -> tuple[float, float]:
         return own, reaped
     except psutil.Error:
         return 0.0, 0.0
-
-
-class Server:
-    """``perdure server`` in a child process on a free loopback port."""
-
-    def __init__(self, work_dir: Path, db_url: str | None) -> None:
-        self.data_dir = work_dir / "data"
-        self.db_url = db_url
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = work_dir / "server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "perdure", "server", "--host", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--data-dir", str(self.data_dir), "--workers", "1", "--log-level", "warning"]
-        if self.db_url:
-            cmd += ["--db", self.db_url]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{log_tail(self.log_path)}")
-            with suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/", timeout=1.0).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not answer GET / within {timeout:.0f}s:\n{log_tail(self.log_path)}")
-
-    def stop(self) -> None:
-        stop_process(self.proc)
 
 
 class Worker:
@@ -144,7 +105,8 @@ class Worker:
         )
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM, 20.0)
 
 
 # ---- measurements ----------------------------------------------------------------------------------
@@ -285,14 +247,14 @@ def run_once(kind: str, db_url: str | None, slots: int, args: argparse.Namespace
     direct = run_direct(args.workunits)
     with tempfile.TemporaryDirectory(prefix=f"perdure-bench-e2e-{kind}-{slots}-") as tmp:
         work_dir = Path(tmp)
-        server = Server(work_dir, db_url)
+        server = Server(work_dir / "data", db_url, 1)
         worker = Worker(work_dir, server.url, slots)
         try:
             server.start()
             with httpx.Client(base_url=server.url, timeout=30.0) as client:
                 worker.start(client)
                 assert server.proc is not None and worker.proc is not None
-                server_cpu0, _ = tree_cpu(server.proc.pid)
+                server_cpu0 = server_cpu(server)
                 worker_cpu0, children_cpu0 = tree_cpu(worker.proc.pid)
 
                 files = {"upload": ("e2e.json", job_script(args.workunits), "application/json")}
@@ -312,14 +274,14 @@ def run_once(kind: str, db_url: str | None, slots: int, args: argparse.Namespace
                         raise RuntimeError(
                             f"job {job_id} did not complete ({why} after {time.perf_counter() - t0:.0f} s)"
                             f"\nworker log (tail):\n{log_tail(worker.log_path)}"
-                            f"\nserver log (tail):\n{log_tail(server.log_path)}"
+                            f"\nserver log (tail):\n{server.log_tail()}"
                         )
                     if worker.proc.poll() is not None:
                         raise RuntimeError(f"worker exited:\n{log_tail(worker.log_path)}")
                     time.sleep(POLL_S)
                 wall = time.perf_counter() - t0
 
-                server_cpu1, _ = tree_cpu(server.proc.pid)
+                server_cpu1 = server_cpu(server)
                 worker_cpu1, children_cpu1 = tree_cpu(worker.proc.pid)
                 result = Result(kind, slots, args.workunits, wall, direct)
                 n = args.workunits
@@ -453,9 +415,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as exc:
-        print(f"\ninterrupted ({exc or 'Ctrl-C'}); processes stopped and data removed", file=sys.stderr)
-        sys.exit(130)
+    run_main(main, "processes stopped and data removed")

@@ -22,20 +22,16 @@ exit if unreachable).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
-from common import begin, load_average, postgres_database, postgres_problem
+from common import begin, each_database, load_average, run_main
 from perdure.metrics import clock, queries, storage
 from perdure.metrics import levels as metric_levels
 from perdure.metrics.definitions import SUMMARY_METRICS
@@ -218,20 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     metric_levels.configure_levels(None)
     begin("metrics")
-    kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
-    outcomes: list[Outcome] = []
-    for kind in kinds:
-        if kind == "sqlite":
-            with tempfile.TemporaryDirectory(prefix="perdure-bench-metrics-") as tmp:
-                outcomes.append(run_one(kind, f"sqlite:///{Path(tmp) / 'metrics.db'}", args))
-            continue
-        problem = postgres_problem(args.pg_admin)
-        if problem:
-            print(f"\n=== postgresql: SKIPPED ({problem}) ===")
-            outcomes.append(Outcome(kind, error="skipped: " + problem))
-            continue
-        with postgres_database(args.pg_admin) as url:
-            outcomes.append(run_one(kind, url, args))
+    outcomes = each_database(
+        args.db,
+        args.pg_admin,
+        "perdure-bench-metrics-",
+        lambda kind, url, tmp: run_one(kind, url or f"sqlite:///{tmp / 'metrics.db'}", args),
+        lambda kind, problem: Outcome(kind, error="skipped: " + problem),
+    )
 
     print(f"\n=== summary: p95 per query (target < {TARGET_MS:.0f} ms); {load_average()} ===")
     for o in outcomes:
@@ -243,9 +232,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as exc:
-        print(f"\ninterrupted ({exc or 'Ctrl-C'}); data removed", file=sys.stderr)
-        sys.exit(130)
+    run_main(main, "data removed")

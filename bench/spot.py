@@ -46,7 +46,16 @@ from typing import Any
 import httpx
 
 import spot_criu
-from common import Server, begin, load_average, postgres_database, postgres_problem
+from common import (
+    Server,
+    begin,
+    load_average,
+    log_tail,
+    postgres_database,
+    postgres_problem,
+    run_main,
+    stop_process,
+)
 from perdure.spot.manifest import Identity
 from perdure.spot.snapshot import Snapshotter
 from perdure.spot.store import DirectoryStore
@@ -73,12 +82,6 @@ REPEATS = 3
 
 
 # ---- processes -------------------------------------------------------------------------------------
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 class Worker:
@@ -127,14 +130,8 @@ class Worker:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)  # stop at once: nothing to hand over here
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGINT, 20.0)  # stop at once: nothing to hand over here
 
 
 def worker_env(args: argparse.Namespace, step_log: Path) -> dict[str, str]:
@@ -627,9 +624,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as exc:
-        print(f"\ninterrupted ({exc or 'Ctrl-C'}); processes stopped and data removed", file=sys.stderr)
-        sys.exit(130)
+    run_main(main, "processes stopped and data removed")

@@ -32,7 +32,8 @@ import httpx
 
 from common import Server, postgres_database, postgres_problem, stop_process
 from perdure.spot.capabilities import probe_criu
-from perdure.spot.criu import CriuEngine, isolated_command, namespace_init
+from perdure.spot.criu import CriuEngine
+from perdure.spot.criucommands import isolated_command, namespace_init
 from perdure.spot.engine import Run
 from perdure.spot.manifest import Identity
 from perdure.spot.policy import CheckpointPolicy

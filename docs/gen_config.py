@@ -1,4 +1,4 @@
-"""Write the settings tables of docs/configuration.md from the configuration model (perdure.config).
+"""Write the settings tables of docs/configuration.md from the configuration model (perdure.config.model).
 
 .venv/bin/python docs/gen_config.py           # rewrite the tables in docs/configuration.md
 .venv/bin/python docs/gen_config.py --check   # exit 1 if they are stale (the test suite does this)
@@ -36,19 +36,19 @@ def comments(model: type[Any]) -> dict[str, str]:
 
 
 def _type(info: Any) -> str:
-    from perdure.config import _is_duration
+    from perdure.config.values import is_duration
 
-    if _is_duration(info):
+    if is_duration(info):
         return "duration"
     text = str(info.annotation).replace("typing.", "")
     return text.removeprefix("<class '").removesuffix("'>").replace("pathlib.", "")
 
 
 def _default(info: Any, value: Any) -> str:
-    from perdure.config import _is_duration
+    from perdure.config.values import is_duration
     from perdure.duration import format_duration
 
-    if _is_duration(info):
+    if is_duration(info):
         return f"`{format_duration(value)}`"
     if info.default_factory is not None and info.annotation is str:
         return "(generated)"
@@ -58,7 +58,7 @@ def _default(info: Any, value: Any) -> str:
 def _table(model: type[Any], prefix: str, defaults: Any) -> list[str]:
     from pydantic import BaseModel
 
-    from perdure.config import describe_bounds
+    from perdure.config.values import describe_bounds
 
     rows: list[str] = []
     notes = comments(model)
@@ -82,7 +82,7 @@ def _pool_table() -> list[str]:
     """An entry of ``pool.pools``: its required fields have no default."""
     from pydantic_core import PydanticUndefined
 
-    from perdure.config import describe_bounds
+    from perdure.config.values import describe_bounds
     from perdure.poolconfig import PoolSpec
 
     rows: list[str] = []
@@ -99,7 +99,7 @@ def _pool_table() -> list[str]:
 
 
 def render() -> str:
-    from perdure.config import DEFAULTS, ServerConfig, WorkerConfig
+    from perdure.config.model import DEFAULTS, ServerConfig, WorkerConfig
 
     head = ["| key | type | default | bounds | meaning |", "|---|---|---|---|---|"]
     server = _table(ServerConfig, "", DEFAULTS)

@@ -15,15 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from perdure.config import (
-    ConfigError,
-    ServerConfig,
-    apply_kv,
-    from_document,
-    read_file,
-    to_document,
-    write_file,
-)
+from perdure.config.documents import from_document, read_file, to_document, write_file
+from perdure.config.keys import apply_kv
+from perdure.config.model import ServerConfig
+from perdure.config.values import ConfigError
 from perdure.store.configs import create_config, modify_config, read_config, replace_config
 from perdure.store.database import Database
 

@@ -79,30 +79,50 @@ class DirectoryBlobStore:
         shutil.rmtree(self.root / _check_key(prefix.rstrip("/")), ignore_errors=True)
 
 
-class _PendingFile:
-    def __init__(self, target: Path, tmp_dir: Path, max_bytes: int) -> None:
-        self.target = target
+class CheckedUpload:
+    """The rules of every upload, wherever its bytes go: at most ``max_bytes``, and kept only if its
+    SHA-256 is the one declared; a broken rule discards it (``discard``, of the subclass)."""
+
+    def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.size = 0
         self.digest = hashlib.sha256()
-        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=f"{uuid.uuid4().hex}.")
-        self.tmp = Path(name)
-        self.handle = os.fdopen(fd, "wb")
 
-    def write(self, chunk: bytes) -> None:
+    def discard(self) -> None:
+        raise NotImplementedError
+
+    def count(self, chunk: bytes) -> None:
+        """Count and digest ``chunk``; refuse the upload once it is over the limit."""
         self.size += len(chunk)
         if self.size > self.max_bytes:
             self.discard()
             raise BadRequest(f"upload is larger than the limit of {self.max_bytes} bytes")
         self.digest.update(chunk)
-        self.handle.write(chunk)
 
-    def commit(self, expected_sha256: str | None) -> BlobInfo:
-        self.handle.close()
+    def verified_sha256(self, expected_sha256: str | None) -> str:
+        """The upload's SHA-256, once it matches the declared one (when one was declared)."""
         actual = self.digest.hexdigest()
         if expected_sha256 and expected_sha256.lower() != actual:
             self.discard()
             raise BadRequest(f"checksum mismatch: upload has sha256 {actual}, expected {expected_sha256}")
+        return actual
+
+
+class _PendingFile(CheckedUpload):
+    def __init__(self, target: Path, tmp_dir: Path, max_bytes: int) -> None:
+        super().__init__(max_bytes)
+        self.target = target
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=f"{uuid.uuid4().hex}.")
+        self.tmp = Path(name)
+        self.handle = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        self.count(chunk)
+        self.handle.write(chunk)
+
+    def commit(self, expected_sha256: str | None) -> BlobInfo:
+        self.handle.close()
+        actual = self.verified_sha256(expected_sha256)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.tmp, self.target)
         return BlobInfo(self.size, actual)

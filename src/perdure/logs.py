@@ -12,7 +12,7 @@ import re
 import threading
 from pathlib import Path
 
-from perdure.config import ServerLogConfig
+from perdure.config.model import ServerLogConfig
 from perdure.logescape import EscapingFormatter
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -13,12 +13,11 @@ the multipart upload and nothing becomes visible. Workers normally never send by
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-from perdure.datastore import BlobInfo, _check_key
-from perdure.errors import BadRequest, NotFound, Unavailable
+from perdure.datastore import BlobInfo, CheckedUpload, _check_key
+from perdure.errors import NotFound, Unavailable
 from perdure.s3config import S3StoreConfig
 
 if TYPE_CHECKING:
@@ -210,27 +209,21 @@ class S3Reader(io.RawIOBase):
         return len(data)
 
 
-class S3PendingBlob:
+class S3PendingBlob(CheckedUpload):
     """An upload through the server: parts of ``partSizeMB`` as a multipart upload (a small file is
     one PUT), completed only when the whole file matches the declared SHA-256."""
 
     def __init__(self, store: S3BlobStore, object_key: str, max_bytes: int) -> None:
+        super().__init__(max_bytes)
         self.store = store
         self.key = object_key
-        self.max_bytes = max_bytes
-        self.size = 0
-        self.digest = hashlib.sha256()
         self.buffer = bytearray()
         self.upload_id: str | None = None
         self.parts: list[CompletedPartTypeDef] = []
         self.done = False
 
     def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.max_bytes:
-            self.discard()
-            raise BadRequest(f"upload is larger than the limit of {self.max_bytes} bytes")
-        self.digest.update(chunk)
+        self.count(chunk)
         self.store.bytes_received += len(chunk)
         self.buffer += chunk
         while len(self.buffer) >= self.store.part_size:
@@ -248,10 +241,7 @@ class S3PendingBlob:
         self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
 
     def commit(self, expected_sha256: str | None) -> BlobInfo:
-        actual = self.digest.hexdigest()
-        if expected_sha256 and expected_sha256.lower() != actual:
-            self.discard()
-            raise BadRequest(f"checksum mismatch: upload has sha256 {actual}, expected {expected_sha256}")
+        actual = self.verified_sha256(expected_sha256)
         client, bucket = self.store.client, self.store.bucket
         try:
             if self.upload_id is None:

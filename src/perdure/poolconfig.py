@@ -1,5 +1,5 @@
 """The ``pool`` section of the configuration: worker pools on EC2 that follow the queue (issue 21,
-item 4). Kept apart from ``config.py`` like ``s3config.py``: one small model plus one field there.
+item 4). Kept apart from ``config/model.py`` like ``s3config.py``: one small model plus one field there.
 
 A pool is an entry of ``pool.pools``; configKV takes the whole list as a JSON array
 (``{"pool.pools": "[{\\"name\\": \\"spot\\", ...}]"}``), so a change of several fields is one

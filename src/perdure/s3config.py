@@ -1,6 +1,6 @@
 """The ``store`` section of the configuration: where the data store and the server's checkpoint store
-live when they are an S3 bucket (issue 21). Kept apart from ``config.py`` so the section is one small
-model plus one field there.
+live when they are an S3 bucket (issue 21). Kept apart from ``config/model.py`` so the section is one
+small model plus one field there.
 
 Credentials are never part of it: the server and the workers take them from the standard AWS chain
 (environment, shared files, instance profile, ...).

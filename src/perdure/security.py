@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import jwt
 
-from perdure.config import CognitoConfig
+from perdure.config.model import CognitoConfig
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"]
 #: Clock skew tolerated on exp/nbf/iat.

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from perdure.config import DEFAULTS, ConfigError, apply_kv, env_overrides, get_key
+from perdure.config.keys import apply_kv, env_overrides, get_key
+from perdure.config.model import DEFAULTS
+from perdure.config.values import ConfigError
 from perdure.store.database import sqlite_url
 
 

@@ -110,8 +110,5 @@ def serious_violations(page: Any) -> list[str]:
 def cluster(tmp_path: Path, db_url: str) -> Iterator[Any]:
     from tests.integration.cluster import Cluster
 
-    cluster = Cluster(tmp_path, db_url)
-    try:
+    with Cluster(tmp_path, db_url) as cluster:
         yield cluster
-    finally:
-        cluster.close()

@@ -16,7 +16,7 @@ import httpx
 import psutil
 
 from tests.integration.workerprocess import WorkerProcess
-from tests.jobs import upload
+from tests.jobs import script, upload
 from tests.support import ServerProcess, wait_for
 
 HEARTBEAT_S = 0.5
@@ -30,6 +30,33 @@ TERMINAL = frozenset({"completed", "suspend", "failed-permanent", "deleted"})
 def sh(taskid: str, command: str, **extra: Any) -> dict[str, Any]:
     """A task running ``sh -c <command>``."""
     return {"taskid": taskid, "cmd": {"name": "sh", "args_array": ["-c", command]}, **extra}
+
+
+def squares_job(count: int, **info: Any) -> dict[str, Any]:
+    """A split DAG: ``generate`` writes 1..count, ``square`` squares it in 4 workunits (a ranged read of
+    the file each), ``sum`` adds the squares up into ``total.txt``."""
+    return script(
+        sh(
+            "generate", f"seq 1 {count} > numbers.txt", outputs=[{"filename": "numbers.txt", "nonzero": True}]
+        ),
+        sh(
+            "square",
+            "awk '{ print $1 * $1 }' numbers.txt > squares.txt",
+            inputs=[{"filename": "numbers.txt", "origin": "generate"}],
+            outputs=[{"filename": "squares.txt", "nonzero": True}],
+            partinfo={"input": "numbers.txt", "index": "line"},
+            totalwork=4,
+            dependsOn=["generate"],
+        ),
+        sh(
+            "sum",
+            "awk '{ s += $1 } END { printf \"%d\\n\", s }' squares.txt > total.txt",
+            inputs=[{"filename": "squares.txt", "origin": "square"}],
+            outputs=[{"filename": "total.txt"}],
+            dependsOn=["square"],
+        ),
+        **info,
+    )
 
 
 def group_alive(pgid: int) -> bool:
@@ -150,12 +177,15 @@ class Cluster:
         return process.start()
 
     def start(
-        self, env: dict[str, str] | None = None, workers: tuple[tuple[str, int], ...] = (("w1", 1),)
+        self,
+        env: dict[str, str] | None = None,
+        workers: tuple[tuple[str, int], ...] = (("w1", 1),),
+        worker_env: dict[str, str] | None = None,
     ) -> tuple[ServerProcess, Api, list[WorkerProcess]]:
         """A server and (label, slots) workers; the workers start first and join once it is up, which
         overlaps their start-up with the server's."""
         server = self.server(env, start=False)
-        started = [self.worker(server.url, label, slots) for label, slots in workers]
+        started = [self.worker(server.url, label, slots, env=worker_env) for label, slots in workers]
         server.start()
         return server, self.api(server), started
 
@@ -173,6 +203,12 @@ class Cluster:
         parts = [f"--- worker {w.label} (rc={w.returncode()}) ---\n{w.log()[-4000:]}" for w in self.workers]
         parts += [f"--- server {s.url} ---\n{s.log()[-4000:]}" for s in self.servers]
         return "\n".join(parts)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         for worker in self.workers:

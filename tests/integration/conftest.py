@@ -12,18 +12,12 @@ from tests.integration.cluster import Cluster
 
 @pytest.fixture
 def cluster(tmp_path: Path, db_url: str) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path, db_url)
-    try:
+    with Cluster(tmp_path, db_url) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture
 def sqlite_cluster(tmp_path: Path, sqlite_url: str) -> Iterator[Cluster]:
     """For worker-side behaviour that does not depend on the server's database: SQLite only."""
-    cluster = Cluster(tmp_path, sqlite_url)
-    try:
+    with Cluster(tmp_path, sqlite_url) as cluster:
         yield cluster
-    finally:
-        cluster.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ from typer.testing import CliRunner
 
 from perdure.cli import app
 from tests.idp import Issuer
-from tests.integration.test_manage_cli import Cli
+from tests.integration.test_manage_cli import Cli, Run
 from tests.integration.test_sdk import PARKED, Stack, squares, stack
 from tests.integration.test_security import enable_body
 from tests.support import ServerProcess, free_port
@@ -28,17 +27,6 @@ from tests.support import ServerProcess, free_port
 __all__ = ["stack"]  # the module's server and worker (a fixture)
 pytestmark = pytest.mark.timeout(300)
 CLEARED = ("PERDURE_SERVER", "PERDURE_TOKEN", "PERDURE_CA_FILE", "PERDURE_LOGIN_FILE", "COLUMNS", "LINES")
-
-
-@dataclass
-class Run:
-    args: tuple[str, ...]
-    code: int
-    out: str
-    err: str
-
-    def __repr__(self) -> str:
-        return f"perdure {' '.join(self.args)} -> {self.code}\nstdout: {self.out!r}\nstderr: {self.err!r}"
 
 
 class Perdure:

@@ -24,7 +24,8 @@ from fastapi.testclient import TestClient
 
 from perdure.api.app import create_app, sweep_once
 from perdure.api.context import ServerContext
-from perdure.config import DEFAULTS, to_document
+from perdure.config.documents import to_document
+from perdure.config.model import DEFAULTS
 from perdure.settings import Settings
 from perdure.store import migrate
 from perdure.store.configs import replace_config

@@ -263,13 +263,19 @@ def test_rerun_of_an_active_or_deleted_job_is_refused(client: TestClient, op: st
         assert get_job(client, job_id)["resumed"] == 0
 
 
-def test_recompute_of_a_suspended_job_also_resets_its_unfinished_tasks(client: TestClient) -> None:
+def suspended_diamond(client: TestClient) -> str:
+    """A diamond job suspended once its first task is done (client ``c1`` ran it); its id."""
     register(client, "c1")
-    job_id = submit(client, diamond())["id"]
+    job_id: str = submit(client, diamond())["id"]
     first = checkout(client, "c1")
     assert first is not None
     report(client, first["id"], "c1")
     ok(put_job(client, job_id, "suspend"))
+    return job_id
+
+
+def test_recompute_of_a_suspended_job_also_resets_its_unfinished_tasks(client: TestClient) -> None:
+    job_id = suspended_diamond(client)
     assert task_states(client, job_id) == {"0": "completed", "1": "suspend", "2": "suspend", "3": "pending"}
 
     ok(put_job(client, job_id, "recompute=1"))
@@ -281,12 +287,7 @@ def test_recompute_of_a_suspended_job_also_resets_its_unfinished_tasks(client: T
 
 
 def test_resubmit_of_a_suspended_job_reruns_everything(client: TestClient) -> None:
-    register(client, "c1")
-    job_id = submit(client, diamond())["id"]
-    first = checkout(client, "c1")
-    assert first is not None
-    report(client, first["id"], "c1")
-    ok(put_job(client, job_id, "suspend"))
+    job_id = suspended_diamond(client)
     ok(put_job(client, job_id, "resubmit"))
     job = get_job(client, job_id)
     assert (job["state"], job["error"], job["remaintasks"], job["resumed"]) == ("queued", None, 4, 1)

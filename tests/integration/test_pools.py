@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -229,9 +230,24 @@ def scaler_decision(action: str, before: int, after: int) -> Any:
     return Matches()
 
 
-def test_a_drained_node_returns_to_service_when_the_queue_grows(
-    client: TestClient, aws: dict[str, Any]
-) -> None:
+@dataclass
+class DrainedNode:
+    """A one-slot pool whose only node has run one workunit and been drained once idle."""
+
+    client: TestClient
+    scaler: Scaler
+    clock: Clock
+    instance: str
+    slot: str
+
+    def step(self) -> list[str]:
+        """A second later, what the scaler decides for the pool's nodes."""
+        self.clock.advance(1)
+        config = self.client.app.state.ctx.config  # type: ignore[attr-defined]
+        return [d.action for d in self.scaler.step(config.effective)["spot"]]  # type: ignore[index]
+
+
+def drained_node(client: TestClient, aws: dict[str, Any]) -> DrainedNode:
     configure(client, pool_settings(aws, minNodes=0, cooldown="0s", scaleInIdleFor="0s", slotsPerNode=1))
     config = client.app.state.ctx.config  # type: ignore[attr-defined]
     clock = Clock()
@@ -243,73 +259,51 @@ def test_a_drained_node_returns_to_service_when_the_queue_grows(
     work = checkout(client, slot)
     assert work is not None
     report(client, work["id"], slot)
-    clock.advance(1)
-    assert [d.action for d in scaler.step(config.effective)["spot"]] == ["drain"]  # type: ignore[index]
-    assert client_document(client, slot)["suspended"] is True
+    node = DrainedNode(client, scaler, clock, instance, slot)
+    assert node.step() == ["drain"]
+    return node
+
+
+def test_a_drained_node_returns_to_service_when_the_queue_grows(
+    client: TestClient, aws: dict[str, Any]
+) -> None:
+    node = drained_node(client, aws)
+    assert client_document(client, node.slot)["suspended"] is True
 
     submit(client, script(task("1"), clientgroups=GROUP))  # before the drained node is terminated
-    clock.advance(1)
-    assert [d.action for d in scaler.step(config.effective)["spot"]] == ["undrain"]  # type: ignore[index]
-    assert client_document(client, slot)["suspended"] is False
-    assert live_instances(aws) == [instance] and checkout(client, slot) is not None
+    assert node.step() == ["undrain"]
+    assert client_document(client, node.slot)["suspended"] is False
+    assert live_instances(aws) == [node.instance] and checkout(client, node.slot) is not None
 
 
 def test_a_drained_node_that_took_work_is_not_terminated(client: TestClient, aws: dict[str, Any]) -> None:
     """The race the two-step scale-in is for: a checkout that read the client before the drain
     committed leases it work anyway. That node is not terminated: the work it holds counts, so it
     is taken back into service; once idle again it is drained, then terminated."""
-    configure(client, pool_settings(aws, minNodes=0, cooldown="0s", scaleInIdleFor="0s", slotsPerNode=1))
-    config = client.app.state.ctx.config  # type: ignore[attr-defined]
-    db = client.app.state.ctx.db  # type: ignore[attr-defined]
-    clock = Clock()
-    scaler = Scaler(db, "server-a", clock=clock)
-    submit(client, script(task("0"), clientgroups=GROUP))
-    scaler.step(config.effective)
-    (instance,) = live_instances(aws)
-    (slot,) = start_node(client, "node0", instance, slots=1)
-    first = checkout(client, slot)
-    assert first is not None
-    report(client, first["id"], slot)
-    clock.advance(1)
-    assert [d.action for d in scaler.step(config.effective)["spot"]] == ["drain"]  # type: ignore[index]
+    node = drained_node(client, aws)
 
     # The lease that slipped in: as if a checkout had read the client just before the drain.
     raced = submit(client, script(task("r"), clientgroups=GROUP))
-    assert client.put(f"/client/{slot}?resume").status_code == 200
-    work = checkout(client, slot)
+    assert client.put(f"/client/{node.slot}?resume").status_code == 200
+    work = checkout(client, node.slot)
     assert work is not None and work["jobid"] == raced["id"]
-    with db.write() as conn:
-        assert transitions.suspend_client(conn, slot, DRAIN_REASON)
-    clock.advance(1)
-    assert [d.action for d in scaler.step(config.effective)["spot"]] == ["undrain"]  # type: ignore[index]
-    assert live_instances(aws) == [instance]
-    report(client, work["id"], slot)
+    with client.app.state.ctx.db.write() as conn:  # type: ignore[attr-defined]
+        assert transitions.suspend_client(conn, node.slot, DRAIN_REASON)
+    assert node.step() == ["undrain"]
+    assert live_instances(aws) == [node.instance]
+    report(client, work["id"], node.slot)
     for action in ("drain", "terminate"):
-        clock.advance(1)
-        assert [d.action for d in scaler.step(config.effective)["spot"]] == [action]  # type: ignore[index]
+        assert node.step() == [action]
     assert live_instances(aws) == []
 
 
 def test_a_node_resumed_by_hand_is_not_terminated(client: TestClient, aws: dict[str, Any]) -> None:
     """An admin who resumes a drained node's clients takes it back: the scaler does not terminate
     it (it may take work again) until it has drained it again."""
-    configure(client, pool_settings(aws, minNodes=0, cooldown="0s", scaleInIdleFor="0s", slotsPerNode=1))
-    config = client.app.state.ctx.config  # type: ignore[attr-defined]
-    clock = Clock()
-    scaler = Scaler(client.app.state.ctx.db, "server-a", clock=clock)  # type: ignore[attr-defined]
-    submit(client, script(task("0"), clientgroups=GROUP))
-    scaler.step(config.effective)
-    (instance,) = live_instances(aws)
-    (slot,) = start_node(client, "node0", instance, slots=1)
-    work = checkout(client, slot)
-    assert work is not None
-    report(client, work["id"], slot)
-    clock.advance(1)
-    assert [d.action for d in scaler.step(config.effective)["spot"]] == ["drain"]  # type: ignore[index]
-    assert client.put(f"/client/{slot}?resume").status_code == 200
-    clock.advance(1)
-    assert [d.action for d in scaler.step(config.effective)["spot"]] == ["drain"]  # type: ignore[index]
-    assert live_instances(aws) == [instance]
+    node = drained_node(client, aws)
+    assert client.put(f"/client/{node.slot}?resume").status_code == 200
+    assert node.step() == ["drain"]
+    assert live_instances(aws) == [node.instance]
 
 
 def test_bad_pool_settings_are_refused(client: TestClient, aws: dict[str, Any]) -> None:

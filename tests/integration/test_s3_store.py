@@ -27,9 +27,9 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from tests.integration import test_spot_e2e as spot
-from tests.integration.cluster import Cluster, sh
+from tests.integration.cluster import Api, Cluster, sh, squares_job
 from tests.jobs import script, upload
-from tests.support import wait_for
+from tests.support import ServerProcess, wait_for
 
 BUCKET = "perdure-test"
 PREFIX = "perdure"
@@ -91,6 +91,16 @@ def worker_env(endpoint: str) -> dict[str, str]:
     return {**AWS_ENV, "PERDURE_WORKER_S3_ENDPOINT": endpoint}
 
 
+def s3_cluster(
+    cluster: Cluster, endpoint: str, slots: int = 1, **server_extra: str
+) -> tuple[ServerProcess, Api]:
+    """A server whose data store is the bucket, and one worker ``w1`` with its own S3 credentials."""
+    server, api, _ = cluster.start(
+        server_env(endpoint, **server_extra), (("w1", slots),), worker_env(endpoint)
+    )
+    return server, api
+
+
 def objects(s3: Any, prefix: str) -> dict[str, bytes]:
     found = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
@@ -110,30 +120,6 @@ def files_under(directory: Path) -> list[str]:
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
 
 
-def squares_job(count: int) -> dict[str, Any]:
-    return script(
-        sh(
-            "generate", f"seq 1 {count} > numbers.txt", outputs=[{"filename": "numbers.txt", "nonzero": True}]
-        ),
-        sh(
-            "square",
-            "awk '{ print $1 * $1 }' numbers.txt > squares.txt",
-            inputs=[{"filename": "numbers.txt", "origin": "generate"}],
-            outputs=[{"filename": "squares.txt", "nonzero": True}],
-            partinfo={"input": "numbers.txt", "index": "line"},
-            totalwork=4,
-            dependsOn=["generate"],
-        ),
-        sh(
-            "sum",
-            "awk '{ s += $1 } END { printf \"%d\\n\", s }' squares.txt > total.txt",
-            inputs=[{"filename": "squares.txt", "origin": "square"}],
-            outputs=[{"filename": "total.txt"}],
-            dependsOn=["square"],
-        ),
-    )
-
-
 def store_status(url: str) -> dict[str, Any]:
     response = httpx.get(f"{url}/api/v1/store", timeout=10.0)
     assert response.status_code == 200, response.text
@@ -144,10 +130,7 @@ def store_status(url: str) -> dict[str, Any]:
 def test_a_split_dag_runs_with_its_data_only_in_the_bucket(
     cluster: Cluster, moto_endpoint: str, s3: Any
 ) -> None:
-    server = cluster.server(server_env(moto_endpoint), start=False)
-    cluster.worker(server.url, "w1", slots=2, env=worker_env(moto_endpoint))
-    server.start()
-    api = cluster.api(server)
+    server, api = s3_cluster(cluster, moto_endpoint, slots=2)
     count = 200_000
     job_id = api.submit(squares_job(count))
     api.wait_job(job_id, timeout=WAIT_S)
@@ -189,10 +172,7 @@ def test_s3_inputs_are_staged_by_the_worker_with_its_own_credentials(
     """An input and a predata file (reference data, fetched once per node) named by s3:// URLs."""
     s3.put_object(Bucket="user-inputs", Key="reads/sample.txt", Body=b"alpha\nbeta\ngamma\n")
     s3.put_object(Bucket="user-inputs", Key="ref/ref.txt", Body=b"ref\n")
-    server = cluster.server(server_env(moto_endpoint), start=False)
-    cluster.worker(server.url, "w1", env=worker_env(moto_endpoint))
-    server.start()
-    api = cluster.api(server)
+    _, api = s3_cluster(cluster, moto_endpoint)
     job_id = api.submit(
         script(
             sh(
@@ -212,10 +192,7 @@ def test_s3_inputs_are_staged_by_the_worker_with_its_own_credentials(
 def test_a_missing_s3_input_fails_the_work_with_a_clear_message(
     cluster: Cluster, moto_endpoint: str, s3: Any
 ) -> None:
-    server = cluster.server(server_env(moto_endpoint, PERDURE_MAX_WORK_FAILURE="1"), start=False)
-    cluster.worker(server.url, "w1", env=worker_env(moto_endpoint))
-    server.start()
-    api = cluster.api(server)
+    _, api = s3_cluster(cluster, moto_endpoint, PERDURE_MAX_WORK_FAILURE="1")
     job_id = api.submit(
         script(
             sh(

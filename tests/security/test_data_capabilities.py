@@ -30,7 +30,7 @@ from fastapi.testclient import TestClient
 
 from perdure.api.leasecaps import issue
 from perdure.store.leasecaps import capability_key
-from tests.integration.cluster import Cluster, sh
+from tests.integration.cluster import Cluster, sh, squares_job
 from tests.integration.test_security import Issuer, awe_error, bearer, data_of, enable, profile
 from tests.integration.test_spot_e2e import SERVER_ENV as SPOT_SERVER_ENV
 from tests.integration.test_spot_e2e import WORKER_ENV as SPOT_WORKER_ENV
@@ -225,26 +225,7 @@ def test_a_split_dag_and_its_readers_run_end_to_end_with_capabilities(
     cluster.worker(server.url, group="lab", token=token, slots=2)
 
     count = 2000
-    dag = script(
-        sh("generate", f"seq 1 {count} > numbers.txt", outputs=[{"filename": "numbers.txt"}]),
-        sh(
-            "square",
-            "awk '{ print $1 * $1 }' numbers.txt > squares.txt",
-            inputs=[{"filename": "numbers.txt", "origin": "generate"}],
-            outputs=[{"filename": "squares.txt"}],
-            partinfo={"input": "numbers.txt", "index": "line"},
-            totalwork=4,
-            dependsOn=["generate"],
-        ),
-        sh(
-            "sum",
-            "awk '{ s += $1 } END { print s }' squares.txt > total.txt",
-            inputs=[{"filename": "squares.txt", "origin": "square"}],
-            outputs=[{"filename": "total.txt"}],
-            dependsOn=["square"],
-        ),
-        clientgroups="lab",
-    )
+    dag = squares_job(count, clientgroups="lab")
     job_id = api.submit(dag)
     api.wait_job(job_id)
     total = f"/job/{job_id}/output/sum/total.txt"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from perdure.config import ServerLogConfig
+from perdure.config.model import ServerLogConfig
 from perdure.logs import ServerLogs
 from tests.support import ServerProcess, wait_for
 

@@ -12,16 +12,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from perdure import config as cfg
-from perdure.config import (
-    DEFAULTS,
-    ConfigError,
-    NodeConfig,
-    ServerConfig,
-    WorkerConfig,
-    apply_kv,
-    from_document,
-)
+from perdure.config.documents import from_document, to_document
+from perdure.config.keys import apply_kv, get_key
+from perdure.config.model import DEFAULTS, NodeConfig, ServerConfig, WorkerConfig
+from perdure.config.values import ConfigError
 from perdure.settings import Settings, process_overrides
 from perdure.spot.policy import CheckpointPolicy
 from perdure.worker.config import ServerTiming
@@ -94,7 +88,7 @@ def test_the_refusal_says_the_bounds_in_the_keys_units() -> None:
     [("node.ttl", "7d", 7 * 86400.0), ("node.ttl", "1s", 1.0), ("perdure.maxClientFailure", "0", 0)],
 )
 def test_the_bounds_themselves_are_allowed(key: str, value: str, expected: Any) -> None:
-    assert cfg.get_key(apply_kv(DEFAULTS, {key: value}), key) == expected
+    assert get_key(apply_kv(DEFAULTS, {key: value}), key) == expected
 
 
 @pytest.mark.parametrize("word", ["true", "TRUE", "1", "yes", "on", "false", "0", "no", "Off"])
@@ -108,7 +102,7 @@ def test_every_boolean_setting_takes_the_same_words(word: str, monkeypatch: pyte
 def test_a_stored_value_an_older_version_allowed_is_clamped_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    document = cfg.to_document(DEFAULTS, mask=False)
+    document = to_document(DEFAULTS, mask=False)
     document["node"]["ttl"] = "2562047h"  # within Go's range, beyond today's 7 days
     document["node"]["heartbeat"] = "10ms"
     document["perdure"]["maxWorkFailure"] = 0

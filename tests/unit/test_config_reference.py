@@ -6,7 +6,7 @@ from __future__ import annotations
 import runpy
 from pathlib import Path
 
-from perdure.config import FIELDS
+from perdure.config.keys import FIELDS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from perdure.jobscript import MAX_TOTALWORK, JobScriptError, JobSpec, parse_job_script
+from perdure.jobmodel import MAX_TOTALWORK
+from perdure.jobscript import JobScriptError, JobSpec, parse_job_script
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "awe-examples"
 

@@ -17,10 +17,10 @@ import pytest
 
 from perdure.retry import Policy, TransientError, retry_after_seconds, retry_call
 from perdure.sdk import ApiError, Client, ServerUnavailable
-from perdure.sdk.transport import Transport
 from perdure.worker import api as worker_api
 from perdure.worker import direct
 from perdure.worker.api import REPORT_TRIES_ON_500, ServerAPI, ServerRefused, Stopped
+from tests.scripted import scripted_client
 
 
 class Flaky(TransientError):
@@ -117,20 +117,7 @@ def test_retry_after_in_seconds_or_as_a_date() -> None:
 
 
 def sdk(answers: list[httpx.Response | Exception]) -> tuple[Client, list[httpx.Request]]:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        answer = answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    client = Client("http://perdure.test")
-    http = httpx.Client(base_url="http://perdure.test", transport=httpx.MockTransport(handler))
-    client.transport = Transport("http://perdure.test", http=http, backoff=0.001)
-    client.worker.transport = client.transport
-    return client, seen
+    return scripted_client(answers)
 
 
 QUEUE = httpx.Response(

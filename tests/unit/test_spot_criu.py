@@ -1,5 +1,6 @@
-"""The criu engine without CRIU: its commands, its reading of CRIU's statistics, detect(), and the
-engine's orchestration (image chain, snapshots, restore placement) against a fake ``criu``."""
+"""The criu engine without CRIU: detect(), and the engine's orchestration (image chain, snapshots,
+restore placement) against a fake ``criu``. Its commands, image reading and TCP lock clean-up have
+tests of their own (``test_spot_criucommands``, ``test_spot_criuimages``, ``test_spot_criutcplocks``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -20,215 +20,14 @@ from typing import Any
 
 import pytest
 
-from perdure.spot.criu import (
-    FILES_MAGIC,
-    IMG_COMMON_MAGIC,
-    IMG_SERVICE_MAGIC,
-    STATS_MAGIC,
-    CriuEngine,
-    dump_command,
-    isolated_command,
-    lock_rules,
-    namespace_init,
-    parse_stats,
-    pre_dump_command,
-    regular_files,
-    remove_tcp_locks,
-    restore_command,
-)
+from perdure.spot.criu import CriuEngine
+from perdure.spot.criucommands import dump_command, isolated_command, namespace_init, restore_command
 from perdure.spot.engine import Availability, Run, detect
 from perdure.spot.manifest import CheckpointError, Identity
 from perdure.spot.policy import CheckpointPolicy
 from perdure.spot.snapshot import Aborted, Snapshotter
 from perdure.spot.store import DirectoryStore
-
-# ---- commands -------------------------------------------------------------------------------------
-
-DUMP_COMMON = [
-    "--log-file",
-    "dump.log",
-    "-v4",
-    "--track-mem",
-    "--file-locks",
-    "--manage-cgroups=ignore",
-]
-
-
-def test_first_pre_dump_has_no_parent() -> None:
-    argv = pre_dump_command("criu", 42, Path("/s/images/1"), None, CheckpointPolicy())
-    assert argv == ["criu", "pre-dump", "-t", "42", "-D", "/s/images/1", *DUMP_COMMON]
-
-
-def test_pre_dump_on_a_parent_with_irmap_paths() -> None:
-    policy = CheckpointPolicy(irmap_scan_paths=("/data", "/opt/app"))
-    argv = pre_dump_command("/usr/sbin/criu", 42, Path("/s/images/3"), "../2", policy)
-    assert argv == [
-        "/usr/sbin/criu",
-        "pre-dump",
-        "-t",
-        "42",
-        "-D",
-        "/s/images/3",
-        *DUMP_COMMON,
-        "--prev-images-dir",
-        "../2",
-        "--irmap-scan-path",
-        "/data",
-        "--irmap-scan-path",
-        "/opt/app",
-    ]
-
-
-def test_dump_keeps_established_connections_only_when_they_are_closed_at_restore() -> None:
-    images = Path("/s/images/final")
-    with_tcp = dump_command("criu", 7, images, "../1", CheckpointPolicy(tcp_close=True))
-    assert with_tcp == [
-        "criu",
-        "dump",
-        "-t",
-        "7",
-        "-D",
-        "/s/images/final",
-        *DUMP_COMMON,
-        "--prev-images-dir",
-        "../1",
-        "--tcp-established",
-    ]
-    without = dump_command(
-        "criu", 7, images, None, CheckpointPolicy(tcp_close=False, irmap_scan_paths=("/d",))
-    )
-    assert without == [
-        "criu",
-        "dump",
-        "-t",
-        "7",
-        "-D",
-        "/s/images/final",
-        *DUMP_COMMON,
-        "--irmap-scan-path",
-        "/d",
-    ]
-
-
-def test_previous_images_must_be_relative() -> None:
-    with pytest.raises(ValueError, match="relative"):
-        pre_dump_command("criu", 1, Path("/s/images/2"), "/s/images/1", CheckpointPolicy())
-
-
-@pytest.mark.parametrize("tcp_close", [True, False])
-def test_restore_command(tcp_close: bool) -> None:
-    argv = restore_command(
-        "criu",
-        Path("/s/images/final"),
-        Path("/s/images/final/restore.pid"),
-        CheckpointPolicy(tcp_close=tcp_close),
-    )
-    expected = [
-        "criu",
-        "restore",
-        "-D",
-        "/s/images/final",
-        "--log-file",
-        "restore.log",
-        "-v4",
-        "--file-locks",
-        "--manage-cgroups=ignore",
-        "--pidfile",
-        "/s/images/final/restore.pid",
-    ]
-    assert argv == [*expected, "--tcp-close"] if tcp_close else expected
-
-
-# ---- statistics -----------------------------------------------------------------------------------
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def field(number: int, value: int | bytes) -> bytes:
-    if isinstance(value, int):
-        return varint(number << 3) + varint(value)
-    return varint(number << 3 | 2) + varint(len(value)) + value
-
-
-def stats_image(*entries: bytes, service: bool = True) -> bytes:
-    head = struct.pack("<II", IMG_SERVICE_MAGIC, STATS_MAGIC) if service else struct.pack("<I", STATS_MAGIC)
-    return head + b"".join(struct.pack("<I", len(e)) + e for e in entries)
-
-
-DUMP_FIGURES = {
-    "freezing_time": 1200,
-    "frozen_time": 35_000,
-    "memdump_time": 20_000,
-    "memwrite_time": 9_000,
-    "pages_scanned": 300_000,
-    "pages_skipped_parent": 250_000,
-    "pages_written": 50_000,
-    "irmap_resolve": 3,
-    "pages_lazy": 0,
-    "page_pipes": 2,
-    "page_pipe_bufs": 17,
-    "shpages_scanned": 10,
-    "shpages_skipped_parent": 4,
-    "shpages_written": 6,
-}
-
-
-def dump_entry() -> bytes:
-    body = b"".join(field(n, v) for n, v in enumerate(DUMP_FIGURES.values(), start=1))
-    # Fields of a newer CRIU, of every wire type, are skipped.
-    body += field(99, 5) + varint(100 << 3 | 1) + b"\x01" * 8 + varint(101 << 3 | 5) + b"\x02" * 4
-    body += field(102, b"later")
-    return field(1, body) + field(7, b"\x08\x01")
-
-
-def test_dump_statistics() -> None:
-    assert parse_stats(stats_image(dump_entry())) == DUMP_FIGURES
-
-
-def test_restore_statistics_and_the_old_header() -> None:
-    body = field(1, 10) + field(2, 20) + field(3, 3000) + field(4, 2**33) + field(5, 40) + field(6, 1)
-    expected = {
-        "pages_compared": 10,
-        "pages_skipped_cow": 20,
-        "forking_time": 3000,
-        "restore_time": 2**33,
-        "pages_restored": 40,
-    }
-    assert parse_stats(stats_image(field(2, body))) == expected
-    assert parse_stats(stats_image(field(2, body), service=False)) == expected
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (b"", "shorter than its magic"),
-        (b"\x00\x01", "shorter than its magic"),
-        (struct.pack("<I", IMG_SERVICE_MAGIC), "no image magic"),
-        (struct.pack("<II", IMG_SERVICE_MAGIC, 0x54564319), "not a CRIU stats image"),
-        (b"garbage garbage garbage", "not a CRIU stats image"),
-        (stats_image() + b"\x05\x00", "partial entry size"),
-        (stats_image() + struct.pack("<I", 50) + b"\x08\x01", "entry of 50 bytes, 2 left"),
-        (stats_image(b"\x0a\x05\x08"), "truncated protobuf length-delimited"),
-        (stats_image(b"\x0a\x02\x08\x80"), "truncated protobuf varint"),
-        (stats_image(b"\x0a\x01\x0b"), "wire type 3"),
-        (stats_image(b"\x00\x01"), "field number 0"),
-        (stats_image(b"\x08" + b"\xff" * 11), "longer than 10 bytes"),
-    ],
-)
-def test_garbage_statistics_are_a_clear_error(data: bytes, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        parse_stats(data)
-
+from tests.unit.test_spot_criuimages import DUMP_FIGURES, dump_entry, field, files_image, stats_image
 
 # ---- detect() -------------------------------------------------------------------------------------
 
@@ -540,28 +339,6 @@ def test_missing_criu_is_a_checkpoint_error(tmp_path: Path, store: DirectoryStor
 # ---- full dumps, where the kernel has no dirty-page tracking ------------------------------------------
 
 
-def files_image(files: dict[str, int | None]) -> bytes:
-    """A ``files.img``: a regular-file entry per name, with its size (None: no size, a device)."""
-    entries = []
-    for number, (name, size) in enumerate(files.items(), start=1):
-        reg = field(1, number) + field(2, 0x8001) + field(3, 0) + field(6, name.encode())
-        if size is not None:
-            reg += field(8, size)
-        entries.append(field(1, 1) + field(2, number) + field(3, reg))
-    return struct.pack("<II", IMG_COMMON_MAGIC, FILES_MAGIC) + b"".join(
-        struct.pack("<I", len(e)) + e for e in entries
-    )
-
-
-def test_the_files_image_gives_the_sizes_crius_restore_checks() -> None:
-    data = files_image({"/w/out.txt": 120, "/dev/null": None, "/usr/lib/libc.so.6": 1_926_232})
-    assert regular_files(data) == {"/w/out.txt": 120, "/usr/lib/libc.so.6": 1_926_232}
-    with pytest.raises(ValueError, match="not a CRIU files image"):
-        regular_files(stats_image(dump_entry()))
-    with pytest.raises(ValueError, match="truncated"):
-        regular_files(data[:-3])
-
-
 def test_full_dumps_leave_the_work_running_and_each_restores_on_its_own(
     tmp_path: Path, store: DirectoryStore, running: Run, fake_criu: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -616,64 +393,3 @@ def test_full_dumps_leave_the_work_running_and_each_restores_on_its_own(
     final = calls(tmp_path)[-1]
     assert final[0] == "dump" and "--leave-running" not in final and "--prev-images-dir" not in final
     assert "--track-mem" not in final
-
-
-def test_work_not_started_in_a_namespace_of_its_own_is_not_dumped(tmp_path: Path) -> None:
-    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        with pytest.raises(CheckpointError, match="not started by the criu engine"):
-            namespace_init(proc.pid)
-    finally:
-        proc.kill()
-        proc.wait()
-    with pytest.raises(CheckpointError, match="is gone"):
-        namespace_init(proc.pid)
-
-
-def test_the_isolated_command_reports_the_exit_status_and_opens_its_own_streams(tmp_path: Path) -> None:
-    argv = isolated_command(
-        ["sh", "-c", 'echo "pid $$"; echo oops >&2; exit 7'],
-        tmp_path / "out",
-        tmp_path / "err",
-        tmp_path / "status",
-    )
-    subprocess.run(argv, check=False, timeout=30, stdin=subprocess.DEVNULL)
-    assert (tmp_path / "out").read_text() == "pid 2\n"  # the namespace's second process
-    assert (tmp_path / "err").read_text() == "oops\n"
-    assert (tmp_path / "status").read_text() == "7\n"
-
-
-# ---- what --tcp-close restores leave behind -----------------------------------------------------------
-
-LOCK = "-m mark ! --mark 0xc114 -j DROP"
-IPTABLES_S = f"""\
--P INPUT ACCEPT
--P OUTPUT ACCEPT
--N NETAVARK_FORWARD
--A INPUT -s 10.0.0.5/32 -d 10.0.0.9/32 -p tcp -m tcp --sport 5432 --dport 41000 {LOCK}
--A OUTPUT -s 10.0.0.9/32 -d 10.0.0.5/32 -p tcp -m tcp --sport 41000 --dport 5432 {LOCK}
--A INPUT -s 10.0.0.7/32 -p tcp -j DROP
--A FORWARD -m comment --comment "netavark firewall plugin rules" -j NETAVARK_FORWARD
-"""
-
-
-def test_only_crius_connection_locks_are_picked_for_removal() -> None:
-    rules = lock_rules(IPTABLES_S)
-    assert len(rules) == 2 and all("0xc114" in r and r.endswith("-j DROP") for r in rules)
-
-
-def test_the_locks_are_removed_with_iptables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    listing = tmp_path / "listing"
-    listing.write_text(IPTABLES_S)
-    (bindir / "iptables").write_text(
-        f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\ncase "$*" in *-S*) /bin/cat {listing};; esac\n'
-    )
-    (bindir / "iptables").chmod(0o755)
-    monkeypatch.setenv("PATH", str(bindir))
-    assert remove_tcp_locks() == 2
-    made = (tmp_path / "calls").read_text().splitlines()
-    assert made[0] == "-w -t filter -S"
-    assert made[1].startswith("-w -t filter -D INPUT -s 10.0.0.5/32") and made[1].endswith("0xc114 -j DROP")
-    assert made[2].startswith("-w -t filter -D OUTPUT -s 10.0.0.9/32")

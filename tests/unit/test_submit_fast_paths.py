@@ -47,6 +47,19 @@ def test_the_submit_reply_is_the_stored_document_for_split_queued_and_waiting_ta
     assert "K" not in json.dumps(reply)  # the private environment is never shown
 
 
+def test_a_job_that_starts_later_queues_no_task_and_its_reply_is_still_the_stored_document(
+    world: World,
+) -> None:
+    raw = json.dumps(
+        script(task("a", outputs=[{"filename": "x"}]), task("b"), start_at="2999-01-01T00:00:00Z")
+    )
+    reply = world.jobs.submit(parse_job_script(raw.encode()), raw, "a-token")
+    assert reply == world.jobs.get(reply["id"])
+    assert reply["state"] == "queued"
+    assert [t["state"] for t in reply["tasks"]] == ["pending", "pending"]
+    assert reply["tasks"][0]["outputs"][0]["node"] == "-"  # AWE's "no node yet": made when queued
+
+
 def test_dependencies_keep_script_order_once_each_with_origins_after() -> None:
     document = script(
         task("a", outputs=[{"filename": "x"}]),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from perdure.errors import BadRequest
-from perdure.jobscript import MAX_INT32, check_clientgroups, check_name
+from perdure.jobmodel import MAX_INT32, check_clientgroups, check_name
 from perdure.timeutil import parse_expiration
 
 #: The most distinct fields one ``?query`` may filter on (each becomes one SQL clause; SQLite refuses

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -190,6 +191,13 @@ def list_jobs(request: Request) -> JSONResponse:
     return page(documents, limit=query.limit, offset=query.offset, total=total)
 
 
+def _first_flagged(
+    request: Request, operations: dict[str, Callable[[str], Any]]
+) -> Callable[[str], Any] | None:
+    """The operation of the first of these flags (in AWE's order, the table's) the query sets."""
+    return next((op for flag, op in operations.items() if params.flag(request.query_params, flag)), None)
+
+
 @router.get(
     "/job/{job_id}",
     openapi_extra=oa.query(
@@ -201,15 +209,9 @@ def list_jobs(request: Request) -> JSONResponse:
 )
 def get_job(job_id: str, request: Request) -> JSONResponse:
     check_job_access(request, job_id)
-    qp = request.query_params
     store = ctx(request).jobs
-    if params.flag(qp, "report"):
-        return ok(store.report(job_id))
-    if params.flag(qp, "position"):
-        return ok(store.position(job_id))
-    if params.flag(qp, "perf"):
-        return ok(store.perf(job_id))
-    return ok(store.get(job_id))
+    view = _first_flagged(request, {"report": store.report, "position": store.position, "perf": store.perf})
+    return ok((view or store.get)(job_id))
 
 
 @router.put(
@@ -231,12 +233,11 @@ def update_job(job_id: str, request: Request) -> JSONResponse:
     check_job_access(request, job_id)
     qp = request.query_params
     store = ctx(request).jobs
-    if params.flag(qp, "suspend"):
-        return ok(store.suspend(job_id))
-    if params.flag(qp, "resume"):
-        return ok(store.resume(job_id))
-    if params.flag(qp, "resubmit"):
-        return ok(store.resubmit(job_id))
+    operation = _first_flagged(
+        request, {"suspend": store.suspend, "resume": store.resume, "resubmit": store.resubmit}
+    )
+    if operation is not None:
+        return ok(operation(job_id))
     if params.flag(qp, "recompute"):
         taskid = qp.get("recompute", "")
         if not taskid:

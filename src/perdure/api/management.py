@@ -15,7 +15,10 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from perdure.api import openapi as oa
 from perdure.api.auth import require_admin
 from perdure.api.context import ctx
-from perdure.config import MASK, ConfigError, ServerConfig, apply_kv, to_document
+from perdure.config.documents import MASK, to_document
+from perdure.config.keys import apply_kv
+from perdure.config.model import ServerConfig
+from perdure.config.values import ConfigError
 from perdure.errors import BadRequest, Invalid, NotFound
 from perdure.security import TokenError, Verifier
 

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 
 from perdure.api import openapi as oa
 from perdure.api.context import ctx
-from perdure.config import ServerConfig
+from perdure.config.model import ServerConfig
 from perdure.errors import NotFound
 from perdure.pool.aws import group_name
 from perdure.poolconfig import PoolSpec

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
@@ -31,6 +32,7 @@ from perdure.store.workrequests import decode_workunit_id
 
 router = APIRouter()
 T = TypeVar("T")
+R = TypeVar("R", bound=BaseModel)
 
 #: A manifest names every file of a tree: generous, but bounded.
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
@@ -63,6 +65,16 @@ async def _in_store(call: Callable[..., T], *args: Any) -> T:
         raise BadRequest(str(exc)) from None
 
 
+async def _record(
+    request: Request, work_id: str, model: type[R], what: str, store: Callable[[str, str, R], None]
+) -> JSONResponse:
+    """A record the lease holder sends about its workunit (a checkpoint, a restore), parsed and stored."""
+    client_id = await _client(request)
+    record = parse(model, await _body(request, MAX_RECORD_BYTES), what)
+    await run_in_threadpool(store, decode_workunit_id(work_id), client_id, record)
+    return ok("ok")
+
+
 @router.post(
     "/work/{work_id}/checkpoints",
     openapi_extra=oa.query(oa.client_param(), body=oa.json_body("A checkpoint record")),
@@ -70,11 +82,9 @@ async def _in_store(call: Callable[..., T], *args: Any) -> T:
 )
 async def checkpoint_taken(work_id: str, request: Request) -> JSONResponse:
     """A checkpoint of the running workunit was taken (or failed): the next restore starts from it."""
-    client_id = await _client(request)
-    record = parse(CheckpointTaken, await _body(request, MAX_RECORD_BYTES), "checkpoint record")
-    wu_id = decode_workunit_id(work_id)
-    await run_in_threadpool(ctx(request).spot.checkpoint_taken, wu_id, client_id, record)
-    return ok("ok")
+    return await _record(
+        request, work_id, CheckpointTaken, "checkpoint record", ctx(request).spot.checkpoint_taken
+    )
 
 
 @router.post(
@@ -84,11 +94,7 @@ async def checkpoint_taken(work_id: str, request: Request) -> JSONResponse:
 )
 async def restore_result(work_id: str, request: Request) -> JSONResponse:
     """The workunit was restored from its checkpoint (or the checkpoint was refused)."""
-    client_id = await _client(request)
-    record = parse(RestoreResult, await _body(request, MAX_RECORD_BYTES), "restore record")
-    wu_id = decode_workunit_id(work_id)
-    await run_in_threadpool(ctx(request).spot.restore_result, wu_id, client_id, record)
-    return ok("ok")
+    return await _record(request, work_id, RestoreResult, "restore record", ctx(request).spot.restore_result)
 
 
 # ---- the server's checkpoint store ----------------------------------------------------------------

@@ -99,7 +99,8 @@ def server(
     """Start the API server (migrating the database schema first)."""
     import uvicorn
 
-    from perdure.config import KEY_TYPES, ConfigError
+    from perdure.config.keys import KEY_TYPES
+    from perdure.config.values import ConfigError
     from perdure.configstore import ConfigStore
     from perdure.settings import process_overrides
     from perdure.store import migrate

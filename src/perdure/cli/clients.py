@@ -15,14 +15,15 @@ from perdure.cli.common import (
     api_errors,
     connect,
     err,
+    fetch,
     fit,
     out,
+    print_id_operation,
     print_json,
-    print_outcome,
-    resolve_client_id,
     short_time,
     table,
 )
+from perdure.sdk import Client
 from perdure.states import ClientStatus
 
 client_app = typer.Typer(help="Suspend or resume one client (a worker slot).", no_args_is_help=True)
@@ -51,9 +52,7 @@ def clients(
     ca_file: CaFile = None,
 ) -> None:
     """The clients (worker slots) the server knows: status, host, and work done."""
-    client = connect(server, token, ca_file)
-    with api_errors():
-        found = client.clients(group=group, busy=busy)
+    found = fetch(server, token, ca_file, lambda client: client.clients(group=group, busy=busy))
     if json_:
         print_json([c.raw for c in found])
         return
@@ -78,33 +77,21 @@ def clients(
     err.print(f"{len(found)} client(s)", style="dim")
 
 
-def _client_op(client_id: str, what: str, server: str | None, token: str | None, ca_file: str | None) -> None:
-    print_outcome(
-        server,
-        token,
-        ca_file,
-        lambda client: getattr(client, f"{what}_client")(resolve_client_id(client, client_id)),
-        f"no client {client_id} on this server",
-    )
-
-
 @client_app.command("suspend")
 def suspend(client_id: ClientId, server: Server = None, token: Token = None, ca_file: CaFile = None) -> None:
     """Give the client no more work; what it holds goes back to the queue."""
-    _client_op(client_id, "suspend", server, token, ca_file)
+    print_id_operation("client", "suspend", client_id, server, token, ca_file)
 
 
 @client_app.command("resume")
 def resume(client_id: ClientId, server: Server = None, token: Token = None, ca_file: CaFile = None) -> None:
     """Let a suspended client check out work again."""
-    _client_op(client_id, "resume", server, token, ca_file)
+    print_id_operation("client", "resume", client_id, server, token, ca_file)
 
 
 def nodes(json_: Json = False, server: Server = None, token: Token = None, ca_file: CaFile = None) -> None:
     """Worker machines heard from recently: host, CPUs, memory, cloud instance."""
-    client = connect(server, token, ca_file)
-    with api_errors():
-        found = client.nodes()
+    found = fetch(server, token, ca_file, Client.nodes)
     if json_:
         print_json([n.raw for n in found])
         return

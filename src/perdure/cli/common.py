@@ -11,7 +11,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.cells import cell_len
@@ -30,6 +30,8 @@ except ImportError:  # pragma: no cover
     import click.exceptions as click_errors  # type: ignore[no-redef]
     from click import get_current_context  # type: ignore[no-redef]
 from perdure.sdk.connection import Connection
+
+T = TypeVar("T")
 
 # soft_wrap: lines go out whole (a long id, a log line), never folded at the terminal width.
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -99,6 +101,19 @@ def connect(server: str | None, token: str | None, ca_file: str | None) -> Clien
     return client
 
 
+def fetch(
+    server: str | None,
+    token: str | None,
+    ca_file: str | None,
+    get: Callable[[Client], T],
+    not_found: str | None = None,
+) -> T:
+    """What a command shows, fetched from the server; any error as one line (``not_found`` for a 404)."""
+    client = connect(server, token, ca_file)
+    with api_errors(not_found):
+        return get(client)
+
+
 def print_outcome(
     server: str | None,
     token: str | None,
@@ -107,10 +122,23 @@ def print_outcome(
     not_found: str | None = None,
 ) -> None:
     """Run one operation (suspend, resume, delete...) and print the server's message about it."""
-    client = connect(server, token, ca_file)
-    with api_errors(not_found):
-        message = operation(client)
-    out.print(message)
+    out.print(fetch(server, token, ca_file, operation, not_found))
+
+
+def print_id_operation(
+    kind: str, what: str, given: str, server: str | None, token: str | None, ca_file: str | None
+) -> None:
+    """``perdure <kind> <what> ID`` (suspend, resume...): ``Client.<what>_<kind>`` on the whole id that
+    ``given`` is or starts, and the server's message about it."""
+    resolve = {"job": resolve_job_id, "client": resolve_client_id}[kind]
+    operation = getattr(Client, f"{what}_{kind}")
+    print_outcome(
+        server,
+        token,
+        ca_file,
+        lambda client: operation(client, resolve(client, given)),
+        f"no {kind} {given} on this server",
+    )
 
 
 @contextmanager

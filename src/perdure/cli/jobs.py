@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Group, RenderableType
@@ -26,9 +26,11 @@ from perdure.cli.common import (
     connect,
     err,
     fail,
+    fetch,
     fit,
     human_bytes,
     out,
+    print_id_operation,
     print_json,
     print_outcome,
     resolve_job_id,
@@ -43,6 +45,7 @@ from perdure.states import JobState, ReportStatus, TaskState, WorkunitState
 job_app = typer.Typer(help="Look at and operate on one job.", no_args_is_help=True)
 
 JobId = Annotated[str, typer.Argument(help="The job's id, or a unique prefix of it.", show_default=False)]
+T = TypeVar("T")
 #: How many lines of the failing task's stderr ``submit --wait`` shows.
 STDERR_TAIL_LINES = 15
 #: State colours in tables and the progress display.
@@ -69,6 +72,17 @@ def _state(state: str, *, short: bool = False) -> Text:
 
 def _no_job(job_id: str) -> str:
     return f"no job {job_id} on this server"
+
+
+def _fetch(
+    given: str, server: str | None, token: str | None, ca_file: str | None, get: Callable[[Client, str], T]
+) -> tuple[str, T]:
+    """The whole id of the job ``given`` names (or starts), and what ``get`` fetches about it; any
+    error as one line."""
+    client = connect(server, token, ca_file)
+    job_id = resolve_job_id(client, given)
+    with api_errors(_no_job(job_id)):
+        return job_id, get(client, job_id)
 
 
 # ---- submit -----------------------------------------------------------------------------------------
@@ -253,9 +267,11 @@ def jobs(
     for given in comma_list(state):
         if given not in known:
             usage(f"--state {given!r} is no job state: use one of {', '.join(known)}")
-    client = connect(server, token, ca_file)
-    with api_errors():
-        page = client.jobs(
+    page = fetch(
+        server,
+        token,
+        ca_file,
+        lambda client: client.jobs(
             active=active,
             suspended=suspended,
             states=comma_list(state),
@@ -263,7 +279,8 @@ def jobs(
             user=user,
             limit=limit,
             offset=offset,
-        )
+        ),
+    )
     if json_:
         print_json([job.raw for job in page])
         return
@@ -298,10 +315,7 @@ def show(
     job_id: JobId, json_: Json = False, server: Server = None, token: Token = None, ca_file: CaFile = None
 ) -> None:
     """The job's state and each task's progress."""
-    client = connect(server, token, ca_file)
-    job_id = resolve_job_id(client, job_id)
-    with api_errors(_no_job(job_id)):
-        job = client.job(job_id)
+    _, job = _fetch(job_id, server, token, ca_file, Client.job)
     if json_:
         print_json(job.raw)
         return
@@ -328,33 +342,22 @@ def show(
     out.print(fit(table("task", "state", "workunits", "command"), rows, shrink, out.width))
 
 
-def _operate(job_id: str, what: str, server: str | None, token: str | None, ca_file: str | None) -> None:
-    operation = getattr(Client, f"{what}_job")
-    print_outcome(
-        server,
-        token,
-        ca_file,
-        lambda client: operation(client, resolve_job_id(client, job_id)),
-        _no_job(job_id),
-    )
-
-
 @job_app.command("suspend")
 def suspend(job_id: JobId, server: Server = None, token: Token = None, ca_file: CaFile = None) -> None:
     """Stop handing out the job's work; running workunits are recalled."""
-    _operate(job_id, "suspend", server, token, ca_file)
+    print_id_operation("job", "suspend", job_id, server, token, ca_file)
 
 
 @job_app.command("resume")
 def resume(job_id: JobId, server: Server = None, token: Token = None, ca_file: CaFile = None) -> None:
     """Queue a suspended job's work again."""
-    _operate(job_id, "resume", server, token, ca_file)
+    print_id_operation("job", "resume", job_id, server, token, ca_file)
 
 
 @job_app.command("resubmit")
 def resubmit(job_id: JobId, server: Server = None, token: Token = None, ca_file: CaFile = None) -> None:
     """Run the whole job again from its first task."""
-    _operate(job_id, "resubmit", server, token, ca_file)
+    print_id_operation("job", "resubmit", job_id, server, token, ca_file)
 
 
 @job_app.command("recompute")
@@ -396,10 +399,7 @@ def outputs(
     job_id: JobId, json_: Json = False, server: Server = None, token: Token = None, ca_file: CaFile = None
 ) -> None:
     """The job's output files in the server's data store."""
-    client = connect(server, token, ca_file)
-    job_id = resolve_job_id(client, job_id)
-    with api_errors(_no_job(job_id)):
-        files = client.outputs(job_id)
+    job_id, files = _fetch(job_id, server, token, ca_file, Client.outputs)
     if json_:
         print_json([f.raw for f in files])
         return
@@ -430,10 +430,13 @@ def download(
     """Save the job's outputs (all, one task's, or one file) under --dest; print each path."""
     if dest.exists() and not dest.is_dir():
         usage(f"--dest {dest} is not a directory")
-    client = connect(server, token, ca_file)
-    job_id = resolve_job_id(client, job_id)
-    with api_errors(_no_job(job_id)):
-        paths = client.job(job_id).download(dest, task=task, filename=file)
+    job_id, paths = _fetch(
+        job_id,
+        server,
+        token,
+        ca_file,
+        lambda client, whole: client.job(whole).download(dest, task=task, filename=file),
+    )
     for path in paths:
         out.print(str(path), markup=False)
     if not paths:
@@ -446,10 +449,7 @@ def events(
 ) -> None:
     """What happened to the job, in order (submitted, preempted, restored, failed...), and its spot
     protection: preemptions, restores and the run time they saved."""
-    client = connect(server, token, ca_file)
-    job_id = resolve_job_id(client, job_id)
-    with api_errors(_no_job(job_id)):
-        report = client.job_report(job_id)
+    _, report = _fetch(job_id, server, token, ca_file, Client.job_report)
     spot = report.raw.get("spot") or {}
     if json_:
         print_json({"events": report.events, "spot": spot})
@@ -505,9 +505,7 @@ def logs(
 
 def queue(json_: Json = False, server: Server = None, token: Token = None, ca_file: CaFile = None) -> None:
     """Counts of jobs, tasks, workunits and clients by state."""
-    client = connect(server, token, ca_file)
-    with api_errors():
-        summary = client.queue()
+    summary = fetch(server, token, ca_file, Client.queue)
     if json_:
         print_json(summary.raw)
         return

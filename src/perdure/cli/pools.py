@@ -12,14 +12,14 @@ from perdure.cli.common import (
     Json,
     Server,
     Token,
-    api_errors,
-    connect,
+    fetch,
     fit,
     out,
     print_json,
     short_time,
     table,
 )
+from perdure.sdk import Client
 
 pool_app = typer.Typer(help="One worker pool on EC2.", no_args_is_help=True)
 
@@ -43,9 +43,7 @@ def _short(decision: dict[str, Any] | None) -> str:
 
 def pools(json_: Json = False, server: Server = None, token: Token = None, ca_file: CaFile = None) -> None:
     """Worker pools: the queue's demand, and the nodes it asks for, wants and has."""
-    client = connect(server, token, ca_file)
-    with api_errors():
-        found = client.pools()
+    found = fetch(server, token, ca_file, Client.pools)
     if json_:
         print_json(found)
         return
@@ -83,9 +81,13 @@ def pool_show(
     ca_file: CaFile = None,
 ) -> None:
     """One pool: its group, sizes, draining nodes and every scaling decision kept (newest first)."""
-    client = connect(server, token, ca_file)
-    with api_errors(not_found=f"no pool named {name!r} (see perdure pools)"):
-        pool = client.pool(name)
+    pool = fetch(
+        server,
+        token,
+        ca_file,
+        lambda client: client.pool(name),
+        f"no pool named {name!r} (see perdure pools)",
+    )
     if json_:
         print_json(pool)
         return

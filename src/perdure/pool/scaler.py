@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from perdure.config import ServerConfig
+from perdure.config.model import ServerConfig
 from perdure.pool.aws import Ec2Pool, GroupView, fingerprint, group_name, make_clients
 from perdure.poolconfig import PoolConfig, PoolSpec
 from perdure.store import pools as store

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from perdure.config import FIELDS, CkptConfig, bounds, coerce_bool
+from perdure.config.model import CkptConfig
+from perdure.config.values import bounds, coerce_bool
 from perdure.duration import to_seconds
 
 #: userattr key -> environment variable, for every setting a job may override.
@@ -27,7 +28,7 @@ OVERRIDES = {
 }
 MODES = ("iterative", "none")
 #: Below this an interval would checkpoint more than it computes (the model's bound on ckptInterval).
-MIN_INTERVAL_S = bounds(FIELDS["ckpt.ckptInterval"])[0] or 1.0
+MIN_INTERVAL_S = bounds(CkptConfig.model_fields["ckptInterval"])[0] or 1.0
 #: The system defaults: the configuration model's ``ckpt`` section.
 _SYSTEM = CkptConfig()
 #: The interruption window is two minutes: a program may not ask for more time than that to save.

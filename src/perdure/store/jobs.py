@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Connection, and_, bindparam, case, func, insert, or_, select, type_coerce
+from sqlalchemy import Connection, and_, func, insert, or_, select
 
 from perdure.datastore import ConcatReader
 from perdure.documents import job_document, job_minimal
@@ -36,32 +36,15 @@ from perdure.store.jobquery import (
     share_groups,
     where_clauses,
 )
-from perdure.store.schema import Json, job_events, job_scripts, jobs, tasks, workunit_logs, workunits
+from perdure.store.schema import job_events, job_scripts, jobs, tasks, workunit_logs, workunits
 from perdure.timeutil import format_us, now_us
-
-#: The task columns a submit's ``advance_job`` may change (a task queued, split or completed at once).
-_TASK_STATE_COLUMNS = (
-    tasks.c.id,
-    tasks.c.state,
-    tasks.c.totalwork,
-    tasks.c.remainwork,
-    tasks.c.starteddate,
-    tasks.c.completeddate,
-    tasks.c.computetime,
-)
 
 # Built once: a statement made per call costs SQLAlchemy its construction and cache key every time.
 _INSERT_JOB = insert(jobs)
 _INSERT_TASKS = insert(tasks)
 _INSERT_SCRIPT = insert(job_scripts)
-_JOB = select(jobs).where(jobs.c.id == bindparam("job_id"))
-#: The changed columns of a new job's tasks, and the document only of those no longer pending.
-_SUBMITTED_TASKS = select(
-    *_TASK_STATE_COLUMNS,
-    type_coerce(case((tasks.c.state != TaskState.PENDING.value, tasks.c.spec), else_=None), Json).label(
-        "moved_spec"
-    ),
-).where(tasks.c.job_id == bindparam("job_id"))
+#: A new task's columns that its insert leaves to their defaults (those its document shows).
+_NEW_TASK_DEFAULTS = {"starteddate": 0, "completeddate": 0, "computetime": 0}
 
 
 class JobStore(JobOperations):
@@ -77,77 +60,63 @@ class JobStore(JobOperations):
         self, spec: JobSpec, script: str, datatoken: str | None, owner: str = "public"
     ) -> tuple[dict[str, Any], list[str]]:
         """Store a job and queue what can run; returns its document and what no registered client
-        would take (``stranded.unserved_in``, read in the same transaction to spare one)."""
+        would take (``stranded.unserved_in``, read in the same transaction to spare one).
+
+        The job's first step (``lifecycle.open_new_job``) is planned from the rows in hand and written
+        with them, and the reply is built from them and the queued job's row: nothing just written is
+        read back (a submit is about ten statements, most of its cost)."""
         job_id = str(uuid.uuid4())
         now = now_us()
         info = dict(spec.info)
         info.pop("clientgroups", None)
         if datatoken:
             info["auth"] = True
+        job_values = {
+            "id": job_id,
+            "state": JobState.INIT.value,
+            "name": info.pop("name"),
+            "pipeline": info.pop("pipeline"),
+            "project": info.pop("project"),
+            "username": info.pop("user"),
+            "owner": owner,
+            "clientgroups": spec.clientgroups,
+            "priority": info.pop("priority"),
+            "submittime": now,
+            "updatetime": now,
+            "start_at": spec.start_at_us,
+            "remaintasks": len(spec.tasks),
+            "info": info,
+            "datatoken": datatoken,
+        }
+        task_rows = [
+            {
+                "id": f"{job_id}_{t.taskid}",
+                "job_id": job_id,
+                "taskid": t.taskid,
+                "ordinal": t.ordinal,
+                "state": TaskState.PENDING.value,
+                "app": t.app,
+                "totalwork": t.totalwork,
+                "remainwork": t.totalwork,
+                "maxworksize": t.maxworksize,
+                "createddate": now,
+                "depends_on": t.depends_on,
+                "spec": t.spec_document(),
+                "private_env": t.private_env or None,
+            }
+            for t in spec.tasks
+        ]
         with self.db.write() as conn:
-            conn.execute(
-                _INSERT_JOB,
-                {
-                    "id": job_id,
-                    "state": JobState.INIT.value,
-                    "name": info.pop("name"),
-                    "pipeline": info.pop("pipeline"),
-                    "project": info.pop("project"),
-                    "username": info.pop("user"),
-                    "owner": owner,
-                    "clientgroups": spec.clientgroups,
-                    "priority": info.pop("priority"),
-                    "submittime": now,
-                    "updatetime": now,
-                    "start_at": spec.start_at_us,
-                    "remaintasks": len(spec.tasks),
-                    "info": info,
-                    "datatoken": datatoken,
-                },
-            )
-            task_rows = [
-                {
-                    "id": f"{job_id}_{t.taskid}",
-                    "job_id": job_id,
-                    "taskid": t.taskid,
-                    "ordinal": t.ordinal,
-                    "state": TaskState.PENDING.value,
-                    "app": t.app,
-                    "totalwork": t.totalwork,
-                    "remainwork": t.totalwork,
-                    "maxworksize": t.maxworksize,
-                    "createddate": now,
-                    "depends_on": t.depends_on,
-                    "spec": t.spec_document(),
-                    "private_env": t.private_env or None,
-                }
-                for t in spec.tasks
-            ]
+            opening = lifecycle.open_new_job(conn, job_id, SimpleNamespace(**job_values), task_rows, now)
+            conn.execute(_INSERT_JOB, job_values)
             conn.execute(_INSERT_TASKS, task_rows)
             conn.execute(_INSERT_SCRIPT, {"job_id": job_id, "script": script})
-            lifecycle.record_event(conn, job_id, lifecycle.EVENT_SUBMITTED, "job submitted", now)
             hooks.job_submitted(conn, spec.clientgroups)
-            lifecycle.advance_job(conn, job_id, now, self._expire_after_s(), self.blobs)
+            job = lifecycle.start_new_job(conn, opening)
             warnings = stranded.unserved_in(conn, spec.clientgroups, [t.app for t in spec.tasks])
-            return self._submitted_document(conn, job_id, task_rows), warnings
-
-    def _submitted_document(
-        self, conn: Connection, job_id: str, task_rows: Sequence[dict[str, Any]]
-    ) -> dict[str, Any]:
-        """The new job's document, as ``GET /job/<id>`` shows it, without decoding again the 10,000 task
-        documents just written (that took longer than writing them): only the columns ``advance_job``
-        changes are read, and the document of each task it enqueued (whose outputs it gave nodes)."""
-        job = conn.execute(_JOB, {"job_id": job_id}).one()
-        current = {r.id: r._mapping for r in conn.execute(_SUBMITTED_TASKS, {"job_id": job_id})}
-        rows = []
-        for row in task_rows:
-            task_id = row["id"]
-            changed = current[task_id]
-            merged = {**row, **changed}
-            if changed["moved_spec"] is not None:
-                merged["spec"] = changed["moved_spec"]
-            rows.append(SimpleNamespace(**merged))
-        return job_document(job, rows)
+        # As GET /job/<id> shows it; the columns not written start at their defaults.
+        rows = [SimpleNamespace(**{**_NEW_TASK_DEFAULTS, **row}) for row in task_rows]
+        return job_document(job, rows), warnings
 
     def owner_of(self, job_id: str) -> str | None:
         with self.db.read() as conn:

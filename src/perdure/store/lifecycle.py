@@ -8,7 +8,9 @@ into workunits and queued; a job with no task left completes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, text, update
@@ -35,8 +37,11 @@ EVENT_WORK_REQUEUED = "WR"
 EVENT_WORK_PERMANENT = "WP"
 
 
+_INSERT_EVENT = insert(job_events)
+
+
 def record_event(conn: Connection, job_id: str, code: str, message: str, now: int) -> None:
-    conn.execute(insert(job_events).values(job_id=job_id, time=now, code=code, message=message))
+    conn.execute(_INSERT_EVENT, {"job_id": job_id, "time": now, "code": code, "message": message})
 
 
 def workunit_ranks(totalwork: int) -> list[int]:
@@ -97,15 +102,85 @@ def advance_job(
     completed = {r.taskid for r in rows if r.state == TaskState.COMPLETED} | {r.taskid for r in finished}
     start_due = job.start_at <= now
     for task in rows:
-        if task.state != TaskState.PENDING:
-            continue
-        if not start_due or not all(dep in completed for dep in task.depends_on):
-            continue
-        _enqueue_task(conn, job, job_id, task, now, blobs)
+        if task.state == TaskState.PENDING and _may_start(task.depends_on, completed, start_due):
+            _enqueue_task(conn, job, job_id, task, now, blobs)
     if state == JobState.INIT:
         transitions.queue_job(conn, job_id, now)
     if rows and len(completed) == len(rows):
         _complete_job(conn, job_id, now, expire_after_s or {})
+
+
+def _may_start(depends_on: Iterable[str], completed: Container[str], start_due: bool) -> bool:
+    """A pending task's time has come: its job's ``start_at`` passed and its dependencies completed."""
+    return start_due and all(dep in completed for dep in depends_on)
+
+
+@dataclass
+class Opening:
+    """What a job being submitted does at once (``advance_job`` for a job just written): the tasks that
+    may start, with their workunits and Shock nodes. ``open_new_job`` plans it before the job's rows are
+    inserted (the specs of those tasks, in the rows, already name their nodes); ``start_new_job`` writes
+    it after them."""
+
+    job_id: str
+    job: Any
+    now: int
+    #: (task row, workunit plan) of each task queued at once.
+    queued: list[tuple[dict[str, Any], list[tuple[int, dict[str, Any] | None, int]]]] = field(
+        default_factory=list
+    )
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def open_new_job(
+    conn: Connection, job_id: str, job: Any, task_rows: Sequence[dict[str, Any]], now: int
+) -> Opening:
+    """Plan a new job's first step from its rows in hand (``job``: its priority, submittime,
+    clientgroups and start_at). Nothing of it has completed, so a task may start when it has no
+    dependency; such a task reads no other task's output, so its workunits are planned without the
+    data store. Sets the spec of each task queued at once in ``task_rows``."""
+    opening = Opening(job_id, job, now)
+    start_due = job.start_at <= now
+    for row in task_rows:
+        if not _may_start(row["depends_on"], (), start_due):
+            continue
+        spec = row["spec"]
+        sizes = _input_sizes(conn, job_id, spec)
+        requested = int(spec.get("requested_totalwork", row["totalwork"]))
+        plan = _plan_parts(conn, job_id, spec, requested, row["maxworksize"], sizes, None)
+        row["spec"], nodes = shock.prepare_new_task(job_id, row["id"], spec, len(plan), now)
+        opening.nodes += nodes
+        opening.queued.append((row, plan))
+    return opening
+
+
+def start_new_job(conn: Connection, opening: Opening) -> Any:
+    """Write a new job's first step, after its rows: the nodes and workunits of its tasks that start at
+    once, those tasks and the job queued, and the events; returns the job's row as it now stands. The
+    rows in ``opening`` are updated to match the tasks' (state, work, start)."""
+    job_id, now = opening.job_id, opening.now
+    shock.insert_nodes(conn, opening.nodes)
+    events = [_event(job_id, EVENT_SUBMITTED, "job submitted", now)]
+    work: dict[str, int] = {}
+    for row, plan in opening.queued:
+        task = SimpleNamespace(id=row["id"], app=row["app"])
+        _insert_workunits(conn, opening.job, job_id, task, plan, now)
+        work[row["id"]] = len(plan)
+        split = f", split into {len(plan)} parts" if plan[0][1] else ""
+        events.append(_event(job_id, EVENT_TASK_QUEUED, f"task {row['taskid']} queued{split}", now))
+    if work:
+        Database.work_queued(conn)
+        transitions.enqueue_new_tasks(conn, work, now)
+        for row, plan in opening.queued:
+            row.update(
+                state=TaskState.QUEUED.value, totalwork=len(plan), remainwork=len(plan), starteddate=now
+            )
+    conn.execute(_INSERT_EVENT, events)
+    return transitions.queue_new_job(conn, job_id, now)
+
+
+def _event(job_id: str, code: str, message: str, now: int) -> dict[str, Any]:
+    return {"job_id": job_id, "time": now, "code": code, "message": message}
 
 
 def _complete_tasks(conn: Connection, job_id: str, finished: Sequence[Any], now: int) -> None:

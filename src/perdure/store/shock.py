@@ -91,21 +91,47 @@ def _of_output(conn: Connection, task_id: str, filename: str) -> ShockNode | Non
     return None if row is None else _node(row)
 
 
+_INSERT_NODES = insert(shock_nodes)
+
+
+def _node_row(job_id: str, task_id: str, filename: str, parts: int, now: int) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "job_id": job_id,
+        "task_id": task_id,
+        "filename": filename,
+        "parts": parts,
+        "indexes": {},
+        "attributes": None,
+        "created": now,
+    }
+
+
 def _create(conn: Connection, job_id: str, task_id: str, filename: str, parts: int, now: int) -> str:
-    node_id = str(uuid.uuid4())
-    conn.execute(
-        insert(shock_nodes).values(
-            id=node_id,
-            job_id=job_id,
-            task_id=task_id,
-            filename=filename,
-            parts=parts,
-            indexes={},
-            attributes=None,
-            created=now,
-        )
-    )
-    return node_id
+    row = _node_row(job_id, task_id, filename, parts, now)
+    conn.execute(_INSERT_NODES, row)
+    return str(row["id"])
+
+
+def needs_nodes(spec: Mapping[str, Any]) -> bool:
+    """Whether a task being queued gets Shock nodes: it has outputs, or inputs from another task."""
+    return bool(spec.get("outputs")) or any(io.get("origin") for io in spec.get("inputs", []))
+
+
+def output_nodes(
+    job_id: str, task_id: str, spec: Mapping[str, Any], totalwork: int, now: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A fresh node for every output of a task being queued with ``totalwork`` workunits: the spec
+    naming them, and the rows to insert (``insert_nodes``)."""
+    parts = totalwork if totalwork > 1 else 0
+    rows = [_node_row(job_id, task_id, io["filename"], parts, now) for io in spec.get("outputs", [])]
+    new_outputs = [{**io, "node": row["id"]} for io, row in zip(spec.get("outputs", []), rows, strict=True)]
+    return {**spec, "outputs": new_outputs}, rows
+
+
+def insert_nodes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        conn.execute(_INSERT_NODES, list(rows))
 
 
 # ---- at enqueue -----------------------------------------------------------------------------------
@@ -126,16 +152,11 @@ def prepare_task(
     the node of the producing task's output for every input with an ``origin``, and, for a split
     task, AWE's ``PartInfo`` in each workunit's part with the split stored as an index of the input
     node. Writes the node ids into the task's spec; returns the plan with its parts rewritten."""
-    if not spec.get("outputs") and not any(io.get("origin") for io in spec.get("inputs", [])):
+    if not needs_nodes(spec):
         return plan  # no node to make or to find: spare the task's submit two statements
-    totalwork = len(plan)
     conn.execute(delete(shock_nodes).where(shock_nodes.c.task_id == task_id))
-    new_spec = dict(spec)
-    new_outputs = []
-    for io in spec.get("outputs", []):
-        parts = totalwork if totalwork > 1 else 0
-        new_outputs.append({**io, "node": _create(conn, job_id, task_id, io["filename"], parts, now)})
-    new_spec["outputs"] = new_outputs
+    new_spec, rows = output_nodes(job_id, task_id, spec, len(plan), now)
+    insert_nodes(conn, rows)
     input_nodes: dict[str, str] = {}
     new_inputs = []
     for io in spec.get("inputs", []):
@@ -149,6 +170,21 @@ def prepare_task(
     new_spec["inputs"] = new_inputs
     conn.execute(update(tasks).where(tasks.c.id == task_id).values(spec=new_spec))
     return _with_part_info(conn, plan, input_nodes, maxworksize, now)
+
+
+def prepare_new_task(
+    job_id: str, task_id: str, spec: Mapping[str, Any], totalwork: int, now: int
+) -> tuple[Mapping[str, Any], list[dict[str, Any]]]:
+    """``prepare_task`` for a task queued as its job is submitted: it has no input from another task
+    (that would be a dependency) and no nodes yet, so nothing is read or deleted. Returns its spec
+    and the node rows, which the submit inserts with the others of the job (``insert_nodes``)."""
+    if not needs_nodes(spec):
+        return spec, []
+    if any(io.get("origin") for io in spec.get("inputs", [])):
+        raise ValueError(f"task {task_id} reads another task's output: it cannot be queued at submit")
+    new_spec, rows = output_nodes(job_id, task_id, spec, totalwork, now)
+    new_spec["inputs"] = list(spec.get("inputs", []))
+    return new_spec, rows
 
 
 def _with_part_info(
@@ -389,9 +425,13 @@ __all__ = [
     "document",
     "get",
     "index_units",
+    "insert_nodes",
     "is_complete",
     "is_node_id",
+    "needs_nodes",
+    "output_nodes",
     "part_range",
+    "prepare_new_task",
     "prepare_task",
     "record_attributes",
     "record_upload",

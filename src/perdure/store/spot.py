@@ -14,14 +14,13 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, null, select, update
 
-from perdure.errors import NotFound
-from perdure.protocol import LeaseLost
 from perdure.spot import policy
-from perdure.spot.records import CheckpointTaken, Preemption, RestoreResult
-from perdure.states import JobState, WorkunitState
+from perdure.spot.records import CheckpointTaken, FinalCheckpoint, Preemption, RestoreResult
+from perdure.states import JobState
 from perdure.store import hooks, lifecycle, transitions
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.schema import jobs, spot_events, tasks, workunits
+from perdure.store.workrequests import held_lease
 from perdure.timeutil import now_us
 
 log = logging.getLogger("perdure.spot")
@@ -43,18 +42,7 @@ class SpotStore:
             now = now_us()
             node_id = hooks.node_of(conn, client_id) or ""
             reference = record.reference()
-            _checkpoint_outcome(
-                conn,
-                wu,
-                now,
-                client_id,
-                node_id,
-                ok=record.ok,
-                duration_s=record.duration_s,
-                size=record.size,
-                written=record.written,
-                detail={"name": record.name, "error": record.error, "stats": record.stats},
-            )
+            _checkpoint_outcome(conn, wu, now, client_id, node_id, record, {"name": record.name})
             if reference is not None:
                 conn.execute(update(workunits).where(workunits.c.id == wu.id).values(checkpoint=reference))
             if not record.ok:
@@ -136,18 +124,7 @@ def preempt(
     node_id = hooks.node_of(conn, client_id) or ""
     final = preemption.final
     if final is not None:
-        _checkpoint_outcome(
-            conn,
-            wu,
-            now,
-            client_id,
-            node_id,
-            ok=final.ok,
-            duration_s=final.duration_s,
-            size=final.size,
-            written=final.written,
-            detail={"kind": "final", "error": final.error, "stats": final.stats},
-        )
+        _checkpoint_outcome(conn, wu, now, client_id, node_id, final, {"kind": "final"})
     _add(
         conn,
         wu,
@@ -215,12 +192,9 @@ def _leased(conn: Connection, wu_id: str, client_id: str, *, lock: bool = True) 
         workunits.c.client_id,
         workunits.c.clientgroups,
     ).where(workunits.c.id == wu_id)
-    wu = conn.execute(query.with_for_update() if lock else query).one_or_none()
-    if wu is None:
-        raise NotFound(f"no workunit found with id {wu_id}")
-    if wu.state != WorkunitState.CHECKOUT or wu.client_id != client_id:
-        raise LeaseLost(f"workunit {wu_id} is not checked out by client {client_id}")
-    return wu
+    return held_lease(
+        conn.execute(query.with_for_update() if lock else query).one_or_none(), wu_id, client_id
+    )
 
 
 def _checkpoint_outcome(
@@ -229,15 +203,12 @@ def _checkpoint_outcome(
     now: int,
     client_id: str,
     node_id: str,
-    *,
-    ok: bool,
-    duration_s: float,
-    size: int,
-    written: int,
-    detail: dict[str, Any],
+    record: CheckpointTaken | FinalCheckpoint,
+    label: dict[str, str | None],
 ) -> None:
-    """A checkpoint taken or failed: in the job's accounting and in the metrics."""
-    kind = "checkpoint" if ok else "checkpoint-failed"
+    """A checkpoint taken or failed (a periodic one, or the final one of a preemption): in the job's
+    accounting, its detail ``label`` plus the record's error and stats, and in the metrics."""
+    kind = "checkpoint" if record.ok else "checkpoint-failed"
     _add(
         conn,
         wu,
@@ -245,12 +216,14 @@ def _checkpoint_outcome(
         now,
         client_id,
         node_id,
-        duration_s=duration_s,
-        size=size,
-        written=written,
-        detail=detail,
+        duration_s=record.duration_s,
+        size=record.size,
+        written=record.written,
+        detail={**label, "error": record.error, "stats": record.stats},
     )
-    hooks.checkpoint_taken(conn, wu.clientgroups, node_id, ok=ok, duration_s=duration_s, size_bytes=size)
+    hooks.checkpoint_taken(
+        conn, wu.clientgroups, node_id, ok=record.ok, duration_s=record.duration_s, size_bytes=record.size
+    )
 
 
 def _add(

@@ -142,11 +142,13 @@ def unserved_warnings(db: Database, clientgroups: str, apps: Sequence[str]) -> l
         return unserved_in(conn, clientgroups, apps)
 
 
+#: The registered clients a submit compares its job with (built once: it runs in every submit).
+_REGISTERED = select(clients.c.group_name, clients.c.apps).where(clients.c.deleted_at == 0)
+
+
 def unserved_in(conn: Connection, clientgroups: str, apps: Sequence[str]) -> list[str]:
     """:func:`unserved_warnings` inside a transaction already open (a submit's, sparing one)."""
-    registered = conn.execute(
-        select(clients.c.group_name, clients.c.apps).where(clients.c.deleted_at == 0)
-    ).all()
+    registered = conn.execute(_REGISTERED).all()
     groups = [g for g in clientgroups.split(",") if g]
     known_groups = sorted({c.group_name for c in registered})
     if not registered:

@@ -216,6 +216,32 @@ def enqueue_task(conn: Connection, task_id: str, values: Mapping[str, Any]) -> N
     _move_one(conn, tasks, task_id, _T.QUEUED, values)
 
 
+#: Submit: a new job's tasks that may start at once are queued (one row of parameters per task).
+_ENQUEUE_NEW_TASK = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("task_id"), guard(tasks.c.state, _T.QUEUED, {_T.PENDING}))
+    .values(
+        state=_T.QUEUED.value,
+        starteddate=bindparam("now"),
+        totalwork=bindparam("work"),
+        remainwork=bindparam("work"),
+    )
+)
+
+
+def enqueue_new_tasks(conn: Connection, work: Mapping[str, int], now: int) -> None:
+    """``enqueue_task`` for the tasks of a job being submitted (task id -> its number of workunits):
+    one statement for all of them, as the job is written."""
+    if not work:
+        return
+    params = [{"task_id": task_id, "work": n, "now": now} for task_id, n in work.items()]
+    # One task (the usual first step) as a plain execute: psycopg runs even one row of an executemany
+    # in a pipeline of its own, which costs more than the statement.
+    moved = conn.execute(_ENQUEUE_NEW_TASK, params[0] if len(params) == 1 else params).rowcount
+    if moved != len(params):
+        raise IllegalTransition(f"only {moved} of {len(params)} new tasks were pending, to be queued")
+
+
 def complete_task(conn: Connection, task_id: str, values: Mapping[str, Any]) -> None:
     """A task with no workunit left to do."""
     _move_one(conn, tasks, task_id, _T.COMPLETED, values)
@@ -281,6 +307,23 @@ START_JOBS_GUARD_SQL = guard_sql("jobs.state", _J.IN_PROGRESS, {_J.QUEUED})
 def queue_job(conn: Connection, job_id: str, now: int) -> None:
     """A submitted job's tasks are enqueued (in the submitting transaction)."""
     _move_one(conn, jobs, job_id, _J.QUEUED, {"updatetime": now})
+
+
+#: Submit: the new job is queued, and its row returned for the reply (sparing a read).
+_QUEUE_NEW_JOB = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("job_id"), guard(jobs.c.state, _J.QUEUED, {_J.INIT}))
+    .values(state=_J.QUEUED.value, updatetime=bindparam("now"))
+    .returning(*jobs.c)
+)
+
+
+def queue_new_job(conn: Connection, job_id: str, now: int) -> Any:
+    """``queue_job`` for a job inserted in this transaction (``init``); returns its row as queued."""
+    row = conn.execute(_QUEUE_NEW_JOB, {"job_id": job_id, "now": now}).one_or_none()
+    if row is None:
+        raise IllegalTransition(f"job {job_id!r} is not a new job to queue")
+    return row
 
 
 def complete_job(conn: Connection, job_id: str, values: Mapping[str, Any]) -> None:
@@ -392,6 +435,7 @@ __all__ = [
     "complete_task",
     "delete_client",
     "delete_job",
+    "enqueue_new_tasks",
     "enqueue_task",
     "fail_permanently",
     "fail_task_permanently",
@@ -403,6 +447,7 @@ __all__ = [
     "hold_job_work",
     "preempt",
     "queue_job",
+    "queue_new_job",
     "release_job_work",
     "requeue_failed",
     "requeue_job",

@@ -18,9 +18,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from perdure.datastore import BlobStore
 from perdure.errors import BadRequest, DomainError, NotFound
-from perdure.protocol import LeaseLost, Refused
+from perdure.protocol import Refused
 from perdure.spot.records import Preemption
-from perdure.states import WorkunitState
 from perdure.store import hooks, lifecycle, outputs, pgdirect, workdocs
 from perdure.store.checkout import checkout_batch, claim
 from perdure.store.database import Database, retry_on_conflict
@@ -34,6 +33,7 @@ from perdure.store.workrequests import (
     Operation,
     ReportRequest,
     decode_workunit_id,
+    held_lease,
 )
 from perdure.timeutil import now_us
 
@@ -275,10 +275,7 @@ class WorkStore:
                 .join(jobs, jobs.c.id == workunits.c.job_id)
                 .where(workunits.c.id == wu_id)
             ).one_or_none()
-        if row is None:
-            raise NotFound(f"no workunit found with id {wu_id}")
-        if row.state != WorkunitState.CHECKOUT or row.client_id != client_id:
-            raise LeaseLost(f"workunit {wu_id} is not checked out by client {client_id}")
+        row = held_lease(row, wu_id, client_id)
         if which == "datatoken":
             if not row.datatoken:
                 raise BadRequest("error in getting token")
@@ -332,11 +329,7 @@ class WorkStore:
             .join(tasks, tasks.c.id == workunits.c.task_id)
             .where(workunits.c.id == wu_id)
         ).one_or_none()
-        if row is None:
-            raise NotFound(f"no workunit found with id {wu_id}")
-        if row.state != WorkunitState.CHECKOUT or row.client_id != client_id:
-            raise LeaseLost(f"workunit {wu_id} is not checked out by client {client_id}")
-        return row
+        return held_lease(row, wu_id, client_id)
 
     @property
     def limits(self) -> FailureLimits:

@@ -10,12 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from perdure.errors import BadRequest, DomainError
+from perdure.errors import BadRequest, DomainError, NotFound
 from perdure.protocol import (
+    LeaseLost,
     Refused,
 )
 from perdure.spot.records import Preemption
-from perdure.states import ReportStatus
+from perdure.states import ReportStatus, WorkunitState
 
 LOG_KINDS = ("stdout", "stderr", "worknotes", "perf")
 REPORT_STATUSES = frozenset(s.value for s in ReportStatus)
@@ -81,3 +82,14 @@ def decode_workunit_id(raw: str) -> str:
         except (binascii.Error, UnicodeDecodeError):
             raise BadRequest("invalid base64 workunit id") from None
     return raw
+
+
+def held_lease(row: Any, wu_id: str, client_id: str) -> Any:
+    """The workunit's ``row`` (with its ``state`` and ``client_id``), if ``client_id`` holds its lease;
+    otherwise the refusal a worker is given: NotFound without the row, LeaseLost when it is not
+    checked out by that client."""
+    if row is None:
+        raise NotFound(f"no workunit found with id {wu_id}")
+    if row.state != WorkunitState.CHECKOUT or row.client_id != client_id:
+        raise LeaseLost(f"workunit {wu_id} is not checked out by client {client_id}")
+    return row

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from pydantic import ValidationError
 
-from perdure.config import NodeConfig, WorkerConfig
+from perdure.config.model import NodeConfig, WorkerConfig
 
 __all__ = ["ServerTiming", "WorkerConfig"]
 

@@ -27,8 +27,9 @@ from perdure.states import ReportStatus
 from perdure.worker.api import ServerAPI, ServerRefused, Stopped
 from perdure.worker.config import ServerTiming, WorkerConfig
 from perdure.worker.container import ContainerSupport, Images, remove_leftovers
+from perdure.worker.process import tail_bytes
 from perdure.worker.protect import SpotContext
-from perdure.worker.runner import DISCARDED, Outcome, Runner, tail_bytes
+from perdure.worker.runner import DISCARDED, Outcome, Runner
 
 log = logging.getLogger("perdure.worker")
 

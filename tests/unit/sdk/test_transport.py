@@ -13,29 +13,12 @@ import pytest
 from perdure.sdk import ApiError, AuthError, BadRequestError, Client, NotFoundError, ServerUnavailable
 from perdure.sdk.connection import Connection, save_login
 from perdure.sdk.errors import error_for
-from perdure.sdk.transport import Transport
+from tests.scripted import scripted_client
 
 
 def scripted(answers: list[httpx.Response | Exception]) -> tuple[Client, list[httpx.Request]]:
-    """A client whose server answers from ``answers`` in order, recording what it was asked."""
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        answer = answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    client = Client("http://perdure.test", token="tok")
-    http = httpx.Client(
-        base_url="http://perdure.test",
-        transport=httpx.MockTransport(handler),
-        headers={"Authorization": "bearer tok"},
-    )
-    client.transport = Transport("http://perdure.test", http=http, backoff=0.001)
-    client.worker.transport = client.transport
-    return client, seen
+    """A client with the token ``tok`` whose server answers from ``answers`` in order."""
+    return scripted_client(answers, token="tok")
 
 
 def envelope(data: object, status: int = 200) -> httpx.Response:
