@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 import psycopg
 
 from common import Server, begin, each_database, load_average, print_failures, run_main, server_cpu
@@ -292,7 +293,7 @@ class CpuMeter:
         self.backends: dict[int, tuple[psutil.Process, float, float]] = {}
 
     def seconds(self) -> float:
-        total = sum(_cpu(proc) or 0.0 for proc in self.server.processes())
+        total = server_cpu(self.server)
         if self.db_url:
             with psycopg.connect(self.db_url, autocommit=True) as conn:
                 pids = conn.execute(
