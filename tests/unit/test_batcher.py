@@ -158,8 +158,7 @@ def test_answers_given_in_a_row_all_arrive_while_the_batch_is_held() -> None:
 
     async def scenario() -> list[DispatchOutcome]:
         held = asyncio.ensure_future(batcher.submit(checkout("c9")))  # the first batch, held
-        while not store.batches:
-            await asyncio.sleep(0.001)
+        await until(lambda: bool(store.batches), "the first batch is in the database")
         answers = asyncio.gather(*(batcher.submit(checkout(f"c{n}")) for n in range(3)))
         store.release.set()
         outcomes = await asyncio.wait_for(answers, timeout=5)
