@@ -30,6 +30,23 @@ BY_KEY_PG = """
 SELECT set_config('enable_seqscan', 'off', true) AS seqscan,
     set_config('enable_hashjoin', 'off', true) AS hash, set_config('enable_mergejoin', 'off', true) AS merge,
     set_config('jit', 'off', true) AS jit"""
+#: ``Connection.info`` key: the transaction in which ``BY_KEY_PG`` was run.
+_BY_KEY_IN = "perdure_by_key_in"
+
+
+def by_key(conn: Connection) -> list[tuple[str, Any]]:
+    """``BY_KEY_PG`` as a statement for ``pg_run``, unless it is in force in this transaction already
+    (then none); noted so that ``by_key_in_force`` knows."""
+    if by_key_in_force(conn):
+        return []
+    conn.info[_BY_KEY_IN] = conn.get_transaction()
+    return [(BY_KEY_PG, None)]
+
+
+def by_key_in_force(conn: Connection) -> bool:
+    """Whether ``by_key`` ran in this very transaction (the settings end with it)."""
+    transaction = conn.get_transaction()
+    return transaction is not None and conn.info.get(_BY_KEY_IN) is transaction
 
 
 def pg_run(
@@ -64,8 +81,23 @@ def pg_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[Any]:
 
 
 def finish(conn: Connection, dialect: str, samples: hooks.Samples) -> None:
-    """The transaction's metric samples, written with one statement, and (PostgreSQL) the COMMIT."""
-    if dialect == "postgresql":
-        pg_run(conn, [samples.insert()], commit=True)
-    else:
+    """The transaction's metric samples, written with one statement, and (PostgreSQL) the COMMIT, both
+    in one round trip: every dispatch transaction ends here, and at one workunit at a time each round
+    trip is a wake-up of the database and of this thread (issue 22). The COMMIT still waits for the WAL
+    where the transaction asked it to (a report's must: it is durable once answered)."""
+    if dialect != "postgresql":
         samples.write(conn)
+        return
+    insert = samples.insert()
+    if insert is None:
+        pg_run(conn, [], commit=True)
+        return
+    raw: Any = conn.connection.driver_connection
+    sql, params = insert
+    try:
+        # Bound here, not by the server, so that the two statements go as one simple query: if the
+        # insert fails, PostgreSQL skips the COMMIT and the transaction is rolled back as usual.
+        with psycopg.ClientCursor(raw) as cursor:
+            cursor.execute(f"{sql}; COMMIT", params)
+    except psycopg.Error as exc:
+        raise DBAPIError(sql, None, exc) from exc
