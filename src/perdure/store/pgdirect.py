@@ -81,23 +81,12 @@ def pg_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[Any]:
 
 
 def finish(conn: Connection, dialect: str, samples: hooks.Samples) -> None:
-    """The transaction's metric samples, written with one statement, and (PostgreSQL) the COMMIT, both
-    in one round trip: every dispatch transaction ends here, and at one workunit at a time each round
-    trip is a wake-up of the database and of this thread (issue 22). The COMMIT still waits for the WAL
-    where the transaction asked it to (a report's must: it is durable once answered)."""
-    if dialect != "postgresql":
+    """The transaction's metric samples, written with one statement, and (PostgreSQL) the COMMIT.
+
+    (Sending both as one simple query, bound by psycopg, saved a round trip but cost more than it
+    saved: PostgreSQL then parses and plans the insert every time, and psycopg quotes its arrays in
+    Python. Measured at K = 1, issue 22: 0.93 ms against 0.65 ms for the two.)"""
+    if dialect == "postgresql":
+        pg_run(conn, [samples.insert()], commit=True)
+    else:
         samples.write(conn)
-        return
-    insert = samples.insert()
-    if insert is None:
-        pg_run(conn, [], commit=True)
-        return
-    raw: Any = conn.connection.driver_connection
-    sql, params = insert
-    try:
-        # Bound here, not by the server, so that the two statements go as one simple query: if the
-        # insert fails, PostgreSQL skips the COMMIT and the transaction is rolled back as usual.
-        with psycopg.ClientCursor(raw) as cursor:
-            cursor.execute(f"{sql}; COMMIT", params)
-    except psycopg.Error as exc:
-        raise DBAPIError(sql, None, exc) from exc
