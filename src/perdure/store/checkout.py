@@ -52,13 +52,20 @@ _CLIENTS = select(
     .label("held"),
     exists().where(client_skip_work.c.client_id == clients.c.id).label("skips"),
 ).where(clients.c.id.in_(bindparam("clients", expanding=True)))
-#: The same on PostgreSQL (run on psycopg directly) for every client of a batch.
-_CLIENTS_PG = f"""
-SELECT c.id, c.group_name, c.apps, c.node_id, c.deleted_at, c.suspended, c.profile,
+
+
+def _clients_pg(settings: str = "") -> str:
+    """The same on PostgreSQL (run on psycopg directly) for every client of a batch, its rows also
+    setting ``settings`` (``set_config`` columns) for the statements after it."""
+    return f"""
+SELECT c.id, c.group_name, c.apps, c.node_id, c.deleted_at, c.suspended, c.profile,{settings}
     (SELECT w.id FROM workunits w WHERE w.client_id = c.id AND w.state = '{WorkunitState.CHECKOUT.value}'
      LIMIT 1) AS held,
     EXISTS (SELECT 1 FROM client_skip_work s WHERE s.client_id = c.id) AS skips
 FROM clients c WHERE c.id = ANY(%(clients)s)"""
+
+
+_CLIENTS_PG = _clients_pg()
 #: PostgreSQL, for a batch's claims, in the same statement: walk the partial queue indexes in order
 #: and stop at the first free rows, where the planner may otherwise sort every queued row for each
 #: claim. (The few claimed rows are still sorted, which ``enable_sort`` prices so high that PostgreSQL
@@ -75,6 +82,12 @@ _CLAIM_PLANS_PG = (
     set_config('enable_bitmapscan', 'off', true) AS bitmap"""
 )
 _CLAIM_SETTINGS_PG = _CLAIM_PLANS_PG + ", set_config('synchronous_commit', 'off', true) AS async_commit"
+#: After ``done`` reports, whose ``BY_KEY_PG`` plans are in force already (``pgdirect.by_key``), the
+#: claim's own plan settings are set by the statement that reads the clients (each of its rows sets the
+#: same; with no row there is no claim), one round trip fewer.
+_CLIENTS_AFTER_REPORTS_PG = _clients_pg(
+    " set_config('enable_sort', 'off', true) AS sort, set_config('enable_bitmapscan', 'off', true) AS bitmap,"
+)
 
 
 def _group_params(group: str) -> dict[str, str]:
@@ -260,8 +273,14 @@ def claim(
     # of the transaction.
     if postgres:
         ids = {"clients": [r.client_id for r in requests]}
-        settings = _CLAIM_PLANS_PG if after_reports else _CLAIM_SETTINGS_PG
-        found = {row.id: row for row in pgdirect.pg_run(conn, [(settings, None), (_CLIENTS_PG, ids)])[-1]}
+        if after_reports and pgdirect.by_key_in_force(conn):
+            statements: list[tuple[str, Any]] = [(_CLIENTS_AFTER_REPORTS_PG, ids)]
+        else:
+            statements = [
+                (_CLAIM_PLANS_PG if after_reports else _CLAIM_SETTINGS_PG, None),
+                (_CLIENTS_PG, ids),
+            ]
+        found = {row.id: row for row in pgdirect.pg_run(conn, statements)[-1]}
     else:
         ids = {"clients": sorted({r.client_id for r in requests})}
         found = {row.id: row for row in conn.execute(_CLIENTS, ids)}

@@ -30,6 +30,23 @@ BY_KEY_PG = """
 SELECT set_config('enable_seqscan', 'off', true) AS seqscan,
     set_config('enable_hashjoin', 'off', true) AS hash, set_config('enable_mergejoin', 'off', true) AS merge,
     set_config('jit', 'off', true) AS jit"""
+#: ``Connection.info`` key: the transaction in which ``BY_KEY_PG`` was run.
+_BY_KEY_IN = "perdure_by_key_in"
+
+
+def by_key(conn: Connection) -> list[tuple[str, Any]]:
+    """``BY_KEY_PG`` as a statement for ``pg_run``, unless it is in force in this transaction already
+    (then none); noted so that ``by_key_in_force`` knows."""
+    if by_key_in_force(conn):
+        return []
+    conn.info[_BY_KEY_IN] = conn.get_transaction()
+    return [(BY_KEY_PG, None)]
+
+
+def by_key_in_force(conn: Connection) -> bool:
+    """Whether ``by_key`` ran in this very transaction (the settings end with it)."""
+    transaction = conn.get_transaction()
+    return transaction is not None and conn.info.get(_BY_KEY_IN) is transaction
 
 
 def pg_run(
@@ -64,7 +81,11 @@ def pg_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[Any]:
 
 
 def finish(conn: Connection, dialect: str, samples: hooks.Samples) -> None:
-    """The transaction's metric samples, written with one statement, and (PostgreSQL) the COMMIT."""
+    """The transaction's metric samples, written with one statement, and (PostgreSQL) the COMMIT.
+
+    (Sending both as one simple query, bound by psycopg, saved a round trip but cost more than it
+    saved: PostgreSQL then parses and plans the insert every time, and psycopg quotes its arrays in
+    Python. Measured at K = 1, issue 22: 0.93 ms against 0.65 ms for the two.)"""
     if dialect == "postgresql":
         pg_run(conn, [samples.insert()], commit=True)
     else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -114,13 +114,21 @@ _DONE_TASK = (
     .values(remainwork=tasks.c.remainwork - bindparam("n"), computetime=tasks.c.computetime + bindparam("ct"))
     .returning(tasks.c.id, tasks.c.remainwork, tasks.c.taskid)
 )
-#: PostgreSQL: the tasks of a batch's ``done`` reports, locked in id order (see ``_REPORTED_PG``).
+#: PostgreSQL: the tasks of a batch's ``done`` reports, locked in id order (see ``_REPORTED_PG``) when
+#: there are several; one task's row is locked by the update itself.
 _LOCK_TASKS_PG = "SELECT 1 FROM tasks WHERE id = ANY(%(tasks)s) ORDER BY id FOR UPDATE"
-#: PostgreSQL: a batch's ``done`` reports in one statement: workunits, clients, and then the tasks.
+#: PostgreSQL: a batch's ``done`` reports in one statement: workunits, clients, their logs (see
+#: ``_store_logs``), and then the tasks.
 _DONE_PG = f"""
 WITH v AS (
     SELECT * FROM unnest(%(wus)s::text[], %(clients)s::text[], %(cts)s::bigint[], %(atts)s::int[])
         AS v(wu, client, ct, att)
+), l AS (
+    INSERT INTO workunit_logs (workunit_id, kind, job_id, content, updatetime)
+    SELECT *, %(now)s::bigint
+    FROM unnest(%(log_wus)s::text[], %(log_kinds)s::text[], %(log_jobs)s::text[], %(log_contents)s::text[])
+    ON CONFLICT (workunit_id, kind) DO UPDATE SET job_id = excluded.job_id, content = excluded.content,
+        updatetime = excluded.updatetime
 ), w AS (
     UPDATE workunits SET {transitions.FINISH_SET_SQL}, computetime = v.ct, updatetime = %(now)s,
         reported_by = v.client, reported_status = '{ReportStatus.DONE.value}', reported_attempt = v.att
@@ -223,7 +231,7 @@ def _report_done(
     own, so that this one (every report of the batch waits for it) stays short."""
     if postgres:
         params = {"wus": [r.wu_id for _, r in requests], "clients": [r.client_id for _, r in requests]}
-        reported = pgdirect.pg_run(conn, [(pgdirect.BY_KEY_PG, None), (_REPORTED_PG, params)])[-1]
+        reported = pgdirect.pg_run(conn, [*pgdirect.by_key(conn), (_REPORTED_PG, params)])[-1]
         rows = {(row.id, row.reporter): row for row in reported}
     else:
         keys: dict[str, str] = {}
@@ -251,7 +259,9 @@ def _report_done(
         accepted.append((n, wu, request))
     if not accepted:
         return {}
-    _store_logs(conn, [(wu, r.logs) for _, wu, r in accepted], now, postgres=postgres)
+    logs = _log_rows([(wu, r.logs) for _, wu, r in accepted])
+    if not postgres:
+        _store_logs(conn, logs, now)
     per_task: dict[str, list[int]] = {}
     for _, wu, request in accepted:
         counts = per_task.setdefault(wu.task_id, [0, 0])
@@ -269,10 +279,16 @@ def _report_done(
             "tasks": task_ids,
             "ns": [per_task[t][0] for t in task_ids],
             "tcts": [per_task[t][1] for t in task_ids],
+            "log_wus": [wu_id for wu_id, _ in logs],
+            "log_kinds": [kind for _, kind in logs],
+            "log_jobs": [job_id for job_id, _ in logs.values()],
+            "log_contents": [content for _, content in logs.values()],
         }
         # The tasks' rows, which every report of their workunits updates, are locked last (in id
-        # order), so they are held the shortest time.
-        tasks_left = pgdirect.pg_run(conn, [(_LOCK_TASKS_PG, done), (_DONE_PG, done)])[1]
+        # order), so they are held the shortest time. One task (the usual batch) needs no statement
+        # of its own for that: a single row lock cannot be taken out of order.
+        locks = [(_LOCK_TASKS_PG, done)] if len(task_ids) > 1 else []
+        tasks_left = pgdirect.pg_run(conn, [*locks, (_DONE_PG, done)])[-1]
     else:
         conn.execute(
             _DONE_WORKUNIT,
@@ -301,7 +317,7 @@ def _report_other(conn: Connection, limits: FailureLimits, request: ReportReques
     if _repeat(wu, request):
         return
     client = conn.execute(select(clients).where(clients.c.id == request.client_id)).one()
-    _store_logs(conn, [(wu, request.logs)], now)
+    _store_logs(conn, _log_rows([(wu, request.logs)]), now)
     log.debug("report: %s %s by client %s", wu.id, request.status, client.id)
     fenced = {"reported_by": client.id, "reported_status": request.status, "reported_attempt": wu.attempt}
     if request.status == ReportStatus.FAIL:
@@ -314,47 +330,32 @@ def _report_other(conn: Connection, limits: FailureLimits, request: ReportReques
 
 
 #: A report's logs replace those of an earlier report of the workunit (an earlier attempt's), each
-#: ``(workunit, kind)`` in one statement. SQLite, one row per set of parameters:
+#: ``(workunit, kind)`` in one statement, one row per set of parameters (on PostgreSQL the ``done``
+#: reports' logs are part of ``_DONE_PG``).
 _STORE_LOG = text(
     "INSERT INTO workunit_logs (workunit_id, kind, job_id, content, updatetime)"
     " VALUES (:workunit_id, :kind, :job_id, :content, :updatetime)"
     " ON CONFLICT (workunit_id, kind) DO UPDATE SET job_id = excluded.job_id,"
     " content = excluded.content, updatetime = excluded.updatetime"
 )
-#: PostgreSQL, every row of a batch at once:
-_STORE_LOGS_PG = """
-INSERT INTO workunit_logs (workunit_id, kind, job_id, content, updatetime)
-SELECT *, %(now)s::bigint
-FROM unnest(%(wus)s::text[], %(kinds)s::text[], %(jobs)s::text[], %(contents)s::text[])
-ON CONFLICT (workunit_id, kind) DO UPDATE SET job_id = excluded.job_id, content = excluded.content,
-    updatetime = excluded.updatetime"""
 
 
-def _store_logs(
-    conn: Connection, reported: Sequence[tuple[Any, Mapping[str, str]]], now: int, *, postgres: bool = False
-) -> None:
-    """The reports' logs, in one statement (PostgreSQL) or one executemany (SQLite)."""
-    # One row per (workunit, kind), the last report's if a batch held two.
-    rows = {(wu.id, kind): (wu.job_id, content) for wu, logs in reported for kind, content in logs.items()}
-    if not rows:
-        return
-    if postgres:
-        params = {
-            "now": now,
-            "wus": [wu_id for wu_id, _ in rows],
-            "kinds": [kind for _, kind in rows],
-            "jobs": [job_id for job_id, _ in rows.values()],
-            "contents": [content for _, content in rows.values()],
-        }
-        pgdirect.pg_run(conn, [(_STORE_LOGS_PG, params)])
-        return
-    conn.execute(
-        _STORE_LOG,
-        [
-            {"workunit_id": wu_id, "kind": kind, "job_id": job_id, "content": content, "updatetime": now}
-            for (wu_id, kind), (job_id, content) in rows.items()
-        ],
-    )
+def _log_rows(reported: Sequence[tuple[Any, Mapping[str, str]]]) -> dict[tuple[str, str], tuple[str, str]]:
+    """The reports' logs as ``(workunit, kind) -> (job, content)``: the last report's where a batch
+    held two of one workunit."""
+    return {(wu.id, kind): (wu.job_id, content) for wu, logs in reported for kind, content in logs.items()}
+
+
+def _store_logs(conn: Connection, rows: Mapping[tuple[str, str], tuple[str, str]], now: int) -> None:
+    """The logs, in one executemany."""
+    if rows:
+        conn.execute(
+            _STORE_LOG,
+            [
+                {"workunit_id": wu_id, "kind": kind, "job_id": job_id, "content": content, "updatetime": now}
+                for (wu_id, kind), (job_id, content) in rows.items()
+            ],
+        )
 
 
 def _fail(
@@ -366,6 +367,8 @@ def _fail(
     fenced: dict[str, Any],
     now: int,
 ) -> None:
+    """A ``fail`` report: the workunit is queued again, or held with its job once it has failed as
+    often as allowed."""
     failed = wu.failed + 1
     noretry = bool(
         conn.execute(select(jobs.c.info).where(jobs.c.id == wu.job_id)).scalar_one().get("noretry")
@@ -398,14 +401,8 @@ def _fail(
             now,
         )
         return
-    transitions.hold_failed(conn, wu.id, {"failed": failed, "updatetime": now, **fenced})
-    _count_client_failure(conn, limits, client, now)
-    lifecycle.record_event(
-        conn, wu.job_id, lifecycle.EVENT_WORK_FAILED, f"workunit {wu.id} failed {failed} time(s)", now
-    )
     notes = failnotes.failed_out_notes(wu.id, wu.job_id, failed, logs.get("worknotes", ""))
-    error = _job_error(wu, client.id, logs, notes, JobState.SUSPEND.value)
-    suspend_job(conn, wu.job_id, error, now)
+    _stop_job(conn, limits, wu, client, logs, fenced, now, state=JobState.SUSPEND, notes=notes)
 
 
 def _failed_permanent(
@@ -417,20 +414,50 @@ def _failed_permanent(
     fenced: dict[str, Any],
     now: int,
 ) -> None:
-    transitions.fail_permanently(conn, wu.id, {"failed": wu.failed + 1, "updatetime": now, **fenced})
+    """A ``failed-permanent`` report (exit 42): the workunit, its task and its job fail for good."""
     hooks.workunit_failed(conn, wu, job_failed=True)
-    _count_client_failure(conn, limits, client, now)
-    error = _job_error(wu, client.id, logs, "exit code 42 encountered", JobState.FAILED_PERMANENT.value)
-    transitions.fail_task_permanently(conn, wu.task_id)
-    # The job fails with it, and the rest of its work is held.
-    suspend_job(conn, wu.job_id, error, now, state=JobState.FAILED_PERMANENT)
-    lifecycle.record_event(
-        conn,
-        wu.job_id,
+    notes = "exit code 42 encountered"
+    _stop_job(conn, limits, wu, client, logs, fenced, now, state=JobState.FAILED_PERMANENT, notes=notes)
+
+
+#: How a failure that stops its job moves the workunit, and the event it leaves, by the job's state.
+_STOPPING: dict[JobState, tuple[Callable[[Connection, str, dict[str, Any]], object], str, str]] = {
+    JobState.SUSPEND: (
+        transitions.hold_failed,
+        lifecycle.EVENT_WORK_FAILED,
+        "workunit {id} failed {failed} time(s)",
+    ),
+    JobState.FAILED_PERMANENT: (
+        transitions.fail_permanently,
         lifecycle.EVENT_WORK_PERMANENT,
-        f"workunit {wu.id} failed permanently (exit 42)",
-        now,
-    )
+        "workunit {id} failed permanently (exit 42)",
+    ),
+}
+
+
+def _stop_job(
+    conn: Connection,
+    limits: FailureLimits,
+    wu: Any,
+    client: Any,
+    logs: Mapping[str, str],
+    fenced: dict[str, Any],
+    now: int,
+    *,
+    state: JobState,
+    notes: str,
+) -> None:
+    """A failure that stops the job (``state``: suspended, or failed permanently, with its task): the
+    workunit is held, the client's failure counted, and the job held with its error (the last of the
+    stderr, ``notes``) and the rest of its work."""
+    move, event, message = _STOPPING[state]
+    failed = wu.failed + 1
+    move(conn, wu.id, {"failed": failed, "updatetime": now, **fenced})
+    _count_client_failure(conn, limits, client, now)
+    lifecycle.record_event(conn, wu.job_id, event, message.format(id=wu.id, failed=failed), now)
+    if state == JobState.FAILED_PERMANENT:
+        transitions.fail_task_permanently(conn, wu.task_id)
+    suspend_job(conn, wu.job_id, _job_error(wu, client.id, logs, notes, state.value), now, state=state)
 
 
 def _count_client_failure(conn: Connection, limits: FailureLimits, client: Any, now: int) -> None:

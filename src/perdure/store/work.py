@@ -119,14 +119,18 @@ class WorkStore:
 
         ``answer(index, outcome)`` is called as soon as an operation's outcome is final, before the
         batch is over: a report with nothing to check out once the reports are committed, a checkout
-        once the claims are. When the reports leave a task with no workunit to do, the task is
-        completed and its job moved on (dependents queued, the job completed) in a transaction of its
-        own, after those answers: only the operations whose reports finished the task wait for it, and
-        check out afterwards, so that a worker which reported a task's last workunit finds the work of
-        the tasks that waited for it.
+        once the claims are (not for the last round's claims, which the batch returns at once). When
+        the reports leave a task with no workunit to do, the task is completed and its job moved on
+        (dependents queued, the job completed) in a transaction of its own, after those answers: only
+        the operations whose reports finished the task wait for it, and check out afterwards, so that
+        a worker which reported a task's last workunit finds the work of the tasks that waited for it.
         """
         outcomes = [DispatchOutcome() for _ in operations]
-        for indexes in _rounds(operations):
+        rounds = _rounds(operations)
+        for number, indexes in enumerate(rounds):
+            # Answers that nothing follows are not given early: the last round's claims are the batch's
+            # result, returned at once, and answering them too would wake the caller's loop twice.
+            last = number == len(rounds) - 1
             reports = [(i, r) for i in indexes if (r := operations[i].report) is not None]
             finishing: dict[str, list[int]] = {}
             if reports:
@@ -141,7 +145,7 @@ class WorkStore:
                 if claims is not None:  # all in one transaction, committed
                     for i, claimed in claims.items():
                         outcomes[i].checkout = claimed
-                    if answer is not None:
+                    if answer is not None and not last:
                         for i in indexes:
                             answer(i, outcomes[i])
                     continue
@@ -154,7 +158,7 @@ class WorkStore:
                         if not _checks_out(operations[i], outcomes[i]):
                             answer(i, outcomes[i])
                 self._checkouts(operations, outcomes, at_once)
-                if answer is not None:
+                if answer is not None and (finishing or not last):
                     for i in at_once:
                         if _checks_out(operations[i], outcomes[i]):
                             answer(i, outcomes[i])
