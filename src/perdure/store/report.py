@@ -23,15 +23,14 @@ from sqlalchemy import (
     update,
 )
 
-from perdure.errors import BadRequest, DomainError, NotFound
+from perdure.errors import BadRequest, DomainError
 from perdure.protocol import (
     ClientNotFound,
-    LeaseLost,
     OutputsMissing,
     Refused,
 )
 from perdure.spot.records import Preemption
-from perdure.states import JobState, ReportStatus, WorkunitState
+from perdure.states import JobState, ReportStatus
 from perdure.store import failnotes, hooks, lifecycle, outputs, pgdirect, spot, transitions
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.jobs import suspend_job
@@ -44,6 +43,7 @@ from perdure.store.workrequests import (
     FailureLimits,
     ReportRequest,
     decode_workunit_id,
+    held_lease,
 )
 from perdure.timeutil import now_us
 
@@ -161,16 +161,13 @@ def _checked(request: ReportRequest) -> ReportRequest:
 
 def _repeat(wu: Any, request: ReportRequest) -> bool:
     """Whether ``request`` was applied already (True), may be applied (False), or is refused."""
-    if wu is None:
-        raise NotFound(f"no workunit found with id {request.wu_id}")
-    if (wu.reported_by, wu.reported_status, wu.reported_attempt) == (
+    if wu is not None and (wu.reported_by, wu.reported_status, wu.reported_attempt) == (
         request.client_id,
         request.status,
         wu.attempt,
     ):
         return True  # the same report again: already applied
-    if wu.state != WorkunitState.CHECKOUT or wu.client_id != request.client_id:
-        raise LeaseLost(f"workunit {request.wu_id} is not checked out by client {request.client_id}")
+    held_lease(wu, request.wu_id, request.client_id)
     if wu.client_known is None:
         raise ClientNotFound("Client not found")
     return False
