@@ -32,7 +32,7 @@ _DUE = text(
             * greatest(c.reltuples, 0)
             AS vacuum_due
     FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
-    WHERE s.schemaname = current_schema() AND s.relname IN ('jobs', 'tasks', 'workunits')
+    WHERE s.schemaname = current_schema() AND s.relname = ANY(:tables)
     ORDER BY s.relname
     """
 )
@@ -44,13 +44,11 @@ def tend_tables(engine: Engine) -> list[str]:
     PostgreSQL only. ``SKIP_LOCKED``: a table another server or autovacuum is already vacuuming is
     left to it rather than waited for."""
     with engine.connect() as conn:
-        due = conn.execute(_DUE).all()
+        due = conn.execute(_DUE, {"tables": list(HOT_TABLES)}).all()
         conn.rollback()
     done: list[str] = []
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         for row in due:
-            if row.relname not in HOT_TABLES:
-                continue
             if row.vacuum_due:
                 conn.exec_driver_sql(f"VACUUM (ANALYZE, SKIP_LOCKED) {row.relname}")
                 done.append(f"VACUUM ANALYZE {row.relname}")
