@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from perdure.spot.engine import Run
-from perdure.spot.manifest import Identity
+from perdure.spot.manifest import CheckpointError, Identity
 from perdure.spot.policy import CheckpointPolicy
 from perdure.spot.protection import Protection
 from perdure.spot.snapshot import Snapshotter
@@ -232,3 +232,34 @@ def test_the_first_checkpoint_comes_one_interval_after_the_start(tmp_path: Path)
     protection.engine_stop()
     protection.finished(keep=False)
     assert store.deletes == 1 and manifests(tmp_path) == []
+
+
+class FailingEngine(WorkdirEngine):
+    """A checkpoint that fails; with ``end_work`` the work ends during it, as when a CRIU dump meets the
+    program's own exit ("Unable to detach ... No such process")."""
+
+    def __init__(self, end_work: bool) -> None:
+        super().__init__()
+        self.end_work = end_work
+
+    def checkpoint(self, run: Run, cancel: threading.Event) -> Any:
+        if self.end_work:
+            assert run.pid is not None
+            os.killpg(run.pid, 9)
+        raise CheckpointError("criu dump failed: Unable to detach from 4436: No such process")
+
+
+@pytest.mark.parametrize("end_work", [False, True], ids=["work-runs-on", "work-ended-during-it"])
+def test_a_failed_checkpoint_is_reported_unless_the_work_ended(tmp_path: Path, end_work: bool) -> None:
+    reporter = Reporter()
+    protection, workdir = protected(tmp_path, reporter, interval_s=3600)
+    protection.engine = FailingEngine(end_work)
+    start(protection, workdir)
+    running_for(protection, workdir, 0.2)
+    assert protection.checkpoint_now() is None
+    if end_work:
+        assert protection.run.exited.is_set() and reporter.checkpoints == []
+    else:
+        (record,) = reporter.checkpoints
+        assert record["ok"] is False and "Unable to detach" in record["error"]
+        protection.engine_stop()

@@ -25,6 +25,10 @@ from perdure.timers import TIMERS, Timer
 
 log = logging.getLogger("perdure.spot")
 
+#: After a failed iterative checkpoint, how long the work has to show it ended meanwhile (the runner
+#: reaps it within moments) before the failure is reported as one.
+ENDED_GRACE_S = 2.0
+
 
 class SpotReporter(Protocol):
     """The worker's narrow channel to the server for spot protection."""
@@ -165,11 +169,18 @@ class Protection:
             except Aborted:
                 return None  # the notice came: the final checkpoint supersedes this one
             except (CheckpointError, OSError) as exc:
-                log.warning("%s: checkpoint failed: %s", self.wu_id, exc)
-                self._tell_checkpoint({"ok": False, "kind": "iterative", "error": str(exc)})
-                return None
-            self._commit(taken)
-            return taken
+                failure: Exception = exc
+            else:
+                self._commit(taken)
+                return taken
+        # Outside the lock, so a notice's final checkpoint is not held up: a dump that met the work's
+        # own end (CRIU finds a process gone while it detaches) failed nothing that needed protecting.
+        if self.run.exited.wait(ENDED_GRACE_S):
+            log.info("%s: the work ended during a checkpoint, which gave way: %s", self.wu_id, failure)
+            return None
+        log.warning("%s: checkpoint failed: %s", self.wu_id, failure)
+        self._tell_checkpoint({"ok": False, "kind": "iterative", "error": str(failure)})
+        return None
 
     def _commit(self, taken: Taken) -> None:
         record = {
