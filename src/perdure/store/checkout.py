@@ -56,7 +56,7 @@ _CLIENTS = select(
 
 def _clients_pg(settings: str = "") -> str:
     """The same on PostgreSQL (run on psycopg directly) for every client of a batch, its rows also
-    setting ``settings`` (``set_config`` columns) for the statements after it."""
+    setting ``settings`` (``set_config`` columns) for the rest of the transaction."""
     return f"""
 SELECT c.id, c.group_name, c.apps, c.node_id, c.deleted_at, c.suspended, c.profile,{settings}
     (SELECT w.id FROM workunits w WHERE w.client_id = c.id AND w.state = '{WorkunitState.CHECKOUT.value}'
@@ -65,28 +65,25 @@ SELECT c.id, c.group_name, c.apps, c.node_id, c.deleted_at, c.suspended, c.profi
 FROM clients c WHERE c.id = ANY(%(clients)s)"""
 
 
-_CLIENTS_PG = _clients_pg()
-#: PostgreSQL, for a batch's claims, in the same statement: walk the partial queue indexes in order
-#: and stop at the first free rows, where the planner may otherwise sort every queued row for each
-#: claim. (The few claimed rows are still sorted, which ``enable_sort`` prices so high that PostgreSQL
-#: would compile the statement with its JIT, for a second, every time: hence no JIT either.)
-#:
-#: And the claim's commit does not wait for its WAL to reach the disk. A claim that a crash of the
+#: PostgreSQL's claims run on the dispatch pool, whose sessions look rows up by key
+#: (``database.DISPATCH_PLAN_SETTINGS``). The statement that reads the clients also sets, for the rest
+#: of the transaction, the claim's own plans (each of its rows sets the same; with no row there is no
+#: claim): walk the partial queue indexes in order and stop at the first free rows, where the planner
+#: may otherwise sort every queued row for each claim. (Only for the claim: a statement that looks a
+#: few rows up by key and sorts them would, without sorts, walk a whole index in its order instead.)
+_CLAIM_PLANS = (
+    " set_config('enable_sort', 'off', true) AS sort, set_config('enable_bitmapscan', 'off', true) AS bitmap,"
+)
+#: After reports (``&next``) the claim commits as a report must. (``store.report`` sends it with a
+#: batch's ``done`` reports, one round trip fewer: ``pgdirect.keep_clients``.)
+CLIENTS_AFTER_REPORTS_PG = _clients_pg(_CLAIM_PLANS)
+#: A claim alone commits without waiting for its WAL to reach the disk. A claim that a crash of the
 #: database loses is harmless: the workunit is queued again as before it, and the worker's report of
 #: it is refused (the lease is not its own), so the work runs again but never completes twice, and no
 #: report or job is lost. Reports, which a worker must be able to rely on once answered, still wait,
-#: and so does a claim in the transaction of the reports before it (``&next``: ``_CLAIM_PLANS_PG``).
-_CLAIM_PLANS_PG = (
-    pgdirect.BY_KEY_PG
-    + """, set_config('enable_sort', 'off', true) AS sort,
-    set_config('enable_bitmapscan', 'off', true) AS bitmap"""
-)
-_CLAIM_SETTINGS_PG = _CLAIM_PLANS_PG + ", set_config('synchronous_commit', 'off', true) AS async_commit"
-#: After ``done`` reports, whose ``BY_KEY_PG`` plans are in force already (``pgdirect.by_key``), the
-#: claim's own plan settings are set by the statement that reads the clients (each of its rows sets the
-#: same; with no row there is no claim), one round trip fewer.
-_CLIENTS_AFTER_REPORTS_PG = _clients_pg(
-    " set_config('enable_sort', 'off', true) AS sort, set_config('enable_bitmapscan', 'off', true) AS bitmap,"
+#: and so does a claim in the transaction of the reports before it.
+_CLIENTS_ASYNC_COMMIT_PG = _clients_pg(
+    _CLAIM_PLANS + " set_config('synchronous_commit', 'off', true) AS async_commit,"
 )
 
 
@@ -244,7 +241,7 @@ def _lease_sqlite(
 @retry_on_conflict
 def checkout_batch(db: Database, requests: Sequence[CheckoutRequest]) -> list[dict[str, Any] | Failure]:
     """Each request's leased workunit document, or why it gets none, in one transaction of its own."""
-    with db.write() as conn:
+    with db.dispatch() as conn:
         samples = hooks.Samples()
         results = claim(conn, db.dialect, requests, samples)
         pgdirect.finish(conn, db.dialect, samples)
@@ -269,18 +266,13 @@ def claim(
     results: list[dict[str, Any] | Failure] = [NoWork("No eligible workunit found") for _ in requests]
     postgres = dialect == "postgresql"
     now = now_us()  # after BEGIN IMMEDIATE (and the reports' row locks): times follow commit order
-    # The clients and the leases they may hold already, after (PostgreSQL) the settings for the rest
-    # of the transaction.
+    # The clients and the leases they may hold already.
     if postgres:
         ids = {"clients": [r.client_id for r in requests]}
-        if after_reports and pgdirect.by_key_in_force(conn):
-            statements: list[tuple[str, Any]] = [(_CLIENTS_AFTER_REPORTS_PG, ids)]
-        else:
-            statements = [
-                (_CLAIM_PLANS_PG if after_reports else _CLAIM_SETTINGS_PG, None),
-                (_CLIENTS_PG, ids),
-            ]
-        found = {row.id: row for row in pgdirect.pg_run(conn, statements)[-1]}
+        found = pgdirect.kept_clients(conn) if after_reports else {}
+        if not all(r.client_id in found for r in requests):
+            sql = CLIENTS_AFTER_REPORTS_PG if after_reports else _CLIENTS_ASYNC_COMMIT_PG
+            found = {row.id: row for row in pgdirect.pg_rows(conn, sql, ids)}
     else:
         ids = {"clients": sorted({r.client_id for r in requests})}
         found = {row.id: row for row in conn.execute(_CLIENTS, ids)}

@@ -2,7 +2,8 @@
 
 SQLite runs in WAL mode, and write transactions start with ``BEGIN IMMEDIATE`` so two writers never
 deadlock upgrading a read lock; PostgreSQL uses its defaults (READ COMMITTED) with row locks where a
-claim needs them.
+claim needs them. PostgreSQL's worker hot path (reports and claims) has a pool of its own
+(``Database.dispatch``), whose sessions carry that path's plan settings.
 """
 
 from __future__ import annotations
@@ -39,6 +40,23 @@ _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, seria
 #: The channel PostgreSQL NOTIFYs when workunits become queued (LISTENed to by every server).
 WORK_CHANNEL = "perdure_work"
 
+#: PostgreSQL: the plan settings of the dispatch pool's sessions (``Database.dispatch``), given at
+#: connect, so that no transaction spends a round trip on them: plans that do not depend on statistics,
+#: which lag behind a table that grows by thousands of workunits a minute (autovacuum catches up
+#: eventually; these plans need not). Every statement of a report or a claim looks rows up by key, so
+#: a nested loop over index lookups is always right, where a planner that thinks the table small would
+#: scan all of it. (The claim's own settings, ``enable_sort`` and ``enable_bitmapscan`` off, are set by
+#: its transaction: ``store.checkout``.) No JIT: these statements are short.
+DISPATCH_PLAN_SETTINGS = {
+    "enable_seqscan": "off",
+    "enable_hashjoin": "off",
+    "enable_mergejoin": "off",
+    "jit": "off",
+}
+#: ``Connection.info`` key: a dispatch transaction has begun for SQLAlchemy but not yet on the server
+#: (``Database.dispatch``); ``take_begin`` takes it.
+_BEGIN_PENDING = "perdure_begin_pending"
+
 #: How long a SQLite writer waits for another to finish before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -62,6 +80,8 @@ class Database:
         self.url = normalize_url(url)
         self.engine: Engine = _make_engine(self.url, pool_size)
         self.dialect = self.engine.dialect.name
+        #: PostgreSQL: the worker hot path's own pool (``dispatch``); SQLite: none.
+        self._dispatch_engine = None if self.is_sqlite else _make_dispatch_engine(self.url)
         #: Called after a commit that queued work (wakes long-polling checkouts in this process).
         self.work_listeners: list[Callable[[], None]] = []
         # SQLite has one writer at a time anyway; queueing writers here, rather than in SQLite's busy
@@ -95,6 +115,33 @@ class Database:
             for listener in self.work_listeners:
                 listener()
 
+    @contextmanager
+    def dispatch(self) -> Iterator[Connection]:
+        """``write`` for the worker hot path: a batch's reports and claims (``store.work``).
+
+        On PostgreSQL its connections come from a pool of their own, whose sessions carry the plan
+        settings of those statements (``DISPATCH_PLAN_SETTINGS``) and run in psycopg's autocommit mode,
+        so that ``BEGIN`` is not a round trip of its own: it goes with the transaction's first statement
+        (``pgdirect.pg_run`` sends both at once; a SQLAlchemy statement first sends it alone). The
+        transaction is otherwise ``write``'s: committed on success, rolled back on any error."""
+        if self._dispatch_engine is None:
+            with self.write() as conn:
+                yield conn
+            return
+        with self._dispatch_engine.connect() as conn:
+            with conn.begin():
+                yield conn
+            queued = conn.info.pop("work_queued", False)
+        if queued:
+            for listener in self.work_listeners:
+                listener()
+
+    @staticmethod
+    def take_begin(conn: Connection) -> bool:
+        """Whether ``conn``'s dispatch transaction still has to send its ``BEGIN``: the caller sends it
+        with the statement it runs (once: afterwards this says False)."""
+        return bool(conn.info.pop(_BEGIN_PENDING, False))
+
     @staticmethod
     def work_queued(conn: Connection) -> None:
         """Mark that this transaction made workunits eligible: waiters here and on other servers wake."""
@@ -122,6 +169,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._dispatch_engine is not None:
+            self._dispatch_engine.dispose()
         if self._sqlite_lock_fd is not None:
             os.close(self._sqlite_lock_fd)
             self._sqlite_lock_fd = None
@@ -157,6 +206,49 @@ def _make_engine(url: str, pool_size: int) -> Engine:
     engine = create_engine(url, **kwargs)
     _ping_when_idle(engine)
     return engine
+
+
+#: Connections kept by the dispatch pool: the batcher runs at most two batches per process at once.
+DISPATCH_POOL_SIZE = 4
+
+
+def _make_dispatch_engine(url: str) -> Engine:
+    """PostgreSQL's dispatch pool (``Database.dispatch``): sessions with ``DISPATCH_PLAN_SETTINGS``
+    (sent with the connection's start-up message: no round trip), in autocommit mode (the transaction's
+    ``BEGIN`` is sent by this module's listeners or by ``pgdirect``, with its first statement)."""
+    settings = " ".join(f"-c {name}={value}" for name, value in DISPATCH_PLAN_SETTINGS.items())
+    given = make_url(url).query.get("options")
+    options = f"{given} {settings}" if isinstance(given, str) and given else settings
+    kwargs: dict[str, Any] = {"connect_args": {"options": options}, "isolation_level": "AUTOCOMMIT"}
+    if os.environ.get("PERDURE_DB_NULLPOOL"):
+        kwargs["poolclass"] = NullPool
+    else:
+        kwargs.update(pool_size=DISPATCH_POOL_SIZE, max_overflow=16)
+    engine = create_engine(url, **kwargs)
+    _ping_when_idle(engine)
+    _begin_with_first_statement(engine)
+    return engine
+
+
+def _begin_with_first_statement(engine: Engine) -> None:
+    """A transaction of ``engine`` (autocommit at the driver) sends ``BEGIN`` only when its first
+    statement goes: with it, from ``pgdirect``, or just before it, for a statement of SQLAlchemy's.
+    Its commit or rollback is psycopg's, which sends ``COMMIT`` or ``ROLLBACK`` only if the server is
+    in a transaction."""
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.info[_BEGIN_PENDING] = True
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _on_end(conn: Connection) -> None:
+        conn.info.pop(_BEGIN_PENDING, None)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _on_execute(conn: Connection, cursor: Any, *_args: Any) -> None:
+        if conn.info.pop(_BEGIN_PENDING, False):
+            cursor.execute("BEGIN")
 
 
 #: A pooled PostgreSQL connection idle at least this long is checked before use.

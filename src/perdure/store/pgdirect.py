@@ -4,17 +4,21 @@ path's batches skip SQLAlchemy's per-statement work."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import namedtuple_row
-from sqlalchemy import (
-    Connection,
-)
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from perdure.store import hooks
+from perdure.store.database import Database
+
+IDLE = TransactionStatus.IDLE
 
 
 def psycopg_placeholders(sql: str) -> str:
@@ -22,53 +26,50 @@ def psycopg_placeholders(sql: str) -> str:
     return re.sub(r":(\w+)", r"%(\1)s", sql)
 
 
-#: PostgreSQL, for the rest of a batch's transaction: plans that do not depend on statistics, which
-#: lag behind a table that grows by thousands of workunits a minute. Every statement of a batch looks
-#: rows up by key, so a nested loop over index lookups is always right, where a planner that thinks
-#: the table small would scan all of it. (Autovacuum catches up eventually; these plans need not.)
-BY_KEY_PG = """
-SELECT set_config('enable_seqscan', 'off', true) AS seqscan,
-    set_config('enable_hashjoin', 'off', true) AS hash, set_config('enable_mergejoin', 'off', true) AS merge,
-    set_config('jit', 'off', true) AS jit"""
-#: ``Connection.info`` key: the transaction in which ``BY_KEY_PG`` was run.
-_BY_KEY_IN = "perdure_by_key_in"
-
-
-def by_key(conn: Connection) -> list[tuple[str, Any]]:
-    """``BY_KEY_PG`` as a statement for ``pg_run``, unless it is in force in this transaction already
-    (then none); noted so that ``by_key_in_force`` knows."""
-    if by_key_in_force(conn):
-        return []
-    conn.info[_BY_KEY_IN] = conn.get_transaction()
-    return [(BY_KEY_PG, None)]
-
-
-def by_key_in_force(conn: Connection) -> bool:
-    """Whether ``by_key`` ran in this very transaction (the settings end with it)."""
-    transaction = conn.get_transaction()
-    return transaction is not None and conn.info.get(_BY_KEY_IN) is transaction
-
-
 def pg_run(
     conn: Connection, statements: Sequence[tuple[str, Any] | None], *, commit: bool = False
 ) -> list[list[Any]]:
-    """Run statements (psycopg's placeholders) on psycopg directly, in the connection's transaction,
-    without SQLAlchemy's per-statement work (psycopg prepares them once it has seen them a few times),
-    and return each one's rows (attributes by column name; empty for a statement that returns none).
-    With ``commit`` the transaction ends here; nothing may run on ``conn`` afterwards (SQLAlchemy's own
-    commit finds nothing to do). On loopback, psycopg's pipeline mode saved no time and cost more CPU.
+    """Run statements (psycopg's placeholders, parameters known in advance) on psycopg directly, in the
+    connection's transaction, without SQLAlchemy's per-statement work (psycopg prepares them once it
+    has seen them a few times), and return each one's rows (attributes by column name; empty for a
+    statement that returns none). With ``commit`` the transaction ends here; nothing may run on
+    ``conn`` afterwards (SQLAlchemy's own commit finds nothing to do).
+
+    All of it is one round trip: on a connection of ``Database.dispatch`` whose ``BEGIN`` is still to
+    be sent, it goes first, and the ``COMMIT`` last, in psycopg's pipeline mode (it costs a few system
+    calls; a round trip costs two wake-ups, which on a busy machine are what takes the time). The first
+    error skips the rest, the ``COMMIT`` too, and is raised.
     """
     raw: Any = conn.connection.driver_connection
+    todo = [statement for statement in statements if statement is not None]
+    if todo and Database.take_begin(conn):
+        todo.insert(0, ("BEGIN", None))
+    # A dispatch connection (autocommit at the driver) commits with a statement of the pipeline; one
+    # of ``Database.write`` through psycopg. Nothing to commit if nothing ran.
+    pipelined_commit = commit and raw.autocommit and (todo or raw.pgconn.transaction_status != IDLE)
+    if pipelined_commit:
+        todo.append(("COMMIT", None))
     sql = ""
-    results: list[list[Any]] = []
     try:
-        for statement in statements:
-            if statement is not None:
-                sql, params = statement
-                with raw.cursor(row_factory=namedtuple_row) as cursor:
-                    cursor.execute(sql, params)
+        results: list[list[Any]] = []
+        if len(todo) == 1:
+            sql, params = todo[0]
+            with raw.cursor(row_factory=namedtuple_row) as cursor:
+                cursor.execute(sql, params)
+                if sql != "COMMIT":
                     results.append(cursor.fetchall() if cursor.description is not None else [])
-        if commit:
+        elif todo:
+            cursors = []
+            with raw.pipeline(), _corked(raw.pgconn.socket):
+                for sql, params in todo:
+                    cursor = raw.cursor(row_factory=namedtuple_row)
+                    cursor.execute(sql, params)
+                    cursors.append((sql, cursor))
+            for sql, cursor in cursors:
+                if sql not in ("BEGIN", "COMMIT"):
+                    results.append(cursor.fetchall() if cursor.description is not None else [])
+                cursor.close()
+        if commit and not raw.autocommit:
             sql = "COMMIT"
             raw.commit()
         return results
@@ -76,16 +77,53 @@ def pg_run(
         raise DBAPIError(sql, None, exc) from exc  # as SQLAlchemy would: ``retry_on_conflict`` sees it
 
 
+#: ``Connection.info`` key: the transaction in which ``keep_clients`` kept rows, and those rows.
+_KEPT_CLIENTS = "perdure_kept_clients"
+
+
+def keep_clients(conn: Connection, rows: Sequence[Any]) -> None:
+    """Keep clients' rows, read for a claim later in this transaction (``kept_clients``)."""
+    conn.info[_KEPT_CLIENTS] = (conn.get_transaction(), {row.id: row for row in rows})
+
+
+def kept_clients(conn: Connection) -> dict[str, Any]:
+    """The clients' rows ``keep_clients`` kept in this very transaction, by id (taken: once)."""
+    transaction, rows = conn.info.pop(_KEPT_CLIENTS, (None, {}))
+    return rows if transaction is not None and transaction is conn.get_transaction() else {}
+
+
+@contextmanager
+def _corked(fd: int) -> Iterator[None]:
+    """Hold back the socket's sends until the end of the block, so that a pipeline's statements go
+    in one packet: psycopg sends each as it is queued, and on a busy machine a database process woken
+    by the first would sleep and wake again for each of the others. (Linux's ``TCP_CORK``; elsewhere
+    nothing. The block ends before psycopg waits for the answers.)"""
+    if not _CORK:
+        yield
+        return
+    sock = socket.socket(fileno=fd)  # not a copy: detached below, so the descriptor stays libpq's
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+        try:
+            yield
+        finally:
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
+    finally:
+        sock.detach()
+
+
+_CORK = getattr(socket, "TCP_CORK", 0)
+
+
 def pg_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[Any]:
     return pg_run(conn, [(sql, params)])[0]
 
 
 def finish(conn: Connection, dialect: str, samples: hooks.Samples) -> None:
-    """The transaction's metric samples, written with one statement, and (PostgreSQL) the COMMIT.
-
-    (Sending both as one simple query, bound by psycopg, saved a round trip but cost more than it
-    saved: PostgreSQL then parses and plans the insert every time, and psycopg quotes its arrays in
-    Python. Measured at K = 1, issue 22: 0.93 ms against 0.65 ms for the two.)"""
+    """The transaction's metric samples, written with one statement, and (PostgreSQL) the COMMIT, in
+    one round trip (``pg_run``: prepared statements in a pipeline; as one simple query, bound by
+    psycopg, PostgreSQL parsed and planned the insert every time: 0.93 ms against 0.65 ms for two
+    round trips, issue 22)."""
     if dialect == "postgresql":
         pg_run(conn, [samples.insert()], commit=True)
     else:

@@ -32,6 +32,7 @@ from perdure.protocol import (
 from perdure.spot.records import Preemption
 from perdure.states import JobState, ReportStatus
 from perdure.store import failnotes, hooks, lifecycle, outputs, pgdirect, spot, transitions
+from perdure.store.checkout import CLIENTS_AFTER_REPORTS_PG
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.jobs import suspend_job
 from perdure.store.requeue import requeue_client_work
@@ -178,7 +179,7 @@ def report_batch(
     db: Database, limits: FailureLimits, requests: Sequence[ReportRequest]
 ) -> tuple[list[str | Failure], dict[str, list[int]]]:
     """The reports in one transaction of their own: see ``apply_reports``."""
-    with db.write() as conn:
+    with db.dispatch() as conn:
         samples = hooks.Samples()
         outcome = apply_reports(conn, db.dialect, limits, requests, samples)
         pgdirect.finish(conn, db.dialect, samples)
@@ -205,7 +206,8 @@ def apply_reports(
             results[n] = exc
     done = [(n, r) for n, r in checked if r.status == ReportStatus.DONE]
     if done:
-        finished = _report_done(conn, dialect == "postgresql", done, results, samples)
+        only_done = len(done) == len(checked)
+        finished = _report_done(conn, dialect == "postgresql", done, results, samples, only_done)
     for n, request in checked:
         if request.status != ReportStatus.DONE:
             try:
@@ -221,14 +223,20 @@ def _report_done(
     requests: Sequence[tuple[int, ReportRequest]],
     results: list[str | Failure],
     samples: hooks.Samples,
+    only_done: bool = False,
 ) -> dict[str, list[int]]:
     """``done`` reports: the workunits, their clients and their tasks in a few statements for the
     whole batch. Returns the jobs with a task left with no workunit to do, each with the
     positions of that task's reports: the caller completes the task, in a transaction of its
-    own, so that this one (every report of the batch waits for it) stays short."""
+    own, so that this one (every report of the batch waits for it) stays short.
+
+    On PostgreSQL, when the batch holds ``done`` reports only (``only_done``), what a claim of the
+    next workunits (``&next``) reads of their clients goes in the same round trip, for the claim to
+    find (``pgdirect.keep_clients``); it also sets the claim's plans, which no statement of these
+    reports needs."""
     if postgres:
         params = {"wus": [r.wu_id for _, r in requests], "clients": [r.client_id for _, r in requests]}
-        reported = pgdirect.pg_run(conn, [*pgdirect.by_key(conn), (_REPORTED_PG, params)])[-1]
+        reported = pgdirect.pg_rows(conn, _REPORTED_PG, params)
         rows = {(row.id, row.reporter): row for row in reported}
     else:
         keys: dict[str, str] = {}
@@ -285,7 +293,14 @@ def _report_done(
         # order), so they are held the shortest time. One task (the usual batch) needs no statement
         # of its own for that: a single row lock cannot be taken out of order.
         locks = [(_LOCK_TASKS_PG, done)] if len(task_ids) > 1 else []
-        tasks_left = pgdirect.pg_run(conn, [*locks, (_DONE_PG, done)])[-1]
+        statements = [*locks, (_DONE_PG, done)]
+        if only_done:
+            reporters = sorted({r.client_id for _, _, r in accepted})
+            statements.append((CLIENTS_AFTER_REPORTS_PG, {"clients": reporters}))
+        found = pgdirect.pg_run(conn, statements)
+        if only_done:
+            pgdirect.keep_clients(conn, found.pop())
+        tasks_left = found[-1]
     else:
         conn.execute(
             _DONE_WORKUNIT,

@@ -182,7 +182,7 @@ class WorkStore:
         is as durable as a report's, instead of two. If the reports finish a task, only they are
         committed here (claims None): the task is completed first, as ``dispatch`` says."""
         reported = [i for i in indexes if operations[i].report is not None]
-        with self.db.write() as conn:
+        with self.db.dispatch() as conn:
             samples = hooks.Samples()
             reports = [r for i in reported if (r := operations[i].report) is not None]
             results, finished = apply_reports(conn, self.db.dialect, self.limits, reports, samples)
