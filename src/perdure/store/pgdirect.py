@@ -96,18 +96,24 @@ def kept_clients(conn: Connection) -> dict[str, Any]:
 def _corked(fd: int) -> Iterator[None]:
     """Hold back the socket's sends until the end of the block, so that a pipeline's statements go
     in one packet: psycopg sends each as it is queued, and on a busy machine a database process woken
-    by the first would sleep and wake again for each of the others. (Linux's ``TCP_CORK``; elsewhere
-    nothing. The block ends before psycopg waits for the answers.)"""
+    by the first would sleep and wake again for each of the others. (Linux's ``TCP_CORK``; elsewhere,
+    or on a Unix socket, nothing. The block ends before psycopg waits for the answers.)"""
     if not _CORK:
         yield
         return
     sock = socket.socket(fileno=fd)  # not a copy: detached below, so the descriptor stays libpq's
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+        except OSError:  # not TCP (a Unix socket): nothing to hold back
+            corked = False
+        else:
+            corked = True
         try:
             yield
         finally:
-            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
+            if corked:
+                sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
     finally:
         sock.detach()
 
