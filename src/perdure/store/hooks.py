@@ -96,11 +96,14 @@ class Samples:
         if self._rows and self._recorder is not None:
             metricstore.insert_events(conn, self._rows, self._recorder.now_us())
 
-    def insert(self) -> tuple[str, tuple[Any, ...]] | None:
-        """What ``write`` would run on PostgreSQL, for a caller that runs it on psycopg directly
-        (``(sql, params)`` with psycopg's placeholders), or None when there is nothing to write."""
+    def insert(self, *, sqlite: bool = False) -> tuple[str, tuple[Any, ...]] | None:
+        """What ``write`` would run on PostgreSQL (or ``sqlite``), for a caller that runs it on the
+        driver directly (``(sql, params)`` with the driver's placeholders), or None when there is
+        nothing to write."""
         if not self._rows or self._recorder is None:
             return None
+        if sqlite:
+            return metricstore.insert_events_sql(self._rows, self._recorder.now_us())
         return metricstore.insert_events_pg(self._rows, self._recorder.now_us())
 
 
