@@ -144,7 +144,11 @@ def _make_engine(url: str, pool_size: int) -> Engine:
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=40, max_overflow=10
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=40,
+            max_overflow=10,
+            pool_use_lifo=True,
         )
         _configure_sqlite(engine)
         return engine
