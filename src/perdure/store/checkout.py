@@ -112,8 +112,9 @@ _ELIGIBLE = """
 #: of ``LIKE`` makes SQLite compile the statement again at every run (it may pick a plan by the pattern's
 #: value), which cost more than the claim itself; ``(:p || '')`` is the same pattern, compiled once.
 _ELIGIBLE_SQLITE = """
-    (w.clientgroups = '' OR w.clientgroups = :grp OR w.clientgroups LIKE (:grp_head || '') ESCAPE '\\'
-     OR w.clientgroups LIKE (:grp_tail || '') ESCAPE '\\' OR w.clientgroups LIKE (:grp_mid || '') ESCAPE '\\')"""
+    (w.clientgroups = '' OR w.clientgroups = :grp
+     OR w.clientgroups LIKE (:grp_head || '') ESCAPE '\\' OR w.clientgroups LIKE (:grp_tail || '') ESCAPE '\\'
+     OR w.clientgroups LIKE (:grp_mid || '') ESCAPE '\\')"""
 _NOT_SKIPPED = """
     AND NOT EXISTS (SELECT 1 FROM client_skip_work s WHERE s.client_id = :client AND s.workunit_id = w.id)"""
 #: For a client that cannot run task containers: no workunit of a task with an image.
