@@ -84,9 +84,9 @@ def _failed(conn: Connection, sql: str, params: Any, exc: Exception) -> DBAPIErr
 
 
 def rows(
-    conn: Connection, sql: str, params: Mapping[str, Any] | Sequence[Any], json: Iterable[str] = ()
+    conn: Connection, sql: str, params: Mapping[str, Any] | Sequence[Any], decoded: Iterable[str] = ()
 ) -> list[Any]:
-    """The rows of a query (attributes by column name), its ``json`` columns decoded."""
+    """The rows of a query (attributes by column name), its ``decoded`` (JSON) columns decoded."""
     try:
         cursor = _raw(conn).execute(sql, params)
         fetched = cursor.fetchall()
@@ -94,7 +94,7 @@ def rows(
         raise _failed(conn, sql, params, exc) from exc
     names = tuple(d[0] for d in cursor.description)
     make = _row_class(names)._make
-    decode = [i for i, name in enumerate(names) if name in json]
+    decode = [i for i, name in enumerate(names) if name in decoded]
     if not decode:
         return list(map(make, fetched))
     result = []
@@ -102,12 +102,9 @@ def rows(
         values = list(row)
         for i in decode:
             if values[i] is not None:
-                values[i] = _loads(values[i])
+                values[i] = json.loads(values[i])
         result.append(make(values))
     return result
-
-
-_loads = json.loads
 
 
 def run(conn: Connection, sql: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> int:
