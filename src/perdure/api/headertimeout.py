@@ -40,36 +40,54 @@ def header_timeout_s() -> float:
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a clock on request headers.
+
+    The clock is one timer per connection, not one per request: a request's first byte notes the time
+    (and arms the timer if none is pending), its complete headers clear it, and a timer that finds
+    headers still awaited re-arms itself for what is left of their time, or answers 408. A kept-alive
+    connection then costs a timer every ``header_timeout_s`` rather than two timer operations per
+    request (issue 22).
+    """
+
     _header_timer: asyncio.TimerHandle | None = None
+    #: When the headers now awaited started to be (loop time), or None while none are.
+    _headers_since: float | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._headers_since = self.loop.time()
+        self._arm(header_timeout_s())
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._header_timer is None:
-            self._arm()  # the next request on a kept-alive connection
+        if self._headers_since is None:  # the next request on a kept-alive connection
+            self._headers_since = self.loop.time()
+            if self._header_timer is None:
+                self._arm(header_timeout_s())
 
     def on_headers_complete(self) -> None:
-        self._disarm()
+        self._headers_since = None
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        self._header_timer = self.loop.call_later(header_timeout_s(), self._too_slow)
-
-    def _disarm(self) -> None:
+        self._headers_since = None
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        super().connection_lost(exc)
 
-    def _too_slow(self) -> None:
+    def _arm(self, delay: float) -> None:
+        self._header_timer = self.loop.call_later(delay, self._check)
+
+    def _check(self) -> None:
         self._header_timer = None
-        if not self.transport.is_closing():
+        since = self._headers_since
+        if since is None:
+            return  # no headers awaited now: the next request's first byte arms the clock again
+        left = since + header_timeout_s() - self.loop.time()
+        if left > 0:
+            self._arm(left)
+        elif not self.transport.is_closing():
             self.transport.write(_TIMED_OUT)
             self.transport.close()
 
