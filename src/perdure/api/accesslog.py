@@ -2,9 +2,10 @@
 
 Written by :class:`perdure.api.front.FrontMiddleware` once a request is answered. A line per request
 is a cost every request pays (issue 22), so nothing is formatted when the logger would drop the line,
-the time stamp is formatted once a second, and the record is handed to the logger's handlers directly
-(``Logger.handle``): the same record and handlers as ``log.info``, without its search of the stack for
-the caller's file and line, which no access-log format shows.
+the time stamp is formatted once a second, and the line goes straight to the access-log file when
+that file is all the logger writes to. Otherwise (other handlers, filters) the record is handed to
+the logger's handlers (``Logger.handle``: those of ``log.info``, without its search of the stack for
+the caller's file and line, which no access-log format shows).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import time
 
 from starlette.types import Scope
 
-from perdure.logescape import escape_quoted
-from perdure.logs import ACCESS_LOGGER, redact_query
+from perdure.logescape import EscapingFormatter, escape, escape_quoted
+from perdure.logs import ACCESS_LOGGER, RotatingLog, redact_query
 
 log = logging.getLogger(ACCESS_LOGGER)
 
@@ -40,7 +41,29 @@ def write(scope: Scope, status: int, sent: int, seconds: float) -> None:
         f'{_now()} {client[0] if client else "-"} {user} "{_quoted(scope["method"])} {_quoted(path)}" '
         f"{status:d} {sent:d} {seconds * 1000:.1f}ms"
     )
-    log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None))
+    handler = _own_file(log)
+    if handler is None or not handler.write_formatted(line if line.isprintable() else escape(line)):
+        log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None))
+
+
+def _own_file(logger: logging.Logger) -> RotatingLog | None:
+    """The logger's file when it is all the logger writes to, unfiltered, one message a line (what
+    :class:`perdure.logs.ServerLogs` sets up): a line then goes to it without a ``LogRecord``. None
+    otherwise (any other handler or filter, as in tests capturing records, gets a record)."""
+    handlers = logger.handlers
+    if len(handlers) != 1 or logger.propagate or logger.filters:
+        return None
+    handler = handlers[0]
+    formatter = handler.formatter
+    if (
+        type(handler) is not RotatingLog
+        or handler.filters
+        or handler.level > logging.INFO
+        or type(formatter) is not EscapingFormatter
+        or formatter._fmt != "%(message)s"
+    ):
+        return None
+    return handler
 
 
 def _now() -> str:

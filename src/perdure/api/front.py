@@ -54,10 +54,10 @@ class FrontMiddleware:
                 await refusal(scope, receive, answer)
                 return
             app = fastpath.app_for(scope) or self.app
-            if limits.takes_body(scope):
-                await limits.bounded(app, scope, receive, answer, self.context.settings, self.body_timeout_s)
-            else:
+            if limits.unbounded(scope):
                 await app(scope, receive, answer)
+            else:
+                await limits.bounded(app, scope, receive, answer, self.context.settings, self.body_timeout_s)
         finally:
             seconds = time.perf_counter() - started
             # By route template, not raw path, which would make a series per job id.

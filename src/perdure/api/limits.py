@@ -52,9 +52,18 @@ def body_limit(scope: Scope, settings: Settings) -> int:
     return max(int(settings.max_upload_bytes), MIN_LIMIT)
 
 
-def takes_body(scope: Scope) -> bool:
-    """Whether the request of ``scope`` may carry a body (and so is bounded here)."""
-    return scope["method"] not in ("GET", "HEAD", "OPTIONS")
+def unbounded(scope: Scope) -> bool:
+    """Whether the request of ``scope`` has no body to bound: a GET, HEAD or OPTIONS, or a declared
+    empty body (a worker's report without logs)."""
+    if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        return True
+    declared = b""
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding":
+            return False
+        if name == b"content-length":
+            declared = value
+    return declared == b"0"
 
 
 class _Refused(Exception):
@@ -71,11 +80,7 @@ async def bounded(
     (``timeout`` seconds between chunks): past a bound, the 413 or 408 is the answer."""
     path: str = scope["path"]
     limit = body_limit(scope, settings)
-    headers = dict(scope["headers"])
-    declared = headers.get(b"content-length", b"").decode("latin-1").strip()
-    if declared == "0" and b"transfer-encoding" not in headers:
-        await app(scope, receive, send)  # no body (a worker's report without logs): nothing to bound
-        return
+    declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1").strip()
     if declared.isdigit() and int(declared) > limit:
         await error_for(path, 413, f"request body is larger than {limit} bytes")(scope, receive, send)
         return
@@ -128,4 +133,4 @@ async def bounded(
         await response(scope, receive, send)
 
 
-__all__ = ["body_limit", "body_timeout_s", "bounded", "takes_body"]
+__all__ = ["body_limit", "body_timeout_s", "bounded", "unbounded"]
