@@ -112,6 +112,12 @@ def job_submitted(conn: Connection, clientgroups: str) -> None:
         _write(conn, found, found.job_submitted(clientgroups))
 
 
+def jobs_submitted(conn: Connection, clientgroups: Sequence[str]) -> None:
+    """``job_submitted`` for several jobs submitted together: their samples in one insert."""
+    if (found := _installed.recorder) is not None:
+        _write(conn, found, [sample for groups in clientgroups for sample in found.job_submitted(groups)])
+
+
 def job_completed(conn: Connection, job_id: str) -> None:
     """A job completed: count it, with its run time (first checkout to completion)."""
     if (found := _installed.recorder) is None:
@@ -195,6 +201,7 @@ __all__ = [
     "install",
     "job_completed",
     "job_submitted",
+    "jobs_submitted",
     "node_of",
     "recorder",
     "restored",

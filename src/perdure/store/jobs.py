@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
@@ -47,6 +48,67 @@ _INSERT_SCRIPT = insert(job_scripts)
 _NEW_TASK_DEFAULTS = {"starteddate": 0, "completeddate": 0, "computetime": 0}
 
 
+@dataclass(frozen=True)
+class Submission:
+    """One job to submit: its checked script (``spec``) and text, data token and owner."""
+
+    spec: JobSpec
+    script: str
+    datatoken: str | None
+    owner: str = "public"
+
+
+def _one_or_many(rows: list[dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]]:
+    """One row as a plain execute: psycopg runs even one row of an executemany on its own."""
+    return rows[0] if len(rows) == 1 else rows
+
+
+def _new_rows(submission: Submission, now: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A new job's row (``init``) and its tasks' rows (``pending``)."""
+    spec, datatoken = submission.spec, submission.datatoken
+    job_id = str(uuid.uuid4())
+    info = dict(spec.info)
+    info.pop("clientgroups", None)
+    if datatoken:
+        info["auth"] = True
+    job_values = {
+        "id": job_id,
+        "state": JobState.INIT.value,
+        "name": info.pop("name"),
+        "pipeline": info.pop("pipeline"),
+        "project": info.pop("project"),
+        "username": info.pop("user"),
+        "owner": submission.owner,
+        "clientgroups": spec.clientgroups,
+        "priority": info.pop("priority"),
+        "submittime": now,
+        "updatetime": now,
+        "start_at": spec.start_at_us,
+        "remaintasks": len(spec.tasks),
+        "info": info,
+        "datatoken": datatoken,
+    }
+    task_rows = [
+        {
+            "id": f"{job_id}_{t.taskid}",
+            "job_id": job_id,
+            "taskid": t.taskid,
+            "ordinal": t.ordinal,
+            "state": TaskState.PENDING.value,
+            "app": t.app,
+            "totalwork": t.totalwork,
+            "remainwork": t.totalwork,
+            "maxworksize": t.maxworksize,
+            "createddate": now,
+            "depends_on": t.depends_on,
+            "spec": t.spec_document(),
+            "private_env": t.private_env or None,
+        }
+        for t in spec.tasks
+    ]
+    return job_values, task_rows
+
+
 class JobStore(JobOperations):
     # ---- submit and read -------------------------------------------------------------------------
 
@@ -55,68 +117,51 @@ class JobStore(JobOperations):
     ) -> dict[str, Any]:
         return self.submit_warned(spec, script, datatoken, owner)[0]
 
-    @retry_on_conflict
     def submit_warned(
         self, spec: JobSpec, script: str, datatoken: str | None, owner: str = "public"
     ) -> tuple[dict[str, Any], list[str]]:
         """Store a job and queue what can run; returns its document and what no registered client
-        would take (``stranded.unserved_in``, read in the same transaction to spare one).
+        would take (``stranded.unserved_in``, read in the same transaction to spare one)."""
+        return self.submit_all([Submission(spec, script, datatoken, owner)])[0]
 
-        The job's first step (``lifecycle.open_new_job``) is planned from the rows in hand and written
-        with them, and the reply is built from them and the queued job's row: nothing just written is
-        read back (a submit is about ten statements, most of its cost)."""
-        job_id = str(uuid.uuid4())
+    @retry_on_conflict
+    def submit_all(self, submissions: Sequence[Submission]) -> list[tuple[dict[str, Any], list[str]]]:
+        """``submit_warned`` for several jobs in one transaction (the submits that arrive together:
+        ``api/jobs.py``), each job's document and warnings in order. All are stored or none.
+
+        A submit is about ten statements and a commit whatever its number of jobs, most of its cost:
+        each is made once for all of them. The jobs' first steps (``lifecycle.open_new_job``) are
+        planned from the rows in hand and written with them, and the replies are built from them and
+        the queued jobs' rows: nothing just written is read back."""
         now = now_us()
-        info = dict(spec.info)
-        info.pop("clientgroups", None)
-        if datatoken:
-            info["auth"] = True
-        job_values = {
-            "id": job_id,
-            "state": JobState.INIT.value,
-            "name": info.pop("name"),
-            "pipeline": info.pop("pipeline"),
-            "project": info.pop("project"),
-            "username": info.pop("user"),
-            "owner": owner,
-            "clientgroups": spec.clientgroups,
-            "priority": info.pop("priority"),
-            "submittime": now,
-            "updatetime": now,
-            "start_at": spec.start_at_us,
-            "remaintasks": len(spec.tasks),
-            "info": info,
-            "datatoken": datatoken,
-        }
-        task_rows = [
-            {
-                "id": f"{job_id}_{t.taskid}",
-                "job_id": job_id,
-                "taskid": t.taskid,
-                "ordinal": t.ordinal,
-                "state": TaskState.PENDING.value,
-                "app": t.app,
-                "totalwork": t.totalwork,
-                "remainwork": t.totalwork,
-                "maxworksize": t.maxworksize,
-                "createddate": now,
-                "depends_on": t.depends_on,
-                "spec": t.spec_document(),
-                "private_env": t.private_env or None,
-            }
-            for t in spec.tasks
-        ]
+        planned = [_new_rows(submission, now) for submission in submissions]
         with self.db.write() as conn:
-            opening = lifecycle.open_new_job(conn, job_id, SimpleNamespace(**job_values), task_rows, now)
-            conn.execute(_INSERT_JOB, job_values)
-            conn.execute(_INSERT_TASKS, task_rows)
-            conn.execute(_INSERT_SCRIPT, {"job_id": job_id, "script": script})
-            hooks.job_submitted(conn, spec.clientgroups)
-            job = lifecycle.start_new_job(conn, opening)
-            warnings = stranded.unserved_in(conn, spec.clientgroups, [t.app for t in spec.tasks])
-        # As GET /job/<id> shows it; the columns not written start at their defaults.
-        rows = [SimpleNamespace(**{**_NEW_TASK_DEFAULTS, **row}) for row in task_rows]
-        return job_document(job, rows), warnings
+            openings = [
+                lifecycle.open_new_job(conn, job["id"], SimpleNamespace(**job), task_rows, now)
+                for job, task_rows in planned
+            ]
+            conn.execute(_INSERT_JOB, _one_or_many([job for job, _ in planned]))
+            conn.execute(_INSERT_TASKS, [row for _, task_rows in planned for row in task_rows])
+            conn.execute(
+                _INSERT_SCRIPT,
+                _one_or_many(
+                    [
+                        {"job_id": job["id"], "script": submission.script}
+                        for (job, _), submission in zip(planned, submissions, strict=True)
+                    ]
+                ),
+            )
+            hooks.jobs_submitted(conn, [s.spec.clientgroups for s in submissions])
+            queued = lifecycle.start_new_jobs(conn, openings)
+            registered = stranded.registered_clients(conn)
+        replies = []
+        for (job, task_rows), submission in zip(planned, submissions, strict=True):
+            spec = submission.spec
+            warnings = stranded.unserved_among(registered, spec.clientgroups, [t.app for t in spec.tasks])
+            # As GET /job/<id> shows it; the columns not written start at their defaults.
+            rows = [SimpleNamespace(**{**_NEW_TASK_DEFAULTS, **row}) for row in task_rows]
+            replies.append((job_document(queued[job["id"]], rows), warnings))
+        return replies
 
     def owner_of(self, job_id: str) -> str | None:
         with self.db.read() as conn:
@@ -366,6 +411,7 @@ __all__ = [
     "TIME_FIELDS",
     "JobQuery",
     "JobStore",
+    "Submission",
     "field_expression",
     "forget_skips",
     "soft_delete",
