@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Connection, and_, func, insert, or_, select
+from sqlalchemy import Connection, and_, func, or_, select
 
 from perdure.datastore import ConcatReader
 from perdure.documents import job_document, job_minimal
@@ -24,6 +24,7 @@ from perdure.jobscript import JobSpec
 from perdure.states import ACTIVE_JOB_STATES, REGISTERED_JOB_STATES, JobState, TaskState
 from perdure.store import hooks, lifecycle, spot, stranded
 from perdure.store import outputs as output_records
+from perdure.store.bulkinsert import insert_rows
 from perdure.store.database import retry_on_conflict
 from perdure.store.jobops import JobOperations, forget_skips, soft_delete, suspend_job
 from perdure.store.jobquery import (
@@ -40,10 +41,6 @@ from perdure.store.jobquery import (
 from perdure.store.schema import job_events, job_scripts, jobs, tasks, workunit_logs, workunits
 from perdure.timeutil import format_us, now_us
 
-# Built once: a statement made per call costs SQLAlchemy its construction and cache key every time.
-_INSERT_JOB = insert(jobs)
-_INSERT_TASKS = insert(tasks)
-_INSERT_SCRIPT = insert(job_scripts)
 #: A new task's columns that its insert leaves to their defaults (those its document shows).
 _NEW_TASK_DEFAULTS = {"starteddate": 0, "completeddate": 0, "computetime": 0}
 
@@ -56,11 +53,6 @@ class Submission:
     script: str
     datatoken: str | None
     owner: str = "public"
-
-
-def _one_or_many(rows: list[dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]]:
-    """One row as a plain execute: psycopg runs even one row of an executemany on its own."""
-    return rows[0] if len(rows) == 1 else rows
 
 
 def _new_rows(submission: Submission, now: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -140,16 +132,11 @@ class JobStore(JobOperations):
                 lifecycle.open_new_job(conn, job["id"], SimpleNamespace(**job), task_rows, now)
                 for job, task_rows in planned
             ]
-            conn.execute(_INSERT_JOB, _one_or_many([job for job, _ in planned]))
-            conn.execute(_INSERT_TASKS, [row for _, task_rows in planned for row in task_rows])
-            conn.execute(
-                _INSERT_SCRIPT,
-                _one_or_many(
-                    [
-                        {"job_id": job["id"], "script": submission.script}
-                        for (job, _), submission in zip(planned, submissions, strict=True)
-                    ]
-                ),
+            insert_rows(conn, jobs, [job for job, _ in planned])
+            insert_rows(conn, tasks, [row for _, task_rows in planned for row in task_rows])
+            scripts = zip(planned, submissions, strict=True)
+            insert_rows(
+                conn, job_scripts, [{"job_id": job["id"], "script": sub.script} for (job, _), sub in scripts]
             )
             hooks.jobs_submitted(conn, [s.spec.clientgroups for s in submissions])
             queued = lifecycle.start_new_jobs(conn, openings)

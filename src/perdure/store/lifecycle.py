@@ -18,6 +18,7 @@ from perdure.datastore import BlobStore, ConcatReader
 from perdure.split import split_ranges
 from perdure.states import ACTIVE_JOB_STATES, JobState, TaskState, WorkunitState
 from perdure.store import hooks, outputs, shock, transitions
+from perdure.store.bulkinsert import insert_rows
 from perdure.store.database import Database
 from perdure.store.schema import job_events, jobs, tasks, workunit_logs, workunits
 
@@ -186,7 +187,7 @@ def start_new_jobs(conn: Connection, openings: Sequence[Opening]) -> dict[str, A
                     remainwork=len(plan),
                     starteddate=opening.now,
                 )
-    conn.execute(_INSERT_EVENT, events[0] if len(events) == 1 else events)
+    insert_rows(conn, job_events, events)
     return transitions.queue_new_jobs(conn, [opening.job_id for opening in openings], openings[0].now)
 
 
@@ -294,7 +295,7 @@ def _write_workunits(conn: Connection, rows: list[dict[str, Any]]) -> None:
             | {"parts": [json.dumps(row["part"]) if row["part"] is not None else None for row in rows]},
         )
         return
-    conn.execute(insert(workunits), rows)
+    insert_rows(conn, workunits, rows)
 
 
 #: (bind name, column) of the arrays ``_INSERT_WORKUNITS_PG`` takes (``part`` goes as JSON text).
