@@ -43,4 +43,52 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
     conn.connection.driver_connection.executemany(sql, values)  # type: ignore[union-attr]
 
 
-__all__ = ["insert_rows"]
+# ---- PostgreSQL: many tables' rows in one statement -----------------------------------------------
+
+#: (table, columns) of a JSON column whose ``None`` is SQL NULL rather than JSON ``null`` (as written
+#: before this statement existed); every other JSON ``None`` is JSON ``null``, as SQLAlchemy writes it.
+SQL_NULL_JSON = frozenset({("workunits", "part")})
+
+
+def insert_all_pg(
+    tables: Sequence[tuple[Table, Sequence[dict[str, Any]]]], then: str
+) -> tuple[str, dict[str, Any]]:
+    """One PostgreSQL statement (psycopg's placeholders) inserting every table's rows (each table's
+    rows with the same keys) in a data-modifying ``WITH`` whose main query is ``then``: one round trip
+    instead of one per table. (The rows are not visible to ``then``: it sees the statement's
+    snapshot.) Foreign keys are checked at the end of the statement, so a job and its tasks may go in
+    the same one. Each table's rows go as one JSON parameter (``json_populate_recordset``): psycopg
+    quotes an array element by element in Python, which cost more than the statement."""
+    shape = tuple((table.name, tuple(rows[0])) for table, rows in tables if rows)
+    sql = _PG_STATEMENTS.get((shape, then))
+    if sql is None:
+        sql = _PG_STATEMENTS[(shape, then)] = _insert_all_sql(
+            [(table, tuple(rows[0])) for table, rows in tables if rows], then
+        )
+    params = {f"t{index}": json.dumps(rows) for index, (_, rows) in enumerate(t for t in tables if t[1])}
+    return sql, params
+
+
+#: (each table's name and columns, the main query) -> the statement.
+_PG_STATEMENTS: dict[tuple[tuple[tuple[str, tuple[str, ...]], ...], str], str] = {}
+
+
+def _insert_all_sql(tables: Sequence[tuple[Table, tuple[str, ...]]], then: str) -> str:
+    parts = []
+    for index, (table, columns) in enumerate(tables):
+        selected = []
+        for name in columns:
+            if isinstance(table.c[name].type, JSON) and (table.name, name) not in SQL_NULL_JSON:
+                # JSON null, as SQLAlchemy writes None (the record function reads it as SQL NULL).
+                selected.append(f"COALESCE(r.\"{name}\", 'null'::jsonb)")
+            else:
+                selected.append(f'r."{name}"')
+        names = ", ".join(f'"{name}"' for name in columns)
+        parts.append(
+            f'i{index} AS (INSERT INTO "{table.name}" ({names}) SELECT {", ".join(selected)}'
+            f' FROM json_populate_recordset(NULL::"{table.name}", %(t{index})s::json) AS r)'
+        )
+    return f"WITH {', '.join(parts)} {then}"
+
+
+__all__ = ["SQL_NULL_JSON", "insert_all_pg", "insert_rows"]

@@ -132,21 +132,30 @@ class JobStore(JobOperations):
                 lifecycle.open_new_job(conn, job["id"], SimpleNamespace(**job), task_rows, now)
                 for job, task_rows in planned
             ]
-            insert_rows(conn, jobs, [job for job, _ in planned])
-            insert_rows(conn, tasks, [row for _, task_rows in planned for row in task_rows])
-            scripts = zip(planned, submissions, strict=True)
-            insert_rows(
-                conn, job_scripts, [{"job_id": job["id"], "script": sub.script} for (job, _), sub in scripts]
-            )
-            hooks.jobs_submitted(conn, [s.spec.clientgroups for s in submissions])
-            queued = lifecycle.start_new_jobs(conn, openings)
-            registered = stranded.registered_clients(conn)
+            job_rows = [job for job, _ in planned]
+            task_rows = [row for _, rows in planned for row in rows]
+            scripts = [
+                {"job_id": job["id"], "script": submission.script}
+                for job, submission in zip(job_rows, submissions, strict=True)
+            ]
+            groups = [submission.spec.clientgroups for submission in submissions]
+            if conn.dialect.name == "postgresql":
+                queued, registered = lifecycle.start_new_jobs_pg(
+                    conn, openings, [(jobs, job_rows), (tasks, task_rows), (job_scripts, scripts)], groups
+                )
+            else:
+                insert_rows(conn, jobs, job_rows)
+                insert_rows(conn, tasks, task_rows)
+                insert_rows(conn, job_scripts, scripts)
+                hooks.jobs_submitted(conn, groups)
+                queued = lifecycle.start_new_jobs(conn, openings)
+                registered = stranded.registered_clients(conn)
         replies = []
-        for (job, task_rows), submission in zip(planned, submissions, strict=True):
+        for (job, job_tasks), submission in zip(planned, submissions, strict=True):
             spec = submission.spec
             warnings = stranded.unserved_among(registered, spec.clientgroups, [t.app for t in spec.tasks])
             # As GET /job/<id> shows it; the columns not written start at their defaults.
-            rows = [SimpleNamespace(**{**_NEW_TASK_DEFAULTS, **row}) for row in task_rows]
+            rows = [SimpleNamespace(**{**_NEW_TASK_DEFAULTS, **row}) for row in job_tasks]
             replies.append((job_document(queued[job["id"]], rows), warnings))
         return replies
 

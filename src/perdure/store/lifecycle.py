@@ -12,15 +12,15 @@ from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Table, delete, func, insert, select, text, update
 
 from perdure.datastore import BlobStore, ConcatReader
 from perdure.split import split_ranges
 from perdure.states import ACTIVE_JOB_STATES, JobState, TaskState, WorkunitState
-from perdure.store import hooks, outputs, shock, transitions
-from perdure.store.bulkinsert import insert_rows
+from perdure.store import hooks, outputs, pgdirect, shock, transitions
+from perdure.store.bulkinsert import insert_all_pg, insert_rows
 from perdure.store.database import Database
-from perdure.store.schema import job_events, jobs, tasks, workunit_logs, workunits
+from perdure.store.schema import job_events, jobs, metric_events, shock_nodes, tasks, workunit_logs, workunits
 
 #: (rank, part, input size) of each workunit a task is split into.
 Plan = list[tuple[int, dict[str, Any] | None, int]]
@@ -162,7 +162,58 @@ def start_new_jobs(conn: Connection, openings: Sequence[Opening]) -> dict[str, A
     them): the nodes and workunits of their tasks that start at once, those tasks and the jobs queued,
     and the events; returns each job's row as it now stands, by id. The rows in each opening are
     updated to match the tasks' (state, work, start)."""
-    shock.insert_nodes(conn, [node for opening in openings for node in opening.nodes])
+    nodes, units, events, work = _first_steps(openings)
+    shock.insert_nodes(conn, nodes)
+    if work:
+        _write_workunits(conn, units)
+        Database.work_queued(conn)
+        # The same ``now`` for the whole batch: the jobs were planned at one instant.
+        transitions.enqueue_new_tasks(conn, work, openings[0].now)
+        _mark_queued(openings)
+    insert_rows(conn, job_events, events)
+    return transitions.queue_new_jobs(conn, [opening.job_id for opening in openings], openings[0].now)
+
+
+#: The registered clients a submit's warnings compare its jobs with (``stranded.registered_clients``),
+#: as the main query of the PostgreSQL submit's statement.
+_REGISTERED_PG = "SELECT group_name, apps FROM clients WHERE deleted_at = 0"
+
+
+def start_new_jobs_pg(
+    conn: Connection,
+    openings: Sequence[Opening],
+    rows: Sequence[tuple[Table, Sequence[dict[str, Any]]]],
+    clientgroups: Sequence[str],
+) -> tuple[dict[str, Any], list[Any]]:
+    """PostgreSQL: the new jobs' own ``rows`` (jobs, tasks, scripts) and ``start_new_jobs`` in three
+    round trips instead of ten: every insert (the metric samples too) in one statement, which also
+    reads the registered clients; the ``NOTIFY``; both moves in one statement. Returns the jobs'
+    rows by id and the registered clients."""
+    nodes, units, events, work = _first_steps(openings)
+    tables = [*rows, (shock_nodes, nodes), (workunits, units), (job_events, events)]
+    recorded = hooks.submitted_samples(clientgroups)
+    if recorded is not None and recorded[1]:
+        at_us, samples = recorded
+        tables.append(
+            (
+                metric_events,
+                [{"metric": m, "object_id": o, "at": at_us, "value": float(v)} for m, o, v in samples],
+            )
+        )
+    sql, params = insert_all_pg(tables, _REGISTERED_PG)
+    registered = pgdirect.pg_rows(conn, sql, params)
+    if work:
+        Database.work_queued(conn)
+    queued = transitions.queue_new_pg(conn, work, [o.job_id for o in openings], openings[0].now)
+    _mark_queued(openings)
+    return queued, registered
+
+
+def _first_steps(
+    openings: Sequence[Opening],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """The rows of new jobs' first steps (nodes, workunits, events) and each queued task's work."""
+    nodes = [node for opening in openings for node in opening.nodes]
     events: list[dict[str, Any]] = []
     units: list[dict[str, Any]] = []
     work: dict[str, int] = {}
@@ -174,21 +225,20 @@ def start_new_jobs(conn: Connection, openings: Sequence[Opening]) -> dict[str, A
             work[row["id"]] = len(plan)
             split = f", split into {len(plan)} parts" if plan[0][1] else ""
             events.append(_event(job_id, EVENT_TASK_QUEUED, f"task {row['taskid']} queued{split}", now))
-    if work:
-        _write_workunits(conn, units)
-        Database.work_queued(conn)
-        # The same ``now`` for the whole batch: the jobs were planned at one instant.
-        transitions.enqueue_new_tasks(conn, work, openings[0].now)
-        for opening in openings:
-            for row, plan in opening.queued:
-                row.update(
-                    state=TaskState.QUEUED.value,
-                    totalwork=len(plan),
-                    remainwork=len(plan),
-                    starteddate=opening.now,
-                )
-    insert_rows(conn, job_events, events)
-    return transitions.queue_new_jobs(conn, [opening.job_id for opening in openings], openings[0].now)
+    return nodes, units, events, work
+
+
+def _mark_queued(openings: Sequence[Opening]) -> None:
+    """The rows of the tasks queued at once, as the moves left them (after their insert, which wrote
+    them pending)."""
+    for opening in openings:
+        for row, plan in opening.queued:
+            row.update(
+                state=TaskState.QUEUED.value,
+                totalwork=len(plan),
+                remainwork=len(plan),
+                starteddate=opening.now,
+            )
 
 
 def _event(job_id: str, code: str, message: str, now: int) -> dict[str, Any]:

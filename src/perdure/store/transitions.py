@@ -43,6 +43,7 @@ from perdure.states import (
     _Machine,
     may_become,
 )
+from perdure.store import pgdirect
 from perdure.store.schema import clients, jobs, tasks, workunits
 
 _W, _T, _J, _C = WorkunitState, TaskState, JobState, ClientState
@@ -344,6 +345,35 @@ def queue_new_jobs(conn: Connection, job_ids: Sequence[str], now: int) -> dict[s
     return rows
 
 
+#: PostgreSQL, submit: both moves of ``enqueue_new_tasks`` and ``queue_new_jobs`` in one statement
+#: (psycopg's placeholders), which returns the queued jobs' rows and how many tasks were queued.
+_QUEUE_NEW_PG = (
+    f"WITH moved AS (UPDATE tasks SET state = '{_T.QUEUED.value}', starteddate = %(now)s,"
+    " totalwork = u.w, remainwork = u.w"
+    " FROM unnest(CAST(%(tasks)s AS text[]), CAST(%(works)s AS integer[])) AS u(i, w)"
+    f" WHERE tasks.id = u.i AND {guard_sql('tasks.state', _T.QUEUED, {_T.PENDING})} RETURNING 1)"
+    f" UPDATE jobs SET state = '{_J.QUEUED.value}', updatetime = %(now)s"
+    f" WHERE jobs.id = ANY(CAST(%(jobs)s AS text[])) AND {guard_sql('jobs.state', _J.QUEUED, {_J.INIT})}"
+    " RETURNING jobs.*, (SELECT count(*) FROM moved) AS moved_tasks"
+)
+
+
+def queue_new_pg(
+    conn: Connection, work: Mapping[str, int], job_ids: Sequence[str], now: int
+) -> dict[str, Any]:
+    """PostgreSQL: ``enqueue_new_tasks`` and ``queue_new_jobs`` in one round trip."""
+    params = {"now": now, "tasks": list(work), "works": list(work.values()), "jobs": list(job_ids)}
+    rows = pgdirect.pg_rows(conn, _QUEUE_NEW_PG, params)
+    if len(rows) != len(set(job_ids)):
+        missing = sorted(set(job_ids) - {row.id for row in rows})
+        raise IllegalTransition(f"job(s) {missing!r} are not new jobs to queue")
+    if rows[0].moved_tasks != len(work):
+        raise IllegalTransition(
+            f"only {rows[0].moved_tasks} of {len(work)} new tasks were pending, to be queued"
+        )
+    return {row.id: row for row in rows}
+
+
 def complete_job(conn: Connection, job_id: str, values: Mapping[str, Any]) -> None:
     _move_one(conn, jobs, job_id, _J.COMPLETED, {"error": None, **values})
 
@@ -467,6 +497,7 @@ __all__ = [
     "queue_job",
     "queue_new_job",
     "queue_new_jobs",
+    "queue_new_pg",
     "release_job_work",
     "requeue_failed",
     "requeue_job",
