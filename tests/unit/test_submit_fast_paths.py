@@ -14,7 +14,7 @@ import pytest
 
 from perdure.api.gcpause import gc_paused
 from perdure.jobscript import JobScriptError, parse_job_script
-from perdure.store.jobs import Submission
+from perdure.store.jobs import PG_ONE_STATEMENT_ROWS, Submission
 from tests.domain import World, open_world
 from tests.jobs import script, task
 
@@ -146,3 +146,15 @@ def test_jobs_submitted_together_are_each_stored_as_if_submitted_alone(world: Wo
     events = [[e["code"] for e in world.jobs.report(d["id"])["events"]] for d, _ in replies]
     assert events == [["JQ", "TQ"], ["JQ", "TQ"], ["JQ"]]
     assert world.jobs.report(replies[0][0]["id"])["tasks"][0]["workunits"][2]["rank"] == 3
+
+
+def test_a_submit_too_big_for_one_statement_is_stored_the_same(world: World) -> None:
+    """On PostgreSQL a submit of more rows than ``PG_ONE_STATEMENT_ROWS`` is written table by table."""
+    wide = PG_ONE_STATEMENT_ROWS + 1
+    raw = json.dumps(script(task("wide", totalwork=wide), task("after", depends=["wide"])))
+    reply = world.jobs.submit(parse_job_script(raw.encode()), raw, None)
+    assert reply == world.jobs.get(reply["id"])
+    assert [(t["state"], t["totalwork"]) for t in reply["tasks"]] == [
+        ("queued", wide),
+        ("pending", 1),
+    ]

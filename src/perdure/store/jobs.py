@@ -55,6 +55,15 @@ class Submission:
     owner: str = "public"
 
 
+#: PostgreSQL: submits of at most this many tasks and workunits go in one statement; bigger ones
+#: (a job of 10,000 tasks) in one per table, which PostgreSQL took seconds less to run for them.
+PG_ONE_STATEMENT_ROWS = 2000
+
+
+def _rows_in(task_rows: Sequence[Any], openings: Sequence[lifecycle.Opening]) -> int:
+    return len(task_rows) + sum(len(plan) for opening in openings for _, plan in opening.queued)
+
+
 def _new_rows(submission: Submission, now: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A new job's row (``init``) and its tasks' rows (``pending``)."""
     spec, datatoken = submission.spec, submission.datatoken
@@ -139,7 +148,7 @@ class JobStore(JobOperations):
                 for job, submission in zip(job_rows, submissions, strict=True)
             ]
             groups = [submission.spec.clientgroups for submission in submissions]
-            if conn.dialect.name == "postgresql":
+            if conn.dialect.name == "postgresql" and _rows_in(task_rows, openings) <= PG_ONE_STATEMENT_ROWS:
                 queued, registered = lifecycle.start_new_jobs_pg(
                     conn, openings, [(jobs, job_rows), (tasks, task_rows), (job_scripts, scripts)], groups
                 )

@@ -165,7 +165,14 @@ def start_new_jobs(conn: Connection, openings: Sequence[Opening]) -> dict[str, A
     nodes, units, events, work = _first_steps(openings)
     shock.insert_nodes(conn, nodes)
     if work:
-        _write_workunits(conn, units)
+        if conn.dialect.name == "postgresql":
+            for opening in openings:
+                for row, plan in opening.queued:
+                    _insert_workunits_pg(
+                        conn, opening.job, opening.job_id, row["id"], row["app"], plan, opening.now
+                    )
+        else:
+            insert_rows(conn, workunits, units)
         Database.work_queued(conn)
         # The same ``now`` for the whole batch: the jobs were planned at one instant.
         transitions.enqueue_new_tasks(conn, work, openings[0].now)
@@ -295,24 +302,15 @@ def _enqueue_task(
     record_event(conn, job_id, EVENT_TASK_QUEUED, f"task {task.taskid} queued{split}", now)
 
 
-def _insert_workunits(
-    conn: Connection,
-    job: Any,
-    job_id: str,
-    task: Any,
-    plan: Plan,
-    now: int,
-) -> None:
-    _write_workunits(conn, _workunit_rows(job, job_id, task.id, task.app, plan, now))
+def _insert_workunits(conn: Connection, job: Any, job_id: str, task: Any, plan: Plan, now: int) -> None:
+    if conn.dialect.name == "postgresql":
+        _insert_workunits_pg(conn, job, job_id, task.id, task.app, plan, now)
+    else:
+        insert_rows(conn, workunits, _workunit_rows(job, job_id, task.id, task.app, plan, now))
 
 
 def _workunit_rows(
-    job: Any,
-    job_id: str,
-    task_id: str,
-    app: str,
-    plan: list[tuple[int, dict[str, Any] | None, int]],
-    now: int,
+    job: Any, job_id: str, task_id: str, app: str, plan: Plan, now: int
 ) -> list[dict[str, Any]]:
     return [
         {
@@ -333,44 +331,36 @@ def _workunit_rows(
     ]
 
 
-def _write_workunits(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    if conn.dialect.name == "postgresql":
-        # One statement of arrays rather than one per workunit: a job of 250 workunits is submitted
-        # in 10.5 ms instead of 16.5, and with less of the server's CPU, which its workers share.
-        conn.execute(
-            _INSERT_WORKUNITS_PG,
-            {name: [row[column] for row in rows] for name, column in _WORKUNIT_ARRAYS}
-            | {"parts": [json.dumps(row["part"]) if row["part"] is not None else None for row in rows]},
-        )
-        return
-    insert_rows(conn, workunits, rows)
+def _insert_workunits_pg(
+    conn: Connection, job: Any, job_id: str, task_id: str, app: str, plan: Plan, now: int
+) -> None:
+    # One statement of arrays rather than one per workunit: a job of 250 workunits is submitted
+    # in 10.5 ms instead of 16.5, and with less of the server's CPU, which its workers share.
+    conn.execute(
+        _INSERT_WORKUNITS_PG,
+        {
+            "ids": [workunit_id(task_id, rank) for rank, _, _ in plan],
+            "ranks": [rank for rank, _, _ in plan],
+            "sizes": [size for _, _, size in plan],
+            "parts": [json.dumps(part) if part is not None else None for _, part, _ in plan],
+            "job": job_id,
+            "task": task_id,
+            "state": WorkunitState.QUEUED.value,
+            "priority": job.priority,
+            "submittime": job.submittime,
+            "clientgroups": job.clientgroups,
+            "app": app,
+            "now": now,
+        },
+    )
 
 
-#: (bind name, column) of the arrays ``_INSERT_WORKUNITS_PG`` takes (``part`` goes as JSON text).
-_WORKUNIT_ARRAYS = (
-    ("ids", "id"),
-    ("jobs", "job_id"),
-    ("tasks", "task_id"),
-    ("ranks", "rank"),
-    ("states", "state"),
-    ("priorities", "priority"),
-    ("submittimes", "submittime"),
-    ("groups", "clientgroups"),
-    ("apps", "app"),
-    ("sizes", "input_size"),
-    ("times", "updatetime"),
-)
 _INSERT_WORKUNITS_PG = text(
     "INSERT INTO workunits (id, job_id, task_id, rank, state, priority, submittime, clientgroups, app,"
     " input_size, part, updatetime)"
-    " SELECT i, j, t, r, st, pr, sub, g, a, s, p::jsonb, tm"
-    " FROM unnest(CAST(:ids AS text[]), CAST(:jobs AS text[]), CAST(:tasks AS text[]),"
-    " CAST(:ranks AS integer[]), CAST(:states AS text[]), CAST(:priorities AS integer[]),"
-    " CAST(:submittimes AS bigint[]), CAST(:groups AS text[]), CAST(:apps AS text[]),"
-    " CAST(:sizes AS bigint[]), CAST(:parts AS text[]), CAST(:times AS bigint[]))"
-    " AS u(i, j, t, r, st, pr, sub, g, a, s, p, tm)"
+    " SELECT i, :job, :task, r, :state, :priority, :submittime, :clientgroups, :app, s, p::jsonb, :now"
+    " FROM unnest(CAST(:ids AS text[]), CAST(:ranks AS integer[]), CAST(:sizes AS bigint[]),"
+    " CAST(:parts AS text[])) AS u(i, r, s, p)"
 )
 
 
