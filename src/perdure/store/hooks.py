@@ -115,6 +115,20 @@ def job_submitted(conn: Connection, clientgroups: str) -> None:
         _write(conn, found, found.job_submitted(clientgroups))
 
 
+def jobs_submitted(conn: Connection, clientgroups: Sequence[str]) -> None:
+    """``job_submitted`` for several jobs submitted together: their samples in one insert."""
+    if (found := _installed.recorder) is not None:
+        _write(conn, found, [sample for groups in clientgroups for sample in found.job_submitted(groups)])
+
+
+def submitted_samples(clientgroups: Sequence[str]) -> tuple[int, list[Sample]] | None:
+    """What ``jobs_submitted`` would write, for a caller that writes it in a statement of its own:
+    (the time, the samples), or None when nothing is recorded."""
+    if (found := _installed.recorder) is None:
+        return None
+    return found.now_us(), [sample for groups in clientgroups for sample in found.job_submitted(groups)]
+
+
 def job_completed(conn: Connection, job_id: str) -> None:
     """A job completed: count it, with its run time (first checkout to completion)."""
     if (found := _installed.recorder) is None:
@@ -198,8 +212,10 @@ __all__ = [
     "install",
     "job_completed",
     "job_submitted",
+    "jobs_submitted",
     "node_of",
     "recorder",
     "restored",
+    "submitted_samples",
     "workunit_failed",
 ]
