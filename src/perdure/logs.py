@@ -41,20 +41,34 @@ class RotatingLog(logging.handlers.RotatingFileHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record) + self.terminator
-            if self.stream is None:
-                self.stream = self._open()
-            # Only a regular file rotates (a log configured as /dev/stdout, say, never does).
-            if self.maxBytes > 0 and self._regular():
-                self.stream.seek(0, 2)  # the end, wherever other server processes have written it to
-                if self.stream.tell() + len(line) >= self.maxBytes:
-                    self.doRollover()
-            self.stream.write(line)
-            self.flush()
+            self._write(self.format(record) + self.terminator)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def write_formatted(self, message: str) -> bool:
+        """Write ``message``, already formatted as this handler's formatter would, as :meth:`emit`
+        writes a record's: for the access log (a line per request, issue 22), which then makes no
+        ``LogRecord``. False if the write failed (the caller logs the line the ordinary way, which
+        reports the error)."""
+        with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
+            try:
+                self._write(message + self.terminator)
+            except Exception:
+                return False
+        return True
+
+    def _write(self, line: str) -> None:
+        if self.stream is None:
+            self.stream = self._open()
+        # Only a regular file rotates (a log configured as /dev/stdout, say, never does).
+        if self.maxBytes > 0 and self._regular():
+            self.stream.seek(0, 2)  # the end, wherever other server processes have written it to
+            if self.stream.tell() + len(line) >= self.maxBytes:
+                self.doRollover()
+        self.stream.write(line)
+        self.flush()
 
     def _regular(self) -> bool:
         known: bool | None = getattr(self, "_is_regular", None)

@@ -6,6 +6,7 @@ and PostgreSQL; only the edges (JSON in, JSON out) deal in text.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -22,8 +23,10 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+@functools.lru_cache(maxsize=1024)
 def format_us(us: int | None) -> str:
-    """Go's RFC3339Nano for UTC: fraction trimmed of trailing zeros, ``Z`` suffix."""
+    """Go's RFC3339Nano for UTC: fraction trimmed of trailing zeros, ``Z`` suffix. Cached: a job's
+    document shows the same few times in every task (a submit's reply formatted each again)."""
     if not us:
         return ZERO_TIME
     dt = _EPOCH + timedelta(microseconds=us)  # exact: no float seconds

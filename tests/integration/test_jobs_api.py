@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -422,3 +423,27 @@ def test_a_userattr_integer_beyond_64_bits_comes_back_exactly_in_the_submit_repl
     job = submit(client, script(task("0"), userattr={"big": 2**70, "small": 1}))
     assert job["info"]["userattr"] == {"big": 2**70, "small": 1}
     assert get_job(client, job["id"])["info"]["userattr"]["big"] == 2**70
+
+
+def test_submits_sent_at_once_each_get_their_own_reply_or_refusal(client: TestClient) -> None:
+    """Submits that arrive together are stored together; each still answers for its own job."""
+
+    def send(n: int) -> tuple[int, Any]:
+        document: Any = script(task("a"), task("b", depends=["a"]), name=f"job-{n}")
+        if n % 5 == 0:
+            document["tasks"][1]["dependsOn"] = ["missing"]
+        response = client.post("/job", files=upload(document))
+        return n, response
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(send, range(30)))
+    for n, response in answers:
+        if n % 5 == 0:
+            assert response.status_code == 400
+            assert "dependsOn unknown task 'missing'" in response.json()["error"][0]
+            continue
+        assert response.status_code == 200, response.text
+        job = response.json()["data"]
+        assert job["info"]["name"] == f"job-{n}"
+        assert get_job(client, job["id"]) == job
+    assert total_jobs(client) == 24

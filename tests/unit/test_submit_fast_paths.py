@@ -14,6 +14,7 @@ import pytest
 
 from perdure.api.gcpause import gc_paused
 from perdure.jobscript import JobScriptError, parse_job_script
+from perdure.store.jobs import PG_ONE_STATEMENT_ROWS, Submission
 from tests.domain import World, open_world
 from tests.jobs import script, task
 
@@ -123,3 +124,37 @@ def test_gc_left_disabled_by_someone_else_stays_disabled() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_jobs_submitted_together_are_each_stored_as_if_submitted_alone(world: World) -> None:
+    documents = [
+        script(task("split", totalwork=3, outputs=[{"filename": "a.dat"}]), task("next", depends=["split"])),
+        script(task("a", cmd={"name": "x", "environ": {"private": {"K": "s"}}}), name="second"),
+        script(task("later", outputs=[{"filename": "y"}]), start_at="2999-01-01T00:00:00Z"),
+    ]
+    submissions = [
+        Submission(parse_job_script(json.dumps(d).encode()), json.dumps(d), token, "public")
+        for d, token in zip(documents, [None, "a-token", None], strict=True)
+    ]
+    replies = world.jobs.submit_all(submissions)
+    assert len({document["id"] for document, _ in replies}) == 3
+    for document, warnings in replies:
+        assert document == world.jobs.get(document["id"])
+        assert warnings == []
+    states = [[(t["state"], t["totalwork"]) for t in d["tasks"]] for d, _ in replies]
+    assert states == [[("queued", 3), ("pending", 1)], [("queued", 1)], [("pending", 1)]]
+    events = [[e["code"] for e in world.jobs.report(d["id"])["events"]] for d, _ in replies]
+    assert events == [["JQ", "TQ"], ["JQ", "TQ"], ["JQ"]]
+    assert world.jobs.report(replies[0][0]["id"])["tasks"][0]["workunits"][2]["rank"] == 3
+
+
+def test_a_submit_too_big_for_one_statement_is_stored_the_same(world: World) -> None:
+    """On PostgreSQL a submit of more rows than ``PG_ONE_STATEMENT_ROWS`` is written table by table."""
+    wide = PG_ONE_STATEMENT_ROWS + 1
+    raw = json.dumps(script(task("wide", totalwork=wide), task("after", depends=["wide"])))
+    reply = world.jobs.submit(parse_job_script(raw.encode()), raw, None)
+    assert reply == world.jobs.get(reply["id"])
+    assert [(t["state"], t["totalwork"]) for t in reply["tasks"]] == [
+        ("queued", wide),
+        ("pending", 1),
+    ]

@@ -9,7 +9,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import unquote_plus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +16,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.routing import Match
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from perdure import __version__
 from perdure.api import (
@@ -38,15 +36,11 @@ from perdure.api import (
 )
 from perdure.api import metrics as metrics_api
 from perdure.api import shock as shock_api
-from perdure.api.accesslog import AccessLogMiddleware
-from perdure.api.auth import AuthMiddleware
 from perdure.api.context import ServerContext
 from perdure.api.envelope import error_for
 from perdure.api.errors import response_for
-from perdure.api.fastpath import WorkerFastPath
+from perdure.api.front import FrontMiddleware
 from perdure.api.housekeeping import guarded
-from perdure.api.limits import BodyLimitMiddleware
-from perdure.api.readguard import AdminReadsMiddleware
 from perdure.configstore import ConfigStore
 from perdure.errors import DomainError
 from perdure.logs import ServerLogs
@@ -138,13 +132,10 @@ def create_app(
     dashboard.install(app)  # /ui/, /docs with local assets, /api/v1/events
     app.include_router(shock_api.router)  # /node: the Shock-compatible data plane (issue 19)
     app.include_router(management.log_files)  # last: /{name} would shadow the routes above
-    app.add_middleware(WorkerFastPath)  # innermost: after authentication, instead of FastAPI's routing
-    app.add_middleware(BodyLimitMiddleware)  # issue 17: body size and time limits, after authentication
-    app.add_middleware(AdminReadsMiddleware)  # issue 17: admin-only reads, inside authentication
-    app.add_middleware(AuthMiddleware)
-    app.add_middleware(RefuseNulMiddleware)
-    app.add_middleware(AccessLogMiddleware)  # logs even requests auth refuses
-    metrics_api.install(app)  # /api/v1/metric*, /metrics, and HTTP request metrics (outermost)
+    metrics_api.install(app)  # /api/v1/metric*, /metrics
+    # One layer for the HTTP metrics, the access log (both outermost: they see refused requests too),
+    # NUL refusal, authentication, admin-only reads, body limits and the worker fast path (issue 22).
+    app.add_middleware(FrontMiddleware, context=context)
     _install_error_handlers(app)
     return app
 
@@ -152,22 +143,6 @@ def create_app(
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (several worker processes): settings come from PERDURE_*."""
     return create_app(Settings.from_env(), run_migrations=False, freeze_startup_objects=True)
-
-
-class RefuseNulMiddleware:
-    """A NUL in a path or query value can never name anything, and PostgreSQL cannot take it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            query = unquote_plus(scope.get("query_string", b"").decode("latin-1"))
-            if "\x00" in scope["path"] or "\x00" in query:
-                response = error_for(scope["path"].replace("\x00", ""), 400, "NUL characters are not allowed")
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -12,8 +12,10 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Scope
 
+from perdure.api.context import ServerContext
 from perdure.api.envelope import error_for
 from perdure.api.leasecaps import capability_only
 from perdure.api.readguard import METRICS_PATH, SCRAPER, metrics_token_matches
@@ -66,63 +68,53 @@ def is_worker_route(method: str, path: str) -> bool:
     return any(method == m and pattern.match(path) for m, pattern in _WORKER_ROUTES)
 
 
-class AuthMiddleware:
-    """Puts the caller's ``Principal`` in ``request.state.principal``."""
+def caller_without_credentials(scope: Scope, security: Any) -> Principal | None:
+    """The caller when no credential needs checking (with security off, everyone is the anonymous
+    admin), or None: :func:`authenticate` decides. ``/metrics`` always goes there, for its scrape
+    token."""
+    if security.cognito.enabled or scope["path"] == METRICS_PATH:
+        return None
+    return ANONYMOUS
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        context = scope["app"].state.ctx
-        cognito = context.config.effective.security.cognito
-        state = scope.setdefault("state", {})
-        if scope["path"] == METRICS_PATH and metrics_token_matches(
-            getattr(context.config.effective.security, "metricsToken", ""),
-            dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"),
+async def authenticate(scope: Scope, context: ServerContext) -> Principal | Response:
+    """The caller of ``scope`` (which :func:`principal` then returns to routes), or the 401 to answer."""
+    security = context.config.effective.security
+    cognito = security.cognito
+    path, method = scope["path"], scope["method"]
+    headers = dict(scope["headers"])
+    if path == METRICS_PATH and metrics_token_matches(
+        getattr(security, "metricsToken", ""), headers.get(b"authorization", b"").decode("latin-1")
+    ):
+        return SCRAPER  # Prometheus with its own token (issue 17); /metrics only
+    if not cognito.enabled:
+        return ANONYMOUS
+    header = headers.get(b"authorization", b"").decode("latin-1").strip()
+    scheme, _, credential = header.partition(" ")
+    try:
+        if (
+            (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES))
+            and method in ("GET", "HEAD")
+            and not header
         ):
-            state["principal"] = SCRAPER  # Prometheus with its own token (issue 17); /metrics only
-            await self.app(scope, receive, send)
-            return
-        if not cognito.enabled:
-            state["principal"] = ANONYMOUS
-            await self.app(scope, receive, send)
-            return
-        path, method = scope["path"], scope["method"]
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").strip()
-        scheme, _, credential = header.partition(" ")
-        try:
-            if (
-                (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES))
-                and method in ("GET", "HEAD")
-                and not header
-            ):
-                principal = Principal(user="anonymous", kind="anonymous")
-            elif scheme.lower() == "bearer" and credential.strip():
-                principal = await run_in_threadpool(Verifier(cognito).verify, credential.strip())
-            elif scheme.upper() == "CG_TOKEN" and credential.strip():
-                if not is_worker_route(method, path):
-                    raise TokenError("clientgroup tokens are accepted on worker calls only")
-                group = await run_in_threadpool(context.clients.token_group, credential.strip())
-                if group is None:
-                    raise TokenError("Invalid clientgroup token")
-                principal = Principal(user=f"clientgroup:{group}", groups=(group,), kind="worker")
-            elif capability_only(scope):
-                # A workunit's own input URL (issue 17): its captoken is checked by the route. AWE's
-                # worker sends its job's data token here, if any, which is not ours to check.
-                principal = Principal(user="capability", kind="capability")
-            elif not header:
-                raise TokenError("No Authorization")
-            else:
-                raise TokenError("Invalid Auth Header")
-        except TokenError as exc:
-            response = error_for(path, 401, str(exc), error_code=2001)
-            await response(scope, receive, send)
-            return
-        state["principal"] = principal
-        await self.app(scope, receive, send)
+            return Principal(user="anonymous", kind="anonymous")
+        if scheme.lower() == "bearer" and credential.strip():
+            verified: Principal = await run_in_threadpool(Verifier(cognito).verify, credential.strip())
+            return verified
+        if scheme.upper() == "CG_TOKEN" and credential.strip():
+            if not is_worker_route(method, path):
+                raise TokenError("clientgroup tokens are accepted on worker calls only")
+            group = await run_in_threadpool(context.clients.token_group, credential.strip())
+            if group is None:
+                raise TokenError("Invalid clientgroup token")
+            return Principal(user=f"clientgroup:{group}", groups=(group,), kind="worker")
+        if capability_only(scope):
+            # A workunit's own input URL (issue 17): its captoken is checked by the route. AWE's
+            # worker sends its job's data token here, if any, which is not ours to check.
+            return Principal(user="capability", kind="capability")
+        raise TokenError("Invalid Auth Header" if header else "No Authorization")
+    except TokenError as exc:
+        return error_for(path, 401, str(exc), error_code=2001)
 
 
 def principal(request: Request) -> Principal:
@@ -156,4 +148,10 @@ def check_job_access(request: Request, job_id: str) -> None:
         raise NotFound("Not Found")
 
 
-__all__: list[Any] = ["AuthMiddleware", "check_job_access", "principal", "require_admin"]
+__all__: list[Any] = [
+    "authenticate",
+    "caller_without_credentials",
+    "check_job_access",
+    "principal",
+    "require_admin",
+]

@@ -2,10 +2,10 @@
 
 On a busy server nearly every request is a worker's checkout (``GET /work?client=``), report
 (``PUT /work/<id>``) or deletion of a finished workunit's checkpoints (``DELETE /work/<id>/ckpt``),
-and FastAPI's routing and dependency machinery cost those more CPU than their handlers. This
-middleware, the innermost of the server's own (so the access log, the HTTP metrics, NUL refusal and
-authentication all still apply), hands those requests to the very functions their routes call, and
-answers errors as the app's exception handlers would. The routes stay, for the API documentation and
+and FastAPI's routing and dependency machinery cost those more CPU than their handlers. The server's
+front (:mod:`perdure.api.front`), once the access log, the HTTP metrics, NUL refusal, authentication
+and the body limits have had their say, hands those requests to the very functions their routes call,
+and errors are answered as the app's exception handlers would. The routes stay, for the API documentation and
 for any request this does not take.
 """
 
@@ -23,21 +23,21 @@ from perdure.api.errors import response_for
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class WorkerFastPath:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+def app_for(scope: Scope) -> ASGIApp | None:
+    """The ASGI app answering the worker call of ``scope`` through its handler, or None (not one)."""
+    handler = _handler(scope)
+    if handler is None:
+        return None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = _handler(scope) if scope["type"] == "http" else None
-        if handler is None:
-            await self.app(scope, receive, send)
-            return
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
             response = await handler(request)
         except Exception as exc:
             response = response_for(request, exc)
         await response(scope, receive, send)
+
+    return answer
 
 
 def _handler(scope: Scope) -> Handler | None:

@@ -14,14 +14,14 @@ from perdure.api import openapi as oa
 from perdure.api.context import ctx
 from perdure.metrics import prometheus, queries
 from perdure.metrics.levels import go_duration
-from perdure.metrics.prometheus import HttpMetricsMiddleware
 
 router = APIRouter()
 
 
 def install(app: FastAPI) -> None:
     """Add these routes ahead of the app's own (a catch-all such as ``/{name}`` for log files would
-    otherwise shadow ``/metrics``) and the HTTP request metrics middleware. Idempotent."""
+    otherwise shadow ``/metrics``). Idempotent. The HTTP request metrics are counted by the server's
+    front (:mod:`perdure.api.front`)."""
     if getattr(app.state, "perdure_metrics_installed", False):
         return
     app.state.perdure_metrics_installed = True
@@ -29,7 +29,6 @@ def install(app: FastAPI) -> None:
     app.include_router(router)
     added = app.router.routes[len(before) :]
     app.router.routes[:] = [*added, *before]
-    app.add_middleware(HttpMetricsMiddleware)
 
 
 @router.get("/api/v1/metric", responses=oa.errors(401, 403, management=True))

@@ -11,8 +11,8 @@ its own client record).
 also takes ``Authorization: Bearer <that token>``, and then needs it (or an admin) even with security
 off, so a scraper gets a credential of its own rather than an admin's.
 
-Runs inside :class:`perdure.api.auth.AuthMiddleware` (the caller is known) and before any route reads a
-body.
+Checked by :class:`perdure.api.front.FrontMiddleware` once :mod:`perdure.api.auth` knows the caller, and
+before any route reads a body.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from __future__ import annotations
 import hmac
 import re
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Scope
 
 from perdure.api.envelope import error_for, mgmt_error
+from perdure.config.model import ServerConfig
 from perdure.security import Principal
 
 #: GET/HEAD paths only an admin may read.
@@ -46,44 +48,29 @@ def metrics_token_matches(expected: str, authorization: str) -> bool:
     )
 
 
-class AdminReadsMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
-            await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        effective = scope["app"].state.ctx.config.effective
-        secured = effective.security.cognito.enabled
-        caller: Principal | None = scope.get("state", {}).get("principal")
-        if path == METRICS_PATH:
-            token = getattr(effective.security, "metricsToken", "")
-            if token or secured:
-                admin = secured and caller is not None and caller.admin
-                if not admin and not (caller is not None and caller.kind == "scraper"):
-                    what = "an admin's token" + (" or the metrics scrape token" if token else "")
-                    response = mgmt_error(
-                        403 if secured and caller else 401, f"/metrics needs {what}", None, 2005
-                    )
-                    await response(scope, receive, send)
-                    return
-        elif (
-            secured
-            and caller is not None
-            and not caller.admin
-            and ADMIN_READS.match(path)
-            and not (caller.kind == "worker" and WORKER_READS.match(path))
-        ):
-            fields = {
-                "adminGroups": list(effective.security.cognito.adminGroups),
-                "groupsInToken": list(caller.groups) or None,
-            }
-            response = error_for(path, 403, "User is not privileged, only admin can read this", fields, 2005)
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+def refusal(scope: Scope, caller: Principal, effective: ServerConfig) -> Response | None:
+    """The 401 or 403 answering a read ``caller`` may not make, or None (it may)."""
+    if scope["method"] not in ("GET", "HEAD"):
+        return None
+    path: str = scope["path"]
+    secured = effective.security.cognito.enabled
+    if path == METRICS_PATH:
+        token = getattr(effective.security, "metricsToken", "")
+        if (token or secured) and not (secured and caller.admin) and caller.kind != "scraper":
+            what = "an admin's token" + (" or the metrics scrape token" if token else "")
+            return mgmt_error(403 if secured else 401, f"/metrics needs {what}", None, 2005)
+    elif (
+        secured
+        and not caller.admin
+        and ADMIN_READS.match(path)
+        and not (caller.kind == "worker" and WORKER_READS.match(path))
+    ):
+        fields = {
+            "adminGroups": list(effective.security.cognito.adminGroups),
+            "groupsInToken": list(caller.groups) or None,
+        }
+        return error_for(path, 403, "User is not privileged, only admin can read this", fields, 2005)
+    return None
 
 
-__all__ = ["ADMIN_READS", "SCRAPER", "AdminReadsMiddleware", "metrics_token_matches"]
+__all__ = ["ADMIN_READS", "SCRAPER", "metrics_token_matches", "refusal"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +25,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from perdure.metrics import storage
 from perdure.metrics.definitions import DEFINITIONS, NODE, QUEUE, SYSTEM, Kind, MetricDef, parse_object
@@ -176,34 +174,6 @@ def http_metrics() -> HttpMetrics:
         if _http is None:
             _http = HttpMetrics()
         return _http
-
-
-class HttpMetricsMiddleware:
-    """ASGI middleware counting requests and timing them, labelled by route template (not raw path,
-    which would make a series per job id)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.metrics = http_metrics()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or "<unmatched>"
-            self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
 
 
 def exposition(db: Database, node_ttl_s: float = 300.0) -> bytes:

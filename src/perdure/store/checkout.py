@@ -27,7 +27,7 @@ from perdure.protocol import (
     NoWork,
 )
 from perdure.states import JobState, TaskState, WorkunitState
-from perdure.store import hooks, pgdirect, transitions, workdocs
+from perdure.store import hooks, pgdirect, sqlitedirect, transitions, workdocs
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.schema import client_skip_work, clients, workunits
 from perdure.store.workrequests import CheckoutRequest, Failure
@@ -35,9 +35,9 @@ from perdure.timeutil import now_us
 
 log = logging.getLogger("perdure.work")
 
-#: The checking-out clients of a batch (``:clients``, SQLite), the lease each may hold already, and
-#: whether it has workunits to skip.
-_CLIENTS = select(
+#: The checking-out clients of a batch (SQLite: ``_clients_sqlite``), the lease each may hold already,
+#: and whether it has workunits to skip.
+_CLIENT_COLUMNS = select(
     clients.c.id,
     clients.c.group_name,
     clients.c.apps,
@@ -51,7 +51,16 @@ _CLIENTS = select(
     .scalar_subquery()
     .label("held"),
     exists().where(client_skip_work.c.client_id == clients.c.id).label("skips"),
-).where(clients.c.id.in_(bindparam("clients", expanding=True)))
+)
+
+
+_CLIENT_JSON = sqlitedirect.json_columns(_CLIENT_COLUMNS)
+
+
+@functools.cache
+def _clients_sqlite(k: int) -> str:
+    """``_CLIENT_COLUMNS`` of ``k`` clients (``:client0`` …), for ``sqlitedirect``."""
+    return f"{sqlitedirect.compiled(_CLIENT_COLUMNS)} WHERE clients.id IN {sqlitedirect.in_list('client', k)}"
 
 
 def _clients_pg(settings: str = "") -> str:
@@ -96,6 +105,13 @@ def _group_params(group: str) -> dict[str, str]:
 _ELIGIBLE = """
     (w.clientgroups = '' OR w.clientgroups = :grp OR w.clientgroups LIKE :grp_head ESCAPE '\\'
      OR w.clientgroups LIKE :grp_tail ESCAPE '\\' OR w.clientgroups LIKE :grp_mid ESCAPE '\\')"""
+#: SQLite: the same, each pattern an expression rather than a bare parameter. A parameter on the right
+#: of ``LIKE`` makes SQLite compile the statement again at every run (it may pick a plan by the pattern's
+#: value), which cost more than the claim itself; ``(:p || '')`` is the same pattern, compiled once.
+_ELIGIBLE_SQLITE = """
+    (w.clientgroups = '' OR w.clientgroups = :grp
+     OR w.clientgroups LIKE (:grp_head || '') ESCAPE '\\' OR w.clientgroups LIKE (:grp_tail || '') ESCAPE '\\'
+     OR w.clientgroups LIKE (:grp_mid || '') ESCAPE '\\')"""
 _NOT_SKIPPED = """
     AND NOT EXISTS (SELECT 1 FROM client_skip_work s WHERE s.client_id = :client AND s.workunit_id = w.id)"""
 #: For a client that cannot run task containers: no workunit of a task with an image.
@@ -129,7 +145,7 @@ def _claim_statement(
     SQLite (one writer at a time: no row is another claim's): the pick of up to ``:k`` workunits,
     in the order the clients get them; the caller leases them (``_lease_sqlite``).
     """
-    eligible = _ELIGIBLE
+    eligible = _ELIGIBLE if dialect == "postgresql" else _ELIGIBLE_SQLITE
     if skips:
         eligible += _NOT_SKIPPED
     if filter_apps:
@@ -212,6 +228,16 @@ _CLIENT_CHECKED_OUT = (
 )
 
 
+#: SQLite: the workunit document columns (``workdocs.joined``) of the ones just leased.
+_DOCUMENT_COLUMNS = workdocs.joined()
+_DOCUMENT_JSON = sqlitedirect.json_columns(_DOCUMENT_COLUMNS)
+
+
+@functools.cache
+def _documents_sqlite(k: int) -> str:
+    return f"{sqlitedirect.compiled(_DOCUMENT_COLUMNS)} WHERE workunits.id IN {sqlitedirect.in_list('wu', k)}"
+
+
 def _lease_sqlite(
     conn: Connection, picked: Sequence[Any], client_ids: Sequence[str], now: int
 ) -> dict[str, tuple[dict[str, Any], int]]:
@@ -221,7 +247,11 @@ def _lease_sqlite(
     pairs = list(zip(picked, client_ids, strict=False))
     if not pairs:
         return {}
-    conn.execute(_LEASE, [{"wu": row.id, "client": client_id, "now": now} for row, client_id in pairs])
+    sqlitedirect.many(
+        conn,
+        sqlitedirect.compiled(_LEASE),
+        [{"wu": row.id, "client": client_id, "now": now} for row, client_id in pairs],
+    )
     # Only a task or job still queued moves (the guards' only source state): most claims skip both.
     starting_tasks = sorted({row.task_id for row, _ in pairs if row.task_state == TaskState.QUEUED})
     if starting_tasks:
@@ -229,10 +259,16 @@ def _lease_sqlite(
     starting_jobs = sorted({row.job_id for row, _ in pairs if row.job_state == JobState.QUEUED})
     if starting_jobs:
         conn.execute(_JOBS_IN_PROGRESS, {"jobs": starting_jobs, "now": now})
-    conn.execute(_CLIENT_CHECKED_OUT, [{"client": client_id, "now": now} for _, client_id in pairs])
-    documents = {
-        row.id: row for row in conn.execute(workdocs.DOCUMENTS, {"ids": [row.id for row, _ in pairs]})
-    }
+    sqlitedirect.many(
+        conn,
+        sqlitedirect.compiled(_CLIENT_CHECKED_OUT),
+        [{"client": client_id, "now": now} for _, client_id in pairs],
+    )
+    ids = [row.id for row, _ in pairs]
+    found = sqlitedirect.rows(
+        conn, _documents_sqlite(len(ids)), sqlitedirect.in_params("wu", ids), _DOCUMENT_JSON
+    )
+    documents = {row.id: row for row in found}
     return {
         client_id: (workdocs.workunit_document(documents[row.id]), row.updatetime) for row, client_id in pairs
     }
@@ -244,7 +280,7 @@ def checkout_batch(db: Database, requests: Sequence[CheckoutRequest]) -> list[di
     with db.dispatch() as conn:
         samples = hooks.Samples()
         results = claim(conn, db.dialect, requests, samples)
-        pgdirect.finish(conn, db.dialect, samples)
+        sqlitedirect.finish(conn, db.dialect, samples)
     return results
 
 
@@ -274,8 +310,16 @@ def claim(
             sql = CLIENTS_AFTER_REPORTS_PG if after_reports else _CLIENTS_ASYNC_COMMIT_PG
             found = {row.id: row for row in pgdirect.pg_rows(conn, sql, ids)}
     else:
-        ids = {"clients": sorted({r.client_id for r in requests})}
-        found = {row.id: row for row in conn.execute(_CLIENTS, ids)}
+        client_ids = sorted({r.client_id for r in requests})
+        found = {
+            row.id: row
+            for row in sqlitedirect.rows(
+                conn,
+                _clients_sqlite(len(client_ids)),
+                sqlitedirect.in_params("client", client_ids),
+                _CLIENT_JSON,
+            )
+        }
     # Claimants alike (group, apps, size limit; a client with workunits to skip is alone)
     # are served by one claim.
     alike: dict[tuple[Any, ...], list[tuple[int, Any]]] = {}
@@ -323,7 +367,9 @@ def claim(
                 client_id: (workdocs.workunit_document(row), row.queued_since)
                 for client_id, row in leased.items()
             }
-        else:
+        elif apps is None:
+            claimed = _lease_sqlite(conn, sqlitedirect.rows(conn, claim.text, params), clients_ids, now)
+        else:  # the apps' list (``IN :apps``) expanded by SQLAlchemy
             claimed = _lease_sqlite(conn, conn.execute(claim, params).all(), clients_ids, now)
         for n, client in members:
             if client.id in claimed:

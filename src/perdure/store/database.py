@@ -193,7 +193,11 @@ def _make_engine(url: str, pool_size: int) -> Engine:
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=40, max_overflow=10
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=40,
+            max_overflow=10,
+            pool_use_lifo=True,
         )
         _configure_sqlite(engine)
         return engine
@@ -291,10 +295,17 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
+    # BEGIN goes to the driver directly: SQLAlchemy's execute cost more than the statement, in every
+    # transaction (issue 22). Its errors are raised as SQLAlchemy's, as its execute would.
+    error = engine.dialect.loaded_dbapi.Error
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        sql = "BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_immediate", False) else "BEGIN"
+        try:
+            conn.connection.driver_connection.execute(sql)  # type: ignore[union-attr]
+        except error as exc:
+            raise DBAPIError.instance(sql, None, exc, error) from exc
 
 
 def retry_on_conflict(fn: Callable[P, T]) -> Callable[P, T]:

@@ -96,11 +96,14 @@ class Samples:
         if self._rows and self._recorder is not None:
             metricstore.insert_events(conn, self._rows, self._recorder.now_us())
 
-    def insert(self) -> tuple[str, tuple[Any, ...]] | None:
-        """What ``write`` would run on PostgreSQL, for a caller that runs it on psycopg directly
-        (``(sql, params)`` with psycopg's placeholders), or None when there is nothing to write."""
+    def insert(self, *, sqlite: bool = False) -> tuple[str, tuple[Any, ...]] | None:
+        """What ``write`` would run on PostgreSQL (or ``sqlite``), for a caller that runs it on the
+        driver directly (``(sql, params)`` with the driver's placeholders), or None when there is
+        nothing to write."""
         if not self._rows or self._recorder is None:
             return None
+        if sqlite:
+            return metricstore.insert_events_sql(self._rows, self._recorder.now_us())
         return metricstore.insert_events_pg(self._rows, self._recorder.now_us())
 
 
@@ -110,6 +113,20 @@ class Samples:
 def job_submitted(conn: Connection, clientgroups: str) -> None:
     if (found := _installed.recorder) is not None:
         _write(conn, found, found.job_submitted(clientgroups))
+
+
+def jobs_submitted(conn: Connection, clientgroups: Sequence[str]) -> None:
+    """``job_submitted`` for several jobs submitted together: their samples in one insert."""
+    if (found := _installed.recorder) is not None:
+        _write(conn, found, [sample for groups in clientgroups for sample in found.job_submitted(groups)])
+
+
+def submitted_samples(clientgroups: Sequence[str]) -> tuple[int, list[Sample]] | None:
+    """What ``jobs_submitted`` would write, for a caller that writes it in a statement of its own:
+    (the time, the samples), or None when nothing is recorded."""
+    if (found := _installed.recorder) is None:
+        return None
+    return found.now_us(), [sample for groups in clientgroups for sample in found.job_submitted(groups)]
 
 
 def job_completed(conn: Connection, job_id: str) -> None:
@@ -195,8 +212,10 @@ __all__ = [
     "install",
     "job_completed",
     "job_submitted",
+    "jobs_submitted",
     "node_of",
     "recorder",
     "restored",
+    "submitted_samples",
     "workunit_failed",
 ]

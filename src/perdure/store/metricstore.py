@@ -53,14 +53,21 @@ def insert_events(conn: Connection, samples: Iterable[Sample], at_us: int) -> No
     One plain multi-row INSERT: this runs in every submit, checkout and report, and SQLAlchemy's
     per-row parameter handling would cost more than the insert itself.
     """
+    statement = insert_events_sql(samples, at_us, "%s" if conn.dialect.name == "postgresql" else "?")
+    if statement is not None:
+        conn.exec_driver_sql(*statement)
+
+
+def insert_events_sql(
+    samples: Iterable[Sample], at_us: int, mark: str = "?"
+) -> tuple[str, tuple[Any, ...]] | None:
+    """``insert_events``' statement as ``(sql, params)`` (placeholders ``mark``), for a caller that runs
+    it on the driver directly (``store.sqlitedirect``); None when there is nothing to insert."""
     params = [x for metric, object_id, value in samples for x in (metric, object_id, at_us, float(value))]
     if not params:
-        return
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+        return None
     rows = ", ".join([f"({mark}, {mark}, {mark}, {mark})"] * (len(params) // 4))
-    conn.exec_driver_sql(
-        f"INSERT INTO metric_events (metric, object_id, at, value) VALUES {rows}", tuple(params)
-    )
+    return f"INSERT INTO metric_events (metric, object_id, at, value) VALUES {rows}", tuple(params)
 
 
 _INSERT_PG = (

@@ -31,7 +31,7 @@ from perdure.protocol import (
 )
 from perdure.spot.records import Preemption
 from perdure.states import JobState, ReportStatus
-from perdure.store import failnotes, hooks, lifecycle, outputs, pgdirect, spot, transitions
+from perdure.store import failnotes, hooks, lifecycle, outputs, pgdirect, spot, sqlitedirect, transitions
 from perdure.store.checkout import CLIENTS_AFTER_REPORTS_PG
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.jobs import suspend_job
@@ -70,20 +70,18 @@ _REPORTED = (
 
 
 @functools.cache
-def _reported_sqlite(k: int) -> Any:
-    """The same for ``k`` reports of a batch (SQLite), in one statement instead of ``k``: ``:wu<n>``
-    and ``:client<n>``; ``reporter`` says which report a row answers."""
+def _reported_sqlite(k: int) -> str:
+    """The same for ``k`` reports of a batch (SQLite, run by ``sqlitedirect``), in one statement
+    instead of ``k``: ``:wu<n>`` and ``:client<n>``; ``reporter`` says which report a row answers."""
     pairs = ", ".join(f"(:wu{n}, :client{n})" for n in range(k))
-    sql = f"""WITH r(wu, client) AS (VALUES {pairs})
+    return f"""WITH r(wu, client) AS (VALUES {pairs})
 SELECT w.*, t.spec AS task_spec, r.client AS reporter, c.id AS client_known, c.node_id AS client_node
 FROM r JOIN workunits w ON w.id = r.wu JOIN tasks t ON t.id = w.task_id
     LEFT JOIN clients c ON c.id = r.client"""
-    json = {
-        "task_spec": tasks.c.spec.type,
-        "part": workunits.c.part.type,
-        "checkpoint": workunits.c.checkpoint.type,
-    }
-    return text(sql).columns(**json)
+
+
+#: The JSON columns of ``_reported_sqlite``'s rows.
+_REPORTED_JSON = frozenset({"task_spec", "part", "checkpoint"})
 
 
 #: The same for every report of a batch (PostgreSQL), locked in id order so that batches never wait
@@ -182,7 +180,7 @@ def report_batch(
     with db.dispatch() as conn:
         samples = hooks.Samples()
         outcome = apply_reports(conn, db.dialect, limits, requests, samples)
-        pgdirect.finish(conn, db.dialect, samples)
+        sqlitedirect.finish(conn, db.dialect, samples)
     return outcome
 
 
@@ -242,7 +240,8 @@ def _report_done(
         keys: dict[str, str] = {}
         for n, (_, r) in enumerate(requests):
             keys[f"wu{n}"], keys[f"client{n}"] = r.wu_id, r.client_id
-        rows = {(row.id, row.reporter): row for row in conn.execute(_reported_sqlite(len(requests)), keys)}
+        reported = sqlitedirect.rows(conn, _reported_sqlite(len(requests)), keys, _REPORTED_JSON)
+        rows = {(row.id, row.reporter): row for row in reported}
     now = now_us()  # after the row locks: times follow commit order
     accepted: list[tuple[int, Any, ReportRequest]] = []
     for n, request in requests:
@@ -266,7 +265,7 @@ def _report_done(
         return {}
     logs = _log_rows([(wu, r.logs) for _, wu, r in accepted])
     if not postgres:
-        _store_logs(conn, logs, now)
+        _store_logs(conn, logs, now, direct=True)
     per_task: dict[str, list[int]] = {}
     for _, wu, request in accepted:
         counts = per_task.setdefault(wu.task_id, [0, 0])
@@ -302,16 +301,22 @@ def _report_done(
             pgdirect.keep_clients(conn, found.pop())
         tasks_left = found[-1]
     else:
-        conn.execute(
-            _DONE_WORKUNIT,
+        sqlitedirect.many(
+            conn,
+            sqlitedirect.compiled(_DONE_WORKUNIT),
             [
                 {"wu": wu.id, "client": r.client_id, "ct": r.computetime, "att": wu.attempt, "now": now}
                 for _, wu, r in accepted
             ],
         )
-        conn.execute(_DONE_CLIENT, [{"client": r.client_id, "now": now} for _, _, r in accepted])
+        sqlitedirect.many(
+            conn,
+            sqlitedirect.compiled(_DONE_CLIENT),
+            [{"client": r.client_id, "now": now} for _, _, r in accepted],
+        )
+        done_task = sqlitedirect.compiled(_DONE_TASK)
         tasks_left = [
-            conn.execute(_DONE_TASK, {"task": t, "n": per_task[t][0], "ct": per_task[t][1]}).one()
+            sqlitedirect.rows(conn, done_task, {"task": t, "n": per_task[t][0], "ct": per_task[t][1]})[0]
             for t in task_ids
         ]
     finished = {task.id for task in tasks_left if task.remainwork <= 0}
@@ -358,16 +363,19 @@ def _log_rows(reported: Sequence[tuple[Any, Mapping[str, str]]]) -> dict[tuple[s
     return {(wu.id, kind): (wu.job_id, content) for wu, logs in reported for kind, content in logs.items()}
 
 
-def _store_logs(conn: Connection, rows: Mapping[tuple[str, str], tuple[str, str]], now: int) -> None:
-    """The logs, in one executemany."""
+def _store_logs(
+    conn: Connection, rows: Mapping[tuple[str, str], tuple[str, str]], now: int, *, direct: bool = False
+) -> None:
+    """The logs, in one executemany (``direct``: SQLite's, on the raw connection)."""
     if rows:
-        conn.execute(
-            _STORE_LOG,
-            [
-                {"workunit_id": wu_id, "kind": kind, "job_id": job_id, "content": content, "updatetime": now}
-                for (wu_id, kind), (job_id, content) in rows.items()
-            ],
-        )
+        params = [
+            {"workunit_id": wu_id, "kind": kind, "job_id": job_id, "content": content, "updatetime": now}
+            for (wu_id, kind), (job_id, content) in rows.items()
+        ]
+        if direct:
+            sqlitedirect.many(conn, _STORE_LOG.text, params)
+        else:
+            conn.execute(_STORE_LOG, params)
 
 
 def _fail(

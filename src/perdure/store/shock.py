@@ -27,6 +27,7 @@ from perdure.errors import BadRequest, Forbidden, NotFound
 from perdure.split import MB, record_kind, record_offsets, split_ranges
 from perdure.states import WorkunitState
 from perdure.store import outputs
+from perdure.store.bulkinsert import insert_rows
 from perdure.store.schema import jobs, shock_nodes, tasks, workunits
 from perdure.timeutil import format_us
 
@@ -129,9 +130,8 @@ def output_nodes(
     return {**spec, "outputs": new_outputs}, rows
 
 
-def insert_nodes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        conn.execute(_INSERT_NODES, list(rows))
+def insert_nodes(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    insert_rows(conn, shock_nodes, rows)
 
 
 # ---- at enqueue -----------------------------------------------------------------------------------

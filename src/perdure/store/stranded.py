@@ -148,7 +148,17 @@ _REGISTERED = select(clients.c.group_name, clients.c.apps).where(clients.c.delet
 
 def unserved_in(conn: Connection, clientgroups: str, apps: Sequence[str]) -> list[str]:
     """:func:`unserved_warnings` inside a transaction already open (a submit's, sparing one)."""
-    registered = conn.execute(_REGISTERED).all()
+    return unserved_among(registered_clients(conn), clientgroups, apps)
+
+
+def registered_clients(conn: Connection) -> list[Any]:
+    """The registered clients (not deleted) a submit compares its jobs with: read once for the jobs
+    submitted together."""
+    return list(conn.execute(_REGISTERED).all())
+
+
+def unserved_among(registered: Sequence[Any], clientgroups: str, apps: Sequence[str]) -> list[str]:
+    """:func:`unserved_warnings` against ``registered_clients``."""
     groups = [g for g in clientgroups.split(",") if g]
     known_groups = sorted({c.group_name for c in registered})
     if not registered:

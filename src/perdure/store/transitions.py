@@ -27,6 +27,7 @@ from sqlalchemy import (
     literal_column,
     not_,
     or_,
+    text,
     update,
 )
 
@@ -42,6 +43,7 @@ from perdure.states import (
     _Machine,
     may_become,
 )
+from perdure.store import pgdirect
 from perdure.store.schema import clients, jobs, tasks, workunits
 
 _W, _T, _J, _C = WorkunitState, TaskState, JobState, ClientState
@@ -229,17 +231,28 @@ _ENQUEUE_NEW_TASK = (
 )
 
 
+#: The same on PostgreSQL for any number of tasks: one statement of arrays (psycopg would run a
+#: many-row ``executemany`` as a pipeline of statements).
+_ENQUEUE_NEW_TASKS_PG = text(
+    f"UPDATE tasks SET state = '{_T.QUEUED.value}', starteddate = :now, totalwork = u.w, remainwork = u.w"
+    " FROM unnest(CAST(:ids AS text[]), CAST(:works AS integer[])) AS u(i, w)"
+    f" WHERE tasks.id = u.i AND {guard_sql('tasks.state', _T.QUEUED, {_T.PENDING})}"
+)
+
+
 def enqueue_new_tasks(conn: Connection, work: Mapping[str, int], now: int) -> None:
-    """``enqueue_task`` for the tasks of a job being submitted (task id -> its number of workunits):
-    one statement for all of them, as the job is written."""
+    """``enqueue_task`` for the tasks of jobs being submitted (task id -> its number of workunits):
+    one statement for all of them, as the jobs are written."""
     if not work:
         return
-    params = [{"task_id": task_id, "work": n, "now": now} for task_id, n in work.items()]
-    # One task (the usual first step) as a plain execute: psycopg runs even one row of an executemany
-    # in a pipeline of its own, which costs more than the statement.
-    moved = conn.execute(_ENQUEUE_NEW_TASK, params[0] if len(params) == 1 else params).rowcount
-    if moved != len(params):
-        raise IllegalTransition(f"only {moved} of {len(params)} new tasks were pending, to be queued")
+    if conn.dialect.name == "postgresql":
+        params: Any = {"ids": list(work), "works": list(work.values()), "now": now}
+        moved = conn.execute(_ENQUEUE_NEW_TASKS_PG, params).rowcount
+    else:
+        params = [{"task_id": task_id, "work": n, "now": now} for task_id, n in work.items()]
+        moved = conn.execute(_ENQUEUE_NEW_TASK, params[0] if len(params) == 1 else params).rowcount
+    if moved != len(work):
+        raise IllegalTransition(f"only {moved} of {len(work)} new tasks were pending, to be queued")
 
 
 def complete_task(conn: Connection, task_id: str, values: Mapping[str, Any]) -> None:
@@ -309,10 +322,10 @@ def queue_job(conn: Connection, job_id: str, now: int) -> None:
     _move_one(conn, jobs, job_id, _J.QUEUED, {"updatetime": now})
 
 
-#: Submit: the new job is queued, and its row returned for the reply (sparing a read).
-_QUEUE_NEW_JOB = (
+#: Submit: the new jobs are queued, and their rows returned for the replies (sparing a read).
+_QUEUE_NEW_JOBS = (
     update(jobs)
-    .where(jobs.c.id == bindparam("job_id"), guard(jobs.c.state, _J.QUEUED, {_J.INIT}))
+    .where(jobs.c.id.in_(bindparam("job_ids", expanding=True)), guard(jobs.c.state, _J.QUEUED, {_J.INIT}))
     .values(state=_J.QUEUED.value, updatetime=bindparam("now"))
     .returning(*jobs.c)
 )
@@ -320,10 +333,45 @@ _QUEUE_NEW_JOB = (
 
 def queue_new_job(conn: Connection, job_id: str, now: int) -> Any:
     """``queue_job`` for a job inserted in this transaction (``init``); returns its row as queued."""
-    row = conn.execute(_QUEUE_NEW_JOB, {"job_id": job_id, "now": now}).one_or_none()
-    if row is None:
-        raise IllegalTransition(f"job {job_id!r} is not a new job to queue")
-    return row
+    return queue_new_jobs(conn, [job_id], now)[job_id]
+
+
+def queue_new_jobs(conn: Connection, job_ids: Sequence[str], now: int) -> dict[str, Any]:
+    """``queue_new_job`` for several jobs in one statement; their rows as queued, by id."""
+    rows = {row.id: row for row in conn.execute(_QUEUE_NEW_JOBS, {"job_ids": list(job_ids), "now": now})}
+    if len(rows) != len(set(job_ids)):
+        missing = sorted(set(job_ids) - set(rows))
+        raise IllegalTransition(f"job(s) {missing!r} are not new jobs to queue")
+    return rows
+
+
+#: PostgreSQL, submit: both moves of ``enqueue_new_tasks`` and ``queue_new_jobs`` in one statement
+#: (psycopg's placeholders), which returns the queued jobs' rows and how many tasks were queued.
+_QUEUE_NEW_PG = (
+    f"WITH moved AS (UPDATE tasks SET state = '{_T.QUEUED.value}', starteddate = %(now)s,"
+    " totalwork = u.w, remainwork = u.w"
+    " FROM unnest(CAST(%(tasks)s AS text[]), CAST(%(works)s AS integer[])) AS u(i, w)"
+    f" WHERE tasks.id = u.i AND {guard_sql('tasks.state', _T.QUEUED, {_T.PENDING})} RETURNING 1)"
+    f" UPDATE jobs SET state = '{_J.QUEUED.value}', updatetime = %(now)s"
+    f" WHERE jobs.id = ANY(CAST(%(jobs)s AS text[])) AND {guard_sql('jobs.state', _J.QUEUED, {_J.INIT})}"
+    " RETURNING jobs.*, (SELECT count(*) FROM moved) AS moved_tasks"
+)
+
+
+def queue_new_pg(
+    conn: Connection, work: Mapping[str, int], job_ids: Sequence[str], now: int
+) -> dict[str, Any]:
+    """PostgreSQL: ``enqueue_new_tasks`` and ``queue_new_jobs`` in one round trip."""
+    params = {"now": now, "tasks": list(work), "works": list(work.values()), "jobs": list(job_ids)}
+    rows = pgdirect.pg_rows(conn, _QUEUE_NEW_PG, params)
+    if len(rows) != len(set(job_ids)):
+        missing = sorted(set(job_ids) - {row.id for row in rows})
+        raise IllegalTransition(f"job(s) {missing!r} are not new jobs to queue")
+    if rows[0].moved_tasks != len(work):
+        raise IllegalTransition(
+            f"only {rows[0].moved_tasks} of {len(work)} new tasks were pending, to be queued"
+        )
+    return {row.id: row for row in rows}
 
 
 def complete_job(conn: Connection, job_id: str, values: Mapping[str, Any]) -> None:
@@ -448,6 +496,8 @@ __all__ = [
     "preempt",
     "queue_job",
     "queue_new_job",
+    "queue_new_jobs",
+    "queue_new_pg",
     "release_job_work",
     "requeue_failed",
     "requeue_job",

@@ -20,7 +20,7 @@ from perdure.datastore import BlobStore
 from perdure.errors import BadRequest, DomainError, NotFound
 from perdure.protocol import Refused
 from perdure.spot.records import Preemption
-from perdure.store import hooks, lifecycle, outputs, pgdirect, workdocs
+from perdure.store import hooks, lifecycle, outputs, sqlitedirect, workdocs
 from perdure.store.checkout import checkout_batch, claim
 from perdure.store.database import Database, retry_on_conflict
 from perdure.store.report import apply_reports, report_batch
@@ -196,7 +196,7 @@ class WorkStore:
                 ]
                 leased = claim(conn, self.db.dialect, [c for _, c in wanted], samples, after_reports=True)
                 claims = {i: result for (i, _), result in zip(wanted, leased, strict=True)}
-            pgdirect.finish(conn, self.db.dialect, samples)
+            sqlitedirect.finish(conn, self.db.dialect, samples)
         return results, finished, claims
 
     def _checkouts(
