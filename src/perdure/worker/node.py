@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import logging.handlers
@@ -32,6 +33,9 @@ from perdure.worker.protect import SpotContext
 from perdure.worker.runner import DISCARDED, Outcome, Runner
 
 log = logging.getLogger("perdure.worker")
+
+#: How often done work directories are removed, in seconds.
+TIDY_EVERY_S = 1.0
 
 
 class Slot:
@@ -244,6 +248,10 @@ class WorkerNode:
             self.config.group,
             self.config.server,
         )
+        # What is alive now (modules, settings, clients) lives as long as the node: keep it out of the
+        # collector's full passes, which walked all of it over and over at hundreds of workunits a
+        # second (issue 22).
+        gc.freeze()
         for slot in self.slots:
             slot.thread.start()
         threads: list[threading.Thread] = [
@@ -468,8 +476,15 @@ class WorkerNode:
             self._to_remove.put(workdir)
 
     def _tidy_loop(self) -> None:
-        while True:
-            shutil.rmtree(self._to_remove.get(), ignore_errors=True)
+        """Every ``TIDY_EVERY_S``, not at each put: waking this thread for every workunit (and its
+        taking the GIL from the slots) cost more than the removal itself at hundreds a second."""
+        while not self.stop.wait(TIDY_EVERY_S):
+            while True:
+                try:
+                    path = self._to_remove.get_nowait()
+                except queue.Empty:
+                    break
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _containers(
