@@ -507,7 +507,7 @@ def _devnull() -> int:
     if _DEVNULL is None:
         with _DEVNULL_LOCK:
             if _DEVNULL is None:
-                _DEVNULL = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                _DEVNULL = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)  # as subprocess.DEVNULL
     return _DEVNULL
 
 
