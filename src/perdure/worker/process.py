@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import signal
 import subprocess
 import threading
@@ -33,13 +32,13 @@ class PeakMemory:
 
     EVERY_S = 0.5
 
-    def __init__(self, pid: int, first_s: float = EVERY_S) -> None:
+    def __init__(self, pid: int) -> None:
         self.pid = pid
         self.value = 0
         self._root: psutil.Process | None = None
         self._stopped = False
         self._lock = threading.Lock()  # a sample under way finishes before ``stop`` returns
-        self._timer = TIMERS.call_later(first_s, self._sample)
+        self._timer = TIMERS.call_later(self.EVERY_S, self._sample)
 
     def _sample(self) -> None:
         with self._lock:
@@ -58,22 +57,6 @@ class PeakMemory:
         with self._lock:
             self._stopped = True
             self._timer.cancel()
-
-
-def exits_within(pid: int, seconds: float) -> bool | None:
-    """Whether child ``pid`` ends within ``seconds`` (it is left for the caller to reap), waiting on
-    a pidfd; None where this system has none. A runner waits this way before it starts sampling the
-    work's memory: work that ends sooner then costs no timer and no wake-up of the timer thread."""
-    try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(seconds * 1000))
-    finally:
-        os.close(fd)
 
 
 def kill_group(process: subprocess.Popen[bytes]) -> None:

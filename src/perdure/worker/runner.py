@@ -38,7 +38,7 @@ from perdure.worker.container import Usage as ContainerUsage
 from perdure.worker.delivery import deliver_outputs, deliver_to_user
 from perdure.worker.direct import DirectData
 from perdure.worker.environment import command_environment, inherited_environment
-from perdure.worker.process import PeakMemory, exit_status, exits_within, kill_group, started_from_pidfile
+from perdure.worker.process import PeakMemory, exit_status, kill_group, started_from_pidfile
 from perdure.worker.staging import StageError, Stager
 
 if TYPE_CHECKING:
@@ -404,21 +404,18 @@ class Runner:
             threading.Thread(target=started_from_pidfile, args=(protection, pidfile), daemon=True).start()
         elif protection is not None:
             protection.started(process.pid)
-        # Memory is sampled from half a second on: work that ends sooner costs no sample and no timer.
-        ended = exits_within(process.pid, PeakMemory.EVERY_S)
-        peak = None if ended else PeakMemory(process.pid, 0.0 if ended is False else PeakMemory.EVERY_S)
+        peak = PeakMemory(process.pid)
         _, status, rusage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         if protection is not None:
             protection.run.exited.set()
-        if peak is not None:
-            peak.stop()
+        peak.stop()
         code = process.returncode if process.returncode >= 0 else 128 - process.returncode
         if launch is not None and launch.exit_file is not None:
             code = exit_status(launch.exit_file, code)
         return code, {
             "cpu_time": round(rusage.ru_utime + rusage.ru_stime, 3),
-            "max_memory_total_rss": max(peak.value if peak is not None else 0, rusage.ru_maxrss * 1024),
+            "max_memory_total_rss": max(peak.value, rusage.ru_maxrss * 1024),
         }
 
     # ---- containers ---------------------------------------------------------------------------
