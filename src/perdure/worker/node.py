@@ -34,9 +34,6 @@ from perdure.worker.runner import DISCARDED, Outcome, Runner
 
 log = logging.getLogger("perdure.worker")
 
-#: How often done work directories are removed, in seconds.
-TIDY_EVERY_S = 1.0
-
 
 class Slot:
     def __init__(self, node: WorkerNode, index: int) -> None:
@@ -476,15 +473,8 @@ class WorkerNode:
             self._to_remove.put(workdir)
 
     def _tidy_loop(self) -> None:
-        """Every ``TIDY_EVERY_S``, not at each put: waking this thread for every workunit (and its
-        taking the GIL from the slots) cost more than the removal itself at hundreds a second."""
-        while not self.stop.wait(TIDY_EVERY_S):
-            while True:
-                try:
-                    path = self._to_remove.get_nowait()
-                except queue.Empty:
-                    break
-                shutil.rmtree(path, ignore_errors=True)
+        while True:
+            shutil.rmtree(self._to_remove.get(), ignore_errors=True)
 
 
 def _containers(
