@@ -17,6 +17,7 @@ stop at once on SIGTERM, not after a 30 s back-off.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -110,6 +111,24 @@ def retry_call(
     """``call()``, tried again after each ``TransientError`` until it succeeds or a stop condition
     (``policy.attempts``, ``policy.within_s``, ``stop`` set, ``give_up()`` true) ends it; then the last
     transient error is raised. ``sleep`` replaces the wait (tests)."""
+    if policy.attempts is None and policy.within_s is None and stop is None and give_up is None:
+        raise ValueError(f"retrying {what} needs a stop condition (attempts, time, an event or give_up)")
+    # The first try outside tenacity: most calls succeed at once, and building its machinery for each
+    # was a fifth of a busy worker's CPU (issue 22). A transient failure is replayed as tenacity's
+    # first try, so the tries counted, the waits and the log lines stay the same.
+    started = time.monotonic()
+    try:
+        return call()
+    except TransientError as exc:
+        replay = [exc]
+    if policy.within_s is not None:  # the total time counts from the first try
+        policy = dataclasses.replace(policy, within_s=policy.within_s - (time.monotonic() - started))
+
+    def again() -> T:
+        if replay:
+            raise replay.pop()
+        return call()
+
     stops: list[tenacity.stop.stop_base] = []
     if policy.attempts is not None:
         stops.append(tenacity.stop_after_attempt(max(1, policy.attempts)))
@@ -119,8 +138,6 @@ def retry_call(
         stops.append(tenacity.stop_when_event_set(stop))
     if give_up is not None:
         stops.append(_GiveUp(give_up))
-    if not stops:
-        raise ValueError(f"retrying {what} needs a stop condition (attempts, time, an event or give_up)")
     last: list[BaseException] = []
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
@@ -150,7 +167,7 @@ def retry_call(
         reraise=True,
     )
     try:
-        return retrying(call)
+        return retrying(again)
     except _Interrupted:
         raise last[0] from None
 

@@ -36,6 +36,13 @@ class _Connection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = sock.makefile("rb")
+        self.timeout = sock.gettimeout()
+
+    def set_timeout(self, timeout: float) -> None:
+        """Only when it changes: setting it is a system call, and a slot asks with the same one."""
+        if timeout != self.timeout:
+            self.sock.settimeout(timeout)
+            self.timeout = timeout
 
     def close(self) -> None:
         self.reader.close()
@@ -122,7 +129,7 @@ class LeanHTTP:
             with self._lock:
                 self._open.add(conn)
         else:
-            conn.sock.settimeout(timeout)
+            conn.set_timeout(timeout)
         return conn
 
     def _drop(self, conn: _Connection) -> None:

@@ -35,6 +35,12 @@ def perdure_variables(wu: Mapping[str, Any], workdir: Path) -> dict[str, str]:
     }
 
 
+def inherited_environment(source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables of :data:`PASSED_THROUGH` that ``source`` (``os.environ`` by default) sets."""
+    source = os.environ if source is None else source
+    return {name: source[name] for name in PASSED_THROUGH if name in source}
+
+
 def command_environment(
     wu: Mapping[str, Any],
     workdir: Path,
@@ -45,8 +51,7 @@ def command_environment(
     """The whole environment of ``wu``'s command: the pass-through variables of ``inherited`` (the
     worker's ``os.environ`` by default), then the job's public environment, then ``private`` (the
     job's private environment, already fetched), then Perdure's variables."""
-    source = os.environ if inherited is None else inherited
-    env = {name: source[name] for name in PASSED_THROUGH if name in source}
+    env = inherited_environment(inherited)
     env.setdefault("PATH", DEFAULT_PATH)
     cmd = wu.get("cmd") or {}
     public = (cmd.get("environ") or {}).get("public") or {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import logging.handlers
@@ -244,6 +245,10 @@ class WorkerNode:
             self.config.group,
             self.config.server,
         )
+        # What is alive now (modules, settings, clients) lives as long as the node: keep it out of the
+        # collector's full passes, which walked all of it over and over at hundreds of workunits a
+        # second (issue 22).
+        gc.freeze()
         for slot in self.slots:
             slot.thread.start()
         threads: list[threading.Thread] = [

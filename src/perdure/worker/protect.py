@@ -52,6 +52,7 @@ class SpotContext:
         self.availability = self._choose(engine, self.capabilities)
         self.engine_name = self.availability.engine
         self._criu = self.capabilities.criu or criu
+        self._last_policy: tuple[tuple[Any, Any, Any], CheckpointPolicy] | None = None
 
     @staticmethod
     def _choose(wanted: str, caps: capabilities.Capabilities) -> Availability:
@@ -94,12 +95,22 @@ class SpotContext:
         """The workunit's policy; an override no worker can honour was refused at submit, so a bad one
         here (an old job) falls back to the system's settings."""
         system = wu.get("ckpt") or {}
+        userattr = wu.get("userattr") or {}
         environ = ((wu.get("cmd") or {}).get("environ") or {}).get("public") or {}
+        # The workunits of a task resolve to the same policy: the last answer is kept (issue 22:
+        # parsing the settings again was a twentieth of a busy worker's CPU). One tuple, replaced
+        # whole, so the slots' threads share it without a lock; a policy is immutable.
+        key = (system, userattr, environ)
+        last = self._last_policy
+        if last is not None and last[0] == key:
+            return last[1]
         try:
-            return policies.resolve(system, wu.get("userattr") or {}, environ)
+            policy = policies.resolve(system, userattr, environ)
         except ValueError as exc:
             log.warning("%s: ignoring its checkpoint overrides: %s", wu.get("id"), exc)
             return policies.from_system(system)
+        self._last_policy = (key, policy)
+        return policy
 
     def store(self, policy: CheckpointPolicy, client_id: str, capability: str = "") -> CheckpointStore:
         path = self.store_path or policy.image_path
