@@ -53,6 +53,9 @@ class Verifier:
     #: One key cache per JWKS URL, shared by every request.
     _clients: ClassVar[dict[str, jwt.PyJWKClient]] = {}
     _clients_lock: ClassVar[threading.Lock] = threading.Lock()
+    #: A token with an unknown key id refetches the JWKS at most this often (PyJWT's guard against
+    #: a flood of made-up key ids making the server hammer the issuer); a rotated-in key waits this long.
+    refetch_cooldown_s: ClassVar[float] = 30.0
 
     def __init__(self, config: CognitoConfig) -> None:
         self.config = config
@@ -64,7 +67,13 @@ class Verifier:
         with self._clients_lock:
             client = self._clients.get(self.jwks_url)
             if client is None:
-                client = jwt.PyJWKClient(self.jwks_url, cache_jwk_set=True, lifespan=3600, timeout=10)
+                client = jwt.PyJWKClient(
+                    self.jwks_url,
+                    cache_jwk_set=True,
+                    lifespan=3600,
+                    timeout=10,
+                    cooldown_duration=self.refetch_cooldown_s,
+                )
                 self._clients[self.jwks_url] = client
             return client
 

@@ -361,7 +361,13 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("through", ["server", "worker"])
+# Pairwise, not all four: the bucket path does not depend on the database (the hand-over's database
+# side is test_spot_e2e's, on both), and each run is a 30 s program.
+@pytest.mark.parametrize(
+    ("db_url", "through"),
+    [("sqlite", "server"), pytest.param("postgresql", "worker", marks=pytest.mark.postgres)],
+    indirect=["db_url"],
+)
 def test_a_hand_over_checkpoint_goes_through_the_bucket(
     cluster: Cluster, moto_endpoint: str, s3: Any, through: str
 ) -> None:
