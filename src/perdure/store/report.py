@@ -107,7 +107,8 @@ _DONE_TASK = (
 #: claim's clients read): each reported workunit locked in id order (so that batches never wait on each
 #: other in a cycle) and read as the reporter sees it; those it accepts (the reporter holds the lease,
 #: is a known client, and the workunit's task declares no output left to upload; not the same report
-#: again) done, with their logs, their clients' counts and, last, their tasks (locked in id order too).
+#: again) done, with their logs, their clients' counts and, last, their tasks (locked first in id order
+#: when there are several, ``tl``; a single row lock cannot be taken out of order).
 #: Each reported row comes back (``reporter``: the report it answers) with ``done`` (accepted here),
 #: ``missing`` (declared outputs not uploaded) and ``task_left`` (its task's workunits left to do);
 #: ``store.report`` tells the refused their reason from the same row. A workunit's ``updatetime``
@@ -153,10 +154,11 @@ WITH r AS (
 ), a AS (
     SELECT w.task_id, count(*)::int AS n, sum(w.ct)::bigint AS ct FROM w GROUP BY w.task_id
 ), tl AS (
-    SELECT tasks.id FROM tasks WHERE tasks.id IN (SELECT a.task_id FROM a) ORDER BY tasks.id FOR UPDATE
+    SELECT tasks.id FROM tasks WHERE tasks.id IN (SELECT a.task_id FROM a) AND (SELECT count(*) FROM a) > 1
+    ORDER BY tasks.id FOR UPDATE
 ), t AS (
     UPDATE tasks SET remainwork = tasks.remainwork - a.n, computetime = tasks.computetime + a.ct
-    FROM a JOIN tl ON tl.id = a.task_id WHERE tasks.id = a.task_id
+    FROM a WHERE tasks.id = a.task_id AND (SELECT count(*) FROM tl) >= 0
     RETURNING tasks.id, tasks.remainwork
 )
 SELECT r.id, r.task_id, r.job_id, r.state, r.client_id, r.attempt, r.clientgroups, r.reported_by,
