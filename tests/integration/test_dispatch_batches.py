@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from perdure.api.app import create_app
 from perdure.errors import BadRequest, NotFound
-from perdure.protocol import ClientNotFound, LeaseLost, NoWork, Refusal
+from perdure.protocol import ClientNotFound, LeaseLost, NoWork, OutputsMissing, Refusal
 from perdure.settings import Settings
 from perdure.store import work
 from perdure.store.work import WorkStore
@@ -96,6 +96,56 @@ def test_each_operation_of_a_batch_gets_its_own_outcome(client: TestClient) -> N
     # Checkouts are counted on the clients, done reports too.
     c1 = client.get("/client/c1").json()["data"]
     assert c1["total_checkout"] == 2 and c1["total_completed"] == 1
+
+
+def test_a_batchs_done_reports_across_tasks_are_checked_each_with_their_logs(client: TestClient) -> None:
+    """On PostgreSQL one statement checks and applies a batch's ``done`` reports: each refusal is
+    still its own (outputs not uploaded, lease not held), and only the accepted reports' logs and
+    counts are kept, task by task."""
+    names = ("c1", "c2", "c3", "c4", "c5")
+    for name in names:
+        register(client, name)
+    declared = [{"filename": "b.txt"}, {"filename": "a.txt"}]
+    job_id = submit(client, script(task("a", totalwork=2, outputs=declared), task("b", totalwork=3)))["id"]
+    held = {name: checkout(client, name) for name in names}
+    by_task: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
+    for name, document in held.items():
+        assert document is not None
+        by_task[document["task_name"]].append((name, document["id"]))
+    (a1_by, a1), (a2_by, a2) = by_task["a"]
+    (b1_by, b1), (b2_by, b2), (b3_by, b3) = by_task["b"]
+    work_store = store(client)
+    work_store.record_output(a1, a1_by, "a.txt", "k1", 1, "0" * 64)
+    for filename in ("a.txt", "b.txt"):
+        work_store.record_output(a2, a2_by, filename, f"k2{filename}", 1, "0" * 64)
+
+    def done_with(wu_id: str, client_id: str, text: str) -> Operation:
+        return Operation(report=ReportRequest(wu_id, client_id, "done", 3, {"stdout": text}))
+
+    outcomes = work_store.dispatch(
+        [
+            done_with(a1, a1_by, "a1"),  # b.txt not uploaded
+            done_with(a2, a2_by, "a2"),
+            done_with(b1, b1_by, "b1"),
+            done_with(b2, b3_by, "b2"),  # not the lease holder (its own workunit is b3)
+        ]
+    )
+
+    assert isinstance(outcomes[0].report, OutputsMissing)
+    assert str(outcomes[0].report).endswith("without uploading outputs: b.txt")
+    assert outcomes[1].report == "ok" and outcomes[2].report == "ok"
+    assert isinstance(outcomes[3].report, LeaseLost)
+    states = {wu_id: workunit(client, wu_id)["state"] for wu_id in (a1, a2, b1, b2, b3)}
+    assert states == {a1: "checkout", a2: "done", b1: "done", b2: "checkout", b3: "checkout"}
+    assert work_store.log(a2, "stdout") == "a2" and work_store.log(b1, "stdout") == "b1"
+    for refused in (a1, b2):
+        with pytest.raises(BadRequest):
+            work_store.log(refused, "stdout")
+    tasks_left = get_job(client, job_id)["tasks"]
+    left = {t["taskid"].rsplit("_", 1)[1]: (t["remainwork"], t["computetime"]) for t in tasks_left}
+    assert left == {"a": (1, 3), "b": (2, 3)}
+    completed = {name: client.get(f"/client/{name}").json()["data"]["total_completed"] for name in names}
+    assert completed == {a1_by: 0, a2_by: 1, b1_by: 1, b2_by: 0, b3_by: 0}
 
 
 def test_a_repeated_report_in_one_batch_is_applied_once(client: TestClient) -> None:

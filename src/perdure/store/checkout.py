@@ -78,10 +78,12 @@ FROM clients c WHERE c.id = ANY(%(clients)s)"""
 #: (``database.DISPATCH_PLAN_SETTINGS``). The statement that reads the clients also sets, for the rest
 #: of the transaction, the claim's own plans (each of its rows sets the same; with no row there is no
 #: claim): walk the partial queue indexes in order and stop at the first free rows, where the planner
-#: may otherwise sort every queued row for each claim. (Only for the claim: a statement that looks a
+#: may otherwise sort every queued row for each claim; and plan the claim for its values, as PostgreSQL
+#: chooses (the session keeps generic plans). (Only for the claim: a statement that looks a
 #: few rows up by key and sorts them would, without sorts, walk a whole index in its order instead.)
 _CLAIM_PLANS = (
     " set_config('enable_sort', 'off', true) AS sort, set_config('enable_bitmapscan', 'off', true) AS bitmap,"
+    " set_config('plan_cache_mode', 'auto', true) AS plans,"
 )
 #: After reports (``&next``) the claim commits as a report must. (``store.report`` sends it with a
 #: batch's ``done`` reports, one round trip fewer: ``pgdirect.keep_clients``.)

@@ -46,12 +46,17 @@ WORK_CHANNEL = "perdure_work"
 #: eventually; these plans need not). Every statement of a report or a claim looks rows up by key, so
 #: a nested loop over index lookups is always right, where a planner that thinks the table small would
 #: scan all of it. (The claim's own settings, ``enable_sort`` and ``enable_bitmapscan`` off, are set by
-#: its transaction: ``store.checkout``.) No JIT: these statements are short.
+#: its transaction: ``store.checkout``.) No JIT: these statements are short. Prepared statements keep
+#: their generic plan: PostgreSQL otherwise plans a statement of a batch's arrays anew at every run (a
+#: custom plan looks cheaper to it than the generic one, which guesses the arrays' length), which cost
+#: the backend more than running it; the claim, whose plan may depend on its values, plans as usual
+#: (``store.checkout`` sets ``plan_cache_mode`` back to ``auto`` with its own settings).
 DISPATCH_PLAN_SETTINGS = {
     "enable_seqscan": "off",
     "enable_hashjoin": "off",
     "enable_mergejoin": "off",
     "jit": "off",
+    "plan_cache_mode": "force_generic_plan",
 }
 #: ``Connection.info`` key: a dispatch transaction has begun for SQLAlchemy but not yet on the server
 #: (``Database.dispatch``); ``take_begin`` takes it.

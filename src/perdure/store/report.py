@@ -30,7 +30,7 @@ from perdure.protocol import (
     Refused,
 )
 from perdure.spot.records import Preemption
-from perdure.states import JobState, ReportStatus
+from perdure.states import JobState, ReportStatus, WorkunitState
 from perdure.store import failnotes, hooks, lifecycle, outputs, pgdirect, spot, sqlitedirect, transitions
 from perdure.store.checkout import CLIENTS_AFTER_REPORTS_PG
 from perdure.store.database import Database, retry_on_conflict
@@ -84,16 +84,6 @@ FROM r JOIN workunits w ON w.id = r.wu JOIN tasks t ON t.id = w.task_id
 _REPORTED_JSON = frozenset({"task_spec", "part", "checkpoint"})
 
 
-#: The same for every report of a batch (PostgreSQL), locked in id order so that batches never wait
-#: on each other in a cycle; ``reporter`` says which report a row answers.
-_REPORTED_PG = """
-SELECT w.*, t.spec AS task_spec, r.client AS reporter, c.id AS client_known, c.node_id AS client_node
-FROM unnest(%(wus)s::text[], %(clients)s::text[]) AS r(wu, client)
-    JOIN workunits w ON w.id = r.wu
-    JOIN tasks t ON t.id = w.task_id
-    LEFT JOIN clients c ON c.id = r.client
-ORDER BY w.id
-FOR UPDATE OF w"""
 #: ``done`` reports (SQLite, one per row of parameters): the workunit is done, the client counts it.
 _DONE_WORKUNIT = transitions.FINISH
 _DONE_CLIENT = (
@@ -113,34 +103,68 @@ _DONE_TASK = (
     .values(remainwork=tasks.c.remainwork - bindparam("n"), computetime=tasks.c.computetime + bindparam("ct"))
     .returning(tasks.c.id, tasks.c.remainwork, tasks.c.taskid)
 )
-#: PostgreSQL: the tasks of a batch's ``done`` reports, locked in id order (see ``_REPORTED_PG``) when
-#: there are several; one task's row is locked by the update itself.
-_LOCK_TASKS_PG = "SELECT 1 FROM tasks WHERE id = ANY(%(tasks)s) ORDER BY id FOR UPDATE"
-#: PostgreSQL: a batch's ``done`` reports in one statement: workunits, clients, their logs (see
-#: ``_store_logs``), and then the tasks.
+#: PostgreSQL: a batch's ``done`` reports in one statement (one round trip, with its ``BEGIN`` and the
+#: claim's clients read): each reported workunit locked in id order (so that batches never wait on each
+#: other in a cycle) and read as the reporter sees it; those it accepts (the reporter holds the lease,
+#: is a known client, and the workunit's task declares no output left to upload; not the same report
+#: again) done, with their logs, their clients' counts and, last, their tasks (locked first in id order
+#: when there are several, ``tl``; a single row lock cannot be taken out of order).
+#: Each reported row comes back (``reporter``: the report it answers) with ``done`` (accepted here),
+#: ``missing`` (declared outputs not uploaded) and ``task_left`` (its task's workunits left to do);
+#: ``store.report`` tells the refused their reason from the same row. A workunit's ``updatetime``
+#: never goes back (``now`` is taken before its row lock).
 _DONE_PG = f"""
-WITH v AS (
-    SELECT * FROM unnest(%(wus)s::text[], %(clients)s::text[], %(cts)s::bigint[], %(atts)s::int[])
-        AS v(wu, client, ct, att)
+WITH r AS (
+    SELECT w.id, w.task_id, w.job_id, w.state, w.client_id, w.attempt, w.clientgroups,
+        w.reported_by, w.reported_status, w.reported_attempt,
+        r.client AS reporter, r.ct, c.id AS client_known, c.node_id AS client_node,
+        ARRAY(SELECT DISTINCT o->>'filename' FROM jsonb_array_elements(COALESCE(t.spec->'outputs', '[]'))
+            AS o WHERE NOT EXISTS (SELECT 1 FROM outputs x WHERE x.task_id = w.task_id AND x.rank = w.rank
+                AND x.filename = o->>'filename')) AS missing
+    FROM unnest(%(wus)s::text[], %(clients)s::text[], %(cts)s::bigint[]) AS r(wu, client, ct)
+        JOIN workunits w ON w.id = r.wu
+        JOIN tasks t ON t.id = w.task_id
+        LEFT JOIN clients c ON c.id = r.client
+    ORDER BY w.id
+    FOR UPDATE OF w
+), ok AS (
+    SELECT * FROM r
+    WHERE r.state = '{WorkunitState.CHECKOUT.value}' AND r.client_id = r.reporter
+        AND r.client_known IS NOT NULL AND cardinality(r.missing) = 0
+        AND (r.reported_by, r.reported_status, r.reported_attempt)
+            IS DISTINCT FROM (r.reporter, '{ReportStatus.DONE.value}', r.attempt)
+), w AS (
+    UPDATE workunits SET {transitions.FINISH_SET_SQL}, computetime = ok.ct,
+        updatetime = GREATEST(%(now)s, workunits.updatetime), reported_by = ok.reporter,
+        reported_status = '{ReportStatus.DONE.value}', reported_attempt = ok.attempt
+    FROM ok WHERE workunits.id = ok.id AND {transitions.FINISH_GUARD_SQL}
+    RETURNING workunits.id, workunits.job_id, ok.task_id, ok.reporter, ok.ct
 ), l AS (
     INSERT INTO workunit_logs (workunit_id, kind, job_id, content, updatetime)
-    SELECT *, %(now)s::bigint
-    FROM unnest(%(log_wus)s::text[], %(log_kinds)s::text[], %(log_jobs)s::text[], %(log_contents)s::text[])
+    SELECT w.id, l.kind, w.job_id, l.content, %(now)s::bigint
+    FROM unnest(%(log_wus)s::text[], %(log_clients)s::text[], %(log_kinds)s::text[], %(log_contents)s::text[])
+        AS l(wu, client, kind, content)
+        JOIN w ON w.id = l.wu AND w.reporter = l.client
     ON CONFLICT (workunit_id, kind) DO UPDATE SET job_id = excluded.job_id, content = excluded.content,
         updatetime = excluded.updatetime
-), w AS (
-    UPDATE workunits SET {transitions.FINISH_SET_SQL}, computetime = v.ct, updatetime = %(now)s,
-        reported_by = v.client, reported_status = '{ReportStatus.DONE.value}', reported_attempt = v.att
-    FROM v WHERE workunits.id = v.wu AND {transitions.FINISH_GUARD_SQL}
 ), c AS (
     UPDATE clients SET total_completed = total_completed + 1, last_failed = 0, last_report = %(now)s,
         last_heartbeat = %(now)s
-    FROM v WHERE clients.id = v.client
+    FROM w WHERE clients.id = w.reporter
+), a AS (
+    SELECT w.task_id, count(*)::int AS n, sum(w.ct)::bigint AS ct FROM w GROUP BY w.task_id
+), tl AS (
+    SELECT tasks.id FROM tasks WHERE tasks.id IN (SELECT a.task_id FROM a) AND (SELECT count(*) FROM a) > 1
+    ORDER BY tasks.id FOR UPDATE
+), t AS (
+    UPDATE tasks SET remainwork = tasks.remainwork - a.n, computetime = tasks.computetime + a.ct
+    FROM a WHERE tasks.id = a.task_id AND (SELECT count(*) FROM tl) >= 0
+    RETURNING tasks.id, tasks.remainwork
 )
-UPDATE tasks SET remainwork = tasks.remainwork - a.n, computetime = tasks.computetime + a.ct
-FROM unnest(%(tasks)s::text[], %(ns)s::int[], %(tcts)s::bigint[]) AS a(task, n, ct)
-WHERE tasks.id = a.task
-RETURNING tasks.id, tasks.remainwork, tasks.taskid"""
+SELECT r.id, r.task_id, r.job_id, r.state, r.client_id, r.attempt, r.clientgroups, r.reported_by,
+    r.reported_status, r.reported_attempt, r.reporter, r.client_known, r.client_node, r.missing,
+    w.id IS NOT NULL AS done, t.remainwork AS task_left
+FROM r LEFT JOIN w ON w.id = r.id AND w.reporter = r.reporter LEFT JOIN t ON t.id = r.task_id"""
 
 
 def _checked(request: ReportRequest) -> ReportRequest:
@@ -226,22 +250,14 @@ def _report_done(
     """``done`` reports: the workunits, their clients and their tasks in a few statements for the
     whole batch. Returns the jobs with a task left with no workunit to do, each with the
     positions of that task's reports: the caller completes the task, in a transaction of its
-    own, so that this one (every report of the batch waits for it) stays short.
-
-    On PostgreSQL, when the batch holds ``done`` reports only (``only_done``), what a claim of the
-    next workunits (``&next``) reads of their clients goes in the same round trip, for the claim to
-    find (``pgdirect.keep_clients``); it also sets the claim's plans, which no statement of these
-    reports needs."""
+    own, so that this one (every report of the batch waits for it) stays short."""
     if postgres:
-        params = {"wus": [r.wu_id for _, r in requests], "clients": [r.client_id for _, r in requests]}
-        reported = pgdirect.pg_rows(conn, _REPORTED_PG, params)
-        rows = {(row.id, row.reporter): row for row in reported}
-    else:
-        keys: dict[str, str] = {}
-        for n, (_, r) in enumerate(requests):
-            keys[f"wu{n}"], keys[f"client{n}"] = r.wu_id, r.client_id
-        reported = sqlitedirect.rows(conn, _reported_sqlite(len(requests)), keys, _REPORTED_JSON)
-        rows = {(row.id, row.reporter): row for row in reported}
+        return _report_done_pg(conn, requests, results, samples, only_done)
+    keys: dict[str, str] = {}
+    for n, (_, r) in enumerate(requests):
+        keys[f"wu{n}"], keys[f"client{n}"] = r.wu_id, r.client_id
+    reported = sqlitedirect.rows(conn, _reported_sqlite(len(requests)), keys, _REPORTED_JSON)
+    rows = {(row.id, row.reporter): row for row in reported}
     now = now_us()  # after the row locks: times follow commit order
     accepted: list[tuple[int, Any, ReportRequest]] = []
     for n, request in requests:
@@ -253,9 +269,7 @@ def _report_done(
             missing = sorted(declared - outputs.of_workunit(conn, wu.task_id, wu.rank)) if declared else []
             if missing:
                 # Downstream tasks would find nothing: refuse, so the worker reports a failure instead.
-                raise OutputsMissing(
-                    f"workunit {wu.id} reported done without uploading outputs: {', '.join(missing)}"
-                )
+                raise _outputs_missing(wu.id, missing)
         except (DomainError, Refused) as exc:
             results[n] = exc
             continue
@@ -263,67 +277,95 @@ def _report_done(
         accepted.append((n, wu, request))
     if not accepted:
         return {}
-    logs = _log_rows([(wu, r.logs) for _, wu, r in accepted])
-    if not postgres:
-        _store_logs(conn, logs, now, direct=True)
+    _store_logs(conn, _log_rows([(wu, r.logs) for _, wu, r in accepted]), now, direct=True)
     per_task: dict[str, list[int]] = {}
     for _, wu, request in accepted:
         counts = per_task.setdefault(wu.task_id, [0, 0])
         counts[0] += 1
         counts[1] += request.computetime
         samples.workunit_done(wu.clientgroups, wu.client_node)
-    task_ids = sorted(per_task)
-    if postgres:
-        done = {
-            "now": now,
-            "wus": [wu.id for _, wu, _ in accepted],
-            "clients": [r.client_id for _, _, r in accepted],
-            "cts": [r.computetime for _, _, r in accepted],
-            "atts": [wu.attempt for _, wu, _ in accepted],
-            "tasks": task_ids,
-            "ns": [per_task[t][0] for t in task_ids],
-            "tcts": [per_task[t][1] for t in task_ids],
-            "log_wus": [wu_id for wu_id, _ in logs],
-            "log_kinds": [kind for _, kind in logs],
-            "log_jobs": [job_id for job_id, _ in logs.values()],
-            "log_contents": [content for _, content in logs.values()],
-        }
-        # The tasks' rows, which every report of their workunits updates, are locked last (in id
-        # order), so they are held the shortest time. One task (the usual batch) needs no statement
-        # of its own for that: a single row lock cannot be taken out of order.
-        locks = [(_LOCK_TASKS_PG, done)] if len(task_ids) > 1 else []
-        statements = [*locks, (_DONE_PG, done)]
-        if only_done:
-            reporters = sorted({r.client_id for _, _, r in accepted})
-            statements.append((CLIENTS_AFTER_REPORTS_PG, {"clients": reporters}))
-        found = pgdirect.pg_run(conn, statements)
-        if only_done:
-            pgdirect.keep_clients(conn, found.pop())
-        tasks_left = found[-1]
-    else:
-        sqlitedirect.many(
-            conn,
-            sqlitedirect.compiled(_DONE_WORKUNIT),
-            [
-                {"wu": wu.id, "client": r.client_id, "ct": r.computetime, "att": wu.attempt, "now": now}
-                for _, wu, r in accepted
-            ],
-        )
-        sqlitedirect.many(
-            conn,
-            sqlitedirect.compiled(_DONE_CLIENT),
-            [{"client": r.client_id, "now": now} for _, _, r in accepted],
-        )
-        done_task = sqlitedirect.compiled(_DONE_TASK)
-        tasks_left = [
-            sqlitedirect.rows(conn, done_task, {"task": t, "n": per_task[t][0], "ct": per_task[t][1]})[0]
-            for t in task_ids
-        ]
+    sqlitedirect.many(
+        conn,
+        sqlitedirect.compiled(_DONE_WORKUNIT),
+        [
+            {"wu": wu.id, "client": r.client_id, "ct": r.computetime, "att": wu.attempt, "now": now}
+            for _, wu, r in accepted
+        ],
+    )
+    sqlitedirect.many(
+        conn,
+        sqlitedirect.compiled(_DONE_CLIENT),
+        [{"client": r.client_id, "now": now} for _, _, r in accepted],
+    )
+    done_task = sqlitedirect.compiled(_DONE_TASK)
+    tasks_left = [
+        sqlitedirect.rows(conn, done_task, {"task": t, "n": per_task[t][0], "ct": per_task[t][1]})[0]
+        for t in sorted(per_task)
+    ]
     finished = {task.id for task in tasks_left if task.remainwork <= 0}
     by_job: dict[str, list[int]] = {}
     for n, wu, _ in accepted:
         if wu.task_id in finished:
             by_job.setdefault(wu.job_id, []).append(n)
+    return by_job
+
+
+def _outputs_missing(wu_id: str, missing: Sequence[str]) -> OutputsMissing:
+    """Downstream tasks would find nothing: the report is refused, so the worker reports a failure."""
+    return OutputsMissing(f"workunit {wu_id} reported done without uploading outputs: {', '.join(missing)}")
+
+
+def _report_done_pg(
+    conn: Connection,
+    requests: Sequence[tuple[int, ReportRequest]],
+    results: list[str | Failure],
+    samples: hooks.Samples,
+    only_done: bool,
+) -> dict[str, list[int]]:
+    """``_report_done`` on PostgreSQL: one statement (``_DONE_PG``) checks and applies the batch's
+    reports, and the refused are told why from the rows it returns: one round trip, where reading
+    the workunits first and then writing took two.
+
+    When the batch holds ``done`` reports only (``only_done``), what a claim of the next workunits
+    (``&next``) reads of their clients goes in the same round trip, for the claim to find
+    (``pgdirect.keep_clients``); it also sets the claim's plans, which no statement of these
+    reports needs."""
+    now = now_us()
+    logs = {(r.wu_id, r.client_id, kind): content for _, r in requests for kind, content in r.logs.items()}
+    params = {
+        "now": now,
+        "wus": [r.wu_id for _, r in requests],
+        "clients": [r.client_id for _, r in requests],
+        "cts": [r.computetime for _, r in requests],
+        "log_wus": [wu_id for wu_id, _, _ in logs],
+        "log_clients": [client_id for _, client_id, _ in logs],
+        "log_kinds": [kind for _, _, kind in logs],
+        "log_contents": list(logs.values()),
+    }
+    statements: list[tuple[str, Any] | None] = [(_DONE_PG, params)]
+    if only_done:
+        reporters = sorted({r.client_id for _, r in requests})
+        statements.append((CLIENTS_AFTER_REPORTS_PG, {"clients": reporters}))
+    found = pgdirect.pg_run(conn, statements)
+    if only_done:
+        pgdirect.keep_clients(conn, found.pop())
+    rows = {(row.id, row.reporter): row for row in found[0]}
+    by_job: dict[str, list[int]] = {}
+    for n, request in requests:
+        wu: Any = rows.get((request.wu_id, request.client_id))
+        if wu is not None and wu.done:
+            log.debug("report: %s done by client %s", wu.id, request.client_id)
+            samples.workunit_done(wu.clientgroups, wu.client_node)
+            if wu.task_left <= 0:
+                by_job.setdefault(wu.job_id, []).append(n)
+            continue
+        try:
+            if _repeat(wu, request):
+                continue
+            # The one refusal left that the statement makes (``_DONE_PG``'s ``ok``).
+            raise _outputs_missing(wu.id, sorted(set(wu.missing)))
+        except (DomainError, Refused) as exc:
+            results[n] = exc
     return by_job
 
 
