@@ -53,6 +53,8 @@ class Slot:
         )
         self.registered = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"slot-{index}", daemon=True)
+        #: The last workunit's outcome, its work directory to be tidied once the next one's command runs.
+        self._untidied: Outcome | None = None
 
     def profile(self) -> dict[str, Any]:
         config = self.node.config
@@ -110,11 +112,14 @@ class Slot:
                         stop.wait(10)
                     continue
                 # Each report brings the next workunit with it, while there is work and no notice.
-                while workunit is not None:
-                    if self.node.draining.is_set():
-                        self._hand_back(workunit)  # checked out just as the notice came
-                        break
-                    workunit = self._run(workunit)
+                try:
+                    while workunit is not None:
+                        if self.node.draining.is_set():
+                            self._hand_back(workunit)  # checked out just as the notice came
+                            break
+                        workunit = self._run(workunit)
+                finally:
+                    self._tidy_previous()
         except Stopped:
             pass
 
@@ -128,13 +133,26 @@ class Slot:
         wu_id = workunit["id"]
         # Per workunit: debug, not info (at hundreds a second the log lines were a CPU cost of their own).
         log.debug("slot %d running %s (%s)", self.index, wu_id, workunit["cmd"]["name"])
-        outcome = self.runner.run(workunit)
+        try:
+            outcome = self.runner.run(workunit, while_running=self._tidy_previous)
+        finally:
+            self._tidy_previous()  # the run ended before its command started (or raised)
         if outcome.status == DISCARDED:
             log.warning("slot %d: %s was discarded by the server; not reporting it", self.index, wu_id)
             return None
         following = self._report(wu_id, outcome)
-        self.node.tidy(outcome)
+        if following is None:
+            self.node.tidy(outcome)
+        else:
+            # Tidied once the next command runs: the tidy thread's system calls, each a hand-over of
+            # the GIL, then overlap the command instead of the slot's setting up of it (issue 22, K = 1).
+            self._untidied = outcome
         return following
+
+    def _tidy_previous(self) -> None:
+        outcome, self._untidied = self._untidied, None
+        if outcome is not None:
+            self.node.tidy(outcome)
 
     def _report(self, wu_id: str, outcome: Outcome) -> dict[str, Any] | None:
         files: dict[str, Path | bytes] = {"perf": json.dumps(outcome.perf).encode()}
