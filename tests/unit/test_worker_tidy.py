@@ -1,8 +1,10 @@
-"""A slot tidies a done workunit's directory once the next workunit's command runs (issue 22: the tidy
-thread then overlaps the command, not the slot's setting up of it), and never leaves one untidied."""
+"""A slot has a done workunit's directory tidied once its report has been read from it and before the
+report is sent (issue 22: the tidy thread then works while the slot waits for the answer, not while
+it sets up the next workunit)."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +23,7 @@ class Api:
         self.count = count
         self.events = events
         self.checkouts = 0
+        self.stdout: dict[str, bytes] = {}
 
     def register(self, profile: dict[str, Any], **_: Any) -> dict[str, Any]:
         return profile
@@ -34,8 +37,11 @@ class Api:
             raise Stopped("no more work")
         return workunit(0)
 
-    def report(self, wu_id: str, client_id: str, status: str, *args: Any, **kwargs: Any) -> Any:
+    def report(
+        self, wu_id: str, client_id: str, status: str, computetime: int, files: Any, **kwargs: Any
+    ) -> Any:
         self.events.append(f"report {wu_id}")
+        self.stdout[wu_id] = files.get("stdout", b"")
         index = int(wu_id.split("-")[1]) + 1
         return workunit(index) if index < self.count and kwargs.get("then_next") else None
 
@@ -45,29 +51,32 @@ def workunit(index: int) -> dict[str, Any]:
 
 
 class Runner:
-    """Starts the command (calling ``while_running``) unless the workunit is in ``unstarted``."""
+    """Runs a workunit in a work directory of its own, its stdout saying its id."""
 
     current = None
 
-    def __init__(self, events: list[str], unstarted: set[str]) -> None:
+    def __init__(self, workdir: Path, events: list[str], status: str) -> None:
+        self.workdir = workdir
         self.events = events
-        self.unstarted = unstarted
+        self.status = status
 
-    def run(self, wu: dict[str, Any], while_running: Any = None) -> Outcome:
-        self.events.append(f"start {wu['id']}")
-        if wu["id"] not in self.unstarted and while_running is not None:
-            while_running()
-        self.events.append(f"end {wu['id']}")
-        return Outcome(ReportStatus.DONE, 0, perf={"workdir": wu["id"]})
+    def run(self, wu: dict[str, Any]) -> Outcome:
+        self.events.append(f"run {wu['id']}")
+        workdir = self.workdir / wu["id"]
+        workdir.mkdir(parents=True)
+        stdout = workdir / "awe_stdout.txt"
+        stdout.write_text(f"this is {wu['id']}\n")
+        return Outcome(self.status, 0, perf={"workdir": str(workdir)}, stdout=stdout)
 
 
-def run_slot(
-    tmp_path: Path,
-    api: Api,
-    events: list[str],
-    draining: threading.Event | None = None,
-    unstarted: frozenset[str] = frozenset(),
-) -> None:
+def run_slot(tmp_path: Path, count: int, status: str = ReportStatus.DONE) -> tuple[list[str], Api]:
+    events: list[str] = []
+    api = Api(count, events)
+
+    def tidy(outcome: Outcome) -> None:
+        events.append(f"tidy {Path(outcome.perf['workdir']).name}")
+        shutil.rmtree(outcome.perf["workdir"])  # as the tidy thread may, at once
+
     node = SimpleNamespace(
         node_id="n",
         api=api,
@@ -86,55 +95,26 @@ def run_slot(
         ),
         containers=None,
         stop=threading.Event(),
-        draining=draining or threading.Event(),
+        draining=threading.Event(),
         handover_deadline=None,
         free_bytes=lambda: -1,
         fail=lambda reason: None,
-        tidy=lambda outcome: events.append(f"tidy {outcome.perf['workdir']}"),
+        tidy=tidy,
     )
     slot = Slot(node, 0)  # type: ignore[arg-type]
-    slot.runner = Runner(events, set(unstarted))  # type: ignore[assignment]
+    slot.runner = Runner(tmp_path / "work", events, status)  # type: ignore[assignment]
     slot._loop()
+    return events, api
 
 
-def test_a_done_workunit_is_tidied_while_the_next_command_runs(tmp_path: Path) -> None:
-    events: list[str] = []
-    run_slot(tmp_path, Api(3, events), events)
-    assert events == [
-        "start wu-0",
-        "end wu-0",
-        "report wu-0",
-        "start wu-1",
-        "tidy wu-0",  # the next command has started
-        "end wu-1",
-        "report wu-1",
-        "start wu-2",
-        "tidy wu-1",
-        "end wu-2",
-        "report wu-2",
-        "tidy wu-2",  # the last one, with nothing after it: at once
-    ]
+def test_a_done_workunit_is_tidied_before_its_report_is_sent_but_after_it_is_read(tmp_path: Path) -> None:
+    events, api = run_slot(tmp_path, 2)
+    assert events == ["run wu-0", "tidy wu-0", "report wu-0", "run wu-1", "tidy wu-1", "report wu-1"]
+    assert api.stdout == {"wu-0": b"this is wu-0\n", "wu-1": b"this is wu-1\n"}
 
 
-def test_a_next_workunit_that_runs_no_command_still_has_the_last_one_tidied(tmp_path: Path) -> None:
-    events: list[str] = []
-    run_slot(tmp_path, Api(2, events), events, unstarted=frozenset({"wu-1"}))
-    assert events.index("tidy wu-0") == events.index("end wu-1") + 1
-    assert events[-1] == "tidy wu-1"
-
-
-def test_a_next_workunit_handed_back_on_a_notice_still_has_the_last_one_tidied(tmp_path: Path) -> None:
-    events: list[str] = []
-    api = Api(2, events)
-    draining = threading.Event()
-    original = api.report
-
-    def report(wu_id: str, client_id: str, status: str, *args: Any, **kwargs: Any) -> Any:
-        following = original(wu_id, client_id, status, *args, **kwargs)
-        draining.set()  # the notice comes with the answer that brings wu-1
-        return following
-
-    api.report = report  # type: ignore[method-assign]
-    run_slot(tmp_path, api, events, draining)
-    assert "start wu-1" not in events
-    assert events[-2:] == ["report wu-1", "tidy wu-0"]  # wu-1 handed back, then wu-0 tidied
+def test_the_node_decides_what_is_tidied(tmp_path: Path) -> None:
+    """Every outcome is offered (the node keeps a failure's directory a while); only a run's report."""
+    events, api = run_slot(tmp_path, 1, status=ReportStatus.FAIL)
+    assert events == ["run wu-0", "tidy wu-0", "report wu-0"]
+    assert api.stdout == {"wu-0": b"this is wu-0\n"}

@@ -53,8 +53,6 @@ class Slot:
         )
         self.registered = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"slot-{index}", daemon=True)
-        #: The last workunit's outcome, its work directory to be tidied once the next one's command runs.
-        self._untidied: Outcome | None = None
 
     def profile(self) -> dict[str, Any]:
         config = self.node.config
@@ -112,14 +110,11 @@ class Slot:
                         stop.wait(10)
                     continue
                 # Each report brings the next workunit with it, while there is work and no notice.
-                try:
-                    while workunit is not None:
-                        if self.node.draining.is_set():
-                            self._hand_back(workunit)  # checked out just as the notice came
-                            break
-                        workunit = self._run(workunit)
-                finally:
-                    self._tidy_previous()
+                while workunit is not None:
+                    if self.node.draining.is_set():
+                        self._hand_back(workunit)  # checked out just as the notice came
+                        break
+                    workunit = self._run(workunit)
         except Stopped:
             pass
 
@@ -133,28 +128,14 @@ class Slot:
         wu_id = workunit["id"]
         # Per workunit: debug, not info (at hundreds a second the log lines were a CPU cost of their own).
         log.debug("slot %d running %s (%s)", self.index, wu_id, workunit["cmd"]["name"])
-        try:
-            outcome = self.runner.run(workunit, while_running=self._tidy_previous)
-        finally:
-            self._tidy_previous()  # the run ended before its command started (or raised)
+        outcome = self.runner.run(workunit)
         if outcome.status == DISCARDED:
             log.warning("slot %d: %s was discarded by the server; not reporting it", self.index, wu_id)
             return None
-        following = self._report(wu_id, outcome)
-        if following is None:
-            self.node.tidy(outcome)
-        else:
-            # Tidied once the next command runs: the tidy thread's system calls, each a hand-over of
-            # the GIL, then overlap the command instead of the slot's setting up of it (issue 22, K = 1).
-            self._untidied = outcome
-        return following
+        return self._report(wu_id, outcome, tidy=True)
 
-    def _tidy_previous(self) -> None:
-        outcome, self._untidied = self._untidied, None
-        if outcome is not None:
-            self.node.tidy(outcome)
-
-    def _report(self, wu_id: str, outcome: Outcome) -> dict[str, Any] | None:
+    def _report(self, wu_id: str, outcome: Outcome, *, tidy: bool = False) -> dict[str, Any] | None:
+        """Report the outcome; with ``tidy``, its work directory is tidied once the report is read from it."""
         files: dict[str, Path | bytes] = {"perf": json.dumps(outcome.perf).encode()}
         deadline = None
         then_next: tuple[float, int] | None = None
@@ -169,6 +150,10 @@ class Slot:
                 files[kind] = content
         if outcome.notes:
             files["worknotes"] = "\n".join(outcome.notes).encode()
+        if tidy:
+            # While this thread waits for the answer (issue 22, K = 1): started after it, the tidy thread's
+            # system calls, each a hand-over of the GIL, slowed the setting up of the next workunit.
+            self.node.tidy(outcome)
         try:
             following = self.node.api.report(
                 wu_id,

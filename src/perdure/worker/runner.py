@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -164,9 +164,7 @@ class Runner:
         self._preemption = result
         self._preempted.set()
 
-    def run(self, wu: dict[str, Any], while_running: Callable[[], None] | None = None) -> Outcome:
-        """``while_running`` is called once the command has started (not for a task container), e.g. to
-        do the slot's own chores while this thread only waits."""
+    def run(self, wu: dict[str, Any]) -> Outcome:
         wu_id = wu["id"]
         with self._lock:
             self._current = wu_id
@@ -233,7 +231,6 @@ class Runner:
                     protection=protection,
                     pidfile=launch.pidfile if launch is not None else None,
                     launch=launch,
-                    while_running=while_running,
                 )
             runtime = time.time() - run_start
             perf.update(runtime=round(runtime, 3), exit_code=code, **usage)
@@ -353,7 +350,6 @@ class Runner:
         protection: Protection | None = None,
         pidfile: Path | None = None,
         launch: Launch | None = None,
-        while_running: Callable[[], None] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         executable = shutil.which(argv[0], path=f"{workdir}{os.pathsep}{env.get('PATH', '')}")
         if executable is None:
@@ -409,8 +405,6 @@ class Runner:
         elif protection is not None:
             protection.started(process.pid)
         peak = PeakMemory(process.pid)
-        if while_running is not None:
-            while_running()
         _, status, rusage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         if protection is not None:
