@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from perdure.api.headertimeout import COALESCE_BYTES, CoalescingTransport
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from perdure.api.headertimeout import COALESCE_BYTES, CoalescingTransport, HeaderTimeoutProtocol
 
 
 class Recorder(asyncio.Transport):
@@ -74,3 +77,31 @@ def test_closing_sends_what_is_held_and_a_closed_connection_gets_nothing() -> No
         return closed_by_us.sent, gone.sent
 
     assert asyncio.run(scenario()) == ([b"408"], [])
+
+
+def test_a_complete_answer_leaves_before_the_request_finishes_its_own_work() -> None:
+    """Once its last byte is written the answer is sent, not held for what the app still does (the
+    access log, the metrics) before the loop's step ends."""
+    sent_when_done: list[list[bytes]] = []
+    inner = Recorder()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+        sent_when_done.append(list(inner.sent))  # the app's work after its answer, in the same step
+
+    async def scenario() -> None:
+        config = Config(app=app, lifespan="off", log_config=None)
+        config.load()
+        protocol = HeaderTimeoutProtocol(config=config, server_state=ServerState(), app_state={})
+        inner.get_extra_info = lambda name, default=None: default  # type: ignore[method-assign]
+        protocol.connection_made(inner)
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        protocol.connection_lost(None)
+
+    asyncio.run(scenario())
+    assert len(sent_when_done) == 1
+    (answer,) = sent_when_done[0]  # head and body in one send
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nok")

@@ -50,9 +50,10 @@ class CoalescingTransport(asyncio.Transport):
 
     uvicorn writes a response's head and its body separately, and on a loopback or LAN connection each
     ``send`` (which wakes the client) costs more CPU than building a small response did (issue 22). The
-    writes of one step are joined and sent at its end (``call_soon``); once they reach ``COALESCE_BYTES``
-    they go at once, and a large write is neither held nor copied, so the transport's own flow control
-    (``pause_writing``) still sees every byte. Closing sends what is held first.
+    writes of one step are joined and sent at its end (``call_soon``), or when the response is complete
+    (``flush``, from the protocol); once they reach ``COALESCE_BYTES`` they go at once, and a large write
+    is neither held nor copied, so the transport's own flow control (``pause_writing``) still sees every
+    byte. Closing sends what is held first.
     """
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
@@ -81,6 +82,10 @@ class CoalescingTransport(asyncio.Transport):
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         for data in list_of_data:
             self.write(data)
+
+    def flush(self) -> None:
+        """Send what is held now, not at the end of the loop's step."""
+        self._send_held()
 
     def _send_held(self) -> None:
         held = self._held
@@ -167,6 +172,14 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._headers_since = None
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # The whole answer is written: it leaves now. Held to the end of the step, it waited for what the
+        # request's coroutines do after it (the access log, the HTTP metrics, the middleware unwinding),
+        # which at one request at a time is all on the client's clock (issue 22).
+        if isinstance(self.transport, CoalescingTransport):
+            self.transport.flush()
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._headers_since = None

@@ -132,11 +132,10 @@ class Slot:
         if outcome.status == DISCARDED:
             log.warning("slot %d: %s was discarded by the server; not reporting it", self.index, wu_id)
             return None
-        following = self._report(wu_id, outcome)
-        self.node.tidy(outcome)
-        return following
+        return self._report(wu_id, outcome, tidy=True)
 
-    def _report(self, wu_id: str, outcome: Outcome) -> dict[str, Any] | None:
+    def _report(self, wu_id: str, outcome: Outcome, *, tidy: bool = False) -> dict[str, Any] | None:
+        """Report the outcome; with ``tidy``, its work directory is tidied once the report is read from it."""
         files: dict[str, Path | bytes] = {"perf": json.dumps(outcome.perf).encode()}
         deadline = None
         then_next: tuple[float, int] | None = None
@@ -151,6 +150,10 @@ class Slot:
                 files[kind] = content
         if outcome.notes:
             files["worknotes"] = "\n".join(outcome.notes).encode()
+        if tidy:
+            # While this thread waits for the answer (issue 22, K = 1): started after it, the tidy thread's
+            # system calls, each a hand-over of the GIL, slowed the setting up of the next workunit.
+            self.node.tidy(outcome)
         try:
             following = self.node.api.report(
                 wu_id,
