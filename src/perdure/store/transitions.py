@@ -370,7 +370,9 @@ def queue_new_pg(
 ) -> dict[str, Any]:
     """PostgreSQL: ``enqueue_new_tasks`` and ``queue_new_jobs`` in one round trip."""
     params = {"now": now, "tasks": list(work), "works": list(work.values()), "jobs": list(job_ids)}
-    rows = pgdirect.pg_rows(conn, _QUEUE_NEW_PG, params)
+    # Not prepared: a plan kept from the first submits (a scan of a table then tiny) would be used
+    # however large the table grew, until the next ANALYZE; planning each time costs ~0.2 ms a batch.
+    rows = pgdirect.pg_rows(conn, _QUEUE_NEW_PG, params, prepare=False)
     if len(rows) != len(set(job_ids)):
         missing = sorted(set(job_ids) - {row.id for row in rows})
         raise IllegalTransition(f"job(s) {missing!r} are not new jobs to queue")
