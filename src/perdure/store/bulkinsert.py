@@ -69,8 +69,10 @@ def insert_all_pg(
     rows with the same keys) in a data-modifying ``WITH`` whose main query is ``then``: one round trip
     instead of one per table. (The rows are not visible to ``then``: it sees the statement's
     snapshot.) Foreign keys are checked at the end of the statement, so a job and its tasks may go in
-    the same one. Each table's rows go as one JSON parameter (``json_populate_recordset``): psycopg
-    quotes an array element by element in Python, which cost more than the statement."""
+    the same one. Each table's rows go as one JSON parameter (``jsonb_populate_recordset``): psycopg
+    quotes an array element by element in Python, which cost more than the statement. ``jsonb``
+    rather than ``json``: the text is parsed once, where ``json_populate_recordset`` parsed every
+    JSON column's value a second time into ``jsonb`` (32 jobs' task specs: 2-3.6 ms, now 1.5)."""
     shape = tuple((table.name, tuple(rows[0])) for table, rows in tables if rows)
     sql = _PG_STATEMENTS.get((shape, then))
     if sql is None:
@@ -98,7 +100,7 @@ def _insert_all_sql(tables: Sequence[tuple[Table, tuple[str, ...]]], then: str) 
         names = ", ".join(f'"{name}"' for name in columns)
         parts.append(
             f'i{index} AS (INSERT INTO "{table.name}" ({names}) SELECT {", ".join(selected)}'
-            f' FROM json_populate_recordset(NULL::"{table.name}", %(t{index})s::json) AS r)'
+            f' FROM jsonb_populate_recordset(NULL::"{table.name}", %(t{index})s::jsonb) AS r)'
         )
     return f"WITH {', '.join(parts)} {then}"
 

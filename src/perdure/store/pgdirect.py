@@ -27,7 +27,11 @@ def psycopg_placeholders(sql: str) -> str:
 
 
 def pg_run(
-    conn: Connection, statements: Sequence[tuple[str, Any] | None], *, commit: bool = False
+    conn: Connection,
+    statements: Sequence[tuple[str, Any] | None],
+    *,
+    commit: bool = False,
+    prepare: bool | None = None,
 ) -> list[list[Any]]:
     """Run statements (psycopg's placeholders, parameters known in advance) on psycopg directly, in the
     connection's transaction, without SQLAlchemy's per-statement work (psycopg prepares them once it
@@ -38,7 +42,8 @@ def pg_run(
     All of it is one round trip: on a connection of ``Database.dispatch`` whose ``BEGIN`` is still to
     be sent, it goes first, and the ``COMMIT`` last, in psycopg's pipeline mode (it costs a few system
     calls; a round trip costs two wake-ups, which on a busy machine are what takes the time). The first
-    error skips the rest, the ``COMMIT`` too, and is raised.
+    error skips the rest, the ``COMMIT`` too, and is raised. ``prepare=False``: planned afresh each
+    time (a statement whose best plan changes as its tables grow; see ``transitions.queue_new_pg``).
     """
     raw: Any = conn.connection.driver_connection
     todo = [statement for statement in statements if statement is not None]
@@ -55,7 +60,7 @@ def pg_run(
         if len(todo) == 1:
             sql, params = todo[0]
             with raw.cursor(row_factory=namedtuple_row) as cursor:
-                cursor.execute(sql, params)
+                cursor.execute(sql, params, prepare=prepare)
                 if sql != "COMMIT":
                     results.append(cursor.fetchall() if cursor.description is not None else [])
         elif todo:
@@ -63,7 +68,7 @@ def pg_run(
             with raw.pipeline(), _corked(raw.pgconn.socket):
                 for sql, params in todo:
                     cursor = raw.cursor(row_factory=namedtuple_row)
-                    cursor.execute(sql, params)
+                    cursor.execute(sql, params, prepare=prepare)
                     cursors.append((sql, cursor))
             for sql, cursor in cursors:
                 if sql not in ("BEGIN", "COMMIT"):
@@ -121,8 +126,10 @@ def _corked(fd: int) -> Iterator[None]:
 _CORK = getattr(socket, "TCP_CORK", 0)
 
 
-def pg_rows(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[Any]:
-    return pg_run(conn, [(sql, params)])[0]
+def pg_rows(
+    conn: Connection, sql: str, params: Mapping[str, Any], *, prepare: bool | None = None
+) -> list[Any]:
+    return pg_run(conn, [(sql, params)], prepare=prepare)[0]
 
 
 def finish(conn: Connection, dialect: str, samples: hooks.Samples) -> None:
