@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import psycopg
@@ -65,7 +65,10 @@ def pg_run(
                     results.append(cursor.fetchall() if cursor.description is not None else [])
         elif todo:
             cursors = []
-            with raw.pipeline(), _corked(raw.pgconn.socket):
+            # Corked only where this function sends the ``BEGIN`` (a dispatch connection): on one that
+            # begins its transactions itself, psycopg waits, inside the block, for the implicit
+            # ``BEGIN`` it sends first, which the cork would hold back for Linux's 200 ms.
+            with raw.pipeline(), _corked(raw.pgconn.socket) if raw.autocommit else nullcontext():
                 for sql, params in todo:
                     cursor = raw.cursor(row_factory=namedtuple_row)
                     cursor.execute(sql, params, prepare=prepare)
