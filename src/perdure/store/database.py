@@ -102,26 +102,11 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
 
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self) -> contextlib.AbstractContextManager[Connection]:
         """One transaction that may change state: committed on success, rolled back on any error."""
-        with contextlib.ExitStack() as stack:
-            if self.is_sqlite:
-                stack.enter_context(self._sqlite_writer)
-                if self._sqlite_lock_fd is not None:
-                    stack.enter_context(_flocked(self._sqlite_lock_fd))
-            conn = stack.enter_context(self.engine.connect())
-            if self.is_sqlite:
-                conn = conn.execution_options(sqlite_immediate=True)
-            with conn.begin():
-                yield conn
-            queued = conn.info.pop("work_queued", False)
-        if queued:
-            for listener in self.work_listeners:
-                listener()
+        return self._transaction(self.engine)
 
-    @contextmanager
-    def dispatch(self) -> Iterator[Connection]:
+    def dispatch(self) -> contextlib.AbstractContextManager[Connection]:
         """``write`` for the worker hot path: a batch's reports and claims (``store.work``).
 
         On PostgreSQL its connections come from a pool of their own, whose sessions carry the plan
@@ -129,11 +114,20 @@ class Database:
         so that ``BEGIN`` is not a round trip of its own: it goes with the transaction's first statement
         (``pgdirect.pg_run`` sends both at once; a SQLAlchemy statement first sends it alone). The
         transaction is otherwise ``write``'s: committed on success, rolled back on any error."""
-        if self._dispatch_engine is None:
-            with self.write() as conn:
-                yield conn
-            return
-        with self._dispatch_engine.connect() as conn:
+        return self._transaction(self._dispatch_engine or self.engine)
+
+    @contextmanager
+    def _transaction(self, engine: Engine) -> Iterator[Connection]:
+        """A transaction on one of ``engine``'s connections (SQLite: behind the writer locks); once it
+        has committed work it queued (``work_queued``), the work listeners are woken."""
+        with contextlib.ExitStack() as stack:
+            if self.is_sqlite:
+                stack.enter_context(self._sqlite_writer)
+                if self._sqlite_lock_fd is not None:
+                    stack.enter_context(_flocked(self._sqlite_lock_fd))
+            conn = stack.enter_context(engine.connect())
+            if self.is_sqlite:
+                conn = conn.execution_options(sqlite_immediate=True)
             with conn.begin():
                 yield conn
             queued = conn.info.pop("work_queued", False)
