@@ -16,6 +16,7 @@ from perdure.sdk import errors as sdk_errors
 from perdure.worker.api import ServerRefused, Stopped, _refusal
 from perdure.worker.node import Slot
 from perdure.worker.runner import Outcome
+from tests.unit.fakenode import fake_node
 
 
 def awe_refusal(message: str, code: str | None) -> sdk_errors.ApiError:
@@ -79,30 +80,7 @@ class FakeApi:
 
 
 def slot(tmp_path: Path, api: FakeApi) -> tuple[Slot, SimpleNamespace]:
-    node = SimpleNamespace(
-        node_id="n",
-        api=api,
-        workdir=tmp_path / "work",
-        workpath=tmp_path,
-        spot=None,
-        facts={},
-        config=SimpleNamespace(
-            name="w",
-            group="g",
-            apps=["*"],
-            checkout_wait_s=0.0,
-            allow_file_root=[],
-            transfer_tries=5,
-            transfer_timeout_s=300.0,
-        ),
-        containers=None,
-        stop=Waits(),
-        draining=threading.Event(),
-        handover_deadline=None,
-        free_bytes=lambda: -1,
-        fail=lambda reason: None,
-        tidy=lambda outcome: None,
-    )
+    node = fake_node(tmp_path, api, stop=Waits())
     return Slot(node, 0), node  # type: ignore[arg-type]
 
 

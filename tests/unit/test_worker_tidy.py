@@ -5,15 +5,14 @@ it sets up the next workunit)."""
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from perdure.states import ReportStatus
 from perdure.worker.api import Stopped
 from perdure.worker.node import Slot
 from perdure.worker.runner import Outcome
+from tests.unit.fakenode import fake_node
 
 
 class Api:
@@ -77,30 +76,7 @@ def run_slot(tmp_path: Path, count: int, status: str = ReportStatus.DONE) -> tup
         events.append(f"tidy {Path(outcome.perf['workdir']).name}")
         shutil.rmtree(outcome.perf["workdir"])  # as the tidy thread may, at once
 
-    node = SimpleNamespace(
-        node_id="n",
-        api=api,
-        workdir=tmp_path / "work",
-        workpath=tmp_path,
-        spot=None,
-        facts={},
-        config=SimpleNamespace(
-            name="w",
-            group="g",
-            apps=["*"],
-            checkout_wait_s=0.0,
-            allow_file_root=[],
-            transfer_tries=5,
-            transfer_timeout_s=300.0,
-        ),
-        containers=None,
-        stop=threading.Event(),
-        draining=threading.Event(),
-        handover_deadline=None,
-        free_bytes=lambda: -1,
-        fail=lambda reason: None,
-        tidy=tidy,
-    )
+    node = fake_node(tmp_path, api, tidy=tidy)
     slot = Slot(node, 0)  # type: ignore[arg-type]
     slot.runner = Runner(tmp_path / "work", events, status)  # type: ignore[assignment]
     slot._loop()
