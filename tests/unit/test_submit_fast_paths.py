@@ -161,13 +161,12 @@ def test_a_submit_too_big_for_one_statement_is_stored_the_same(world: World) -> 
     ]
 
 
+@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
 def test_the_submit_moves_find_new_rows_by_key_whatever_the_statistics(world: World) -> None:
     """PostgreSQL: statistics taken when no task was pending and no job new (autovacuum off, the sweep
     not yet run) make those states look rare; the moves must still find a submit's rows by their keys
     rather than read every pending task or new job through the state indexes (a cost that grew with
     the store)."""
-    if world.db.is_sqlite:
-        pytest.skip("PostgreSQL's plan")
     raw = json.dumps(script(task("only")))
     spec = parse_job_script(raw.encode())
     for _ in range(10):
