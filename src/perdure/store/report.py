@@ -268,7 +268,6 @@ def _report_done(
             declared = {o["filename"] for o in wu.task_spec.get("outputs", [])}
             missing = sorted(declared - outputs.of_workunit(conn, wu.task_id, wu.rank)) if declared else []
             if missing:
-                # Downstream tasks would find nothing: refuse, so the worker reports a failure instead.
                 raise _outputs_missing(wu.id, missing)
         except (DomainError, Refused) as exc:
             results[n] = exc
